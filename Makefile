@@ -1,0 +1,74 @@
+# housing-price-mlops — every workflow is a target here. `make help` lists them.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(abspath $(VENV))/bin
+PY_VERSION := $(shell $(PYTHON) -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+CONSTRAINTS := $(wildcard requirements/constraints-py$(PY_VERSION).txt)
+
+# Use the offline copy of the dataset when it sits beside the checkout, unless told otherwise.
+SHARED_DATA := $(abspath ../shared/data/housing.csv)
+ifeq ($(origin HOUSING_DATA_SOURCE),undefined)
+ifneq ($(wildcard $(SHARED_DATA)),)
+export HOUSING_DATA_SOURCE := $(SHARED_DATA)
+endif
+endif
+
+# DVC stages call `python`: make it the project's.
+export PATH := $(BIN):$(PATH)
+
+PYTEST_ARGS ?=
+
+.PHONY: help setup pipeline run test lint format typecheck check dvc-remote push pull clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
+
+setup: $(VENV)/.installed ## Create .venv with the project and its dev tools installed
+
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[dev]'
+	touch $@
+
+pipeline: setup ## Run the DVC pipeline (ingest ▸ validate ▸ prepare ▸ train ▸ evaluate ▸ register)
+	@echo "data source: $${HOUSING_DATA_SOURCE:-params.yaml data.source}"
+	dvc repro
+	@# DVC cannot see the MLflow and BentoML stores: re-register if they lost the champion.
+	python -m training.register --check || dvc repro --force register
+
+run: setup pipeline ## Set everything up and run the pipeline
+
+test: setup ## Run the test suite with coverage
+	python -m pytest --cov --cov-report=term --cov-report=xml $(PYTEST_ARGS)
+
+lint: setup ## ruff lint and format check
+	ruff check .
+	ruff format --check .
+
+format: setup ## Apply ruff fixes and formatting
+	ruff check --fix .
+	ruff format .
+
+typecheck: setup ## mypy on training/ and service/
+	mypy
+
+check: lint typecheck ## Lint and type-check
+
+DVC_REMOTE ?=
+dvc-remote: setup ## Point the DVC remote at DVC_REMOTE (local to this checkout)
+	@test -n "$(DVC_REMOTE)" || { echo "usage: make dvc-remote DVC_REMOTE=/path/to/storage"; exit 2; }
+	dvc remote modify --local storage url "$(DVC_REMOTE)"
+
+push: setup ## Push DVC-tracked data and models to the remote
+	dvc push
+
+pull: setup ## Pull DVC-tracked data and models from the remote
+	dvc pull
+
+clean: ## Remove caches and coverage files (keeps .venv, data, stores)
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .coverage coverage.xml htmlcov

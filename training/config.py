@@ -1,0 +1,127 @@
+"""Configuration: environment settings and the typed contents of ``params.yaml``.
+
+``params.yaml`` holds every knob of the pipeline (DVC tracks it); the
+environment only says *where* things are (data source, params file). Both are
+validated here once, at the edge, so the steps can trust what they get.
+"""
+
+from __future__ import annotations
+
+from itertools import pairwise
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Environment settings, read from ``HOUSING_*`` variables."""
+
+    model_config = SettingsConfigDict(env_prefix="HOUSING_", extra="ignore")
+
+    data_source: str | None = Field(
+        default=None, description="URL or path of the raw CSV; overrides params.yaml data.source."
+    )
+    params_path: Path = Field(default=Path("params.yaml"), description="Path of params.yaml.")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(_Section):
+    source: str
+    raw_path: Path
+    download_timeout_s: float = Field(gt=0)
+
+
+class ValidateParams(_Section):
+    max_missing_fraction: dict[str, float]
+    max_duplicate_fraction: float = Field(ge=0, le=1)
+    min_rows: int = Field(ge=1)
+    report_path: Path
+
+
+class PrepareParams(_Section):
+    test_size: float = Field(gt=0, lt=1)
+    seed: int
+    income_bands: list[float] = Field(min_length=2)
+    train_path: Path
+    test_path: Path
+
+    @field_validator("income_bands")
+    @classmethod
+    def _increasing(cls, edges: list[float]) -> list[float]:
+        if any(b <= a for a, b in pairwise(edges)):
+            raise ValueError("income_bands must be strictly increasing")
+        return edges
+
+
+class FeatureParams(_Section):
+    neighbours: list[int] = Field(min_length=1)
+    neighbour_folds: int = Field(ge=2)
+
+
+class FamilyParams(_Section):
+    search: Literal["grid", "random"]
+    n_iter: int | None = Field(default=None, ge=1)
+    # Each candidate names a model and maps hyperparameters to a value or a list of values.
+    candidates: list[dict[str, Any]] = Field(min_length=1)
+
+
+class TrainParams(_Section):
+    seed: int
+    cv_folds: int = Field(ge=2)
+    n_jobs: int
+    target_transform: Literal["none", "log", "sqrt"]
+    scoring: Literal["rmse", "mae", "r2"]
+    model_path: Path
+    results_path: Path
+    families: dict[str, FamilyParams] = Field(min_length=1)
+
+
+class QualityFloor(_Section):
+    min_r2: float
+    max_rmse: float = Field(gt=0)
+
+
+class EvaluateParams(_Section):
+    quality_floor: QualityFloor
+    metrics_path: Path
+    report_path: Path
+    figures_dir: Path
+
+
+class RegisterParams(_Section):
+    model_name: str
+    alias: str
+    experiment: str
+    bento_model_name: str
+    # Refuse to register a model whose test metrics miss evaluate.quality_floor.
+    require_quality_floor: bool
+    registration_path: Path
+
+
+class Params(_Section):
+    """The whole of ``params.yaml``."""
+
+    data: DataParams
+    validate_: ValidateParams = Field(alias="validate")
+    prepare: PrepareParams
+    features: FeatureParams
+    train: TrainParams
+    evaluate: EvaluateParams
+    register_: RegisterParams = Field(alias="register")
+
+    def data_source(self, settings: Settings) -> str:
+        """The effective data source: the environment's override, else params.yaml's."""
+        return settings.data_source or self.data.source
+
+
+def load_params(path: Path | str | None = None) -> Params:
+    """Read and validate ``params.yaml`` (default: ``Settings().params_path``)."""
+    path = Path(path) if path is not None else Settings().params_path
+    with path.open() as fh:
+        return Params.model_validate(yaml.safe_load(fh))

@@ -1,0 +1,148 @@
+"""Model families and the full model pipeline built around them.
+
+A *candidate* is a mapping from ``params.yaml``: ``model`` names an entry of
+:data:`MODELS`, every other key is a hyperparameter of it. :func:`build_model`
+turns it into one scikit-learn estimator that takes raw records (see
+:mod:`training.features`) and predicts prices in USD.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import skops.io as sio
+from lightgbm import LGBMRegressor
+from sklearn.base import BaseEstimator
+from sklearn.compose import TransformedTargetRegressor
+from sklearn.ensemble import RandomForestRegressor
+from sklearn.linear_model import Lasso, LinearRegression, Ridge
+from sklearn.model_selection import ParameterGrid, ParameterSampler
+from sklearn.pipeline import FeatureUnion, Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.tree import DecisionTreeRegressor
+
+from training.config import FamilyParams, FeatureParams
+from training.features import FeatureEngineer, NeighbourFeatures
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to make one kind of regressor; ``scale`` puts a StandardScaler before it."""
+
+    factory: Callable[..., BaseEstimator]
+    scale: bool = False
+
+
+def _lightgbm(seed: int, **hp: Any) -> LGBMRegressor:
+    # One thread per model (folds run in parallel) and deterministic histograms
+    # make the same params give the same booster.
+    return LGBMRegressor(
+        random_state=seed, n_jobs=1, deterministic=True, force_row_wise=True, subsample_freq=1, verbose=-1, **hp
+    )
+
+
+MODELS: dict[str, ModelSpec] = {
+    "ols": ModelSpec(lambda seed, **hp: LinearRegression(**hp), scale=True),
+    "ridge": ModelSpec(lambda seed, **hp: Ridge(random_state=seed, **hp), scale=True),
+    "lasso": ModelSpec(lambda seed, **hp: Lasso(random_state=seed, max_iter=20_000, **hp), scale=True),
+    "tree": ModelSpec(lambda seed, **hp: DecisionTreeRegressor(random_state=seed, **hp)),
+    "forest": ModelSpec(lambda seed, **hp: RandomForestRegressor(random_state=seed, n_jobs=1, **hp)),
+    "lightgbm": ModelSpec(_lightgbm),
+}
+
+TARGET_TRANSFORMS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]] | None] = {
+    "none": None,
+    "log": (np.log, np.exp),
+    "sqrt": (np.sqrt, np.square),
+}
+
+# Every type a saved model may hold beyond skops' defaults. Loading refuses any
+# other, so a tampered or unexpected file cannot run code.
+TRUSTED_TYPES: tuple[str, ...] = (
+    "collections.OrderedDict",
+    "lightgbm.basic.Booster",
+    "lightgbm.sklearn.LGBMRegressor",
+    "sklearn.tree._tree.Tree",
+    "training.features.FeatureEngineer",
+    "training.features.NeighbourFeatures",
+)
+
+
+def build_model(
+    candidate: Mapping[str, Any], features: FeatureParams, target_transform: str, seed: int
+) -> BaseEstimator:
+    """The full pipeline for one candidate: raw records in, USD out."""
+    hp = {key: value for key, value in candidate.items() if key != "model"}
+    spec = MODELS[candidate["model"]]
+    steps: list[tuple[str, Any]] = [("features", feature_union(features, seed))]
+    if spec.scale:
+        steps.append(("scale", StandardScaler()))
+    steps.append(("model", spec.factory(seed=seed, **hp)))
+    pipeline = Pipeline(steps)
+    transform = TARGET_TRANSFORMS[target_transform]
+    if transform is None:
+        return pipeline
+    func, inverse_func = transform
+    return TransformedTargetRegressor(regressor=pipeline, func=func, inverse_func=inverse_func, check_inverse=False)
+
+
+def feature_union(features: FeatureParams, seed: int) -> FeatureUnion:
+    return FeatureUnion(
+        [
+            ("engineered", FeatureEngineer()),
+            (
+                "neighbours",
+                NeighbourFeatures(tuple(features.neighbours), cv=features.neighbour_folds, random_state=seed),
+            ),
+        ],
+        verbose_feature_names_out=False,
+    )
+
+
+def expand_candidates(family: FamilyParams, seed: int) -> list[dict[str, Any]]:
+    """Concrete candidates of a family: the whole grid, or ``n_iter`` seeded samples of it."""
+    grid = [{key: value if isinstance(value, list) else [value] for key, value in c.items()} for c in family.candidates]
+    candidates: Iterable[dict[str, Any]] = ParameterGrid(grid)
+    if family.search == "random":
+        size = len(ParameterGrid(grid))
+        n_iter = min(family.n_iter or size, size)
+        candidates = islice(ParameterSampler(grid, n_iter=n_iter, random_state=seed), n_iter)
+    return [dict(sorted(c.items())) for c in candidates]
+
+
+def fitted_pipeline(model: BaseEstimator) -> Pipeline:
+    """The inner feature+model pipeline of a fitted model, target transform unwrapped."""
+    return model.regressor_ if isinstance(model, TransformedTargetRegressor) else model
+
+
+def feature_importance(model: BaseEstimator) -> dict[str, float] | None:
+    """Importance of each engineered feature, or None where the model defines none.
+
+    Trees give impurity/split importances; linear models the absolute
+    coefficients on standardised features.
+    """
+    pipeline = fitted_pipeline(model)
+    regressor = pipeline.named_steps["model"]
+    if hasattr(regressor, "feature_importances_"):
+        values = np.asarray(regressor.feature_importances_, dtype=float)
+    elif hasattr(regressor, "coef_"):
+        values = np.abs(np.asarray(regressor.coef_, dtype=float))
+    else:
+        return None
+    names = pipeline.named_steps["features"].get_feature_names_out()
+    return {str(name): float(value) for name, value in zip(names, values, strict=True)}
+
+
+def save_model(model: BaseEstimator, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sio.dump(model, path)
+
+
+def load_model(path: Path) -> BaseEstimator:
+    """Load a model saved by :func:`save_model`, trusting only :data:`TRUSTED_TYPES`."""
+    return sio.load(path, trusted=list(TRUSTED_TYPES))

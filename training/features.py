@@ -1,0 +1,247 @@
+"""Feature engineering shared by training and serving.
+
+Both transformers take *raw* records: anything indexable by column name (a
+``pandas.DataFrame`` or a mapping of column name to 1-D array) holding the
+columns of :data:`FEATURE_COLUMNS`. They are steps of the saved model, so the
+registered model and the prediction service run exactly this code.
+
+The arithmetic is plain NumPy on whole columns: one record or ten thousand go
+through the same vectorised path, which keeps single-record latency low.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.model_selection import KFold
+from sklearn.neighbors import BallTree
+from sklearn.utils.validation import check_is_fitted
+
+NUMERIC_COLUMNS: tuple[str, ...] = (
+    "longitude",
+    "latitude",
+    "housing_median_age",
+    "total_rooms",
+    "total_bedrooms",
+    "population",
+    "households",
+    "median_income",
+)
+CATEGORICAL_COLUMN = "ocean_proximity"
+OCEAN_PROXIMITY_CATEGORIES: tuple[str, ...] = (
+    "<1H OCEAN",
+    "INLAND",
+    "ISLAND",
+    "NEAR BAY",
+    "NEAR OCEAN",
+)
+FEATURE_COLUMNS: tuple[str, ...] = (*NUMERIC_COLUMNS, CATEGORICAL_COLUMN)
+TARGET_COLUMN = "median_house_value"
+
+# Centres of California's largest metropolitan areas (longitude, latitude): house
+# prices fall with distance from jobs, which a tree finds hard to learn from raw
+# coordinates alone.
+CITY_CENTRES: dict[str, tuple[float, float]] = {
+    "los_angeles": (-118.2437, 34.0522),
+    "san_francisco": (-122.4194, 37.7749),
+    "san_jose": (-121.8863, 37.3382),
+    "san_diego": (-117.1611, 32.7157),
+    "sacramento": (-121.4944, 38.5816),
+}
+EARTH_RADIUS_KM = 6371.0
+# Rotations (degrees) of the coordinate axes: the coast runs diagonally, so
+# rotated axes let axis-aligned splits follow it.
+ROTATIONS_DEG: tuple[float, ...] = (15.0, 30.0, 45.0, 60.0)
+
+Records = pd.DataFrame | Mapping[str, Any]
+
+
+def column(X: Records, name: str) -> np.ndarray:
+    """Return column ``name`` of ``X`` as a float array of shape (n_samples,)."""
+    return np.asarray(X[name], dtype=np.float64).reshape(-1)
+
+
+def haversine_km(lon: np.ndarray, lat: np.ndarray, lon0: float, lat0: float) -> np.ndarray:
+    """Great-circle distance in km from each (lon, lat) in degrees to one point."""
+    lon, lat, lon0_r, lat0_r = np.radians(lon), np.radians(lat), np.radians(lon0), np.radians(lat0)
+    a = np.sin((lat - lat0_r) / 2) ** 2 + np.cos(lat) * np.cos(lat0_r) * np.sin((lon - lon0_r) / 2) ** 2
+    return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(a))
+
+
+def one_hot(values: Any, categories: Sequence[str]) -> np.ndarray:
+    """Encode ``values`` as an (n_samples, n_categories) 0/1 float matrix.
+
+    A value outside ``categories`` becomes an all-zero row: the schema rejects
+    such values before they get here, so this only guards the model itself.
+    """
+    codes = np.asarray(values, dtype=object).reshape(-1, 1)
+    return (codes == np.asarray(categories, dtype=object).reshape(1, -1)).astype(np.float64)
+
+
+class FeatureEngineer(TransformerMixin, BaseEstimator):
+    """Impute, derive ratios and geography, and one-hot encode raw records.
+
+    ``total_bedrooms`` is imputed as ``total_rooms`` times the median
+    bedrooms-per-room ratio learned in :meth:`fit` (a missing count is far better
+    predicted from the block's size than by a global median).
+
+    Output: float array of shape (n_samples, len(get_feature_names_out())).
+    """
+
+    def fit(self, X: Records, y: Any = None) -> FeatureEngineer:
+        rooms, bedrooms = column(X, "total_rooms"), column(X, "total_bedrooms")
+        known = np.isfinite(bedrooms) & (rooms > 0)
+        if not known.any():
+            raise ValueError("cannot learn imputation: no row has total_bedrooms and total_rooms > 0")
+        self.bedrooms_per_room_ = float(np.median(bedrooms[known] / rooms[known]))
+        self.n_features_in_ = len(FEATURE_COLUMNS)
+        return self
+
+    def transform(self, X: Records) -> np.ndarray:
+        check_is_fitted(self, "bedrooms_per_room_")
+        lon, lat = column(X, "longitude"), column(X, "latitude")
+        rooms, households = column(X, "total_rooms"), column(X, "households")
+        population, income = column(X, "population"), column(X, "median_income")
+        bedrooms = column(X, "total_bedrooms")
+        bedrooms = np.where(np.isfinite(bedrooms), bedrooms, rooms * self.bedrooms_per_room_)
+        # Counts can be zero in hand-made records; keep ratios finite.
+        safe_households = np.maximum(households, 1.0)
+        safe_rooms = np.maximum(rooms, 1.0)
+        city_km = [haversine_km(lon, lat, *centre) for centre in CITY_CENTRES.values()]
+        rotated = [
+            coord
+            for theta in np.radians(ROTATIONS_DEG)
+            for coord in (lon * np.cos(theta) - lat * np.sin(theta), lon * np.sin(theta) + lat * np.cos(theta))
+        ]
+        numeric = [
+            lon,
+            lat,
+            column(X, "housing_median_age"),
+            rooms,
+            bedrooms,
+            population,
+            households,
+            income,
+            np.log(np.maximum(income, 1e-3)),
+            rooms / safe_households,
+            bedrooms / safe_rooms,
+            population / safe_households,
+            np.log1p(population),
+            np.log1p(households),
+            *city_km,
+            np.min(city_km, axis=0),
+            *rotated,
+        ]
+        return np.column_stack([*numeric, one_hot(X[CATEGORICAL_COLUMN], OCEAN_PROXIMITY_CATEGORIES)])
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        names = [
+            *NUMERIC_COLUMNS,
+            "log_median_income",
+            "rooms_per_household",
+            "bedrooms_per_room",
+            "population_per_household",
+            "log_population",
+            "log_households",
+            *(f"km_to_{city}" for city in CITY_CENTRES),
+            "km_to_nearest_city",
+            *(f"rot{deg:g}_{axis}" for deg in ROTATIONS_DEG for axis in ("x", "y")),
+            *(f"ocean_proximity_{c}" for c in OCEAN_PROXIMITY_CATEGORIES),
+        ]
+        return np.asarray(names, dtype=object)
+
+
+class NeighbourFeatures(TransformerMixin, BaseEstimator):
+    """Target and income statistics of the nearest training block groups.
+
+    :meth:`fit` remembers every training block group's position, target and
+    income; :meth:`transform` looks up the ``k`` nearest of them (great-circle
+    distance) for each record. On the training data itself :meth:`fit_transform`
+    computes the features *out of fold* (like scikit-learn's ``TargetEncoder``):
+    a row never sees its own target, so the model cannot learn to trust a leak.
+
+    Parameters
+    ----------
+    n_neighbors : sequence of int
+        Neighbourhood sizes; each adds a mean-target and a mean-income feature.
+    cv : int
+        Folds used for the out-of-fold features in :meth:`fit_transform`.
+    random_state : int
+        Seed of the fold shuffle.
+
+    Output: float array of shape (n_samples, 2 * len(n_neighbors) + 2), in the
+    target's units (the pipeline's target is log price).
+    """
+
+    def __init__(self, n_neighbors: Sequence[int] = (8, 32), cv: int = 5, random_state: int = 42):
+        self.n_neighbors = n_neighbors
+        self.cv = cv
+        self.random_state = random_state
+
+    # The BallTree is rebuilt from the stored points instead of being pickled:
+    # it is cheap to build and not a type the skops format can vouch for.
+    _UNSAVED: ClassVar[tuple[str, ...]] = ("tree_",)
+
+    def fit(self, X: Records, y: Any) -> NeighbourFeatures:
+        self.points_ = self._radians(X)
+        self.target_ = np.asarray(y, dtype=np.float64).reshape(-1)
+        self.income_ = column(X, "median_income")
+        if len(self.target_) <= max(self.n_neighbors):
+            raise ValueError(
+                f"NeighbourFeatures needs more than {max(self.n_neighbors)} training rows, got {len(self.target_)}"
+            )
+        self.tree_ = BallTree(self.points_, metric="haversine")
+        self.n_features_in_ = len(FEATURE_COLUMNS)
+        return self
+
+    def transform(self, X: Records) -> np.ndarray:
+        check_is_fitted(self, "points_")
+        return self._lookup(self._tree(), self.target_, self.income_, self._radians(X), column(X, "median_income"))
+
+    def fit_transform(self, X: Records, y: Any = None, **fit_params: Any) -> np.ndarray:
+        self.fit(X, y)
+        out = np.empty((len(self.target_), len(self.get_feature_names_out())))
+        income = self.income_
+        folds = KFold(self.cv, shuffle=True, random_state=self.random_state)
+        for train_idx, held_idx in folds.split(self.points_):
+            tree = BallTree(self.points_[train_idx], metric="haversine")
+            out[held_idx] = self._lookup(
+                tree, self.target_[train_idx], income[train_idx], self.points_[held_idx], income[held_idx]
+            )
+        return out
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        names = [f"neighbours{k}_{stat}" for k in self.n_neighbors for stat in ("target", "income")]
+        return np.asarray([*names, "km_to_nearest_neighbour", "income_vs_neighbours"], dtype=object)
+
+    def _lookup(
+        self,
+        tree: BallTree,
+        target: np.ndarray,
+        income: np.ndarray,
+        points: np.ndarray,
+        own_income: np.ndarray,
+    ) -> np.ndarray:
+        dist, idx = tree.query(points, k=max(self.n_neighbors), sort_results=True)
+        columns = []
+        for k in self.n_neighbors:
+            columns += [target[idx[:, :k]].mean(axis=1), income[idx[:, :k]].mean(axis=1)]
+        nearest_km = dist[:, 0] * EARTH_RADIUS_KM
+        return np.column_stack([*columns, nearest_km, own_income / np.maximum(columns[-1], 1e-3)])
+
+    def _tree(self) -> BallTree:
+        if getattr(self, "tree_", None) is None:
+            self.tree_ = BallTree(self.points_, metric="haversine")
+        return self.tree_
+
+    @staticmethod
+    def _radians(X: Records) -> np.ndarray:
+        return np.radians(np.column_stack([column(X, "latitude"), column(X, "longitude")]))
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        return {key: value for key, value in state.items() if key not in self._UNSAVED}

@@ -1,0 +1,56 @@
+"""Prepare: a deterministic train/test split, stratified on median-income bands.
+
+Income is the strongest predictor of price, so stratifying on it keeps the test
+set's income mix equal to the population's and the test metrics honest.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from training.config import PrepareParams, load_params
+from training.features import FEATURE_COLUMNS, TARGET_COLUMN
+
+log = logging.getLogger(__name__)
+
+
+def income_band(income: pd.Series, edges: Sequence[float]) -> pd.Series:
+    """Band index of each median income; the last band is open-ended."""
+    return pd.cut(income, [*edges, np.inf], labels=False, include_lowest=True)
+
+
+def split(df: pd.DataFrame, params: PrepareParams) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split ``df`` into (train, test), stratified on income bands, seeded."""
+    train, test = train_test_split(
+        df,
+        test_size=params.test_size,
+        stratify=income_band(df["median_income"], params.income_bands),
+        random_state=params.seed,
+    )
+    return train.sort_index(), test.sort_index()
+
+
+def load_split(path: Path) -> tuple[pd.DataFrame, pd.Series]:
+    """Read a processed split as (features, target)."""
+    df = pd.read_csv(path)
+    return df[list(FEATURE_COLUMNS)], df[TARGET_COLUMN]
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    params = load_params()
+    train, test = split(pd.read_csv(params.data.raw_path), params.prepare)
+    for frame, path in ((train, params.prepare.train_path), (test, params.prepare.test_path)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(path, index=False)
+    log.info("split %d rows into %d train / %d test", len(train) + len(test), len(train), len(test))
+
+
+if __name__ == "__main__":
+    main()

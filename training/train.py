@@ -1,0 +1,192 @@
+"""Train: cross-validated hyperparameter search per model family, tracked in MLflow.
+
+Each family gets a parent run with one child run per candidate (params, CV
+RMSE/MAE/R² in USD, fit time). The family's best candidate is refitted on the
+whole training split; its out-of-fold residuals, predicted-vs-actual plot and
+feature importances are logged on the parent run. The family with the best CV
+score wins and is saved to ``models/model.skops`` for the evaluate stage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from joblib import Parallel, delayed
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from sklearn.base import BaseEstimator, clone
+from sklearn.model_selection import KFold
+
+from training import plots
+from training.config import Params, load_params
+from training.estimators import build_model, expand_candidates, feature_importance, save_model
+from training.metrics import best_index, regression_metrics
+from training.prepare import load_split
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CandidateScore:
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    oof_pred: np.ndarray = field(repr=False)
+
+
+@dataclass
+class FamilyResult:
+    family: str
+    run_id: str
+    best_params: dict[str, Any]
+    cv_metrics: dict[str, float]
+    n_candidates: int
+    search_seconds: float
+    model: BaseEstimator = field(repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "best_params": self.best_params,
+            "cv": self.cv_metrics,
+            "n_candidates": self.n_candidates,
+            "search_seconds": round(self.search_seconds, 2),
+        }
+
+
+def _fit_predict(
+    estimator: BaseEstimator, X: pd.DataFrame, y: pd.Series, train_idx: np.ndarray, held_idx: np.ndarray
+) -> tuple[np.ndarray, float]:
+    start = time.perf_counter()
+    estimator.fit(X.iloc[train_idx], y.iloc[train_idx])
+    fit_seconds = time.perf_counter() - start
+    return estimator.predict(X.iloc[held_idx]), fit_seconds
+
+
+def cross_validate(
+    estimator: BaseEstimator, X: pd.DataFrame, y: pd.Series, folds: KFold, n_jobs: int
+) -> CandidateScore:
+    """Fold-averaged metrics (mean and std) and the out-of-fold predictions of ``estimator``."""
+    splits = list(folds.split(X))
+    outcomes = Parallel(n_jobs=n_jobs)(
+        delayed(_fit_predict)(clone(estimator), X, y, train_idx, held_idx) for train_idx, held_idx in splits
+    )
+    oof = np.empty(len(y))
+    per_fold = []
+    for (_, held_idx), (pred, _) in zip(splits, outcomes, strict=True):
+        oof[held_idx] = pred
+        per_fold.append(regression_metrics(y.iloc[held_idx].to_numpy(), pred))
+    metrics = {}
+    for name in per_fold[0]:
+        values = [fold[name] for fold in per_fold]
+        metrics[name], metrics[f"{name}_std"] = float(np.mean(values)), float(np.std(values))
+    metrics["fit_seconds"] = float(np.mean([seconds for _, seconds in outcomes]))
+    return CandidateScore(params={}, metrics=metrics, oof_pred=oof)
+
+
+def search_family(family: str, X: pd.DataFrame, y: pd.Series, params: Params, progress: Progress) -> FamilyResult:
+    """Search one family's candidates under a parent MLflow run; refit the best."""
+    train = params.train
+    candidates = expand_candidates(train.families[family], train.seed)
+    folds = KFold(train.cv_folds, shuffle=True, random_state=train.seed)
+    task = progress.add_task(family, total=len(candidates))
+    start = time.perf_counter()
+    with mlflow.start_run(run_name=family) as parent:
+        mlflow.set_tags({"family": family, "role": "family_search"})
+        mlflow.log_params(
+            {
+                "family": family,
+                "search": train.families[family].search,
+                "n_candidates": len(candidates),
+                "cv_folds": train.cv_folds,
+                "target_transform": train.target_transform,
+                "neighbours": ",".join(map(str, params.features.neighbours)),
+                "neighbour_folds": params.features.neighbour_folds,
+                "seed": train.seed,
+            }
+        )
+        scores = []
+        for index, candidate in enumerate(candidates, 1):
+            model = build_model(candidate, params.features, train.target_transform, train.seed)
+            with mlflow.start_run(run_name=f"{family}-{index:02d}", nested=True):
+                score = cross_validate(model, X, y, folds, train.n_jobs)
+                score.params = candidate
+                mlflow.log_params(candidate)
+                mlflow.log_metrics({f"cv_{name}": value for name, value in score.metrics.items()})
+            scores.append(score)
+            log.info(
+                "%s %d/%d: CV RMSE %.0f, R² %.4f (%s)",
+                family,
+                index,
+                len(candidates),
+                score.metrics["rmse"],
+                score.metrics["r2"],
+                candidate,
+            )
+            progress.advance(task)
+        best = scores[best_index(train.scoring, [s.metrics[train.scoring] for s in scores])]
+        model = build_model(best.params, params.features, train.target_transform, train.seed).fit(X, y)
+        mlflow.log_params({f"best_{key}": value for key, value in best.params.items()})
+        mlflow.log_metrics({f"cv_{name}": value for name, value in best.metrics.items()})
+        _log_diagnostics(family, model, y.to_numpy(), best.oof_pred, params.evaluate.figures_dir / "cv")
+        return FamilyResult(
+            family=family,
+            run_id=parent.info.run_id,
+            best_params=best.params,
+            cv_metrics=best.metrics,
+            n_candidates=len(candidates),
+            search_seconds=time.perf_counter() - start,
+            model=model,
+        )
+
+
+def _log_diagnostics(family: str, model: BaseEstimator, y: np.ndarray, oof: np.ndarray, out_dir: Path) -> None:
+    """Out-of-fold residual and predicted-vs-actual plots and feature importance, to MLflow and disk."""
+    figures = {
+        "residuals": plots.residuals(y, oof, f"{family}: out-of-fold residuals"),
+        "predicted_vs_actual": plots.predicted_vs_actual(y, oof, f"{family}: out-of-fold predictions"),
+    }
+    importance = feature_importance(model)
+    if importance is not None:
+        figures["feature_importance"] = plots.feature_importance(importance, f"{family}: feature importance")
+        mlflow.log_dict(importance, "feature_importance.json")
+    for name, fig in figures.items():
+        mlflow.log_figure(fig, f"plots/{name}.png")
+        plots.save(fig, out_dir / f"{family}_{name}.png")
+
+
+def run(params: Params) -> dict[str, Any]:
+    """Search every family, save the winner and return the CV results."""
+    X, y = load_split(params.prepare.train_path)
+    mlflow.set_experiment(params.register_.experiment)
+    columns = [TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns) as progress:
+        results = [search_family(family, X, y, params, progress) for family in params.train.families]
+    scoring = params.train.scoring
+    winner = results[best_index(scoring, [result.cv_metrics[scoring] for result in results])]
+    save_model(winner.model, params.train.model_path)
+    summary = {
+        "scoring": scoring,
+        "winner": winner.family,
+        "train_rows": len(y),
+        "families": {result.family: result.summary() for result in results},
+    }
+    params.train.results_path.parent.mkdir(parents=True, exist_ok=True)
+    params.train.results_path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    log.info("winner: %s (CV %s %.4f)", winner.family, scoring, winner.cv_metrics[scoring])
+    return summary
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    run(load_params())
+
+
+if __name__ == "__main__":
+    main()
