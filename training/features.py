@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.model_selection import KFold
-from sklearn.neighbors import BallTree
+from sklearn.neighbors import KDTree
 from sklearn.utils.validation import check_is_fitted
 
 NUMERIC_COLUMNS: tuple[str, ...] = (
@@ -173,8 +173,9 @@ class NeighbourFeatures(TransformerMixin, BaseEstimator):
     random_state : int
         Seed of the fold shuffle.
 
-    Output: float array of shape (n_samples, 2 * len(n_neighbors) + 2), in the
-    target's units (the pipeline's target is log price).
+    Output: float array of shape (n_samples, 2 * len(n_neighbors) + 2); target
+    means are in the units of the ``y`` given to :meth:`fit` (USD, or the
+    transformed target when the model uses a target transform).
     """
 
     def __init__(self, n_neighbors: Sequence[int] = (8, 32), cv: int = 5, random_state: int = 42):
@@ -182,25 +183,25 @@ class NeighbourFeatures(TransformerMixin, BaseEstimator):
         self.cv = cv
         self.random_state = random_state
 
-    # The BallTree is rebuilt from the stored points instead of being pickled:
+    # The KD-tree is rebuilt from the stored points instead of being pickled:
     # it is cheap to build and not a type the skops format can vouch for.
     _UNSAVED: ClassVar[tuple[str, ...]] = ("tree_",)
 
     def fit(self, X: Records, y: Any) -> NeighbourFeatures:
-        self.points_ = self._radians(X)
+        self.points_ = self._unit_sphere(X)
         self.target_ = np.asarray(y, dtype=np.float64).reshape(-1)
         self.income_ = column(X, "median_income")
         if len(self.target_) <= max(self.n_neighbors):
             raise ValueError(
                 f"NeighbourFeatures needs more than {max(self.n_neighbors)} training rows, got {len(self.target_)}"
             )
-        self.tree_ = BallTree(self.points_, metric="haversine")
+        self.tree_ = KDTree(self.points_)
         self.n_features_in_ = len(FEATURE_COLUMNS)
         return self
 
     def transform(self, X: Records) -> np.ndarray:
         check_is_fitted(self, "points_")
-        return self._lookup(self._tree(), self.target_, self.income_, self._radians(X), column(X, "median_income"))
+        return self._lookup(self._tree(), self.target_, self.income_, self._unit_sphere(X), column(X, "median_income"))
 
     def fit_transform(self, X: Records, y: Any = None, **fit_params: Any) -> np.ndarray:
         self.fit(X, y)
@@ -208,7 +209,7 @@ class NeighbourFeatures(TransformerMixin, BaseEstimator):
         income = self.income_
         folds = KFold(self.cv, shuffle=True, random_state=self.random_state)
         for train_idx, held_idx in folds.split(self.points_):
-            tree = BallTree(self.points_[train_idx], metric="haversine")
+            tree = KDTree(self.points_[train_idx])
             out[held_idx] = self._lookup(
                 tree, self.target_[train_idx], income[train_idx], self.points_[held_idx], income[held_idx]
             )
@@ -220,7 +221,7 @@ class NeighbourFeatures(TransformerMixin, BaseEstimator):
 
     def _lookup(
         self,
-        tree: BallTree,
+        tree: KDTree,
         target: np.ndarray,
         income: np.ndarray,
         points: np.ndarray,
@@ -230,17 +231,25 @@ class NeighbourFeatures(TransformerMixin, BaseEstimator):
         columns = []
         for k in self.n_neighbors:
             columns += [target[idx[:, :k]].mean(axis=1), income[idx[:, :k]].mean(axis=1)]
-        nearest_km = dist[:, 0] * EARTH_RADIUS_KM
+        # Chord length on the unit sphere -> great-circle distance.
+        nearest_km = 2 * EARTH_RADIUS_KM * np.arcsin(np.minimum(dist[:, 0] / 2, 1.0))
         return np.column_stack([*columns, nearest_km, own_income / np.maximum(columns[-1], 1e-3)])
 
-    def _tree(self) -> BallTree:
+    def _tree(self) -> KDTree:
         if getattr(self, "tree_", None) is None:
-            self.tree_ = BallTree(self.points_, metric="haversine")
+            self.tree_ = KDTree(self.points_)
         return self.tree_
 
     @staticmethod
-    def _radians(X: Records) -> np.ndarray:
-        return np.radians(np.column_stack([column(X, "latitude"), column(X, "longitude")]))
+    def _unit_sphere(X: Records) -> np.ndarray:
+        """Positions as (n_samples, 3) points on the unit sphere.
+
+        Straight-line (chord) distance between such points grows monotonically
+        with great-circle distance, so a Euclidean KD-tree finds the same
+        neighbours as a haversine ball tree, several times faster.
+        """
+        lat, lon = np.radians(column(X, "latitude")), np.radians(column(X, "longitude"))
+        return np.column_stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)])
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()

@@ -69,14 +69,10 @@ def _fit_predict(
     return estimator.predict(X.iloc[held_idx]), fit_seconds
 
 
-def cross_validate(
-    estimator: BaseEstimator, X: pd.DataFrame, y: pd.Series, folds: KFold, n_jobs: int
+def score_folds(
+    params: dict[str, Any], y: pd.Series, splits: list[tuple[np.ndarray, np.ndarray]], outcomes: list
 ) -> CandidateScore:
-    """Fold-averaged metrics (mean and std) and the out-of-fold predictions of ``estimator``."""
-    splits = list(folds.split(X))
-    outcomes = Parallel(n_jobs=n_jobs)(
-        delayed(_fit_predict)(clone(estimator), X, y, train_idx, held_idx) for train_idx, held_idx in splits
-    )
+    """Fold-averaged metrics (mean and std), mean fit time and out-of-fold predictions of one candidate."""
     oof = np.empty(len(y))
     per_fold = []
     for (_, held_idx), (pred, _) in zip(splits, outcomes, strict=True):
@@ -87,7 +83,7 @@ def cross_validate(
         values = [fold[name] for fold in per_fold]
         metrics[name], metrics[f"{name}_std"] = float(np.mean(values)), float(np.std(values))
     metrics["fit_seconds"] = float(np.mean([seconds for _, seconds in outcomes]))
-    return CandidateScore(params={}, metrics=metrics, oof_pred=oof)
+    return CandidateScore(params=params, metrics=metrics, oof_pred=oof)
 
 
 def search_family(family: str, X: pd.DataFrame, y: pd.Series, params: Params, progress: Progress) -> FamilyResult:
@@ -111,12 +107,19 @@ def search_family(family: str, X: pd.DataFrame, y: pd.Series, params: Params, pr
                 "seed": train.seed,
             }
         )
+        # Every (candidate, fold) fit is one job, so both cores stay busy even when
+        # the fold count is odd; results come back in order, one candidate at a time.
+        splits = list(folds.split(X))
+        models = [build_model(c, params.features, train.target_transform, train.seed) for c in candidates]
+        outcomes = Parallel(n_jobs=train.n_jobs, return_as="generator")(
+            delayed(_fit_predict)(clone(model), X, y, train_idx, held_idx)
+            for model in models
+            for train_idx, held_idx in splits
+        )
         scores = []
         for index, candidate in enumerate(candidates, 1):
-            model = build_model(candidate, params.features, train.target_transform, train.seed)
+            score = score_folds(candidate, y, splits, [next(outcomes) for _ in splits])
             with mlflow.start_run(run_name=f"{family}-{index:02d}", nested=True):
-                score = cross_validate(model, X, y, folds, train.n_jobs)
-                score.params = candidate
                 mlflow.log_params(candidate)
                 mlflow.log_metrics({f"cv_{name}": value for name, value in score.metrics.items()})
             scores.append(score)

@@ -1,0 +1,268 @@
+"""The real DVC pipeline on a small sample, in a throwaway workspace.
+
+Real DVC, a real MLflow tracking store and registry (MLflow's default
+``sqlite:///mlflow.db`` inside the workspace) and a real BentoML model store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from training.estimators import load_model
+from training.features import FEATURE_COLUMNS
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+STAGES = ["ingest", "validate", "prepare", "train", "evaluate", "register"]
+
+
+@dataclass
+class Workspace:
+    path: Path
+    env: dict[str, str]
+    first_run: str
+
+    def run(self, *args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            args, cwd=self.path, env=env or self.env, capture_output=True, text=True, timeout=600, check=False
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"{args} failed:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def python(self, code: str) -> str:
+        return self.run(str(BIN / "python"), "-c", code).stdout
+
+
+def small_params() -> dict:
+    """params.yaml with every search shrunk to a couple of candidates."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["features"]["neighbours"] = [3, 10]
+    params["train"]["cv_folds"] = 3
+    families = params["train"]["families"]
+    families["linear"]["candidates"] = [{"model": "ols"}, {"model": "ridge", "alpha": [1.0]}]
+    families["decision_tree"]["candidates"] = [{"model": "tree", "max_depth": [6, 10], "min_samples_leaf": 10}]
+    families["random_forest"].update(n_iter=1)
+    families["random_forest"]["candidates"] = [{"model": "forest", "n_estimators": 20, "max_samples": 0.5}]
+    families["gradient_boosting"].update(n_iter=2)
+    families["gradient_boosting"]["candidates"] = [
+        {"model": "lightgbm", "n_estimators": 150, "learning_rate": [0.05, 0.1], "num_leaves": 15}
+    ]
+    params["evaluate"]["quality_floor"] = {"min_r2": 0.6, "max_rmse": 80_000}
+    return params
+
+
+def make_workspace(path: Path, source: Path, params: dict) -> dict[str, str]:
+    """A fresh DVC project holding the pipeline code; returns its environment."""
+    path.mkdir(parents=True)
+    shutil.copytree(ROOT / "training", path / "training", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", path)
+    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HOUSING_", "BENTOML_"))}
+    env |= {
+        "PATH": f"{BIN}{os.pathsep}{env['PATH']}",
+        "HOUSING_DATA_SOURCE": str(source),
+        "BENTOML_HOME": str(path.parent / f"{path.name}-bentoml"),
+        "DVC_NO_ANALYTICS": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=path, env=env, check=True)
+    return env
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory, housing: pd.DataFrame) -> Workspace:
+    root = tmp_path_factory.mktemp("pipeline")
+    source = root / "housing-sample.csv"
+    housing.sample(3000, random_state=1).to_csv(source, index=False)
+    path = root / "repo"
+    env = make_workspace(path, source, small_params())
+    ws = Workspace(path, env, "")
+    ws.run("dvc", "remote", "add", "-d", "storage", str(root / "remote"))
+    result = ws.run("dvc", "repro")
+    ws.first_run = result.stdout + result.stderr
+    return ws
+
+
+def registry(ws: Workspace) -> dict:
+    """What the workspace's default MLflow store says about the champion."""
+    code = """
+import json, mlflow
+client = mlflow.MlflowClient()
+v = client.get_model_version_by_alias("housing-price-model", "champion")
+exp = client.get_experiment_by_name("housing-price-prediction")
+runs = client.search_runs([exp.experiment_id], max_results=1000)
+print(json.dumps({
+    "tracking_uri": mlflow.get_tracking_uri(),
+    "version": v.version, "run_id": v.run_id, "tags": v.tags,
+    "runs": [{"id": r.info.run_id, "name": r.info.run_name, "parent": r.data.tags.get("mlflow.parentRunId"),
+              "tags": r.data.tags, "params": r.data.params, "metrics": r.data.metrics} for r in runs],
+}))
+"""
+    return json.loads(ws.python(code))
+
+
+def test_every_stage_ran_in_order(workspace: Workspace) -> None:
+    positions = [workspace.first_run.index(f"Running stage '{stage}'") for stage in STAGES]
+    assert positions == sorted(positions)
+    assert (workspace.path / "dvc.lock").is_file()
+
+
+def test_reports(workspace: Workspace) -> None:
+    reports = workspace.path / "reports"
+    assert json.loads((reports / "data_validation.json").read_text())["valid"] is True
+    metrics = json.loads((reports / "metrics.json").read_text())
+    assert set(metrics["families"]) == {"linear", "decision_tree", "random_forest", "gradient_boosting"}
+    assert metrics["winner"] in metrics["families"]
+    assert metrics["quality_floor"]["met"] is True
+    assert 0.6 < metrics["test"]["r2"] < 1.0
+    assert "## Why the winner won" in (reports / "model_report.md").read_text()
+    for family in metrics["families"]:
+        assert (reports / "figures" / "cv" / f"{family}_residuals.png").stat().st_size > 1000
+    assert (reports / "figures" / "test" / "predicted_vs_actual.png").is_file()
+    registration = json.loads((reports / "registration.json").read_text())
+    assert registration["model_uri"] == f"models:/housing-price-model/{registration['version']}"
+
+
+def test_mlflow_has_a_parent_run_per_family_with_child_runs(workspace: Workspace) -> None:
+    runs = registry(workspace)["runs"]
+    parents = {r["name"]: r for r in runs if r["tags"].get("role") in ("family_search", "champion_candidate")}
+    assert set(parents) == {"linear", "decision_tree", "random_forest", "gradient_boosting"}
+    for name, parent in parents.items():
+        children = [r for r in runs if r["parent"] == parent["id"]]
+        assert len(children) == int(parent["params"]["n_candidates"]) >= 1, name
+        for child in children:
+            assert {"cv_rmse", "cv_mae", "cv_r2", "cv_fit_seconds"} <= set(child["metrics"])
+            assert child["params"]["model"]
+        assert parent["metrics"]["cv_rmse"] == min(c["metrics"]["cv_rmse"] for c in children)
+
+
+def test_family_runs_hold_plots(workspace: Workspace) -> None:
+    code = """
+import json, mlflow
+client = mlflow.MlflowClient()
+exp = client.get_experiment_by_name("housing-price-prediction")
+runs = client.search_runs([exp.experiment_id], "tags.role != 'x'", max_results=1000)
+out = {}
+for r in runs:
+    if "mlflow.parentRunId" not in r.data.tags:
+        out[r.info.run_name] = sorted(a.path for a in client.list_artifacts(r.info.run_id, "plots"))
+print(json.dumps(out))
+"""
+    artifacts = json.loads(workspace.python(code))
+    for family, paths in artifacts.items():
+        assert {"plots/residuals.png", "plots/predicted_vs_actual.png", "plots/feature_importance.png"} <= set(paths), (
+            family
+        )
+
+
+def test_champion_is_registered_and_tagged(workspace: Workspace) -> None:
+    info = registry(workspace)
+    # MLflow's own default store, mlflow.db in the working directory: no variable was set.
+    assert info["tracking_uri"] == f"sqlite:///{workspace.path}/mlflow.db"
+    lock = yaml.safe_load((workspace.path / "dvc.lock").read_text())
+    raw_md5 = next(o["md5"] for o in lock["stages"]["ingest"]["outs"] if o["path"] == "data/raw/housing.csv")
+    assert info["tags"]["data_version"] == raw_md5
+    metrics = json.loads((workspace.path / "reports" / "metrics.json").read_text())
+    assert float(info["tags"]["test_rmse"]) == pytest.approx(metrics["test"]["rmse"], rel=1e-5)
+    assert info["tags"]["family"] == metrics["winner"]
+    assert info["run_id"] == metrics["families"][metrics["winner"]]["run_id"]
+
+
+def test_champion_loads_from_the_registry_and_predicts_raw_records(workspace: Workspace) -> None:
+    code = """
+import json, mlflow, numpy as np, pandas as pd
+model = mlflow.pyfunc.load_model("models:/housing-price-model@champion")
+df = pd.read_csv("data/processed/test.csv").head(5)
+X = df.drop(columns="median_house_value")
+X.loc[1, "total_bedrooms"] = np.nan
+print(json.dumps({"pred": model.predict(X).tolist(),
+                  "inputs": [c["name"] for c in model.metadata.get_input_schema().to_dict()]}))
+"""
+    out = json.loads(workspace.python(code))
+    assert out["inputs"] == list(FEATURE_COLUMNS)
+    assert len(out["pred"]) == 5
+    assert all(10_000 < p < 800_000 for p in out["pred"])
+    expected = load_model(workspace.path / "models" / "model.skops").predict(
+        pd.read_csv(workspace.path / "data" / "processed" / "test.csv")
+        .head(5)
+        .assign(total_bedrooms=lambda d: d["total_bedrooms"].where(d.index != 1))
+    )
+    np.testing.assert_allclose(out["pred"], expected)
+
+
+def test_bentoml_store_holds_the_champion(workspace: Workspace) -> None:
+    result = workspace.run("bentoml", "models", "get", "housing-price-model:latest", "-o", "json")
+    model = json.loads(result.stdout)
+    info = registry(workspace)
+    assert model["labels"]["mlflow_version"] == info["version"]
+    assert model["metadata"]["mlflow_run_id"] == info["run_id"]
+    assert model["metadata"]["data_version"] == info["tags"]["data_version"]
+    assert workspace.run("python", "-m", "training.register", "--check").returncode == 0
+
+
+def test_register_check_notices_a_moved_store(workspace: Workspace, tmp_path: Path) -> None:
+    env = workspace.env | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/elsewhere.db"}
+    assert workspace.run("python", "-m", "training.register", "--check", check=False, env=env).returncode == 1
+
+
+def test_second_repro_does_no_work(workspace: Workspace) -> None:
+    result = workspace.run("dvc", "repro")
+    output = result.stdout + result.stderr
+    assert "Running stage" not in output
+    assert "Data and pipelines are up to date" in output
+
+
+def test_push_then_pull_into_a_clean_copy_restores_the_data(workspace: Workspace, tmp_path: Path) -> None:
+    workspace.run("dvc", "push")
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    for name in ("dvc.yaml", "dvc.lock", "params.yaml"):
+        shutil.copy(workspace.path / name, clone)
+    shutil.copytree(workspace.path / "training", clone / "training")
+    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=clone, env=workspace.env, check=True)
+    shutil.copy(workspace.path / ".dvc" / "config", clone / ".dvc" / "config")
+    pulled = subprocess.run(["dvc", "pull"], cwd=clone, env=workspace.env, capture_output=True, text=True)
+    assert pulled.returncode == 0, pulled.stderr
+    for path in ("data/raw/housing.csv", "data/processed/train.csv", "data/processed/test.csv", "models/model.skops"):
+        assert (clone / path).read_bytes() == (workspace.path / path).read_bytes(), path
+    status = subprocess.run(["dvc", "status"], cwd=clone, env=workspace.env, capture_output=True, text=True)
+    assert "up to date" in status.stdout
+
+
+def test_same_command_gives_the_same_model(workspace: Workspace, tmp_path: Path) -> None:
+    again = Workspace(tmp_path / "again", workspace.env, "")
+    shutil.copytree(workspace.path, again.path, ignore=shutil.ignore_patterns("mlflow.db", "mlruns"))
+    again.run("dvc", "repro", "--force", "train")
+    test = pd.read_csv(workspace.path / "data" / "processed" / "test.csv")[list(FEATURE_COLUMNS)]
+    first = load_model(workspace.path / "models" / "model.skops").predict(test)
+    second = load_model(again.path / "models" / "model.skops").predict(test)
+    np.testing.assert_array_equal(first, second)
+
+
+def test_bad_data_stops_the_pipeline_at_validation(workspace: Workspace, tmp_path: Path, housing: pd.DataFrame) -> None:
+    bad_source = tmp_path / "bad.csv"
+    housing.head(500).assign(ocean_proximity="ON THE MOON").to_csv(bad_source, index=False)
+    path = tmp_path / "bad-repo"
+    ws = Workspace(path, make_workspace(path, bad_source, small_params()), "")
+    result = ws.run("dvc", "repro", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "column 'ocean_proximity'" in output
+    assert "isin" in output
+    assert "500 row(s)" in output
+    assert "Running stage 'train'" not in output
+    assert not (path / "models" / "model.skops").exists()

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import skops.io as sio
+from sklearn.compose import TransformedTargetRegressor
+
+from training.config import FamilyParams, Params
+from training.estimators import (
+    MODELS,
+    TRUSTED_TYPES,
+    build_model,
+    expand_candidates,
+    feature_importance,
+    load_model,
+    save_model,
+)
+
+SMALL = {
+    "ols": {},
+    "ridge": {"alpha": 1.0},
+    "lasso": {"alpha": 10.0},
+    "tree": {"max_depth": 6},
+    "forest": {"n_estimators": 10, "max_samples": 0.5},
+    "lightgbm": {"n_estimators": 50},
+}
+
+
+def test_every_model_has_a_small_config() -> None:
+    assert set(SMALL) == set(MODELS)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_model_predicts_usd_and_round_trips_through_skops(
+    name: str, params: Params, X_sample: pd.DataFrame, y_sample: pd.Series, tmp_path: Path
+) -> None:
+    model = build_model({"model": name, **SMALL[name]}, params.features, "none", seed=0)
+    model.fit(X_sample, y_sample)
+    pred = model.predict(X_sample.head(200))
+    assert pred.shape == (200,)
+    assert np.isfinite(pred).all()
+    assert 10_000 < np.median(pred) < 600_000
+    path = tmp_path / "model.skops"
+    save_model(model, path)
+    # Every type the file holds is on the explicit trust list, and nothing else loads.
+    assert set(sio.get_untrusted_types(file=path)) <= set(TRUSTED_TYPES)
+    np.testing.assert_array_equal(load_model(path).predict(X_sample.head(200)), pred)
+    importance = feature_importance(model)
+    assert importance is not None
+    assert len(importance) > 30
+
+
+def test_log_target_wraps_the_pipeline(params: Params, X_sample: pd.DataFrame, y_sample: pd.Series) -> None:
+    model = build_model({"model": "lightgbm", "n_estimators": 50}, params.features, "log", seed=0)
+    assert isinstance(model, TransformedTargetRegressor)
+    model.fit(X_sample, y_sample)
+    assert 10_000 < np.median(model.predict(X_sample.head(50))) < 600_000
+    assert feature_importance(model) is not None
+
+
+def test_same_seed_same_model(params: Params, X_sample: pd.DataFrame, y_sample: pd.Series) -> None:
+    def fit(seed: int) -> np.ndarray:
+        candidate = {"model": "lightgbm", "n_estimators": 50, "subsample": 0.7, "colsample_bytree": 0.5}
+        return build_model(candidate, params.features, "none", seed).fit(X_sample, y_sample).predict(X_sample)
+
+    np.testing.assert_array_equal(fit(1), fit(1))
+    assert not np.array_equal(fit(1), fit(2))
+
+
+def test_grid_expansion() -> None:
+    family = FamilyParams(search="grid", candidates=[{"model": "ols"}, {"model": "ridge", "alpha": [0.1, 1.0, 10.0]}])
+    assert expand_candidates(family, seed=0) == [
+        {"model": "ols"},
+        {"alpha": 0.1, "model": "ridge"},
+        {"alpha": 1.0, "model": "ridge"},
+        {"alpha": 10.0, "model": "ridge"},
+    ]
+
+
+def test_random_search_is_seeded_and_capped() -> None:
+    family = FamilyParams(
+        search="random",
+        n_iter=4,
+        candidates=[{"model": "lightgbm", "num_leaves": [15, 31, 63], "learning_rate": [0.01, 0.05], "subsample": 0.8}],
+    )
+    first = expand_candidates(family, seed=3)
+    assert first == expand_candidates(family, seed=3)
+    assert len(first) == 4
+    assert all(c["subsample"] == 0.8 for c in first)
+    assert len({tuple(sorted(c.items())) for c in first}) == 4
+    larger = family.model_copy(update={"n_iter": 50})
+    assert len(expand_candidates(larger, seed=3)) == 6  # the whole grid, no repeats
+
+
+def test_params_families_all_build(params: Params) -> None:
+    for name, family in params.train.families.items():
+        candidates = expand_candidates(family, params.train.seed)
+        assert candidates, name
+        for candidate in candidates:
+            build_model(candidate, params.features, params.train.target_transform, params.train.seed)

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from training.config import Params
+from training.register import QualityFloorError, file_md5, register, version_tags
+
+
+def test_file_md5_is_the_plain_md5(tmp_path: Path) -> None:
+    path = tmp_path / "x.csv"
+    path.write_bytes(b"a,b\n1,2\n" * 100_000)
+    assert file_md5(path) == hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
+
+
+def test_version_tags_carry_metrics_and_data_version() -> None:
+    metrics = {
+        "winner": "gradient_boosting",
+        "test": {"rmse": 40123.456, "mae": 25000.0, "r2": 0.8765},
+        "families": {"gradient_boosting": {"cv": {"rmse": 40500.0, "r2": 0.87}}},
+    }
+    assert version_tags(metrics, "abc123") == {
+        "test_rmse": "40123.5",
+        "test_mae": "25000",
+        "test_r2": "0.8765",
+        "cv_rmse": "40500",
+        "cv_r2": "0.87",
+        "family": "gradient_boosting",
+        "data_version": "abc123",
+    }
+
+
+def test_a_model_below_the_floor_is_not_registered(params: Params, tmp_path: Path) -> None:
+    metrics_path = tmp_path / "metrics.json"
+    metrics_path.write_text(
+        json.dumps({"test": {"rmse": 60000.0, "r2": 0.7}, "quality_floor": {"met": False, "max_rmse": 45000}})
+    )
+    patched = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"metrics_path": metrics_path})})
+    with pytest.raises(QualityFloorError, match="quality floor"):
+        register(patched)
