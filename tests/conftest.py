@@ -1,17 +1,35 @@
-"""Shared fixtures: the real dataset (or a seeded sample of it) and a typed params object."""
+"""Shared fixtures: the real dataset (or a seeded sample of it), typed params, and a small trained pipeline.
+
+Every test shares one throwaway BentoML home, set before anything touches the
+store (BentoML reads ``BENTOML_HOME`` once per process): tests never see or
+change the user's own models.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from tests.workspace import Workspace, run_pipeline
 from training.config import Params, Settings, load_params
 from training.features import FEATURE_COLUMNS, TARGET_COLUMN
 from training.ingest import ingest
 
 ROOT = Path(__file__).resolve().parents[1]
+_BENTOML_HOME = tempfile.mkdtemp(prefix="housing-bentoml-")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ["BENTOML_HOME"] = _BENTOML_HOME
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_BENTOML_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +68,9 @@ def X_sample(sample: pd.DataFrame) -> pd.DataFrame:
 @pytest.fixture(scope="session")
 def y_sample(sample: pd.DataFrame) -> pd.Series:
     return sample[TARGET_COLUMN]
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory: pytest.TempPathFactory, housing: pd.DataFrame) -> Workspace:
+    """The real pipeline run once on a 3,000-row sample: DVC, MLflow store and the session's BentoML store."""
+    return run_pipeline(tmp_path_factory.mktemp("pipeline"), housing)

@@ -12,6 +12,7 @@ through the same vectorised path, which keeps single-record latency low.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -41,6 +42,30 @@ OCEAN_PROXIMITY_CATEGORIES: tuple[str, ...] = (
 )
 FEATURE_COLUMNS: tuple[str, ...] = (*NUMERIC_COLUMNS, CATEGORICAL_COLUMN)
 TARGET_COLUMN = "median_house_value"
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Inclusive range of a numeric column, and whether it may be missing."""
+
+    low: float
+    high: float
+    nullable: bool = False
+
+
+# California's bounding box; the survey's caps (age 52, income 15.0001 in tens of
+# thousands of USD, value 500,001 USD) are the upper bounds of their columns.
+NUMERIC_BOUNDS: dict[str, Bounds] = {
+    "longitude": Bounds(-124.5, -114.0),
+    "latitude": Bounds(32.5, 42.1),
+    "housing_median_age": Bounds(0.0, 52.0),
+    "total_rooms": Bounds(0.0, 1e6),
+    "total_bedrooms": Bounds(0.0, 1e6, nullable=True),
+    "population": Bounds(0.0, 1e7),
+    "households": Bounds(0.0, 1e6),
+    "median_income": Bounds(0.0, 15.0001),
+}
+TARGET_BOUNDS = Bounds(1.0, 500_001.0)
 
 # Centres of California's largest metropolitan areas (longitude, latitude): house
 # prices fall with distance from jobs, which a tree finds hard to learn from raw

@@ -1,42 +1,22 @@
-"""The declared schema of a raw housing record.
+"""The pandera schema of the raw CSV, built from the bounds in :mod:`training.features`.
 
-One definition of what a valid block group looks like: the pandera schema
-that validates the raw CSV is built from it here, and the prediction service's
-request models use the same bounds.
+The prediction service's request models use the same bounds, so the training
+data and a served request are held to one definition of a valid block group.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pandas as pd
 import pandera.pandas as pa
 
-from training.features import CATEGORICAL_COLUMN, OCEAN_PROXIMITY_CATEGORIES, TARGET_COLUMN
-
-
-@dataclass(frozen=True)
-class Bounds:
-    """Inclusive range of a numeric column, and whether it may be missing."""
-
-    low: float
-    high: float
-    nullable: bool = False
-
-
-# California's bounding box; the survey's caps (age 52, income 15.0001 in tens of
-# thousands of USD, value 500,001 USD) are the upper bounds of their columns.
-NUMERIC_BOUNDS: dict[str, Bounds] = {
-    "longitude": Bounds(-124.5, -114.0),
-    "latitude": Bounds(32.5, 42.1),
-    "housing_median_age": Bounds(0.0, 52.0),
-    "total_rooms": Bounds(0.0, 1e6),
-    "total_bedrooms": Bounds(0.0, 1e6, nullable=True),
-    "population": Bounds(0.0, 1e7),
-    "households": Bounds(0.0, 1e6),
-    "median_income": Bounds(0.0, 15.0001),
-}
-TARGET_BOUNDS = Bounds(1.0, 500_001.0)
+from training.features import (
+    CATEGORICAL_COLUMN,
+    NUMERIC_BOUNDS,
+    OCEAN_PROXIMITY_CATEGORIES,
+    TARGET_BOUNDS,
+    TARGET_COLUMN,
+    Bounds,
+)
 
 
 def raw_schema(

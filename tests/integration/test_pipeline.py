@@ -7,11 +7,8 @@ Real DVC, a real MLflow tracking store and registry (MLflow's default
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,82 +16,13 @@ import pandas as pd
 import pytest
 import yaml
 
+from tests.workspace import Workspace, make_workspace, small_params
 from training.estimators import load_model
 from training.features import FEATURE_COLUMNS
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 STAGES = ["ingest", "validate", "prepare", "train", "evaluate", "register"]
-
-
-@dataclass
-class Workspace:
-    path: Path
-    env: dict[str, str]
-    first_run: str
-
-    def run(self, *args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        result = subprocess.run(
-            args, cwd=self.path, env=env or self.env, capture_output=True, text=True, timeout=600, check=False
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(f"{args} failed:\n{result.stdout}\n{result.stderr}")
-        return result
-
-    def python(self, code: str) -> str:
-        return self.run(str(BIN / "python"), "-c", code).stdout
-
-
-def small_params() -> dict:
-    """params.yaml with every search shrunk to a couple of candidates."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["features"]["neighbours"] = [3, 10]
-    params["train"]["cv_folds"] = 3
-    families = params["train"]["families"]
-    families["linear"]["candidates"] = [{"model": "ols"}, {"model": "ridge", "alpha": [1.0]}]
-    families["decision_tree"]["candidates"] = [{"model": "tree", "max_depth": [6, 10], "min_samples_leaf": 10}]
-    families["random_forest"].update(n_iter=1)
-    families["random_forest"]["candidates"] = [{"model": "forest", "n_estimators": 20, "max_samples": 0.5}]
-    families["gradient_boosting"].update(n_iter=2)
-    families["gradient_boosting"]["candidates"] = [
-        {"model": "lightgbm", "n_estimators": 150, "learning_rate": [0.05, 0.1], "num_leaves": 15}
-    ]
-    params["evaluate"]["quality_floor"] = {"min_r2": 0.6, "max_rmse": 80_000}
-    return params
-
-
-def make_workspace(path: Path, source: Path, params: dict) -> dict[str, str]:
-    """A fresh DVC project holding the pipeline code; returns its environment."""
-    path.mkdir(parents=True)
-    shutil.copytree(ROOT / "training", path / "training", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "dvc.yaml", path)
-    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HOUSING_", "BENTOML_"))}
-    env |= {
-        "PATH": f"{BIN}{os.pathsep}{env['PATH']}",
-        "HOUSING_DATA_SOURCE": str(source),
-        "BENTOML_HOME": str(path.parent / f"{path.name}-bentoml"),
-        "DVC_NO_ANALYTICS": "1",
-        "PYTHONUNBUFFERED": "1",
-    }
-    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=path, env=env, check=True)
-    return env
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory, housing: pd.DataFrame) -> Workspace:
-    root = tmp_path_factory.mktemp("pipeline")
-    source = root / "housing-sample.csv"
-    housing.sample(3000, random_state=1).to_csv(source, index=False)
-    path = root / "repo"
-    env = make_workspace(path, source, small_params())
-    ws = Workspace(path, env, "")
-    ws.run("dvc", "remote", "add", "-d", "storage", str(root / "remote"))
-    result = ws.run("dvc", "repro")
-    ws.first_run = result.stdout + result.stderr
-    return ws
 
 
 def registry(ws: Workspace) -> dict:
@@ -208,7 +136,7 @@ def test_bentoml_store_holds_the_champion(workspace: Workspace) -> None:
     result = workspace.run("bentoml", "models", "get", "housing-price-model:latest", "-o", "json")
     model = json.loads(result.stdout)
     info = registry(workspace)
-    assert model["labels"]["mlflow_version"] == info["version"]
+    assert model["labels"]["mlflow_version"] == str(info["version"])
     assert model["metadata"]["mlflow_run_id"] == info["run_id"]
     assert model["metadata"]["data_version"] == info["tags"]["data_version"]
     assert workspace.run("python", "-m", "training.register", "--check").returncode == 0
@@ -232,7 +160,9 @@ def test_push_then_pull_into_a_clean_copy_restores_the_data(workspace: Workspace
     clone.mkdir()
     for name in ("dvc.yaml", "dvc.lock", "params.yaml"):
         shutil.copy(workspace.path / name, clone)
-    shutil.copytree(workspace.path / "training", clone / "training")
+    # What git holds: the code and the small uncached outputs (reports).
+    for folder in ("training", "reports"):
+        shutil.copytree(workspace.path / folder, clone / folder)
     subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=clone, env=workspace.env, check=True)
     shutil.copy(workspace.path / ".dvc" / "config", clone / ".dvc" / "config")
     pulled = subprocess.run(["dvc", "pull"], cwd=clone, env=workspace.env, capture_output=True, text=True)

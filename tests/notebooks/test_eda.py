@@ -15,7 +15,6 @@ NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "eda.ipynb"
 
 def test_eda_notebook_executes(housing_csv: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOUSING_EDA_DATA", str(housing_csv))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
