@@ -22,7 +22,9 @@ export PATH := $(BIN):$(PATH)
 
 PYTEST_ARGS ?=
 
-.PHONY: help setup pipeline run test lint format typecheck check dvc-remote push pull clean
+PORT ?= 3000
+
+.PHONY: help setup pipeline run serve build tools bench load test lint format typecheck check dvc-remote push pull clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -41,7 +43,24 @@ pipeline: setup ## Run the DVC pipeline (ingest ▸ validate ▸ prepare ▸ tra
 	@# DVC cannot see the MLflow and BentoML stores: re-register if they lost the champion.
 	python -m training.register --check || dvc repro --force register
 
-run: setup pipeline ## Set everything up and run the pipeline
+run: setup pipeline serve ## Set everything up, run the pipeline and serve the fresh champion
+
+serve: setup ## Serve the champion from the BentoML store on PORT (3000)
+	bentoml serve service.service:HousePricer --host 0.0.0.0 --port $(PORT)
+
+build: setup ## Build the bento (service + champion model + generated Dockerfile)
+	bentoml build
+
+tools: ## Install the system tools the benchmarks use (wrk)
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+
+bench: setup tools ## Benchmark against `mlflow models serve`: reports/benchmark.json and the README table
+	python load_tests/benchmark.py
+
+LOAD_USERS ?= 32
+LOAD_TIME ?= 30s
+load: setup ## Headless Locust run against a fresh server; fails past the thresholds in the locustfile
+	python load_tests/run_load.py --users $(LOAD_USERS) --run-time $(LOAD_TIME)
 
 test: setup ## Run the test suite with coverage
 	python -m pytest --cov --cov-report=term --cov-report=xml $(PYTEST_ARGS)

@@ -1,0 +1,248 @@
+"""Benchmark the prediction service against `mlflow models serve`, side by side in one run.
+
+Measures, on this machine and in this order:
+  1. single-record latency (p50/p99) at concurrency 1,
+  2. throughput and p99 with 32 concurrent clients,
+  3. the latency of one 10,000-record batch,
+  4. `mlflow models serve` with the same registered model, the same record and the same 32 clients,
+and writes reports/benchmark.json plus the table between the markers in README.md.
+Load comes from wrk (C, so the client takes little of the two cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TARGETS = {"single_p50_ms": 5.0, "throughput_ratio": 4.0, "p99_32_ms": 100.0, "batch_10k_ms": 250.0}
+README_START, README_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
+
+WRK_REPORT = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('{"requests": %d, "duration_us": %d, "errors": %d, "non_2xx": %d, '
+    .. '"p50_ms": %.3f, "p90_ms": %.3f, "p99_ms": %.3f, "mean_ms": %.3f}\\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50) / 1000, latency:percentile(90) / 1000, latency:percentile(99) / 1000,
+    latency.mean / 1000))
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not ready after {timeout_s} s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(60)
+
+
+def wrk(url: str, body: str, clients: int, seconds: int, workdir: Path) -> dict[str, Any]:
+    """Run wrk with a JSON POST body; returns requests/s, latency percentiles (ms) and error counts."""
+    script = workdir / "post.lua"
+    script.write_text(
+        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = [==[{body}]==]\n{WRK_REPORT}"
+    )
+    threads = min(clients, 2)
+    result = subprocess.run(
+        [
+            "wrk",
+            "-t",
+            str(threads),
+            "-c",
+            str(clients),
+            "-d",
+            f"{seconds}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    stats = json.loads(result.stdout.strip().splitlines()[-1])
+    stats["requests_per_s"] = stats["requests"] / (stats["duration_us"] / 1e6)
+    return stats
+
+
+def batch_latency(url: str, houses: list[dict[str, Any]], runs: int) -> dict[str, float]:
+    body = json.dumps(houses)
+    timings = []
+    with httpx.Client(timeout=60) as client:
+        for _ in range(runs + 1):  # the first run warms up
+            start = time.perf_counter()
+            response = client.post(url, content=body, headers={"Content-Type": "application/json"})
+            timings.append((time.perf_counter() - start) * 1000)
+            response.raise_for_status()
+    timings = timings[1:]
+    return {"median_ms": statistics.median(timings), "min_ms": min(timings), "max_ms": max(timings), "runs": runs}
+
+
+def houses_from(test_csv: Path, n: int) -> list[dict[str, Any]]:
+    df = pd.read_csv(test_csv).drop(columns="median_house_value")
+    rows = df.sample(n, replace=n > len(df), random_state=0).to_dict("records")
+    return [{k: (None if v != v else v) for k, v in row.items()} for row in rows]
+
+
+def serve_bentoml(port: int, workdir: Path) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "HOUSING_PREDICTION_DB": str(workdir / "predictions.db"),
+        "HOUSING_LOG_DIR": str(workdir / "log"),
+    }
+    return subprocess.Popen(
+        [str(BIN / "bentoml"), "serve", "service.service:HousePricer", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT, env=env, stdout=(workdir / "bentoml.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+
+
+def serve_mlflow(port: int, workers: int, workdir: Path) -> subprocess.Popen:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "MLFLOW_MODELS_WORKERS": str(workers)}
+    return subprocess.Popen(
+        [str(BIN / "mlflow"), "models", "serve", "-m", "models:/housing-price-model@champion",
+         "--env-manager", "local", "--host", "127.0.0.1", "-p", str(port), "--workers", str(workers)],
+        cwd=ROOT, env=env, stdout=(workdir / "mlflow.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="housing-bench-"))
+    test_csv = ROOT / "data" / "processed" / "test.csv"
+    one = houses_from(test_csv, 1)[0]
+    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
+
+    port = free_port()
+    server = serve_bentoml(port, workdir)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/readyz", server)
+        url = f"http://127.0.0.1:{port}"
+        info = httpx.get(f"{url}/model").json()
+        results["model"] = {"name": info["model_name"], "version": info["model_version"], "family": info["family"]}
+        wrk(f"{url}/predict", json.dumps(one), 8, 3, workdir)  # warm-up
+        results["single_c1"] = wrk(f"{url}/predict", json.dumps(one), 1, args.seconds, workdir)
+        results["single_c32"] = wrk(f"{url}/predict", json.dumps(one), 32, args.seconds, workdir)
+        results["batch_10k"] = batch_latency(f"{url}/predict_batch", houses_from(test_csv, args.batch), args.batch_runs)
+    finally:
+        stop(server)
+
+    port = free_port()
+    baseline = serve_mlflow(port, args.mlflow_workers, workdir)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/ping", baseline)
+        body = json.dumps({"dataframe_records": [one]})
+        wrk(f"http://127.0.0.1:{port}/invocations", body, 8, 3, workdir)
+        results["mlflow_c32"] = wrk(f"http://127.0.0.1:{port}/invocations", body, 32, args.seconds, workdir)
+        results["mlflow_c32"]["workers"] = args.mlflow_workers
+    finally:
+        stop(baseline)
+
+    results["summary"] = {
+        "single_p50_ms": results["single_c1"]["p50_ms"],
+        "single_p99_ms": results["single_c1"]["p99_ms"],
+        "throughput_rps": results["single_c32"]["requests_per_s"],
+        "p99_32_ms": results["single_c32"]["p99_ms"],
+        "batch_10k_ms": results["batch_10k"]["median_ms"],
+        "mlflow_throughput_rps": results["mlflow_c32"]["requests_per_s"],
+        "throughput_ratio": results["single_c32"]["requests_per_s"] / results["mlflow_c32"]["requests_per_s"],
+    }
+    summary = results["summary"]
+    results["targets"] = {
+        name: {"target": target, "value": summary[name], "met": summary[name] >= target if name == "throughput_ratio" else summary[name] <= target}
+        for name, target in TARGETS.items()
+    }  # fmt: skip
+    shutil.rmtree(workdir, ignore_errors=True)
+    return results
+
+
+def table(results: dict[str, Any]) -> str:
+    s, t = results["summary"], results["targets"]
+
+    def mark(name: str) -> str:
+        return "met" if t[name]["met"] else "**missed**"
+
+    return "\n".join(
+        [
+            f"Model {results['model']['name']} v{results['model']['version']} ({results['model']['family']}), "
+            f"{results['machine']['cpus']} cores, measured by `make bench` (wrk; both servers with 2 workers):",
+            "",
+            "| measure | value | target | |",
+            "|---|---|---|---|",
+            f"| single record, concurrency 1: p50 / p99 | {s['single_p50_ms']:.2f} / {s['single_p99_ms']:.2f} ms | p50 ≤ 5 ms | {mark('single_p50_ms')} |",
+            f"| 32 clients: throughput | {s['throughput_rps']:,.0f} req/s | | |",
+            f"| 32 clients: p99 | {s['p99_32_ms']:.1f} ms | ≤ 100 ms | {mark('p99_32_ms')} |",
+            f"| one 10,000-record batch | {s['batch_10k_ms']:.0f} ms | ≤ 250 ms | {mark('batch_10k_ms')} |",
+            f"| `mlflow models serve`, same model and load | {s['mlflow_throughput_rps']:,.0f} req/s | | |",
+            f"| throughput ratio (this service / MLflow) | {s['throughput_ratio']:.1f}× | ≥ 4× | {mark('throughput_ratio')} |",
+        ]
+    )  # fmt: skip
+
+
+def update_readme(readme: Path, text: str) -> None:
+    content = readme.read_text()
+    pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.DOTALL)
+    if not pattern.search(content):
+        raise SystemExit(f"{readme} has no {README_START} ... {README_END} section")
+    readme.write_text(pattern.sub(f"{README_START}\n{text}\n{README_END}", content))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=15, help="duration of each wrk run")
+    parser.add_argument("--batch", type=int, default=10_000, help="records in the batch request")
+    parser.add_argument("--batch-runs", type=int, default=5)
+    parser.add_argument("--mlflow-workers", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=ROOT / "reports" / "benchmark.json")
+    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed (make bench installs it: apt-get install wrk)")
+    results = run(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    text = table(results)
+    update_readme(args.readme, text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""The served model: the registered champion, loaded from the BentoML model store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import bentoml
+import mlflow.sklearn
+import numpy as np
+from sklearn.base import BaseEstimator
+
+from service.schemas import EXAMPLE_HOUSE, House, ModelInfo, columns_of
+
+# Where bentoml.mlflow.import_model puts the MLflow model inside a BentoML model.
+MLFLOW_MODEL_FOLDER = "mlflow_model"
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """The fitted pipeline (raw records in, USD out) and what the registry says about it."""
+
+    estimator: BaseEstimator
+    info: ModelInfo
+
+    def predict(self, houses: list[House]) -> np.ndarray:
+        """Prices in USD, shape (len(houses),), through the training pipeline's own feature code."""
+        return np.asarray(self.estimator.predict(columns_of(houses)), dtype=float)
+
+
+def load_served_model(bento_model: bentoml.Model) -> ServedModel:
+    """Load the MLflow model inside ``bento_model`` and warm it up.
+
+    The sklearn flavour is loaded directly (not through pyfunc's per-call schema
+    enforcement), which keeps single predictions fast; the request models already
+    validate every field, and a test proves both paths give the same prices.
+    """
+    estimator = mlflow.sklearn.load_model(bento_model.path_of(MLFLOW_MODEL_FOLDER))
+    meta = bento_model.info.metadata
+    served = ServedModel(
+        estimator=estimator,
+        info=ModelInfo(
+            model_name=str(meta["mlflow_model"]),
+            model_version=str(meta["mlflow_version"]),
+            run_id=str(meta["mlflow_run_id"]),
+            bento_tag=str(bento_model.tag),
+            family=str(bento_model.info.labels.get("family", "")),
+            data_version=str(meta["data_version"]),
+            test_metrics=_floats(meta["test_metrics"]),
+            cv_metrics=_floats(meta["cv_metrics"]),
+            feature_schema=House.model_json_schema(),
+        ),
+    )
+    # The first call builds the neighbour index; do it before traffic arrives.
+    served.predict([House(**EXAMPLE_HOUSE)])
+    return served
+
+
+def _floats(values: Any) -> dict[str, float]:
+    return {str(key): float(value) for key, value in values.items()}

@@ -1,0 +1,163 @@
+"""SQLite prediction log: every priced house and every feedback, written off the request path.
+
+Requests only put rows on an in-memory queue; one background thread per
+process drains it in batches (one transaction per batch) into a WAL-mode
+database, so a request never waits for the disk and several worker processes
+can write the same file. A failed write is retried with the same rows, never
+dropped; :meth:`PredictionLog.close` flushes the queue on shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from training.features import CATEGORICAL_COLUMN, NUMERIC_COLUMNS
+
+log = logging.getLogger(__name__)
+
+PREDICTIONS = "predictions"
+FEEDBACK = "feedback"
+
+_SCHEMAS: dict[str, dict[str, type]] = {
+    PREDICTIONS: {
+        "id": int,
+        "request_id": str,
+        "idx": int,
+        "endpoint": str,
+        "ts": float,
+        "model_version": str,
+        "latency_ms": float,
+        "price_usd": float,
+        **dict.fromkeys(NUMERIC_COLUMNS, float),
+        CATEGORICAL_COLUMN: str,
+    },
+    FEEDBACK: {"id": int, "request_id": str, "idx": int, "ts": float, "actual_price_usd": float},
+}
+_INDEXES: dict[str, list[tuple[list[str], bool]]] = {
+    PREDICTIONS: [(["request_id", "idx"], True), (["ts"], False), (["model_version", "ts"], False)],
+    FEEDBACK: [(["request_id", "idx"], True), (["ts"], False)],
+}
+_STOP = object()
+
+
+def connect(path: Path) -> sqlite_utils.Database:
+    """A connection that waits for other writers instead of failing with 'database is locked'."""
+    conn = sqlite3.connect(path, timeout=30, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout = 30000")
+    return sqlite_utils.Database(conn)
+
+
+def create_schema(path: Path) -> None:
+    """Create the tables and indexes (idempotent) and switch the file to WAL mode."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = connect(path)
+    try:
+        db.enable_wal()
+        for name, columns in _SCHEMAS.items():
+            db[name].create(columns, pk="id", not_null=set(columns) - {"total_bedrooms"}, if_not_exists=True)  # type: ignore[union-attr]
+            for index_columns, unique in _INDEXES[name]:
+                db[name].create_index(index_columns, unique=unique, if_not_exists=True)  # type: ignore[union-attr]
+    finally:
+        db.close()
+
+
+class PredictionLog:
+    """Queue rows for the database; a daemon thread writes them in batches."""
+
+    def __init__(self, path: Path, batch_size: int = 500, interval_s: float = 0.05):
+        self.path = path
+        self.batch_size = batch_size
+        self.interval_s = interval_s
+        self.write_failures = 0
+        self.rows_written = 0
+        self._queue: queue.Queue[Any] = queue.Queue()
+        create_schema(path)
+        self._thread = threading.Thread(target=self._run, name="prediction-log-writer", daemon=True)
+        self._thread.start()
+
+    # -- request path -------------------------------------------------------
+    def add(self, table: str, rows: Sequence[dict[str, Any]]) -> None:
+        """Queue ``rows`` for ``table``; returns at once."""
+        self._queue.put((table, rows))
+
+    @property
+    def pending(self) -> int:
+        """Requests whose rows are queued but not yet written."""
+        return self._queue.qsize()
+
+    # -- lifecycle ------------------------------------------------------------
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        """Wait until every queued row is written; False if that took longer than ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return not self._queue.unfinished_tasks
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Write everything still queued, then stop the writer."""
+        self._queue.put(_STOP)
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            log.error("prediction log: %d requests still unwritten at shutdown", self.pending)
+
+    # -- reads ----------------------------------------------------------------
+    @contextmanager
+    def reader(self) -> Iterator[sqlite_utils.Database]:
+        db = connect(self.path)
+        try:
+            yield db
+        finally:
+            db.close()
+
+    def prediction(self, request_id: str, idx: int) -> dict[str, Any] | None:
+        with self.reader() as db:
+            rows = list(db[PREDICTIONS].rows_where("request_id = ? AND idx = ?", [request_id, idx], limit=1))
+        return rows[0] if rows else None
+
+    # -- writer thread --------------------------------------------------------
+    def _run(self) -> None:
+        db = connect(self.path)
+        stop = False
+        while not stop:
+            batch = [self._queue.get()]
+            deadline = time.monotonic() + self.interval_s
+            while len(batch) < self.batch_size and batch[-1] is not _STOP:
+                try:
+                    batch.append(self._queue.get(timeout=max(deadline - time.monotonic(), 0)))
+                except queue.Empty:
+                    break
+            stop = batch[-1] is _STOP
+            items = [item for item in batch if item is not _STOP]
+            self._write(db, items)
+            for _ in batch:
+                self._queue.task_done()
+        db.close()
+
+    def _write(self, db: sqlite_utils.Database, items: list[tuple[str, Sequence[dict[str, Any]]]]) -> None:
+        by_table: dict[str, list[dict[str, Any]]] = {}
+        for table, rows in items:
+            by_table.setdefault(table, []).extend(rows)
+        delay = 0.05
+        while by_table:
+            try:
+                with db.conn:
+                    for table, rows in by_table.items():
+                        # Feedback may be corrected: the latest value for a house wins.
+                        db[table].insert_all(rows, replace=table == FEEDBACK)  # type: ignore[union-attr]
+                self.rows_written += sum(len(rows) for rows in by_table.values())
+                return
+            except sqlite3.Error:
+                self.write_failures += 1
+                log.exception("prediction log: write failed, retrying in %.2f s", delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)

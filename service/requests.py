@@ -1,0 +1,155 @@
+"""Request plumbing: request ids, the body-size limit and one JSON log line per API request.
+
+:class:`RequestMiddleware` is a plain ASGI middleware (no extra task per
+request). It takes the ``X-Request-ID`` header or makes one, hands it to the
+API through the request headers, returns it on every response, refuses bodies
+larger than the limit with 413 before anything parses them, and writes one
+JSON line per API request with the status and latency. The API handlers add
+their own fields (model version, record count) through the request state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import re
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("housing.requests")
+
+REQUEST_ID_HEADER = b"x-request-id"
+_VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+STATE_KEY = "housing"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and any ``fields`` given."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            **getattr(record, "fields", {}),
+        }
+        return json.dumps(payload, default=str)
+
+
+def configure_request_log(log_dir: Path, worker: int | None, max_bytes: int, backups: int, stdout: bool) -> None:
+    """Send request lines to a rotating file per worker (rotation is not safe across processes)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    name = f"requests-{worker}.log" if worker else "requests.log"
+    handlers: list[logging.Handler] = [
+        logging.handlers.RotatingFileHandler(log_dir / name, maxBytes=max_bytes, backupCount=backups)
+    ]
+    if stdout:
+        handlers.append(logging.StreamHandler())
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+        handler.close()
+    for handler in handlers:
+        handler.setFormatter(JsonFormatter())
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+def request_state(scope_state: Any) -> dict[str, Any]:
+    """The per-request dict the middleware shares with the API handlers."""
+    return getattr(scope_state, STATE_KEY)
+
+
+class RequestMiddleware:
+    """Request ids, body-size limit and JSON request log for the API routes."""
+
+    def __init__(self, app: Any, max_body_bytes: Callable[[], int], logged_paths: tuple[str, ...]):
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.logged_paths = logged_paths
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        request_id = self._request_id(scope)
+        fields: dict[str, Any] = {"request_id": request_id, "start": start}
+        scope.setdefault("state", {})[STATE_KEY] = fields
+        status = 500
+
+        async def send_with_id(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (REQUEST_ID_HEADER, request_id.encode())]
+            await send(message)
+
+        try:
+            body = await self._read_body(receive)
+            if body is None:
+                await self._too_large(send_with_id)
+            else:
+                await self.app(scope, _replay(body, receive), send_with_id)
+        finally:
+            if scope["path"] in self.logged_paths:
+                self._log(scope, fields, status, start)
+
+    def _request_id(self, scope: dict[str, Any]) -> str:
+        headers = [(k, v) for k, v in scope["headers"] if k != REQUEST_ID_HEADER]
+        given = next((v for k, v in scope["headers"] if k == REQUEST_ID_HEADER), b"")
+        request_id = given.decode() if _VALID_REQUEST_ID.match(given) else uuid.uuid4().hex
+        # The API reads the id from the header, so an invalid or missing one is replaced here.
+        scope["headers"] = [*headers, (REQUEST_ID_HEADER, request_id.encode())]
+        return request_id
+
+    async def _read_body(self, receive: Any) -> bytes | None:
+        """The whole body, or None once it grows past the limit (whatever Content-Length claimed)."""
+        chunks, size, more, limit = [], 0, True, self.max_body_bytes()
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        return b"".join(chunks)
+
+    async def _too_large(self, send: Any) -> None:
+        body = json.dumps([{"error": f"request body exceeds the limit of {self.max_body_bytes()} bytes"}]).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    @staticmethod
+    def _log(scope: dict[str, Any], fields: dict[str, Any], status: int, start: float) -> None:
+        extra = {key: value for key, value in fields.items() if key != "start"}
+        extra |= {
+            "method": scope["method"],
+            "path": scope["path"],
+            "status": status,
+            "latency_ms": round((time.perf_counter() - start) * 1000, 3),
+        }
+        log.info("request", extra={"fields": extra})
+
+
+def _replay(body: bytes, receive: Any) -> Any:
+    """A receive callable that hands over the buffered body, then waits on the real connection."""
+    sent = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay

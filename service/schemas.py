@@ -1,0 +1,184 @@
+"""Request and response models of the prediction service.
+
+A :class:`House` is one raw block-group record, validated at the edge with the
+bounds declared once in :mod:`training.schema`: strict types (no numbers in
+strings, no booleans), finite values, California's bounding box, non-negative
+counts, at least one household, no more bedrooms than rooms, a known
+``ocean_proximity``. Unknown fields are refused. A failure names the field (and,
+in a batch, the record's index) and the rule.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from training.features import FEATURE_COLUMNS, NUMERIC_BOUNDS, OCEAN_PROXIMITY_CATEGORIES
+
+OceanProximity = Literal["<1H OCEAN", "INLAND", "ISLAND", "NEAR BAY", "NEAR OCEAN"]
+assert set(get_args(OceanProximity)) == set(OCEAN_PROXIMITY_CATEGORIES)  # noqa: S101 - one list, checked at import
+
+
+def bounded(name: str, description: str, *, positive: bool = False, default: Any = ...) -> Any:
+    """A strict, finite float field within ``NUMERIC_BOUNDS[name]`` (above zero if ``positive``)."""
+    bounds = NUMERIC_BOUNDS[name]
+    return Field(
+        default,
+        gt=0.0 if positive else None,
+        ge=None if positive else bounds.low,
+        le=bounds.high,
+        strict=True,
+        allow_inf_nan=False,
+        description=description,
+    )
+
+
+EXAMPLE_HOUSE: dict[str, Any] = {
+    "longitude": -122.23,
+    "latitude": 37.88,
+    "housing_median_age": 41.0,
+    "total_rooms": 880.0,
+    "total_bedrooms": 129.0,
+    "population": 322.0,
+    "households": 126.0,
+    "median_income": 8.3252,
+    "ocean_proximity": "NEAR BAY",
+}
+
+
+class House(BaseModel):
+    """One census block group, as raw features."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra={"example": EXAMPLE_HOUSE})
+
+    longitude: float = bounded("longitude", "Degrees east; inside California's bounding box.")
+    latitude: float = bounded("latitude", "Degrees north; inside California's bounding box.")
+    housing_median_age: float = bounded("housing_median_age", "Median age of the houses, years (census cap 52).")
+    total_rooms: float = bounded("total_rooms", "Rooms in the block group.")
+    total_bedrooms: float | None = bounded("total_bedrooms", "Bedrooms; optional, imputed when missing.", default=None)
+    population: float = bounded("population", "People living in the block group.")
+    households: float = bounded("households", "Households; at least one.", positive=True)
+    median_income: float = bounded("median_income", "Median income, tens of thousands of USD.", positive=True)
+    ocean_proximity: OceanProximity = Field(description="Location relative to the ocean.")
+
+    @field_validator("total_bedrooms")
+    @classmethod
+    def _bedrooms_within_rooms(cls, bedrooms: float | None, info: ValidationInfo) -> float | None:
+        # Fields validate in order: total_rooms is known here unless it was itself invalid.
+        rooms = info.data.get("total_rooms")
+        if bedrooms is not None and rooms is not None and bedrooms > rooms:
+            raise ValueError(f"must not exceed total_rooms ({bedrooms:g} > {rooms:g})")
+        return bedrooms
+
+
+def columns_of(houses: list[House]) -> dict[str, list[Any]]:
+    """The houses as columns (name -> values), the form the model's feature code reads fastest."""
+    return {name: [getattr(house, name) for house in houses] for name in FEATURE_COLUMNS}
+
+
+class ModelIdentity(BaseModel):
+    model_name: str = Field(description="Registered MLflow model name.")
+    model_version: str = Field(description="Registered MLflow model version.")
+
+
+class Prediction(ModelIdentity):
+    price_usd: float = Field(description="Predicted median house value, USD.")
+    request_id: str = Field(description="Echoes X-Request-ID, or a generated id; quote it in /feedback.")
+
+
+class BatchPrediction(ModelIdentity):
+    prices_usd: list[float] = Field(description="One predicted price per house, in request order.")
+    count: int
+    request_id: str
+
+
+class DataFrameSplit(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    columns: list[str]
+    data: list[list[Any]]
+    index: list[Any] | None = None
+
+
+class Invocation(BaseModel):
+    """MLflow's scoring protocol: exactly one of ``dataframe_split`` or ``dataframe_records``."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {"dataframe_split": {"columns": list(EXAMPLE_HOUSE), "data": [list(EXAMPLE_HOUSE.values())]}}
+        },
+    )
+
+    dataframe_split: DataFrameSplit | None = None
+    dataframe_records: list[House] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_format(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        given = [key for key in ("dataframe_split", "dataframe_records") if data.get(key) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'dataframe_split' or 'dataframe_records'")
+        split = data.get("dataframe_split")
+        if isinstance(split, dict) and isinstance(split.get("columns"), list) and isinstance(split.get("data"), list):
+            columns = split["columns"]
+            rows = split["data"]
+            for i, row in enumerate(rows):
+                if not isinstance(row, list) or len(row) != len(columns):
+                    raise ValueError(
+                        f"dataframe_split.data[{i}] must be a list of {len(columns)} values, one per column"
+                    )
+            # Validate the rows as records, so errors name the row and the field.
+            return {"dataframe_records": [dict(zip(columns, row, strict=True)) for row in rows]}
+        return data
+
+    def houses(self) -> list[House]:
+        return self.dataframe_records or []
+
+
+class InvocationResponse(BaseModel):
+    predictions: list[float]
+
+
+class Feedback(BaseModel):
+    """The actual sale price of a house the service priced."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"example": {"request_id": "3f2b9c1e6a7d4e21", "actual_price_usd": 452600.0}},
+    )
+
+    request_id: str = Field(min_length=1, max_length=128, description="The request id of the prediction.")
+    index: int = Field(default=0, ge=0, description="Position of the house in a batch request (0 for /predict).")
+    actual_price_usd: float = Field(
+        gt=0, le=10_000_000, allow_inf_nan=False, strict=True, description="Sale price, USD."
+    )
+
+
+class FeedbackReceipt(BaseModel):
+    request_id: str
+    index: int
+    predicted_price_usd: float
+    actual_price_usd: float
+    error_usd: float = Field(description="actual - predicted")
+
+
+class ModelInfo(ModelIdentity):
+    run_id: str
+    bento_tag: str
+    family: str
+    data_version: str = Field(description="DVC/MD5 hash of the raw training data.")
+    test_metrics: dict[str, float]
+    cv_metrics: dict[str, float]
+    feature_schema: dict[str, Any] = Field(description="JSON schema of one house.")
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    model_name: str
+    model_version: str
+    uptime_s: float
+    prediction_log_queue: int
+    prediction_log_write_failures: int

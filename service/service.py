@@ -1,0 +1,174 @@
+"""The housing price prediction service: ``bentoml serve service.service:HousePricer``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from http import HTTPStatus
+from typing import Any, cast
+
+import bentoml
+from bentoml.exceptions import BentoMLException
+from fastapi import FastAPI
+
+from service.config import settings
+from service.model import ServedModel, load_served_model
+from service.prediction_log import FEEDBACK, PREDICTIONS, PredictionLog
+from service.requests import RequestMiddleware, configure_request_log, request_state
+from service.schemas import (
+    BatchPrediction,
+    Feedback,
+    FeedbackReceipt,
+    Health,
+    House,
+    Invocation,
+    InvocationResponse,
+    ModelInfo,
+    Prediction,
+)
+
+API_PATHS = ("/predict", "/predict_batch", "/invocations", "/feedback")
+info_app = FastAPI(title="housing-price-service info")
+
+
+class PayloadTooLarge(BentoMLException):
+    error_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+
+class NotFound(BentoMLException):
+    error_code = HTTPStatus.NOT_FOUND
+
+
+@bentoml.service(
+    name="housing-price-service",
+    workers=2,
+    traffic={"timeout": 30, "max_concurrency": 256},
+    # The service writes its own JSON request log (service.requests); BentoML's is redundant and slower.
+    logging={"access": {"enabled": False}},
+    metrics={
+        "namespace": "housing",
+        "duration": {"buckets": [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]},
+    },
+)
+@bentoml.asgi_app(info_app)
+class HousePricer:
+    model_ref = bentoml.models.BentoModel(settings().model_tag)
+
+    def __init__(self) -> None:
+        config = settings()
+        self.model: ServedModel = load_served_model(self.model_ref)
+        self.log = PredictionLog(config.prediction_db, config.writer_batch_size, config.writer_interval_s)
+        worker = bentoml.server_context.worker_index
+        configure_request_log(config.log_dir, worker, config.log_max_bytes, config.log_backups, config.log_to_stdout)
+        self.started = time.time()
+
+    @bentoml.on_shutdown
+    def flush_prediction_log(self) -> None:
+        self.log.close()
+
+    @bentoml.api(route="/predict")
+    async def predict(self, house: House, /, ctx: bentoml.Context) -> Prediction:
+        """Price one house."""
+        (price,) = self._price("predict", [house], ctx)
+        return Prediction(
+            price_usd=price, request_id=request_state(ctx.request.state)["request_id"], **self._identity()
+        )
+
+    @bentoml.api(route="/predict_batch")
+    async def predict_batch(self, houses: list[House], /, ctx: bentoml.Context) -> BatchPrediction:
+        """Price a list of houses; prices come back in the same order."""
+        limit = settings().max_batch_size
+        if len(houses) > limit:
+            raise PayloadTooLarge(f"houses: at most {limit} houses per batch, got {len(houses)}")
+        prices = self._price("predict_batch", houses, ctx)
+        request_id = request_state(ctx.request.state)["request_id"]
+        return BatchPrediction(prices_usd=prices, count=len(prices), request_id=request_id, **self._identity())
+
+    @bentoml.api(route="/invocations")
+    async def invocations(self, request: Invocation, /, ctx: bentoml.Context) -> InvocationResponse:
+        """MLflow's scoring protocol, for clients of `mlflow models serve`."""
+        houses = request.houses()
+        limit = settings().max_batch_size
+        if len(houses) > limit:
+            raise PayloadTooLarge(f"dataframe: at most {limit} rows per request, got {len(houses)}")
+        return InvocationResponse(predictions=self._price("invocations", houses, ctx))
+
+    @bentoml.api(route="/feedback")
+    async def feedback(self, feedback: Feedback, /) -> FeedbackReceipt:
+        """Record the actual sale price of a priced house (ground truth for accuracy tracking)."""
+        prediction = await self._find_prediction(feedback.request_id, feedback.index)
+        if prediction is None:
+            raise NotFound(f"request_id: no prediction {feedback.request_id!r} (index {feedback.index}) in the log")
+        self.log.add(FEEDBACK, [{"request_id": feedback.request_id, "idx": feedback.index, "ts": time.time(),
+                                 "actual_price_usd": feedback.actual_price_usd}])  # fmt: skip
+        predicted = float(prediction["price_usd"])
+        return FeedbackReceipt(
+            request_id=feedback.request_id,
+            index=feedback.index,
+            predicted_price_usd=predicted,
+            actual_price_usd=feedback.actual_price_usd,
+            error_usd=feedback.actual_price_usd - predicted,
+        )
+
+    def __is_ready__(self) -> bool:
+        return getattr(self, "model", None) is not None
+
+    def _identity(self) -> dict[str, str]:
+        return {"model_name": self.model.info.model_name, "model_version": self.model.info.model_version}
+
+    def _price(self, endpoint: str, houses: list[House], ctx: bentoml.Context) -> list[float]:
+        """Predict, then queue one log row per house; the caller's request id ties them together."""
+        state = request_state(ctx.request.state)
+        prices = self.model.predict(houses).tolist()
+        now = time.time()
+        latency_ms = (time.perf_counter() - state["start"]) * 1000
+        version = self.model.info.model_version
+        self.log.add(
+            PREDICTIONS,
+            [
+                {"request_id": state["request_id"], "idx": i, "endpoint": endpoint, "ts": now,
+                 "model_version": version, "latency_ms": latency_ms, "price_usd": price, **house.model_dump()}
+                for i, (house, price) in enumerate(zip(houses, prices, strict=True))
+            ],
+        )  # fmt: skip
+        state.update(model_version=version, records=len(houses))
+        return prices
+
+    async def _find_prediction(self, request_id: str, index: int) -> dict[str, Any] | None:
+        """The logged prediction, waiting briefly: it may still be on a writer's queue."""
+        deadline = time.monotonic() + settings().feedback_grace_s
+        while (row := await asyncio.to_thread(self.log.prediction, request_id, index)) is None:
+            if time.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(0.05)
+        return row
+
+
+# The decorator turned the class into a bentoml Service, which mypy cannot see.
+cast(Any, HousePricer).add_asgi_middleware(
+    RequestMiddleware, max_body_bytes=lambda: settings().max_body_bytes, logged_paths=API_PATHS
+)
+
+
+def _service() -> HousePricer:
+    return cast(HousePricer, bentoml.get_current_service())
+
+
+@info_app.get("/model", response_model=ModelInfo)
+def model_info() -> ModelInfo:
+    """Registered name, version, run id, training metrics, feature schema and data version."""
+    return _service().model.info
+
+
+@info_app.get("/health", response_model=Health)
+def health() -> Health:
+    """A one-look summary: model, uptime and the prediction log's backlog."""
+    service = _service()
+    return Health(
+        status="ok" if service.log.write_failures == 0 else "degraded",
+        model_name=service.model.info.model_name,
+        model_version=service.model.info.model_version,
+        uptime_s=round(time.time() - service.started, 1),
+        prediction_log_queue=service.log.pending,
+        prediction_log_write_failures=service.log.write_failures,
+    )

@@ -1,0 +1,78 @@
+"""Invalid requests and what the service must answer: status, the field it names, the rule it cites.
+
+Shared by the in-process tests and the tests against a real `bentoml serve`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from service.schemas import EXAMPLE_HOUSE
+
+
+@dataclass(frozen=True)
+class BadRequest:
+    name: str
+    path: str
+    body: bytes
+    status: int
+    field: str  # must appear in the error's loc (or message)
+    rule: str  # must appear in the error's type or message
+
+    @property
+    def id(self) -> str:
+        return self.name
+
+
+def house(**changes: Any) -> dict[str, Any]:
+    out = {**EXAMPLE_HOUSE, **changes}
+    return {k: v for k, v in out.items() if v is not _DROP}
+
+
+_DROP = object()
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
+
+BAD_REQUESTS = [
+    BadRequest("missing field", "/predict", _json(house(median_income=_DROP)), 400, "median_income", "missing"),
+    BadRequest("unknown field", "/predict", _json(house(owner="me")), 400, "owner", "extra_forbidden"),
+    BadRequest("text for a number", "/predict", _json(house(latitude="37.5")), 400, "latitude", "float_type"),
+    BadRequest("boolean for a number", "/predict", _json(house(total_rooms=True)), 400, "total_rooms", "float_type"),
+    BadRequest("null for a required number", "/predict", _json(house(population=None)), 400, "population", "float_type"),
+    BadRequest("NaN", "/predict", b'{"longitude": NaN}', 400, "longitude", "finite_number"),
+    BadRequest("infinity", "/predict", _json(house()).replace(b"-122.23", b"-Infinity"), 400, "longitude", "finite"),
+    BadRequest("latitude outside California", "/predict", _json(house(latitude=48.85)), 400, "latitude", "less_than_equal"),
+    BadRequest("longitude outside California", "/predict", _json(house(longitude=-130.0)), 400, "longitude", "greater_than_equal"),
+    BadRequest("negative population", "/predict", _json(house(population=-5.0)), 400, "population", "greater_than_equal"),
+    BadRequest("negative rooms", "/predict", _json(house(total_rooms=-1.0)), 400, "total_rooms", "greater_than_equal"),
+    BadRequest("zero households", "/predict", _json(house(households=0.0)), 400, "households", "greater_than"),
+    BadRequest("income of zero", "/predict", _json(house(median_income=0.0)), 400, "median_income", "greater_than"),
+    BadRequest("implausible income", "/predict", _json(house(median_income=250.0)), 400, "median_income", "less_than_equal"),
+    BadRequest("more bedrooms than rooms", "/predict", _json(house(total_bedrooms=1000.0)), 400, "total_bedrooms", "must not exceed total_rooms"),
+    BadRequest("unknown category", "/predict", _json(house(ocean_proximity="NEAR LAKE")), 400, "ocean_proximity", "literal_error"),
+    BadRequest("age above the census cap", "/predict", _json(house(housing_median_age=80.0)), 400, "housing_median_age", "less_than_equal"),
+    BadRequest("malformed JSON", "/predict", b'{"longitude": -122.2,', 400, "", "json_invalid"),
+    BadRequest("empty body", "/predict", b"", 400, "longitude", "missing"),
+    BadRequest("array for a house", "/predict", _json([house()]), 400, "", "model_type"),
+    BadRequest("string body", "/predict", _json("house"), 400, "", "model_type"),
+    BadRequest("batch: bad record names its index", "/predict_batch", _json([house(), house(), house(latitude=10.0)]), 400, "2", "greater_than_equal"),
+    BadRequest("batch: object instead of list", "/predict_batch", _json(house()), 400, "", "list_type"),
+    BadRequest("batch: null record", "/predict_batch", _json([house(), None]), 400, "1", "model_type"),
+    BadRequest("invocations: both formats", "/invocations", _json({"dataframe_records": [house()], "dataframe_split": {"columns": [], "data": []}}), 400, "", "exactly one"),
+    BadRequest("invocations: neither format", "/invocations", _json({}), 400, "", "exactly one"),
+    BadRequest("invocations: ragged split row", "/invocations", _json({"dataframe_split": {"columns": list(EXAMPLE_HOUSE), "data": [[1.0, 2.0]]}}), 400, "", "data[0]"),
+    BadRequest("invocations: bad record", "/invocations", _json({"dataframe_records": [house(households=-1.0)]}), 400, "households", "greater_than"),
+    BadRequest("feedback: negative price", "/feedback", _json({"request_id": "x", "actual_price_usd": -1.0}), 400, "actual_price_usd", "greater_than"),
+    BadRequest("feedback: missing request id", "/feedback", _json({"actual_price_usd": 100000.0}), 400, "request_id", "missing"),
+    BadRequest("feedback: unknown request id", "/feedback", _json({"request_id": "never-issued", "actual_price_usd": 100000.0}), 404, "", "request_id"),
+]  # fmt: skip
+
+
+def error_text(payload: Any) -> str:
+    """Everything an error body says, flattened, to look for the field and the rule."""
+    return json.dumps(payload)

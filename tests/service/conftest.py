@@ -1,0 +1,59 @@
+"""Fixtures for the service: the small champion trained by the session's pipeline run, served in process."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from starlette.testclient import TestClient
+
+from service.config import settings
+from tests.workspace import Workspace
+from training.features import FEATURE_COLUMNS
+
+
+@pytest.fixture(scope="session")
+def champion(workspace: Workspace) -> dict:
+    """The registration the pipeline wrote: name, version, run id, MLflow store."""
+    return json.loads((workspace.path / "reports" / "registration.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def test_rows(workspace: Workspace) -> pd.DataFrame:
+    return pd.read_csv(workspace.path / "data" / "processed" / "test.csv")[list(FEATURE_COLUMNS)]
+
+
+def records(df: pd.DataFrame) -> list[dict]:
+    """JSON-ready records: a missing total_bedrooms becomes null."""
+    return [{k: (None if v != v else v) for k, v in row.items()} for row in df.to_dict("records")]
+
+
+@pytest.fixture(scope="module")
+def service_env(tmp_path_factory: pytest.TempPathFactory, workspace: Workspace) -> dict[str, str]:
+    """Environment of one service instance: its own prediction DB and log folder, small limits."""
+    root = tmp_path_factory.mktemp("service")
+    env = {
+        "HOUSING_PREDICTION_DB": str(root / "predictions.db"),
+        "HOUSING_LOG_DIR": str(root / "log"),
+        "HOUSING_MAX_BATCH_SIZE": "500",
+        "HOUSING_MAX_BODY_BYTES": str(1024 * 1024),
+        "PROMETHEUS_MULTIPROC_DIR": str(root / "prometheus"),
+    }
+    Path(env["PROMETHEUS_MULTIPROC_DIR"]).mkdir()
+    return env
+
+
+@pytest.fixture(scope="module")
+def client(service_env: dict[str, str]) -> Iterator[TestClient]:
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in service_env.items():
+            mp.setenv(key, value)
+        settings.cache_clear()
+        from service.service import HousePricer
+
+        with TestClient(HousePricer.to_asgi()) as test_client:
+            yield test_client
+    settings.cache_clear()

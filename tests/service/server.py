@@ -1,0 +1,72 @@
+"""A real `bentoml serve` process for tests: started, probed until ready, stopped with SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from tests.workspace import BIN, ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    db: Path
+    log_dir: Path
+    output: Path
+
+    def stop(self, timeout_s: float = 60.0) -> int:
+        """Graceful shutdown, as an orchestrator does it: SIGTERM, then wait."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+        return self.process.wait(timeout_s)
+
+
+def start_server(root: Path, extra_env: dict[str, str] | None = None, timeout_s: float = 120.0) -> Server:
+    """`bentoml serve` exactly as the container runs it, from the project root, on a free port."""
+    port = free_port()
+    root.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "HOUSING_PREDICTION_DB": str(root / "predictions.db"),
+        "HOUSING_LOG_DIR": str(root / "log"),
+        "HOUSING_MAX_BATCH_SIZE": "500",
+        **(extra_env or {}),
+    }
+    output = root / "server.log"
+    process = subprocess.Popen(
+        [str(BIN / "bentoml"), "serve", "service.service:HousePricer", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=output.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    server = Server(f"http://127.0.0.1:{port}", process, root / "predictions.db", root / "log", output)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"bentoml serve exited with {process.returncode}:\n{output.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    server.stop()
+    raise TimeoutError(f"bentoml serve not ready after {timeout_s} s:\n{output.read_text()[-3000:]}")

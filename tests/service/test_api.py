@@ -1,0 +1,205 @@
+"""The service in process (real model, real SQLite log, BentoML's own ASGI app)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+import bentoml
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from starlette.testclient import TestClient
+
+from service.model import load_served_model
+from service.schemas import EXAMPLE_HOUSE, House, columns_of
+from tests.service.bad_requests import BAD_REQUESTS, BadRequest, error_text
+from tests.service.conftest import records
+from tests.workspace import Workspace
+from training.estimators import fitted_pipeline
+
+pytestmark = pytest.mark.integration
+
+
+def test_predict_one_house(client: TestClient, champion: dict) -> None:
+    response = client.post("/predict", json=EXAMPLE_HOUSE, headers={"X-Request-ID": "req-123"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["request_id"] == "req-123"
+    assert response.headers["x-request-id"] == "req-123"
+    assert body["model_name"] == "housing-price-model"
+    assert body["model_version"] == champion["version"]
+    assert 50_000 < body["price_usd"] < 600_000
+
+
+def test_request_id_is_generated_or_replaced(client: TestClient) -> None:
+    generated = client.post("/predict", json=EXAMPLE_HOUSE)
+    assert len(generated.json()["request_id"]) == 32
+    assert generated.headers["x-request-id"] == generated.json()["request_id"]
+    unsafe = client.post("/predict", json=EXAMPLE_HOUSE, headers={"X-Request-ID": "bad id\nwith newline"})
+    assert unsafe.json()["request_id"] != "bad id\nwith newline"
+    failed = client.post("/predict", json={"nope": 1}, headers={"X-Request-ID": "err-1"})
+    assert failed.headers["x-request-id"] == "err-1"
+
+
+def test_missing_bedrooms_are_accepted(client: TestClient) -> None:
+    body = {k: v for k, v in EXAMPLE_HOUSE.items() if k != "total_bedrooms"}
+    assert client.post("/predict", json=body).status_code == 200
+    assert client.post("/predict", json={**body, "total_bedrooms": None}).status_code == 200
+
+
+def test_batch_keeps_order_and_matches_single_predictions(client: TestClient, test_rows: pd.DataFrame) -> None:
+    houses = records(test_rows.head(25))
+    batch = client.post("/predict_batch", json=houses)
+    assert batch.status_code == 200, batch.text
+    assert batch.json()["count"] == 25
+    singles = [client.post("/predict", json=h).json()["price_usd"] for h in houses[:5]]
+    np.testing.assert_allclose(batch.json()["prices_usd"][:5], singles, rtol=1e-12)
+
+
+def test_batch_limit_gives_413(client: TestClient) -> None:
+    assert client.post("/predict_batch", json=[EXAMPLE_HOUSE] * 500).status_code == 200
+    too_many = client.post("/predict_batch", json=[EXAMPLE_HOUSE] * 501)
+    assert too_many.status_code == 413
+    assert "at most 500 houses" in too_many.text
+
+
+def test_body_limit_gives_413(client: TestClient) -> None:
+    response = client.post("/predict", content=b" " * (1024 * 1024 + 1), headers={"Content-Type": "application/json"})
+    assert response.status_code == 413
+    assert "exceeds the limit" in response.text
+
+
+def test_invocations_speaks_mlflow(client: TestClient, test_rows: pd.DataFrame) -> None:
+    rows = test_rows.head(4)
+    split = {"columns": list(rows.columns), "data": json.loads(rows.to_json(orient="values"))}
+    by_split = client.post("/invocations", json={"dataframe_split": split})
+    by_records = client.post("/invocations", json={"dataframe_records": records(rows)})
+    assert by_split.status_code == by_records.status_code == 200, by_split.text
+    assert by_split.json() == by_records.json()
+    batch = client.post("/predict_batch", json=records(rows)).json()["prices_usd"]
+    np.testing.assert_allclose(by_split.json()["predictions"], batch, rtol=1e-12)
+
+
+@pytest.mark.parametrize("bad", BAD_REQUESTS, ids=lambda b: b.id)
+def test_bad_requests_get_a_clear_4xx(client: TestClient, bad: BadRequest) -> None:
+    response = client.post(bad.path, content=bad.body, headers={"Content-Type": "application/json"})
+    assert response.status_code == bad.status, response.text
+    text = error_text(response.json())
+    assert bad.field in text
+    assert bad.rule in text
+    assert client.post("/predict", json=EXAMPLE_HOUSE).status_code == 200  # still serving
+
+
+def test_feedback_is_matched_to_its_prediction(client: TestClient, service_env: dict) -> None:
+    priced = client.post("/predict_batch", json=[EXAMPLE_HOUSE, {**EXAMPLE_HOUSE, "median_income": 2.0}]).json()
+    receipt = client.post(
+        "/feedback", json={"request_id": priced["request_id"], "index": 1, "actual_price_usd": 250_000.0}
+    )
+    assert receipt.status_code == 200, receipt.text
+    assert receipt.json()["predicted_price_usd"] == pytest.approx(priced["prices_usd"][1])
+    assert receipt.json()["error_usd"] == pytest.approx(250_000.0 - priced["prices_usd"][1])
+    wrong_index = client.post(
+        "/feedback", json={"request_id": priced["request_id"], "index": 2, "actual_price_usd": 1.0}
+    )
+    assert wrong_index.status_code == 404
+
+
+def test_every_prediction_is_logged_once(client: TestClient, service_env: dict) -> None:
+    ids = [client.post("/predict", json=EXAMPLE_HOUSE).json()["request_id"] for _ in range(20)]
+    batch = client.post("/predict_batch", json=[EXAMPLE_HOUSE] * 7).json()
+    client.post("/predict", json={"bad": 1})
+    _wait_for_rows(Path(service_env["HOUSING_PREDICTION_DB"]), [*ids, batch["request_id"]])
+    with sqlite3.connect(service_env["HOUSING_PREDICTION_DB"]) as db:
+        counts = dict(db.execute("SELECT request_id, COUNT(*) FROM predictions GROUP BY request_id").fetchall())
+        row = db.execute("SELECT * FROM predictions WHERE request_id = ?", [ids[0]]).fetchone()
+        indexes = {r[1] for r in db.execute("PRAGMA index_list('predictions')")}
+        journal = db.execute("PRAGMA journal_mode").fetchone()[0]
+    assert all(counts[i] == 1 for i in ids)
+    assert counts[batch["request_id"]] == 7
+    assert row is not None
+    assert journal == "wal"
+    assert "idx_predictions_request_id_idx" in indexes
+
+
+def _wait_for_rows(db_path: Path, request_ids: list[str], timeout_s: float = 10.0) -> None:
+    """The writer is asynchronous: wait until every request has reached the log."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with sqlite3.connect(db_path) as db:
+            logged = {row[0] for row in db.execute("SELECT DISTINCT request_id FROM predictions")}
+        if logged >= set(request_ids):
+            return
+        time.sleep(0.05)
+    raise AssertionError("predictions did not reach the log")
+
+
+def test_json_request_log(client: TestClient, service_env: dict) -> None:
+    client.post("/predict", json=EXAMPLE_HOUSE, headers={"X-Request-ID": "log-ok"})
+    client.post("/predict", json={"bad": 1}, headers={"X-Request-ID": "log-bad"})
+    lines = [
+        json.loads(line) for line in (Path(service_env["HOUSING_LOG_DIR"]) / "requests.log").read_text().splitlines()
+    ]
+    ok = next(line for line in lines if line["request_id"] == "log-ok")
+    bad = next(line for line in lines if line["request_id"] == "log-bad")
+    assert ok["status"] == 200
+    assert ok["path"] == "/predict"
+    assert ok["records"] == 1
+    assert ok["model_version"]
+    assert ok["latency_ms"] > 0
+    assert ok["ts"].endswith("Z")
+    assert bad["status"] == 400
+
+
+def test_model_info(client: TestClient, champion: dict) -> None:
+    info = client.get("/model").json()
+    assert info["model_name"] == champion["model_name"]
+    assert info["model_version"] == champion["version"]
+    assert info["run_id"] == champion["run_id"]
+    assert info["data_version"] == champion["data_version"]
+    assert info["test_metrics"]["rmse"] == pytest.approx(champion["test"]["rmse"])
+    assert set(info["feature_schema"]["properties"]) == set(EXAMPLE_HOUSE)
+
+
+def test_health_and_probes(client: TestClient, champion: dict) -> None:
+    health = client.get("/health").json()
+    assert health["status"] == "ok"
+    assert health["model_version"] == champion["version"]
+    assert client.get("/readyz").status_code == 200
+    assert client.get("/livez").status_code == 200
+
+
+def test_openapi_documents_every_endpoint_with_an_example(client: TestClient) -> None:
+    spec = client.get("/docs.json").json()
+    for path in ("/predict", "/predict_batch", "/invocations", "/feedback"):
+        assert path in spec["paths"], path
+    schemas = spec["components"]["schemas"]
+    examples = {name for name, schema in schemas.items() if schema.get("example")}
+    assert examples >= {"HouseIODescriptor", "FeedbackIODescriptor", "InvocationIODescriptor"}, sorted(schemas)
+    assert any("dataframe_split" in json.dumps(schemas[name].get("example")) for name in schemas)
+
+
+def test_service_prices_equal_mlflow_pyfunc(
+    client: TestClient, champion: dict, workspace: Workspace, test_rows: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = test_rows.head(200)
+    served = client.post("/predict_batch", json=records(rows)).json()
+    monkeypatch.chdir(workspace.path)  # the workspace's default store: sqlite:///mlflow.db
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mlflow.set_tracking_uri(None)
+    pyfunc = mlflow.pyfunc.load_model(f"models:/housing-price-model/{champion['version']}")
+    assert served["model_version"] == champion["version"]
+    np.testing.assert_allclose(served["prices_usd"], pyfunc.predict(rows), rtol=1e-10)
+
+
+def test_service_and_training_compute_the_same_features(test_rows: pd.DataFrame) -> None:
+    # The service's request path (House models -> columns) and the training path (a DataFrame)
+    # go through the one feature definition inside the served model and must agree exactly.
+    served = load_served_model(bentoml.models.get("housing-price-model:latest"))
+    houses = [House(**r) for r in records(test_rows.head(100))]
+    features = fitted_pipeline(served.estimator).named_steps["features"]
+    assert {type(t).__module__ for _, t in features.transformer_list} == {"training.features"}
+    np.testing.assert_array_equal(features.transform(columns_of(houses)), features.transform(test_rows.head(100)))

@@ -1,0 +1,114 @@
+"""The service behind a real `bentoml serve` (two worker processes), over HTTP."""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+
+from service.schemas import EXAMPLE_HOUSE
+from tests.service.bad_requests import BAD_REQUESTS, BadRequest, error_text
+from tests.service.conftest import records
+from tests.service.server import Server, start_server
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, workspace) -> Iterator[Server]:
+    running = start_server(tmp_path_factory.mktemp("server"))
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def http(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        yield client
+
+
+def test_happy_paths(http: httpx.Client, champion: dict, test_rows: pd.DataFrame) -> None:
+    single = http.post("/predict", json=EXAMPLE_HOUSE, headers={"X-Request-ID": "srv-1"})
+    assert single.status_code == 200, single.text
+    assert single.headers["x-request-id"] == "srv-1"
+    assert single.json()["model_version"] == champion["version"]
+    batch = http.post("/predict_batch", json=records(test_rows.head(50)))
+    assert batch.status_code == 200
+    assert batch.json()["count"] == 50
+    mlflow_style = http.post("/invocations", json={"dataframe_records": records(test_rows.head(50))})
+    assert mlflow_style.json()["predictions"] == pytest.approx(batch.json()["prices_usd"], rel=1e-12)
+    receipt = http.post("/feedback", json={"request_id": "srv-1", "actual_price_usd": 400_000.0})
+    assert receipt.status_code == 200, receipt.text
+    assert http.get("/model").json()["model_version"] == champion["version"]
+    assert http.get("/health").json()["status"] == "ok"
+    assert http.get("/livez").status_code == http.get("/readyz").status_code == 200
+    assert "/predict" in http.get("/docs.json").json()["paths"]
+
+
+@pytest.mark.parametrize("bad", BAD_REQUESTS, ids=lambda b: b.id)
+def test_bad_requests(http: httpx.Client, bad: BadRequest) -> None:
+    response = http.post(bad.path, content=bad.body, headers={"Content-Type": "application/json"})
+    assert response.status_code == bad.status, response.text
+    assert bad.field in error_text(response.json())
+    assert bad.rule in error_text(response.json())
+
+
+def test_oversized_requests_get_413(http: httpx.Client) -> None:
+    assert http.post("/predict_batch", json=[EXAMPLE_HOUSE] * 501).status_code == 413
+    huge = b"[" + b" " * (17 * 1024 * 1024) + b"]"
+    assert http.post("/predict_batch", content=huge, headers={"Content-Type": "application/json"}).status_code == 413
+
+
+def test_no_worker_died_and_nothing_failed(http: httpx.Client, server: Server) -> None:
+    # After every bad input above: still alive and serving, and the request log holds no 5xx.
+    assert server.process.poll() is None
+    assert http.post("/predict", json=EXAMPLE_HOUSE).status_code == 200
+    files = server.log_dir.glob("requests-*.log")
+    lines = [json.loads(line) for path in files for line in path.read_text().splitlines()]
+    assert {line["status"] for line in lines} >= {200, 400, 404, 413}
+    assert not [line for line in lines if line["status"] >= 500]
+
+
+def test_metrics_endpoint(http: httpx.Client) -> None:
+    http.post("/predict", json=EXAMPLE_HOUSE)
+    text = http.get("/metrics").text
+    assert 'housing_request_total{endpoint="/predict",http_response_code="200"' in text
+    assert 'http_response_code="400"' in text
+    assert "housing_request_duration_seconds_bucket" in text
+
+
+def test_every_200_has_exactly_one_row_under_load(tmp_path: Path, workspace, test_rows: pd.DataFrame) -> None:
+    """32 clients, mixed traffic; then a graceful stop: every 200 is in the log exactly once, nothing else is."""
+    server = start_server(tmp_path / "load")
+    houses = records(test_rows.head(300))
+    rng = random.Random(7)
+    plan = [(i, rng.choice(["single", "single", "single", "batch", "invalid"])) for i in range(640)]
+
+    def call(item: tuple[int, str]) -> tuple[str, str, int]:
+        i, kind = item
+        request_id = f"load-{i}"
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            if kind == "single":
+                r = client.post("/predict", json=houses[i % 300], headers={"X-Request-ID": request_id})
+            elif kind == "batch":
+                r = client.post("/predict_batch", json=houses[:5], headers={"X-Request-ID": request_id})
+            else:
+                r = client.post("/predict", json={**houses[0], "latitude": 99.0}, headers={"X-Request-ID": request_id})
+        return request_id, kind, r.status_code
+
+    with ThreadPoolExecutor(32) as pool:
+        outcomes = list(pool.map(call, plan))
+    assert server.stop() == 0  # SIGTERM: workers flush their queues before exiting
+
+    expected = {rid: (1 if kind == "single" else 5) for rid, kind, status in outcomes if status == 200}
+    assert all(status == (400 if kind == "invalid" else 200) for _, kind, status in outcomes)
+    with sqlite3.connect(server.db) as db:
+        logged = dict(db.execute("SELECT request_id, COUNT(*) FROM predictions GROUP BY request_id").fetchall())
+    assert logged == expected
