@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import bentoml
 import mlflow.sklearn
 import numpy as np
+from lightgbm import LGBMModel
 from sklearn.base import BaseEstimator
 
 from service.schemas import EXAMPLE_HOUSE, House, ModelInfo, columns_of
+from training.estimators import fitted_pipeline
 
 # Where bentoml.mlflow.import_model puts the MLflow model inside a BentoML model.
 MLFLOW_MODEL_FOLDER = "mlflow_model"
+PARALLEL_ROWS = 1000
 
 
 @dataclass(frozen=True)
@@ -22,10 +27,19 @@ class ServedModel:
 
     estimator: BaseEstimator
     info: ModelInfo
+    # Predict-time arguments that let the model use every core on a large batch.
+    parallel: dict[str, Any] = field(default_factory=dict)
 
-    def predict(self, houses: list[House]) -> np.ndarray:
-        """Prices in USD, shape (len(houses),), through the training pipeline's own feature code."""
-        return np.asarray(self.estimator.predict(columns_of(houses)), dtype=float)
+    def predict(self, columns: Mapping[str, Sequence[Any]]) -> np.ndarray:
+        """Prices in USD, shape (n_houses,), of houses given as columns (see ``columns_of``).
+
+        The columns go through the training pipeline's own feature code. Batches of
+        ``PARALLEL_ROWS`` or more use all cores; small requests stay on one, so
+        concurrent requests do not fight over threads.
+        """
+        rows = len(next(iter(columns.values())))
+        params = self.parallel if rows >= PARALLEL_ROWS else {}
+        return np.asarray(self.estimator.predict(columns, **params), dtype=float)
 
 
 def load_served_model(bento_model: bentoml.Model) -> ServedModel:
@@ -37,8 +51,10 @@ def load_served_model(bento_model: bentoml.Model) -> ServedModel:
     """
     estimator = mlflow.sklearn.load_model(bento_model.path_of(MLFLOW_MODEL_FOLDER))
     meta = bento_model.info.metadata
+    regressor = fitted_pipeline(estimator).named_steps["model"]
     served = ServedModel(
         estimator=estimator,
+        parallel={"num_threads": os.cpu_count() or 1} if isinstance(regressor, LGBMModel) else {},
         info=ModelInfo(
             model_name=str(meta["mlflow_model"]),
             model_version=str(meta["mlflow_version"]),
@@ -52,7 +68,7 @@ def load_served_model(bento_model: bentoml.Model) -> ServedModel:
         ),
     )
     # The first call builds the neighbour index; do it before traffic arrives.
-    served.predict([House(**EXAMPLE_HOUSE)])
+    served.predict(columns_of([House(**EXAMPLE_HOUSE)]))
     return served
 
 

@@ -22,12 +22,12 @@ from sklearn.compose import TransformedTargetRegressor
 from sklearn.ensemble import RandomForestRegressor
 from sklearn.linear_model import Lasso, LinearRegression, Ridge
 from sklearn.model_selection import ParameterGrid, ParameterSampler
-from sklearn.pipeline import FeatureUnion, Pipeline
+from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeRegressor
 
 from training.config import FamilyParams, FeatureParams
-from training.features import FeatureEngineer, NeighbourFeatures
+from training.features import HousingFeatures
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,7 @@ TRUSTED_TYPES: tuple[str, ...] = (
     "lightgbm.sklearn.LGBMRegressor",
     "sklearn.tree._tree.Tree",
     "training.features.FeatureEngineer",
+    "training.features.HousingFeatures",
     "training.features.NeighbourFeatures",
 )
 
@@ -79,7 +80,7 @@ def build_model(
     """The full pipeline for one candidate: raw records in, USD out."""
     hp = {key: value for key, value in candidate.items() if key != "model"}
     spec = MODELS[candidate["model"]]
-    steps: list[tuple[str, Any]] = [("features", feature_union(features, seed))]
+    steps: list[tuple[str, Any]] = [("features", housing_features(features, seed))]
     if spec.scale:
         steps.append(("scale", StandardScaler()))
     steps.append(("model", spec.factory(seed=seed, **hp)))
@@ -91,17 +92,8 @@ def build_model(
     return TransformedTargetRegressor(regressor=pipeline, func=func, inverse_func=inverse_func, check_inverse=False)
 
 
-def feature_union(features: FeatureParams, seed: int) -> FeatureUnion:
-    return FeatureUnion(
-        [
-            ("engineered", FeatureEngineer()),
-            (
-                "neighbours",
-                NeighbourFeatures(tuple(features.neighbours), cv=features.neighbour_folds, random_state=seed),
-            ),
-        ],
-        verbose_feature_names_out=False,
-    )
+def housing_features(features: FeatureParams, seed: int) -> HousingFeatures:
+    return HousingFeatures(tuple(features.neighbours), cv=features.neighbour_folds, random_state=seed)
 
 
 def expand_candidates(family: FamilyParams, seed: int) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ from training.features import (
     FEATURE_COLUMNS,
     OCEAN_PROXIMITY_CATEGORIES,
     FeatureEngineer,
+    HousingFeatures,
     NeighbourFeatures,
     haversine_km,
     one_hot,
@@ -138,3 +139,18 @@ class TestNeighbourFeatures:
         loaded = sio.load(path, trusted=["training.features.NeighbourFeatures"])
         assert getattr(loaded, "tree_", None) is None
         np.testing.assert_array_equal(loaded.transform(X_sample.head(20)), nf.transform(X_sample.head(20)))
+
+
+def test_housing_features_join_both_sets(X_sample: pd.DataFrame, y_sample: pd.Series) -> None:
+    features = HousingFeatures((3, 10), cv=4, random_state=0)
+    train_out = features.fit_transform(X_sample, y_sample)
+    names = features.get_feature_names_out()
+    assert train_out.shape == (len(X_sample), len(names))
+    engineered = FeatureEngineer().fit(X_sample).transform(X_sample)
+    out_of_fold = NeighbourFeatures((3, 10), cv=4, random_state=0).fit_transform(X_sample, y_sample)
+    np.testing.assert_array_equal(train_out, np.hstack([engineered, out_of_fold]))
+    # At prediction time the neighbours come from the whole training set.
+    served = features.transform(X_sample.head(10))
+    np.testing.assert_array_equal(served[:, : engineered.shape[1]], engineered[:10])
+    assert not np.array_equal(served, train_out[:10])
+    assert features.fit(X_sample, y_sample).transform(X_sample.head(10)).shape == served.shape

@@ -1,0 +1,83 @@
+"""train ▸ evaluate ▸ register in process on a small sample, into a throwaway MLflow store.
+
+The integration tests run the same steps as DVC stages in subprocesses; this
+one exercises them where the test process can see inside (and measure them).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+
+from tests.workspace import small_params
+from training import evaluate, register, train
+from training.config import Params
+from training.prepare import split
+
+
+@pytest.fixture
+def small(tmp_path: Path, sample: pd.DataFrame, housing_csv: Path, monkeypatch: pytest.MonkeyPatch) -> Params:
+    raw = small_params()
+    for section, key in [("data", "raw_path"), ("validate", "report_path"), ("prepare", "train_path"),
+                         ("prepare", "test_path"), ("train", "model_path"), ("train", "results_path"),
+                         ("evaluate", "metrics_path"), ("evaluate", "report_path"), ("evaluate", "figures_dir"),
+                         ("register", "registration_path")]:  # fmt: skip
+        raw[section][key] = str(tmp_path / raw[section][key])
+    raw["register"]["bento_model_name"] = "housing-price-model-unit"
+    params = Params.model_validate(raw)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    Path(params.data.raw_path).parent.mkdir(parents=True)
+    Path(params.data.raw_path).write_bytes(housing_csv.read_bytes())
+    Path(params.validate_.report_path).parent.mkdir(parents=True)
+    Path(params.validate_.report_path).write_text("{}")
+    train_df, test_df = split(sample, params.prepare)
+    Path(params.prepare.train_path).parent.mkdir(parents=True)
+    train_df.to_csv(params.prepare.train_path, index=False)
+    test_df.to_csv(params.prepare.test_path, index=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    yield params
+    mlflow.set_tracking_uri(None)
+
+
+def test_train_evaluate_register(small: Params) -> None:
+    results = train.run(small)
+    assert set(results["families"]) == set(small.train.families)
+    assert Path(small.train.model_path).stat().st_size > 0
+
+    metrics = evaluate.evaluate(small)
+    assert metrics["winner"] == results["winner"]
+    assert metrics["test"]["r2"] > 0.6
+    report = evaluate.render_report(metrics, small.evaluate.figures_dir, small.evaluate.report_path)
+    Path(small.evaluate.metrics_path).write_text(json.dumps(metrics))
+    Path(small.evaluate.report_path).write_text(report)
+    assert (small.evaluate.figures_dir / "test" / "residuals.png").is_file()
+
+    registration = register.register(small)
+    client = mlflow.MlflowClient()
+    version = client.get_model_version_by_alias("housing-price-model", "champion")
+    assert str(version.version) == registration["version"]
+    assert version.tags["data_version"] == registration["data_version"]
+    assert register.champion_available(small)
+    # Registering again (the store kept the run) makes a new version and moves the alias.
+    again = register.register(small)
+    assert int(again["version"]) == int(registration["version"]) + 1
+    assert str(client.get_model_version_by_alias("housing-price-model", "champion").version) == again["version"]
+
+
+def test_registration_survives_a_store_that_lost_the_training_run(small: Params, tmp_path: Path) -> None:
+    train.run(small)
+    metrics = evaluate.evaluate(small)
+    Path(small.evaluate.metrics_path).write_text(json.dumps(metrics))
+    Path(small.evaluate.report_path).write_text("report")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/moved.db")
+    registration = register.register(small)
+    run = mlflow.MlflowClient().get_run(registration["run_id"])
+    assert run.info.run_name.endswith("-registration")
+    assert run.data.tags["search_run_id"] == metrics["families"][metrics["winner"]]["run_id"]
