@@ -166,6 +166,23 @@ class FeedbackReceipt(BaseModel):
 
 
 class ModelInfo(ModelIdentity):
+    model_config = ConfigDict(
+        protected_namespaces=(),
+        json_schema_extra={
+            "example": {
+                "model_name": "housing-price-model",
+                "model_version": "5",
+                "run_id": "0d1c9f5e2a7b4c3d8e9f00112233aabb",
+                "bento_tag": "housing-price-model:zhlz7rhlowasaax4",
+                "family": "gradient_boosting",
+                "data_version": "b8be97d51a2bb7ec478a83c80e4924bc",
+                "test_metrics": {"rmse": 41236.0, "mae": 25565.0, "r2": 0.87},
+                "cv_metrics": {"rmse": 41142.0, "rmse_std": 1336.0, "mae": 25854.0, "r2": 0.875},
+                "feature_schema": {"title": "House", "type": "object", "properties": {"longitude": {"type": "number"}}},
+            }
+        },
+    )
+
     run_id: str
     bento_tag: str
     family: str
@@ -176,6 +193,20 @@ class ModelInfo(ModelIdentity):
 
 
 class Health(BaseModel):
+    model_config = ConfigDict(
+        protected_namespaces=(),
+        json_schema_extra={
+            "example": {
+                "status": "ok",
+                "model_name": "housing-price-model",
+                "model_version": "5",
+                "uptime_s": 3600.0,
+                "prediction_log_queue": 0,
+                "prediction_log_write_failures": 0,
+            }
+        },
+    )
+
     status: Literal["ok", "degraded"]
     model_name: str
     model_version: str

@@ -30,7 +30,11 @@ from service.schemas import (
 )
 
 API_PATHS = ("/predict", "/predict_batch", "/invocations", "/feedback")
-info_app = FastAPI(title="housing-price-service info")
+# GET endpoints (BentoML APIs are POST only); FastAPI documents them at /docs.
+info_app = FastAPI(
+    title="housing-price-service: model and health",
+    description="Read-only views of the served model. The prediction API is documented at /.",
+)
 
 
 class PayloadTooLarge(BentoMLException):

@@ -182,6 +182,15 @@ def test_openapi_documents_every_endpoint_with_an_example(client: TestClient) ->
     assert any("dataframe_split" in json.dumps(schemas[name].get("example")) for name in schemas)
 
 
+def test_get_endpoints_are_documented_with_examples(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    assert {"/model", "/health"} <= set(spec["paths"])
+    schemas = spec["components"]["schemas"]
+    assert schemas["ModelInfo"]["example"]["model_name"] == "housing-price-model"
+    assert schemas["Health"]["example"]["status"] == "ok"
+    assert client.get("/docs").status_code == 200
+
+
 def test_service_prices_equal_mlflow_pyfunc(
     client: TestClient, champion: dict, workspace: Workspace, test_rows: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
 ) -> None:
