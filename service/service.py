@@ -78,29 +78,20 @@ class HousePricer:
     @bentoml.api(route="/predict")
     async def predict(self, house: House, /, ctx: bentoml.Context) -> Prediction:
         """Price one house."""
-        (price,) = self._price("predict", [house], ctx)
-        return Prediction(
-            price_usd=price, request_id=request_state(ctx.request.state)["request_id"], **self._identity()
-        )
+        (price,), request_id = self._price("predict", [house], ctx)
+        return Prediction(price_usd=price, request_id=request_id, **self._identity())
 
     @bentoml.api(route="/predict_batch")
     async def predict_batch(self, houses: list[House], /, ctx: bentoml.Context) -> BatchPrediction:
         """Price a list of houses; prices come back in the same order."""
-        limit = settings().max_batch_size
-        if len(houses) > limit:
-            raise PayloadTooLarge(f"houses: at most {limit} houses per batch, got {len(houses)}")
-        prices = self._price("predict_batch", houses, ctx)
-        request_id = request_state(ctx.request.state)["request_id"]
+        prices, request_id = self._price("predict_batch", houses, ctx, field="houses")
         return BatchPrediction(prices_usd=prices, count=len(prices), request_id=request_id, **self._identity())
 
     @bentoml.api(route="/invocations")
     async def invocations(self, request: Invocation, /, ctx: bentoml.Context) -> InvocationResponse:
         """MLflow's scoring protocol, for clients of `mlflow models serve`."""
-        houses = request.houses()
-        limit = settings().max_batch_size
-        if len(houses) > limit:
-            raise PayloadTooLarge(f"dataframe: at most {limit} rows per request, got {len(houses)}")
-        return InvocationResponse(predictions=self._price("invocations", houses, ctx))
+        prices, _ = self._price("invocations", request.houses(), ctx, field="dataframe")
+        return InvocationResponse(predictions=prices)
 
     @bentoml.api(route="/feedback")
     async def feedback(self, feedback: Feedback, /) -> FeedbackReceipt:
@@ -125,8 +116,13 @@ class HousePricer:
     def _identity(self) -> dict[str, str]:
         return {"model_name": self.model.info.model_name, "model_version": self.model.info.model_version}
 
-    def _price(self, endpoint: str, houses: list[House], ctx: bentoml.Context) -> list[float]:
-        """Predict, then queue one log row per house; the caller's request id ties them together."""
+    def _price(
+        self, endpoint: str, houses: list[House], ctx: bentoml.Context, field: str = "house"
+    ) -> tuple[list[float], str]:
+        """Prices and the request id; queues one log row per house, tied together by that id."""
+        limit = settings().max_batch_size
+        if len(houses) > limit:
+            raise PayloadTooLarge(f"{field}: at most {limit} houses per request, got {len(houses)}")
         state = request_state(ctx.request.state)
         columns = columns_of(houses)
         prices = self.model.predict(columns).tolist()
@@ -142,7 +138,7 @@ class HousePricer:
             ],
         )
         state.update(model_version=version, records=len(houses))
-        return prices
+        return prices, state["request_id"]
 
     async def _find_prediction(self, request_id: str, index: int) -> dict[str, Any] | None:
         """The logged prediction, waiting briefly: it may still be on a writer's queue."""

@@ -90,8 +90,6 @@ def search_family(family: str, X: pd.DataFrame, y: pd.Series, params: Params, pr
     """Search one family's candidates under a parent MLflow run; refit the best."""
     train = params.train
     candidates = expand_candidates(train.families[family], train.seed)
-    folds = KFold(train.cv_folds, shuffle=True, random_state=train.seed)
-    task = progress.add_task(family, total=len(candidates))
     start = time.perf_counter()
     with mlflow.start_run(run_name=family) as parent:
         mlflow.set_tags({"family": family, "role": "family_search"})
@@ -107,32 +105,7 @@ def search_family(family: str, X: pd.DataFrame, y: pd.Series, params: Params, pr
                 "seed": train.seed,
             }
         )
-        # Every (candidate, fold) fit is one job, so both cores stay busy even when
-        # the fold count is odd; results come back in order, one candidate at a time.
-        splits = list(folds.split(X))
-        models = [build_model(c, params.features, train.target_transform, train.seed) for c in candidates]
-        outcomes = Parallel(n_jobs=train.n_jobs, return_as="generator")(
-            delayed(_fit_predict)(clone(model), X, y, train_idx, held_idx)
-            for model in models
-            for train_idx, held_idx in splits
-        )
-        scores = []
-        for index, candidate in enumerate(candidates, 1):
-            score = score_folds(candidate, y, splits, [next(outcomes) for _ in splits])
-            with mlflow.start_run(run_name=f"{family}-{index:02d}", nested=True):
-                mlflow.log_params(candidate)
-                mlflow.log_metrics({f"cv_{name}": value for name, value in score.metrics.items()})
-            scores.append(score)
-            log.info(
-                "%s %d/%d: CV RMSE %.0f, R² %.4f (%s)",
-                family,
-                index,
-                len(candidates),
-                score.metrics["rmse"],
-                score.metrics["r2"],
-                candidate,
-            )
-            progress.advance(task)
+        scores = score_candidates(family, candidates, X, y, params, progress)
         best = scores[best_index(train.scoring, [s.metrics[train.scoring] for s in scores])]
         model = build_model(best.params, params.features, train.target_transform, train.seed).fit(X, y)
         mlflow.log_params({f"best_{key}": value for key, value in best.params.items()})
@@ -147,6 +120,34 @@ def search_family(family: str, X: pd.DataFrame, y: pd.Series, params: Params, pr
             search_seconds=time.perf_counter() - start,
             model=model,
         )
+
+
+def score_candidates(
+    family: str, candidates: list[dict[str, Any]], X: pd.DataFrame, y: pd.Series, params: Params, progress: Progress
+) -> list[CandidateScore]:
+    """Cross-validate every candidate, logging each as a child run of the active run."""
+    train = params.train
+    splits = list(KFold(train.cv_folds, shuffle=True, random_state=train.seed).split(X))
+    models = [build_model(c, params.features, train.target_transform, train.seed) for c in candidates]
+    # Every (candidate, fold) fit is one job, so both cores stay busy even when the
+    # fold count is odd; results come back in order, one candidate at a time.
+    outcomes = Parallel(n_jobs=train.n_jobs, return_as="generator")(
+        delayed(_fit_predict)(clone(model), X, y, train_idx, held_idx)
+        for model in models
+        for train_idx, held_idx in splits
+    )
+    task = progress.add_task(family, total=len(candidates))
+    scores = []
+    for index, candidate in enumerate(candidates, 1):
+        score = score_folds(candidate, y, splits, [next(outcomes) for _ in splits])
+        with mlflow.start_run(run_name=f"{family}-{index:02d}", nested=True):
+            mlflow.log_params(candidate)
+            mlflow.log_metrics({f"cv_{name}": value for name, value in score.metrics.items()})
+        scores.append(score)
+        rmse, r2 = score.metrics["rmse"], score.metrics["r2"]
+        log.info("%s %d/%d: CV RMSE %.0f, R² %.4f (%s)", family, index, len(candidates), rmse, r2, candidate)
+        progress.advance(task)
+    return scores
 
 
 def _log_diagnostics(family: str, model: BaseEstimator, y: np.ndarray, oof: np.ndarray, out_dir: Path) -> None:

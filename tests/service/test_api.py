@@ -64,7 +64,7 @@ def test_batch_limit_gives_413(client: TestClient) -> None:
     assert client.post("/predict_batch", json=[EXAMPLE_HOUSE] * 500).status_code == 200
     too_many = client.post("/predict_batch", json=[EXAMPLE_HOUSE] * 501)
     assert too_many.status_code == 413
-    assert "at most 500 houses" in too_many.text
+    assert "houses: at most 500 houses per request, got 501" in too_many.text
 
 
 def test_body_limit_gives_413(client: TestClient) -> None:
