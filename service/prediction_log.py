@@ -21,6 +21,7 @@ from typing import Any
 
 import sqlite_utils
 
+from service.metrics import LOG_QUEUE, LOG_WRITE_FAILURES
 from training.features import CATEGORICAL_COLUMN, NUMERIC_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ class PredictionLog:
     def add(self, table: str, rows: Sequence[dict[str, Any]]) -> None:
         """Queue ``rows`` for ``table``; returns at once."""
         self._queue.put((table, rows))
+        LOG_QUEUE.set(self._queue.qsize())
 
     @property
     def pending(self) -> int:
@@ -144,6 +146,7 @@ class PredictionLog:
             self._write(db, items)
             for _ in batch:
                 self._queue.task_done()
+            LOG_QUEUE.set(self._queue.qsize())
         db.close()
 
     def _write(self, db: sqlite_utils.Database, items: list[tuple[str, Sequence[dict[str, Any]]]]) -> None:
@@ -160,6 +163,7 @@ class PredictionLog:
                 return
             except sqlite3.Error:
                 self.write_failures += 1
+                LOG_WRITE_FAILURES.inc()
                 log.exception("prediction log: write failed, retrying in %.2f s", delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)

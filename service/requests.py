@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from service.metrics import VALIDATION_FAILURES, failed_fields
+
 log = logging.getLogger("housing.requests")
 
 REQUEST_ID_HEADER = b"x-request-id"
@@ -82,12 +84,15 @@ class RequestMiddleware:
         fields: dict[str, Any] = {"request_id": request_id, "start": start}
         scope.setdefault("state", {})[STATE_KEY] = fields
         status = 500
+        error_body = bytearray()
 
         async def send_with_id(message: dict[str, Any]) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", []), (REQUEST_ID_HEADER, request_id.encode())]
+            elif status == 400:
+                error_body.extend(message.get("body", b""))
             await send(message)
 
         try:
@@ -99,6 +104,8 @@ class RequestMiddleware:
         finally:
             if scope["path"] in self.logged_paths:
                 self._log(scope, fields, status, start)
+                for field in failed_fields(bytes(error_body)) if status == 400 else []:
+                    VALIDATION_FAILURES.labels(scope["path"], field).inc()
 
     def _request_id(self, scope: dict[str, Any]) -> str:
         headers = [(k, v) for k, v in scope["headers"] if k != REQUEST_ID_HEADER]

@@ -12,6 +12,7 @@ import bentoml
 from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI
 
+from service import metrics
 from service.config import settings
 from service.model import ServedModel, load_served_model
 from service.prediction_log import FEEDBACK, PREDICTIONS, PredictionLog
@@ -64,6 +65,8 @@ class HousePricer:
         config = settings()
         self.model: ServedModel = load_served_model(self.model_ref)
         self.log = PredictionLog(config.prediction_db, config.writer_batch_size, config.writer_interval_s)
+        info = self.model.info
+        metrics.MODEL_INFO.labels(info.model_name, info.model_version, info.family).set(1)
         worker = bentoml.server_context.worker_index
         configure_request_log(config.log_dir, worker, config.log_max_bytes, config.log_backups, config.log_to_stdout)
         self.started = time.time()
@@ -138,6 +141,9 @@ class HousePricer:
             ],
         )
         state.update(model_version=version, records=len(houses))
+        metrics.PREDICTIONS.labels(endpoint, version).inc(len(houses))
+        metrics.BATCH_SIZE.labels(endpoint).observe(len(houses))
+        metrics.observe_many(metrics.PREDICTED_PRICE, prices)
         return prices, state["request_id"]
 
     async def _find_prediction(self, request_id: str, index: int) -> dict[str, Any] | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import sqlite3
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -76,12 +77,24 @@ def test_no_worker_died_and_nothing_failed(http: httpx.Client, server: Server) -
     assert not [line for line in lines if line["status"] >= 500]
 
 
-def test_metrics_endpoint(http: httpx.Client) -> None:
+def test_metrics_endpoint(http: httpx.Client, champion: dict) -> None:
     http.post("/predict", json=EXAMPLE_HOUSE)
+    http.post("/predict_batch", json=[EXAMPLE_HOUSE] * 3)
+    http.post("/predict", json={**EXAMPLE_HOUSE, "latitude": 99.0})
     text = http.get("/metrics").text
+    version = champion["version"]
+    # BentoML's own request metrics...
     assert 'housing_request_total{endpoint="/predict",http_response_code="200"' in text
     assert 'http_response_code="400"' in text
     assert "housing_request_duration_seconds_bucket" in text
+    # ...and the service's, summed over both workers.
+    assert f'housing_predictions_total{{endpoint="predict",model_version="{version}"}}' in text
+    assert f'housing_predictions_total{{endpoint="predict_batch",model_version="{version}"}}' in text
+    assert 'housing_batch_size_bucket{endpoint="predict_batch",le="5.0"}' in text
+    assert "housing_predicted_price_usd_bucket" in text
+    assert 'housing_validation_failures_total{endpoint="/predict",field="latitude"}' in text
+    assert "housing_prediction_log_queue" in text
+    assert re.search(rf'housing_model_info{{[^}}]*model_version="{version}"[^}}]*}} 1\.0', text), text[-2000:]
 
 
 def test_every_200_has_exactly_one_row_under_load(tmp_path: Path, workspace, test_rows: pd.DataFrame) -> None:

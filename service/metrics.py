@@ -1,0 +1,87 @@
+"""The service's own Prometheus metrics, next to BentoML's request metrics on ``/metrics``.
+
+Declared at module level in the default registry: ``bentoml serve`` sets
+``PROMETHEUS_MULTIPROC_DIR`` for every worker and serves the multiprocess
+collector, so counters and histograms add up across workers. Gauges say how
+they combine: the queue depth is summed over live workers, the model-info
+gauge is the latest value any worker set.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from prometheus_client import Counter, Gauge, Histogram
+
+from training.features import FEATURE_COLUMNS
+
+PREDICTIONS = Counter(
+    "housing_predictions", "Houses priced, by endpoint and model version.", ["endpoint", "model_version"]
+)
+PREDICTED_PRICE = Histogram(
+    "housing_predicted_price_usd",
+    "Predicted prices (USD).",
+    buckets=[50_000, 100_000, 150_000, 200_000, 250_000, 300_000, 350_000, 400_000, 450_000, 500_000, 750_000],
+)
+BATCH_SIZE = Histogram(
+    "housing_batch_size",
+    "Houses per prediction request.",
+    ["endpoint"],
+    buckets=[1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000],
+)
+VALIDATION_FAILURES = Counter(
+    "housing_validation_failures", "Invalid requests, by endpoint and the field they broke.", ["endpoint", "field"]
+)
+LOG_QUEUE = Gauge(
+    "housing_prediction_log_queue", "Requests waiting for the prediction log writer.", multiprocess_mode="livesum"
+)
+LOG_WRITE_FAILURES = Counter("housing_prediction_log_write_failures", "Failed prediction-log writes (retried).")
+MODEL_INFO = Gauge(
+    "housing_model_info",
+    "The served model (value 1), identified by its labels.",
+    ["model_name", "model_version", "family"],
+    multiprocess_mode="mostrecent",
+)
+
+
+def observe_many(histogram: Histogram, values: np.ndarray) -> None:
+    """``histogram.observe`` for every value, in one pass per bucket instead of one per value.
+
+    Observing 10,000 batch prices one by one cost ~16 ms (each goes to the
+    multiprocess files); this counts them with NumPy and adds each bucket once.
+    It uses the histogram's own bucket values, so a test compares it with
+    ``observe`` on the same data.
+    """
+    values = np.asarray(values, dtype=float)
+    if not len(values):
+        return
+    bounds = np.asarray(histogram._upper_bounds)
+    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
+    histogram._sum.inc(float(values.sum()))
+    for bucket, count in zip(histogram._buckets, counts, strict=False):
+        if count:
+            bucket.inc(int(count))
+
+
+KNOWN_FIELDS = frozenset(
+    {*FEATURE_COLUMNS, "request_id", "index", "actual_price_usd", "dataframe_split", "dataframe_records"}
+)
+
+
+def failed_fields(error_body: bytes) -> list[str]:
+    """The fields a 400 response names, as label values.
+
+    'body' stands for the request as a whole and 'other' for a field the
+    service does not know, so a client cannot grow the label set at will.
+    """
+    try:
+        detail = json.loads(error_body).get("detail", [])
+    except (ValueError, AttributeError):
+        return ["body"]
+    fields = []
+    for item in detail if isinstance(detail, list) else []:
+        names = [part for part in item.get("loc", []) if isinstance(part, str) and part != "root"]
+        field = names[-1] if names else "body"
+        fields.append(field if field in KNOWN_FIELDS or field == "body" else "other")
+    return fields or ["body"]
