@@ -37,6 +37,15 @@ LOG_QUEUE = Gauge(
     "housing_prediction_log_queue", "Requests waiting for the prediction log writer.", multiprocess_mode="livesum"
 )
 LOG_WRITE_FAILURES = Counter("housing_prediction_log_write_failures", "Failed prediction-log writes (retried).")
+DRIFT_SCORE = Gauge(
+    "housing_drift_psi",
+    "PSI of each feature over the latest drift window.",
+    ["feature"],
+    multiprocess_mode="mostrecent",
+)
+DRIFT_DETECTED = Gauge(
+    "housing_drift_detected", "1 when any feature drifted in the latest drift check.", multiprocess_mode="mostrecent"
+)
 MODEL_INFO = Gauge(
     "housing_model_info",
     "The served model (value 1), identified by its labels.",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import bentoml
@@ -19,6 +21,8 @@ from training.estimators import fitted_pipeline
 # Where bentoml.mlflow.import_model puts the MLflow model inside a BentoML model.
 MLFLOW_MODEL_FOLDER = "mlflow_model"
 PARALLEL_ROWS = 1000
+# Where register.py's reference profile lands inside the MLflow model (an extra file).
+REFERENCE_PROFILE = "extra_files/reference_profile.json"
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,8 @@ class ServedModel:
 
     estimator: BaseEstimator
     info: ModelInfo
+    # The training data's profile for drift detection (training.drift), saved with the model.
+    reference: dict[str, Any]
     # Predict-time arguments that let the model use every core on a large batch.
     parallel: dict[str, Any] = field(default_factory=dict)
 
@@ -54,6 +60,7 @@ def load_served_model(bento_model: bentoml.Model) -> ServedModel:
     regressor = fitted_pipeline(estimator).named_steps["model"]
     served = ServedModel(
         estimator=estimator,
+        reference=json.loads((Path(bento_model.path_of(MLFLOW_MODEL_FOLDER)) / REFERENCE_PROFILE).read_text()),
         parallel={"num_threads": os.cpu_count() or 1} if isinstance(regressor, LGBMModel) else {},
         info=ModelInfo(
             model_name=str(meta["mlflow_model"]),

@@ -129,6 +129,14 @@ class PredictionLog:
             rows = list(db[PREDICTIONS].rows_where("request_id = ? AND idx = ?", [request_id, idx], limit=1))
         return rows[0] if rows else None
 
+    def recent_inputs(self, rows: int) -> dict[str, list[Any]]:
+        """The raw inputs of the latest ``rows`` priced houses, as columns."""
+        names = [*NUMERIC_COLUMNS, CATEGORICAL_COLUMN]
+        with self.reader() as db:
+            cursor = db.execute(f"SELECT {', '.join(names)} FROM {PREDICTIONS} ORDER BY id DESC LIMIT ?", [rows])  # noqa: S608 - names are ours
+            records = cursor.fetchall()
+        return {name: [record[i] for record in records] for i, name in enumerate(names)}
+
     # -- writer thread --------------------------------------------------------
     def _run(self) -> None:
         db = connect(self.path)

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 
 from service import metrics
 from service.config import settings
+from service.drift import check_drift
 from service.model import ServedModel, load_served_model
 from service.prediction_log import FEEDBACK, PREDICTIONS, PredictionLog
 from service.requests import RequestMiddleware, configure_request_log, request_state
@@ -170,6 +171,12 @@ def _service() -> HousePricer:
 def model_info() -> ModelInfo:
     """Registered name, version, run id, training metrics, feature schema and data version."""
     return _service().model.info
+
+
+@info_app.get("/drift")
+def drift() -> dict[str, Any]:
+    """Drift of the latest priced houses against the training data, per feature (also on /metrics)."""
+    return check_drift(_service().model.reference, _service().log)
 
 
 @info_app.get("/health", response_model=Health)

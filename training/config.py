@@ -94,6 +94,17 @@ class EvaluateParams(_Section):
     figures_dir: Path
 
 
+class DriftParams(_Section):
+    # Recent logged houses compared with the training data, and the least that makes a verdict.
+    window: int = Field(ge=1)
+    min_rows: int = Field(ge=1)
+    psi_threshold: float = Field(gt=0)
+    p_value: float = Field(gt=0, lt=1)
+    bins: int = Field(ge=2)
+    sample_size: int = Field(ge=10)
+    profile_path: Path
+
+
 class RegisterParams(_Section):
     model_name: str
     alias: str
@@ -114,6 +125,7 @@ class Params(_Section):
     train: TrainParams
     evaluate: EvaluateParams
     register_: RegisterParams = Field(alias="register")
+    drift: DriftParams
 
     def data_source(self, settings: Settings) -> str:
         """The effective data source: the environment's override, else params.yaml's."""

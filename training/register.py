@@ -27,6 +27,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
 from training.config import Params, load_params
+from training.drift import reference_profile
 from training.estimators import TRUSTED_TYPES, load_model
 from training.features import CATEGORICAL_COLUMN, FEATURE_COLUMNS, NUMERIC_COLUMNS
 from training.prepare import load_split
@@ -63,6 +64,18 @@ def input_example(test_path: Path, rows: int = 3) -> pd.DataFrame:
     return example[list(FEATURE_COLUMNS)]
 
 
+def write_reference_profile(params: Params) -> Path:
+    """Profile the training inputs for drift detection, with the thresholds to judge by."""
+    drift = params.drift
+    X, _ = load_split(params.prepare.train_path)
+    profile = reference_profile(X, bins=drift.bins, sample_size=drift.sample_size, seed=params.train.seed)
+    profile["thresholds"] = {"psi": drift.psi_threshold, "p_value": drift.p_value}
+    profile["window"] = {"rows": drift.window, "min_rows": drift.min_rows}
+    drift.profile_path.parent.mkdir(parents=True, exist_ok=True)
+    drift.profile_path.write_text(json.dumps(profile) + "\n")
+    return drift.profile_path
+
+
 def version_tags(metrics: dict[str, Any], data_version: str) -> dict[str, str]:
     winner = metrics["winner"]
     tags = {f"test_{name}": f"{value:.6g}" for name, value in metrics["test"].items()}
@@ -87,6 +100,7 @@ def register(params: Params) -> dict[str, Any]:
         mlflow.set_tags({"data_version": data_version, "role": "champion_candidate"})
         for report in (params.evaluate.metrics_path, params.evaluate.report_path, params.validate_.report_path):
             mlflow.log_artifact(str(report), artifact_path="reports")
+        profile_path = write_reference_profile(params)
         info = mlflow.sklearn.log_model(
             load_model(params.train.model_path),
             name="model",
@@ -95,6 +109,7 @@ def register(params: Params) -> dict[str, Any]:
             registered_model_name=reg.model_name,
             skops_trusted_types=list(TRUSTED_TYPES),
             pip_requirements=[f"{package}=={version(package)}" for package in RUNTIME_PACKAGES],
+            extra_files=[str(profile_path)],
         )
     model_version = str(info.registered_model_version)
     for key, value in version_tags(metrics, data_version).items():

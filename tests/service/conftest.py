@@ -31,7 +31,8 @@ def records(df: pd.DataFrame) -> list[dict]:
     return [{k: (None if v != v else v) for k, v in row.items()} for row in df.to_dict("records")]
 
 
-@pytest.fixture(scope="module")
+# One in-process app per test session: BentoML registers its Prometheus metrics once per process.
+@pytest.fixture(scope="session")
 def service_env(tmp_path_factory: pytest.TempPathFactory, workspace: Workspace) -> dict[str, str]:
     """Environment of one service instance: its own prediction DB and log folder, small limits."""
     root = tmp_path_factory.mktemp("service")
@@ -46,7 +47,7 @@ def service_env(tmp_path_factory: pytest.TempPathFactory, workspace: Workspace) 
     return env
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def client(service_env: dict[str, str]) -> Iterator[TestClient]:
     with pytest.MonkeyPatch.context() as mp:
         for key, value in service_env.items():
