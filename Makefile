@@ -51,8 +51,14 @@ serve: setup ## Serve the champion from the BentoML store on PORT (3000)
 build: setup ## Build the bento (service + champion model + generated Dockerfile)
 	bentoml build
 
-tools: ## Install the system tools the benchmarks use (wrk)
-	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+SYSTEM_TOOLS := wrk prometheus
+tools: ## Install the system tools the tests and benchmarks use (wrk, Prometheus with promtool)
+	@missing=""; for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq && \
+		$$( [ "$$(id -u)" = 0 ] || echo sudo ) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
 
 bench: setup tools ## Benchmark against `mlflow models serve`: reports/benchmark.json and the README table
 	python load_tests/benchmark.py
@@ -62,7 +68,7 @@ LOAD_TIME ?= 30s
 load: setup ## Headless Locust run against a fresh server; fails past the thresholds in the locustfile
 	python load_tests/run_load.py --users $(LOAD_USERS) --run-time $(LOAD_TIME)
 
-test: setup ## Run the test suite with coverage
+test: setup tools ## Run the test suite with coverage
 	python -m pytest --cov --cov-report=term --cov-report=xml $(PYTEST_ARGS)
 
 lint: setup ## ruff lint and format check

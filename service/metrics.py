@@ -46,6 +46,16 @@ DRIFT_SCORE = Gauge(
 DRIFT_DETECTED = Gauge(
     "housing_drift_detected", "1 when any feature drifted in the latest drift check.", multiprocess_mode="mostrecent"
 )
+ACCURACY = Gauge(
+    "housing_accuracy_usd",
+    "Error of priced houses that received feedback, by metric (mae, rmse) and model version.",
+    ["metric", "model_version"],
+    multiprocess_mode="mostrecent",
+)
+FEEDBACK_COUNT = Gauge(
+    "housing_feedback_houses", "Priced houses with feedback, by model version.", ["model_version"],
+    multiprocess_mode="mostrecent",
+)  # fmt: skip
 MODEL_INFO = Gauge(
     "housing_model_info",
     "The served model (value 1), identified by its labels.",

@@ -10,6 +10,7 @@ dropped; :meth:`PredictionLog.close` flushes the queue on shutdown.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import sqlite3
 import threading
@@ -136,6 +137,29 @@ class PredictionLog:
             cursor = db.execute(f"SELECT {', '.join(names)} FROM {PREDICTIONS} ORDER BY id DESC LIMIT ?", [rows])  # noqa: S608 - names are ours
             records = cursor.fetchall()
         return {name: [record[i] for record in records] for i, name in enumerate(names)}
+
+    def accuracy(self, since_ts: float = 0.0, bucket_s: float | None = None) -> list[dict[str, Any]]:
+        """MAE and RMSE (USD) of priced houses that received feedback, per model version.
+
+        With ``bucket_s`` the figures are split into time buckets of that many
+        seconds (by prediction time), oldest first: accuracy over time.
+        """
+        bucket = f"CAST(p.ts / {float(bucket_s)} AS INTEGER) * {float(bucket_s)}" if bucket_s else "0"
+        sql = f"""
+            SELECT p.model_version, {bucket} AS bucket_start, COUNT(*) AS n,
+                   AVG(ABS(f.actual_price_usd - p.price_usd)) AS mae,
+                   AVG((f.actual_price_usd - p.price_usd) * (f.actual_price_usd - p.price_usd)) AS mse
+            FROM {FEEDBACK} f JOIN {PREDICTIONS} p ON p.request_id = f.request_id AND p.idx = f.idx
+            WHERE p.ts >= ?
+            GROUP BY p.model_version, bucket_start
+            ORDER BY bucket_start, p.model_version
+        """  # noqa: S608 - no user input: table names and a float
+        with self.reader() as db:
+            cursor = db.execute(sql, [since_ts])
+            names = [column[0] for column in cursor.description]
+            rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        # SQLite builds without math functions have no SQRT.
+        return [{**row, "rmse": math.sqrt(row.pop("mse"))} for row in rows]
 
     # -- writer thread --------------------------------------------------------
     def _run(self) -> None:

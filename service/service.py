@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import bentoml
 from bentoml.exceptions import BentoMLException
-from fastapi import FastAPI
+from fastapi import FastAPI, Query
 
 from service import metrics
 from service.config import settings
@@ -177,6 +177,21 @@ def model_info() -> ModelInfo:
 def drift() -> dict[str, Any]:
     """Drift of the latest priced houses against the training data, per feature (also on /metrics)."""
     return check_drift(_service().model.reference, _service().log)
+
+
+@info_app.get("/accuracy")
+def accuracy(
+    bucket_s: float | None = Query(default=None, gt=0, description="Split into time buckets of this many seconds."),
+    since_ts: float = Query(default=0.0, ge=0, description="Only predictions made after this Unix time."),
+) -> dict[str, Any]:
+    """MAE and RMSE (USD) against received feedback, per model version; with ``bucket_s``, over time."""
+    rows = _service().log.accuracy(since_ts=since_ts, bucket_s=bucket_s)
+    if bucket_s is None:
+        for row in rows:
+            metrics.ACCURACY.labels("mae", row["model_version"]).set(row["mae"])
+            metrics.ACCURACY.labels("rmse", row["model_version"]).set(row["rmse"])
+            metrics.FEEDBACK_COUNT.labels(row["model_version"]).set(row["n"])
+    return {"bucket_s": bucket_s, "since_ts": since_ts, "accuracy": rows}
 
 
 @info_app.get("/health", response_model=Health)

@@ -108,6 +108,23 @@ def test_feedback_is_matched_to_its_prediction(client: TestClient, service_env: 
     assert wrong_index.status_code == 404
 
 
+def test_accuracy_against_feedback(client: TestClient, champion: dict) -> None:
+    priced = client.post("/predict_batch", json=[EXAMPLE_HOUSE, {**EXAMPLE_HOUSE, "median_income": 3.0}]).json()
+    for index, actual in enumerate((400_000.0, 150_000.0)):
+        feedback = {"request_id": priced["request_id"], "index": index, "actual_price_usd": actual}
+        assert client.post("/feedback", json=feedback).status_code == 200
+    deadline = time.monotonic() + 10
+    while not (rows := client.get("/accuracy").json()["accuracy"]) or rows[-1]["n"] < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    (row,) = [r for r in rows if r["model_version"] == champion["version"]]
+    assert row["mae"] > 0
+    assert row["rmse"] >= row["mae"]
+    over_time = client.get("/accuracy", params={"bucket_s": 3600}).json()
+    assert over_time["accuracy"][0]["bucket_start"] % 3600 == 0
+    assert client.get("/accuracy", params={"bucket_s": 0}).status_code == 422
+
+
 def test_every_prediction_is_logged_once(client: TestClient, service_env: dict) -> None:
     ids = [client.post("/predict", json=EXAMPLE_HOUSE).json()["request_id"] for _ in range(20)]
     batch = client.post("/predict_batch", json=[EXAMPLE_HOUSE] * 7).json()

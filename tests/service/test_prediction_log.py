@@ -102,3 +102,27 @@ def test_two_processes_worth_of_writers_share_one_file(tmp_path: Path) -> None:
     for log in logs:
         log.close()
     assert count(tmp_path / "p.db", PREDICTIONS) == 400
+
+
+def test_accuracy_per_model_version_and_over_time(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path / "p.db")
+    predictions = [
+        {**row("a"), "model_version": "1", "ts": 100.0, "price_usd": 100_000.0},
+        {**row("b"), "model_version": "1", "ts": 200.0, "price_usd": 200_000.0},
+        {**row("c"), "model_version": "2", "ts": 3700.0, "price_usd": 300_000.0},
+        {**row("d"), "model_version": "2", "ts": 3800.0, "price_usd": 50_000.0},  # no feedback: not counted
+    ]
+    log.add(PREDICTIONS, predictions)
+    log.add(FEEDBACK, [{"request_id": r, "idx": 0, "ts": 1.0, "actual_price_usd": p}
+                       for r, p in [("a", 110_000.0), ("b", 170_000.0), ("c", 300_000.0)]])  # fmt: skip
+    log.flush()
+    overall = {r["model_version"]: r for r in log.accuracy()}
+    assert overall["1"]["n"] == 2
+    assert overall["1"]["mae"] == pytest.approx(20_000.0)
+    assert overall["1"]["rmse"] == pytest.approx((10_000.0**2 / 2 + 30_000.0**2 / 2) ** 0.5)
+    assert overall["2"]["n"] == 1
+    assert overall["2"]["mae"] == 0.0
+    hourly = log.accuracy(bucket_s=3600)
+    assert [(r["bucket_start"], r["model_version"], r["n"]) for r in hourly] == [(0.0, "1", 2), (3600.0, "2", 1)]
+    assert [r["model_version"] for r in log.accuracy(since_ts=1000)] == ["2"]
+    log.close()
