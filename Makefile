@@ -51,8 +51,8 @@ serve: setup ## Serve the champion from the BentoML store on PORT (3000)
 build: setup ## Build the bento (service + champion model + generated Dockerfile)
 	bentoml build
 
-SYSTEM_TOOLS := wrk prometheus
-tools: ## Install the system tools the tests and benchmarks use (wrk, Prometheus with promtool)
+SYSTEM_TOOLS := wrk prometheus chromium
+tools: ## Install the system tools the tests and benchmarks use (wrk, Prometheus with promtool, Chromium)
 	@missing=""; for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \

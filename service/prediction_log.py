@@ -161,6 +161,43 @@ class PredictionLog:
         # SQLite builds without math functions have no SQRT.
         return [{**row, "rmse": math.sqrt(row.pop("mse"))} for row in rows]
 
+    def traffic(self, now: float, bucket_s: float, buckets: int) -> list[dict[str, Any]]:
+        """Requests, houses and request latency (p50/p95 in ms) per time bucket, oldest first.
+
+        Covers the ``buckets`` buckets of ``bucket_s`` seconds before ``now``;
+        empty buckets are included with zero requests.
+        """
+        start = (now // bucket_s - buckets + 1) * bucket_s
+        sql = f"""
+            SELECT CAST(ts / ? AS INTEGER) AS slot, request_id, MAX(latency_ms) AS latency_ms, COUNT(*) AS houses
+            FROM {PREDICTIONS} WHERE ts >= ? GROUP BY slot, request_id
+        """  # noqa: S608 - no user input
+        with self.reader() as db:
+            rows = db.execute(sql, [bucket_s, start]).fetchall()
+        by_slot: dict[int, list[tuple[float, int]]] = {}
+        for slot, _, latency, houses in rows:
+            by_slot.setdefault(int(slot), []).append((latency, houses))
+        first = int(start // bucket_s)
+        out = []
+        for slot in range(first, first + buckets):
+            requests = by_slot.get(slot, [])
+            latencies = sorted(latency for latency, _ in requests)
+            out.append(
+                {
+                    "start": slot * bucket_s,
+                    "requests": len(requests),
+                    "houses": sum(houses for _, houses in requests),
+                    "p50_ms": _percentile(latencies, 0.5),
+                    "p95_ms": _percentile(latencies, 0.95),
+                }
+            )
+        return out
+
+    def recent(self, limit: int) -> list[dict[str, Any]]:
+        """The latest ``limit`` priced houses, newest first."""
+        with self.reader() as db:
+            return list(db[PREDICTIONS].rows_where(order_by="id DESC", limit=limit))
+
     # -- writer thread --------------------------------------------------------
     def _run(self) -> None:
         db = connect(self.path)
@@ -212,3 +249,10 @@ def _insert(db: sqlite_utils.Database, table: str, rows: list[dict[str, Any]]) -
     verb = "INSERT OR REPLACE" if table == FEEDBACK else "INSERT"
     sql = f"{verb} INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
     db.conn.executemany(sql, [tuple(row.get(name) for name in columns) for row in rows])
+
+
+def _percentile(sorted_values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile of already sorted values (None when there are none)."""
+    if not sorted_values:
+        return None
+    return sorted_values[min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))]

@@ -6,11 +6,13 @@ import asyncio
 import gc
 import time
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any, cast
 
 import bentoml
 from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI, Query
+from fastapi.responses import HTMLResponse
 
 from service import metrics
 from service.config import settings
@@ -32,6 +34,7 @@ from service.schemas import (
 )
 
 API_PATHS = ("/predict", "/predict_batch", "/invocations", "/feedback")
+DASHBOARD_HTML = (Path(__file__).parent / "static" / "dashboard.html").read_text()
 # GET endpoints (BentoML APIs are POST only); FastAPI documents them at /docs.
 info_app = FastAPI(
     title="housing-price-service: model and health",
@@ -192,6 +195,24 @@ def accuracy(
             metrics.ACCURACY.labels("rmse", row["model_version"]).set(row["rmse"])
             metrics.FEEDBACK_COUNT.labels(row["model_version"]).set(row["n"])
     return {"bucket_s": bucket_s, "since_ts": since_ts, "accuracy": rows}
+
+
+@info_app.get("/stats")
+def stats() -> dict[str, Any]:
+    """Traffic per minute (last hour) and per hour (last day), request latency and the latest predictions."""
+    log, now = _service().log, time.time()
+    return {
+        "per_minute": log.traffic(now, 60, 60),
+        "per_hour": log.traffic(now, 3600, 24),
+        "last_hour": log.traffic(now, 3600, 1)[0],
+        "recent": log.recent(20),
+    }
+
+
+@info_app.get("/dashboard", response_class=HTMLResponse)
+def dashboard() -> str:
+    """A live page: traffic, latency, drift, accuracy, recent predictions and the current model."""
+    return DASHBOARD_HTML
 
 
 @info_app.get("/health", response_model=Health)

@@ -1,0 +1,57 @@
+"""The live HTML dashboard in headless Chromium (Playwright driving Debian's chromium)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from playwright.sync_api import sync_playwright
+
+from service.schemas import EXAMPLE_HOUSE
+from tests.service.server import Server
+from tests.workspace import ROOT
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = "/usr/bin/chromium"
+# Chromium must not reach for the network this machine does not have.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]  # fmt: skip
+SCREENSHOT = ROOT / "reports" / "figures" / "dashboard.png"
+
+
+def test_dashboard_shows_the_api_numbers_and_refreshes(scraped: tuple[Server, str]) -> None:
+    server, _ = scraped
+    api = httpx.Client(base_url=server.url, timeout=30)
+    errors: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1200})
+        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(f"{server.url}/dashboard")
+        page.wait_for_function("document.getElementById('updated').textContent.startsWith('updated')", timeout=30_000)
+
+        model = api.get("/model").json()
+        assert page.text_content("#model") == f"housing-price-model v{model['model_version']}"
+        drift = api.get("/drift").json()
+        expected = f"drift in {', '.join(drift['drifted_features'])}" if drift["drift_detected"] else "no drift"
+        assert page.text_content("#drift-status") == expected
+        assert page.locator("#drift tr").count() == len(drift["features"]) + 1
+        accuracy = api.get("/accuracy").json()["accuracy"]
+        cells = page.locator("#accuracy tr").nth(1).locator("td").all_text_contents()
+        assert cells[:2] == [f"v{accuracy[0]['model_version']}", str(accuracy[0]["n"])]
+        stats = api.get("/stats").json()
+        assert page.text_content("#rate-hour") == f"{stats['per_hour'][-1]['requests']} this hour"
+        assert page.locator("#recent tr").count() == len(stats["recent"]) + 1
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+        # Live: a new prediction appears at the top of the table without a reload.
+        new_id = api.post("/predict", json=EXAMPLE_HOUSE, headers={"X-Request-ID": "dashboard-live-check"}).json()
+        page.wait_for_function(
+            "document.querySelector('#recent tr:nth-child(2) td:nth-child(2)').textContent"
+            f" === '{new_id['request_id'][:12]}'",
+            timeout=30_000,
+        )
+        browser.close()
+    assert not errors, errors
+    assert SCREENSHOT.stat().st_size > 20_000
