@@ -40,6 +40,8 @@ def test_dashboard_shows_the_api_numbers_and_refreshes(scraped: tuple[Server, st
         accuracy = api.get("/accuracy").json()["accuracy"]
         cells = page.locator("#accuracy tr").nth(1).locator("td").all_text_contents()
         assert cells[:2] == [f"v{accuracy[0]['model_version']}", str(accuracy[0]["n"])]
+        hourly = api.get("/accuracy", params={"bucket_s": 3600}).json()["accuracy"]
+        assert page.locator("#accuracy-hourly tr").count() == min(len(hourly), 12) + 1
         stats = api.get("/stats").json()
         assert page.text_content("#rate-hour") == f"{stats['per_hour'][-1]['requests']} this hour"
         assert page.locator("#recent tr").count() == len(stats["recent"]) + 1
