@@ -179,7 +179,8 @@ def model_info() -> ModelInfo:
 @info_app.get("/drift")
 def drift() -> dict[str, Any]:
     """Drift of the latest priced houses against the training data, per feature (also on /metrics)."""
-    return check_drift(_service().model.reference, _service().log)
+    service = _service()
+    return check_drift(service.model.reference, service.log)
 
 
 @info_app.get("/accuracy")
@@ -199,14 +200,9 @@ def accuracy(
 
 @info_app.get("/stats")
 def stats() -> dict[str, Any]:
-    """Traffic per minute (last hour) and per hour (last day), request latency and the latest predictions."""
+    """Traffic per minute (last hour) and per hour (last day) with request latency, and the latest predictions."""
     log, now = _service().log, time.time()
-    return {
-        "per_minute": log.traffic(now, 60, 60),
-        "per_hour": log.traffic(now, 3600, 24),
-        "last_hour": log.traffic(now, 3600, 1)[0],
-        "recent": log.recent(20),
-    }
+    return {"per_minute": log.traffic(now, 60, 60), "per_hour": log.traffic(now, 3600, 24), "recent": log.recent(20)}
 
 
 @info_app.get("/dashboard", response_class=HTMLResponse)
