@@ -127,10 +127,14 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {**ranked[len(ranked) // 2], "rounds_requests_per_s": [round(r["requests_per_s"], 1) for r in runs]}
 
 
+def request_records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """One JSON-ready house per row; a missing value (NaN total_bedrooms) becomes null."""
+    return [{k: (None if v != v else v) for k, v in row.items()} for row in df.to_dict("records")]
+
+
 def houses_from(test_csv: Path, n: int) -> list[dict[str, Any]]:
     df = pd.read_csv(test_csv).drop(columns="median_house_value")
-    rows = df.sample(n, replace=n > len(df), random_state=0).to_dict("records")
-    return [{k: (None if v != v else v) for k, v in row.items()} for row in rows]
+    return request_records(df.sample(n, replace=n > len(df), random_state=0))
 
 
 def serve_bentoml(port: int, workdir: Path) -> subprocess.Popen:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from benchmark import request_records  # locust puts this folder on sys.path
 from locust import HttpUser, between, events, task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,12 +23,7 @@ MAX_FAILURE_RATIO = float(os.environ.get("LOCUST_MAX_FAILURE_RATIO", "0.01"))
 MAX_P95_MS = float(os.environ.get("LOCUST_MAX_P95_MS", "250"))
 
 
-def _houses() -> list[dict[str, Any]]:
-    df = pd.read_csv(ROOT / "data" / "processed" / "test.csv").drop(columns="median_house_value")
-    return [{k: (None if v != v else v) for k, v in row.items()} for row in df.to_dict("records")]
-
-
-HOUSES = _houses()
+HOUSES = request_records(pd.read_csv(ROOT / "data" / "processed" / "test.csv").drop(columns="median_house_value"))
 INVALID = [
     {"latitude": 99.0},
     {"households": 0.0},

@@ -10,8 +10,9 @@ import httpx
 import pytest
 import yaml
 
+from load_tests.benchmark import free_port
 from service.schemas import EXAMPLE_HOUSE
-from tests.service.server import Server, free_port, start_server
+from tests.service.server import Server, start_server
 from tests.workspace import ROOT
 
 MONITORING = ROOT / "monitoring"

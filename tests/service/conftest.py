@@ -26,11 +26,6 @@ def test_rows(workspace: Workspace) -> pd.DataFrame:
     return pd.read_csv(workspace.path / "data" / "processed" / "test.csv")[list(FEATURE_COLUMNS)]
 
 
-def records(df: pd.DataFrame) -> list[dict]:
-    """JSON-ready records: a missing total_bedrooms becomes null."""
-    return [{k: (None if v != v else v) for k, v in row.items()} for row in df.to_dict("records")]
-
-
 # One in-process app per test session: BentoML registers its Prometheus metrics once per process.
 @pytest.fixture(scope="session")
 def service_env(tmp_path_factory: pytest.TempPathFactory, workspace: Workspace) -> dict[str, str]:

@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 from starlette.testclient import TestClient
 
+from load_tests.benchmark import request_records
 from service.model import load_served_model
 from service.schemas import EXAMPLE_HOUSE, House, columns_of
 from tests.service.bad_requests import BAD_REQUESTS, BadRequest, error_text
-from tests.service.conftest import records
 from tests.workspace import Workspace
 from training.estimators import fitted_pipeline
 
@@ -52,7 +52,7 @@ def test_missing_bedrooms_are_accepted(client: TestClient) -> None:
 
 
 def test_batch_keeps_order_and_matches_single_predictions(client: TestClient, test_rows: pd.DataFrame) -> None:
-    houses = records(test_rows.head(25))
+    houses = request_records(test_rows.head(25))
     batch = client.post("/predict_batch", json=houses)
     assert batch.status_code == 200, batch.text
     assert batch.json()["count"] == 25
@@ -77,10 +77,10 @@ def test_invocations_speaks_mlflow(client: TestClient, test_rows: pd.DataFrame) 
     rows = test_rows.head(4)
     split = {"columns": list(rows.columns), "data": json.loads(rows.to_json(orient="values"))}
     by_split = client.post("/invocations", json={"dataframe_split": split})
-    by_records = client.post("/invocations", json={"dataframe_records": records(rows)})
+    by_records = client.post("/invocations", json={"dataframe_records": request_records(rows)})
     assert by_split.status_code == by_records.status_code == 200, by_split.text
     assert by_split.json() == by_records.json()
-    batch = client.post("/predict_batch", json=records(rows)).json()["prices_usd"]
+    batch = client.post("/predict_batch", json=request_records(rows)).json()["prices_usd"]
     np.testing.assert_allclose(by_split.json()["predictions"], batch, rtol=1e-12)
 
 
@@ -212,7 +212,7 @@ def test_service_prices_equal_mlflow_pyfunc(
     client: TestClient, champion: dict, workspace: Workspace, test_rows: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rows = test_rows.head(200)
-    served = client.post("/predict_batch", json=records(rows)).json()
+    served = client.post("/predict_batch", json=request_records(rows)).json()
     monkeypatch.chdir(workspace.path)  # the workspace's default store: sqlite:///mlflow.db
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     mlflow.set_tracking_uri(None)
@@ -225,7 +225,7 @@ def test_service_and_training_compute_the_same_features(test_rows: pd.DataFrame)
     # The service's request path (House models -> columns) and the training path (a DataFrame)
     # go through the one feature definition inside the served model and must agree exactly.
     served = load_served_model(bentoml.models.get("housing-price-model:latest"))
-    houses = [House(**r) for r in records(test_rows.head(100))]
+    houses = [House(**r) for r in request_records(test_rows.head(100))]
     features = fitted_pipeline(served.estimator).named_steps["features"]
     assert type(features).__module__ == "training.features"
     np.testing.assert_array_equal(features.transform(columns_of(houses)), features.transform(test_rows.head(100)))

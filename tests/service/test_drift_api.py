@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 from starlette.testclient import TestClient
 
+from load_tests.benchmark import request_records
 from service.cli import main as cli_main
 from service.drift import check_drift
 from service.prediction_log import PredictionLog
-from tests.service.conftest import records
 from tests.workspace import BIN, ROOT
 from training.drift import reference_profile
 
@@ -85,7 +85,7 @@ def price(client: TestClient, houses: pd.DataFrame, service_env: dict) -> None:
     db_path = service_env["HOUSING_PREDICTION_DB"]
     expected = _logged(db_path) + len(houses)
     for start in range(0, len(houses), 500):  # the test service's batch limit
-        assert client.post("/predict_batch", json=records(houses.iloc[start : start + 500])).status_code == 200
+        assert client.post("/predict_batch", json=request_records(houses.iloc[start : start + 500])).status_code == 200
     deadline = time.monotonic() + 10
     while _logged(db_path) < expected:
         assert time.monotonic() < deadline, "predictions did not reach the log"

@@ -14,9 +14,9 @@ import httpx
 import pandas as pd
 import pytest
 
+from load_tests.benchmark import request_records
 from service.schemas import EXAMPLE_HOUSE
 from tests.service.bad_requests import BAD_REQUESTS, BadRequest, error_text
-from tests.service.conftest import records
 from tests.service.server import Server, start_server
 
 pytestmark = pytest.mark.integration
@@ -40,10 +40,10 @@ def test_happy_paths(http: httpx.Client, champion: dict, test_rows: pd.DataFrame
     assert single.status_code == 200, single.text
     assert single.headers["x-request-id"] == "srv-1"
     assert single.json()["model_version"] == champion["version"]
-    batch = http.post("/predict_batch", json=records(test_rows.head(50)))
+    batch = http.post("/predict_batch", json=request_records(test_rows.head(50)))
     assert batch.status_code == 200
     assert batch.json()["count"] == 50
-    mlflow_style = http.post("/invocations", json={"dataframe_records": records(test_rows.head(50))})
+    mlflow_style = http.post("/invocations", json={"dataframe_records": request_records(test_rows.head(50))})
     assert mlflow_style.json()["predictions"] == pytest.approx(batch.json()["prices_usd"], rel=1e-12)
     receipt = http.post("/feedback", json={"request_id": "srv-1", "actual_price_usd": 400_000.0})
     assert receipt.status_code == 200, receipt.text
@@ -100,7 +100,7 @@ def test_metrics_endpoint(http: httpx.Client, champion: dict) -> None:
 def test_every_200_has_exactly_one_row_under_load(tmp_path: Path, workspace, test_rows: pd.DataFrame) -> None:
     """32 clients, mixed traffic; then a graceful stop: every 200 is in the log exactly once, nothing else is."""
     server = start_server(tmp_path / "load")
-    houses = records(test_rows.head(300))
+    houses = request_records(test_rows.head(300))
     rng = random.Random(7)
     plan = [(i, rng.choice(["single", "single", "single", "batch", "invalid"])) for i in range(640)]
 
