@@ -84,7 +84,6 @@ class PredictionLog:
         self.batch_size = batch_size
         self.interval_s = interval_s
         self.write_failures = 0
-        self.rows_written = 0
         self._queue: queue.Queue[Any] = queue.Queue()
         create_schema(path)
         self._thread = threading.Thread(target=self._run, name="prediction-log-writer", daemon=True)
@@ -228,7 +227,6 @@ class PredictionLog:
                 with db.conn:
                     for table, rows in by_table.items():
                         _insert(db, table, rows)
-                self.rows_written += sum(len(rows) for rows in by_table.values())
                 return
             except sqlite3.Error:
                 self.write_failures += 1
