@@ -68,6 +68,16 @@ LOAD_TIME ?= 30s
 load: setup ## Headless Locust run against a fresh server; fails past the thresholds in the locustfile
 	python load_tests/run_load.py --users $(LOAD_USERS) --run-time $(LOAD_TIME)
 
+.PHONY: demo demo-video summary
+demo: pipeline ## Walk through the system on the real data: serve, predict, bad input, feedback, drift, metrics
+	python -m scripts.demo
+
+demo-video: pipeline ## Record the walkthrough as reports/demo/demo.mp4 (headless Chromium and ffmpeg)
+	python -m scripts.demo_video
+
+summary: setup ## Regenerate docs/summary.md from the figures in reports/
+	python -m scripts.summary
+
 test: setup tools ## Run the test suite with coverage
 	python -m pytest --cov --cov-report=term --cov-report=xml $(PYTEST_ARGS)
 

@@ -1,0 +1,1 @@
+"""Project scripts: the demo walkthrough, its video and the one-page summary."""
