@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,8 +31,18 @@ class Server:
         return self.process.wait(timeout_s)
 
 
-def start_server(root: Path, extra_env: dict[str, str] | None = None, timeout_s: float = 120.0) -> Server:
-    """`bentoml serve` exactly as the container runs it, from the project root, on a free port."""
+def start_server(
+    root: Path,
+    extra_env: dict[str, str] | None = None,
+    timeout_s: float = 120.0,
+    command: Sequence[str] | None = None,
+    cwd: Path = ROOT,
+) -> Server:
+    """`bentoml serve` of the project's service, from the project root, on a free port.
+
+    ``command`` (run in ``cwd``) replaces that invocation: it must listen on ``BENTOML_PORT``, as ``bentoml serve``
+    does when no ``--port`` is given.
+    """
     port = free_port()
     root.mkdir(parents=True, exist_ok=True)
     env = {
@@ -40,12 +51,14 @@ def start_server(root: Path, extra_env: dict[str, str] | None = None, timeout_s:
         "HOUSING_PREDICTION_DB": str(root / "predictions.db"),
         "HOUSING_LOG_DIR": str(root / "log"),
         "HOUSING_MAX_BATCH_SIZE": "500",
+        "BENTOML_PORT": str(port),
         **(extra_env or {}),
     }
     output = root / "server.log"
     process = subprocess.Popen(
-        [str(BIN / "bentoml"), "serve", "service.service:HousePricer", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT,
+        command
+        or [str(BIN / "bentoml"), "serve", "service.service:HousePricer", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=cwd,
         env=env,
         stdout=output.open("w"),
         stderr=subprocess.STDOUT,
