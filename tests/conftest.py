@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from tests.workspace import Workspace, run_pipeline
+from tests.workspace import BIN, Workspace, run_pipeline
 from training.config import Params, Settings, load_params
 from training.features import FEATURE_COLUMNS, TARGET_COLUMN
 from training.ingest import ingest
@@ -74,3 +75,14 @@ def y_sample(sample: pd.DataFrame) -> pd.Series:
 def workspace(tmp_path_factory: pytest.TempPathFactory, housing: pd.DataFrame) -> Workspace:
     """The real pipeline run once on a 3,000-row sample: DVC, MLflow store and the session's BentoML store."""
     return run_pipeline(tmp_path_factory.mktemp("pipeline"), housing)
+
+
+@pytest.fixture(scope="session")
+def bento(workspace: Workspace) -> Path:
+    """`bentoml build` of this checkout with the session's champion: the bento's folder in the session's store."""
+    result = subprocess.run(
+        [str(BIN / "bentoml"), "build", "-o", "tag"], cwd=ROOT, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    name, version = result.stdout.strip().splitlines()[-1].removeprefix("__tag__:").split(":")
+    return Path(os.environ["BENTOML_HOME"]) / "bentos" / name / version
