@@ -51,8 +51,9 @@ serve: setup ## Serve the champion from the BentoML store on PORT (3000)
 build: setup ## Build the bento (service + champion model + generated Dockerfile)
 	bentoml build
 
-SYSTEM_TOOLS := wrk prometheus chromium
-tools: ## Install the system tools the tests and benchmarks use (wrk, Prometheus with promtool, Chromium)
+# Debian/Ubuntu packages named after the command they provide (hadolint, actionlint, shellcheck come with `setup`).
+SYSTEM_TOOLS := wrk prometheus chromium docker-compose
+tools: ## Install the system tools the tests and benchmarks use (wrk, Prometheus with promtool, Chromium, docker-compose)
 	@missing=""; for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
@@ -91,6 +92,12 @@ format: setup ## Apply ruff fixes and formatting
 
 typecheck: setup ## mypy on training/ and service/
 	mypy
+
+.PHONY: security
+security: setup ## bandit (config in pyproject.toml) and pip-audit of the venv and of the image's pinned packages
+	bandit -q -c pyproject.toml -r training service deploy
+	pip-audit --strict --skip-editable
+	pip-audit --strict --no-deps --disable-pip -r requirements/serving.txt
 
 check: lint typecheck ## Lint and type-check
 

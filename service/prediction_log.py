@@ -133,7 +133,7 @@ class PredictionLog:
         """The raw inputs of the latest ``rows`` priced houses, as columns."""
         names = [*NUMERIC_COLUMNS, CATEGORICAL_COLUMN]
         with self.reader() as db:
-            cursor = db.execute(f"SELECT {', '.join(names)} FROM {PREDICTIONS} ORDER BY id DESC LIMIT ?", [rows])  # noqa: S608 - names are ours
+            cursor = db.execute(f"SELECT {', '.join(names)} FROM {PREDICTIONS} ORDER BY id DESC LIMIT ?", [rows])  # noqa: S608 - names are ours  # nosec B608
             records = cursor.fetchall()
         return {name: [record[i] for record in records] for i, name in enumerate(names)}
 
@@ -152,7 +152,7 @@ class PredictionLog:
             WHERE p.ts >= ?
             GROUP BY p.model_version, bucket_start
             ORDER BY bucket_start, p.model_version
-        """  # noqa: S608 - no user input: table names and a float
+        """  # noqa: S608 - no user input: table names and a float  # nosec B608
         with self.reader() as db:
             cursor = db.execute(sql, [since_ts])
             names = [column[0] for column in cursor.description]
@@ -170,7 +170,7 @@ class PredictionLog:
         sql = f"""
             SELECT CAST(ts / ? AS INTEGER) AS slot, request_id, MAX(latency_ms) AS latency_ms, COUNT(*) AS houses
             FROM {PREDICTIONS} WHERE ts >= ? GROUP BY slot, request_id
-        """  # noqa: S608 - no user input
+        """  # noqa: S608 - no user input  # nosec B608
         with self.reader() as db:
             rows = db.execute(sql, [bucket_s, start]).fetchall()
         by_slot: dict[int, list[tuple[float, int]]] = {}

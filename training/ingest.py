@@ -31,7 +31,7 @@ def _open_source(source: str, timeout_s: float) -> BinaryIO:
     scheme = urlparse(source).scheme
     if scheme in ("http", "https", "file"):
         try:
-            return urllib.request.urlopen(source, timeout=timeout_s)  # noqa: S310 - scheme checked above
+            return urllib.request.urlopen(source, timeout=timeout_s)  # noqa: S310 - scheme checked above  # nosec B310
         except OSError as exc:
             raise IngestError(f"cannot download {source}: {exc}") from exc
     path = Path(source)
