@@ -63,6 +63,11 @@ class Frames:
     folder: Path
     shown: list[tuple[Path, float]] = field(default_factory=list)
 
+    @classmethod
+    def open(cls, browser: Browser, folder: Path) -> Frames:
+        browse = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT - CAPTION_HEIGHT})
+        return cls(browse, browser.new_page(viewport={"width": WIDTH, "height": HEIGHT}), folder)
+
     def _render(self, title: str, subtitle: str, content: str, seconds: float) -> Path:
         path = self.folder / f"{len(self.shown):02d}.png"
         self.canvas.set_content(
@@ -234,12 +239,7 @@ def record(out: Path) -> dict[str, Any]:
     start = time.monotonic()
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="housing-video-")))
-        browser = stack.enter_context(chromium())
-        frames = Frames(
-            browser.new_page(viewport={"width": WIDTH, "height": HEIGHT - CAPTION_HEIGHT}),
-            browser.new_page(viewport={"width": WIDTH, "height": HEIGHT}),
-            folder,
-        )
+        frames = Frames.open(stack.enter_context(chromium()), folder)
         frames.text("housing-price-mlops: end-to-end demo", "recorded by make demo-video",
                     ["DVC pipeline ▸ MLflow registry (@champion) ▸ BentoML service ▸ monitoring", "",
                      "Every step below is checked; the walkthrough fails on the first surprise."])  # fmt: skip
