@@ -92,7 +92,7 @@ def expect(response: httpx.Response, status: int = 200) -> Any:
 def run_command(out: Transcript, *args: str) -> subprocess.CompletedProcess[str]:
     """Run a project command from the repository root and print it with its output."""
     out.say("$ " + " ".join(args))
-    result = subprocess.run([str(BIN / args[0]), *args[1:]], cwd=ROOT, capture_output=True, text=True, check=False)  # noqa: S603 - the project's own tools
+    result = subprocess.run([str(BIN / args[0]), *args[1:]], cwd=ROOT, capture_output=True, text=True, check=False)
     for line in (result.stdout + result.stderr).strip().splitlines()[-12:]:
         out.say(f"  {line}")
     out.say(f"  (exit status {result.returncode})")
