@@ -41,7 +41,7 @@ pipeline: setup ## Run the DVC pipeline (ingest ▸ validate ▸ prepare ▸ tra
 	@echo "data source: $${HOUSING_DATA_SOURCE:-params.yaml data.source}"
 	dvc repro
 	@# DVC cannot see the MLflow and BentoML stores: re-register if they lost the champion.
-	python -m training.register --check || dvc repro --force register
+	python -m training.register --check || dvc repro --force --single-item register
 
 run: setup pipeline serve ## Set everything up, run the pipeline and serve the fresh champion
 

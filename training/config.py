@@ -25,6 +25,10 @@ class Settings(BaseSettings):
         default=None, description="URL or path of the raw CSV; overrides params.yaml data.source."
     )
     params_path: Path = Field(default=Path("params.yaml"), description="Path of params.yaml.")
+    prediction_db: Path = Field(
+        default=Path("var/predictions.db"),
+        description="The service's SQLite prediction log, whose labeled feedback joins the training data.",
+    )
 
 
 class _Section(BaseModel):
@@ -48,6 +52,7 @@ class PrepareParams(_Section):
     test_size: float = Field(gt=0, lt=1)
     seed: int
     income_bands: list[float] = Field(min_length=2)
+    feedback_path: Path
     train_path: Path
     test_path: Path
 
@@ -112,7 +117,22 @@ class RegisterParams(_Section):
     bento_model_name: str
     # Refuse to register a model whose test metrics miss evaluate.quality_floor.
     require_quality_floor: bool
+    # A challenger replaces the champion only when its test RMSE is lower by more than this (USD).
+    min_improvement_usd: float = Field(ge=0)
+    # The MLflow experiment that records every promotion, refusal and rollback.
+    decisions_experiment: str
     registration_path: Path
+
+
+class RetrainParams(_Section):
+    """When to retrain: drift of the served inputs, or accuracy lost on feedback."""
+
+    # Retrain when any feature of the latest drift window drifted (thresholds: the drift section).
+    on_drift: bool
+    # Or when the served version's RMSE over at least min_feedback houses with feedback
+    # passes max_rmse_ratio times its test RMSE.
+    min_feedback: int = Field(ge=1)
+    max_rmse_ratio: float = Field(gt=0)
 
 
 class Params(_Section):
@@ -126,6 +146,7 @@ class Params(_Section):
     evaluate: EvaluateParams
     register_: RegisterParams = Field(alias="register")
     drift: DriftParams
+    retrain: RetrainParams
 
     def data_source(self, settings: Settings) -> str:
         """The effective data source: the environment's override, else params.yaml's."""

@@ -1,11 +1,12 @@
-"""Register: log the chosen model to MLflow, point ``@champion`` at it, import it into BentoML.
+"""Register: log the trained model to MLflow and promote it to ``@champion`` only if it is better.
 
 The model is logged on the winning family's parent run (so the version links to
 the search that produced it) in the skops format with an explicit trust list,
 with a signature and an input example of raw records. The registered version is
-tagged with its metrics and the data version (the DVC/MD5 hash of the raw CSV),
-and the same version is imported into the BentoML model store with its MLflow
-name, version and run id, so the service can load it.
+tagged with its metrics and the data version (the DVC/MD5 hash of the raw CSV).
+It then challenges the champion on the current test split (training.registry
+records the decision); the champion, new or kept, is the BentoML store's latest
+model, which the service loads.
 """
 
 from __future__ import annotations
@@ -14,23 +15,36 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import sys
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import bentoml
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
-from training.config import Params, load_params
+from training.config import Params, RegisterParams, load_params
 from training.drift import reference_profile
 from training.estimators import TRUSTED_TYPES, load_model
 from training.features import CATEGORICAL_COLUMN, FEATURE_COLUMNS, NUMERIC_COLUMNS
+from training.metrics import regression_metrics
 from training.prepare import load_split
+from training.registry import (
+    TRIGGER_ENV,
+    Decision,
+    champion_version,
+    crown,
+    is_served,
+    record,
+    served_model,
+    tagged_metrics,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +57,8 @@ SIGNATURE = ModelSignature(
 )
 
 
-class QualityFloorError(RuntimeError):
-    """The model's test metrics miss the configured floor; it is not registered."""
+class NoChampionError(RuntimeError):
+    """After the decision there is still no champion: there is nothing to serve."""
 
 
 def file_md5(path: Path) -> str:
@@ -84,23 +98,53 @@ def version_tags(metrics: dict[str, Any], data_version: str) -> dict[str, str]:
 
 
 def register(params: Params) -> dict[str, Any]:
-    """Log, register and alias the model; import it into BentoML; return the registration."""
+    """Register the trained model, let it challenge the champion, and describe the champion after.
+
+    A model below the quality floor is not registered at all. A registered
+    challenger becomes ``@champion`` only if it loads from the registry, prices
+    the test split with finite values, and beats the champion's RMSE on that same
+    split; either way the decision is recorded in MLflow with its reason.
+    """
     reg = params.register_
     metrics = json.loads(params.evaluate.metrics_path.read_text())
-    if reg.require_quality_floor and not metrics["quality_floor"]["met"]:
-        raise QualityFloorError(
-            f"test metrics {metrics['test']} miss the quality floor {metrics['quality_floor']}; not registering"
-        )
-    data_version = file_md5(params.data.raw_path)
     mlflow.set_experiment(reg.experiment)
     client = MlflowClient()
-    with _winner_run(client, metrics) as run:
-        run_id = run.info.run_id
+    champion = champion_version(client, reg)
+    trigger = os.environ.get(TRIGGER_ENV, "pipeline")
+    if reg.require_quality_floor and not metrics["quality_floor"]["met"]:
+        decision = record(client, reg, _below_floor(metrics, champion, trigger))
+    else:
+        version = log_version(params, metrics)
+        X_test, y_test = load_split(params.prepare.test_path)
+        decision = challenge(client, reg, version, champion, X_test, y_test.to_numpy(), trigger)
+        (crown if decision.action == "promote" else record)(client, reg, decision)
+    champion = champion_version(client, reg)
+    if champion is None:
+        raise NoChampionError(f"no @{reg.alias} for {reg.model_name}: {decision.reason}")
+    bento_model = served_model(client, reg, str(champion.version))
+    return {
+        "model_name": reg.model_name,
+        "version": str(champion.version),
+        "alias": reg.alias,
+        "run_id": champion.run_id,
+        "model_uri": f"models:/{reg.model_name}/{str(champion.version)}",
+        "tracking_uri": mlflow.get_tracking_uri(),
+        "data_version": champion.tags.get("data_version", ""),
+        "bento_model": str(bento_model.tag),
+        "test": tagged_metrics(champion),
+        "decision": decision.as_dict(),
+    }
+
+
+def log_version(params: Params, metrics: dict[str, Any]) -> str:
+    """Log the trained model on its search run and register it as a new version; return the version."""
+    reg = params.register_
+    data_version = file_md5(params.data.raw_path)
+    with _winner_run(MlflowClient(), metrics):
         mlflow.log_metrics({f"test_{name}": value for name, value in metrics["test"].items()})
-        mlflow.set_tags({"data_version": data_version, "role": "champion_candidate"})
+        mlflow.set_tags({"data_version": data_version, "role": "challenger"})
         for report in (params.evaluate.metrics_path, params.evaluate.report_path, params.validate_.report_path):
             mlflow.log_artifact(str(report), artifact_path="reports")
-        profile_path = write_reference_profile(params)
         info = mlflow.sklearn.log_model(
             load_model(params.train.model_path),
             name="model",
@@ -109,26 +153,65 @@ def register(params: Params) -> dict[str, Any]:
             registered_model_name=reg.model_name,
             skops_trusted_types=list(TRUSTED_TYPES),
             pip_requirements=[f"{package}=={version(package)}" for package in RUNTIME_PACKAGES],
-            extra_files=[str(profile_path)],
+            extra_files=[str(write_reference_profile(params))],
         )
     model_version = str(info.registered_model_version)
+    client = MlflowClient()
     for key, value in version_tags(metrics, data_version).items():
         client.set_model_version_tag(reg.model_name, model_version, key, value)
-    client.set_registered_model_alias(reg.model_name, reg.alias, model_version)
-    bento_model = import_into_bentoml(params, model_version, run_id, metrics, data_version)
-    registration = {
-        "model_name": reg.model_name,
-        "version": model_version,
-        "alias": reg.alias,
-        "run_id": run_id,
-        "model_uri": f"models:/{reg.model_name}/{model_version}",
-        "tracking_uri": mlflow.get_tracking_uri(),
-        "data_version": data_version,
-        "bento_model": str(bento_model.tag),
-        "test": metrics["test"],
-    }
-    log.info("registered %s version %s as @%s; BentoML %s", reg.model_name, model_version, reg.alias, bento_model.tag)
-    return registration
+    return model_version
+
+
+def score_version(reg: RegisterParams, version: str, X: pd.DataFrame, y: np.ndarray) -> dict[str, float]:
+    """Test metrics of a registered version, loaded back from the registry as the service would.
+
+    Raises when the version does not load or prices any house with a non-finite value.
+    """
+    model = mlflow.sklearn.load_model(f"models:/{reg.model_name}/{version}")
+    pred = np.asarray(model.predict(X), dtype=float)
+    if pred.shape != y.shape or not np.isfinite(pred).all():
+        raise ValueError(f"{int((~np.isfinite(pred)).sum())} non-finite prices of {len(pred)}")
+    return regression_metrics(y, pred)
+
+
+def challenge(
+    client: MlflowClient,
+    reg: RegisterParams,
+    version: str,
+    champion: ModelVersion | None,
+    X: pd.DataFrame,
+    y: np.ndarray,
+    trigger: str,
+) -> Decision:
+    """Decide whether ``version`` replaces ``champion``, both scored on the same test houses (X, y)."""
+    before = str(champion.version) if champion else None
+    try:
+        after_metrics = score_version(reg, version, X, y)
+    except Exception as exc:  # any failure to load or predict makes the challenger unusable
+        return Decision("reject", version, f"broken: {type(exc).__name__}: {exc}", before, before, trigger=trigger)
+    if champion is None:
+        return Decision("promote", version, "first champion", None, version, {}, after_metrics, trigger)
+    try:
+        before_metrics = score_version(reg, str(champion.version), X, y)
+    except Exception as exc:  # a champion that cannot price the test split must go
+        reason = f"champion v{before} fails on the test data ({type(exc).__name__}: {exc})"
+        return Decision("promote", version, reason, before, version, {}, after_metrics, trigger)
+    gain = before_metrics["rmse"] - after_metrics["rmse"]
+    compared = (
+        f"RMSE {after_metrics['rmse']:,.0f} vs champion v{before}'s {before_metrics['rmse']:,.0f} USD "
+        f"on the same {len(y):,} test houses"
+    )
+    if gain > reg.min_improvement_usd:
+        return Decision("promote", version, f"better: {compared}", before, version, before_metrics, after_metrics,
+                        trigger)  # fmt: skip
+    reason = f"not better: {compared} (needs more than {reg.min_improvement_usd:,.0f} USD lower)"
+    return Decision("reject", version, reason, before, before, before_metrics, after_metrics, trigger)
+
+
+def _below_floor(metrics: dict[str, Any], champion: ModelVersion | None, trigger: str) -> Decision:
+    before = str(champion.version) if champion else None
+    reason = f"below the quality floor: test metrics {metrics['test']} vs floor {metrics['quality_floor']}"
+    return Decision("reject", None, reason, before, before, {}, metrics["test"], trigger)
 
 
 def _winner_run(client: MlflowClient, metrics: dict[str, Any]) -> mlflow.ActiveRun:
@@ -151,42 +234,9 @@ def _winner_run(client: MlflowClient, metrics: dict[str, Any]) -> mlflow.ActiveR
 
 
 def champion_available(params: Params) -> bool:
-    """Whether the tracking store has ``@alias`` and the BentoML store has that version."""
-    reg = params.register_
-    try:
-        version = MlflowClient().get_model_version_by_alias(reg.model_name, reg.alias).version
-    except mlflow.exceptions.MlflowException:
-        return False
-    return any(
-        model.info.labels.get("mlflow_version") == str(version) for model in bentoml.models.list(reg.bento_model_name)
-    )
-
-
-def import_into_bentoml(
-    params: Params, model_version: str, run_id: str, metrics: dict[str, Any], data_version: str
-) -> bentoml.Model:
-    """Copy the registered version into the BentoML model store, labelled with its MLflow identity."""
-    reg = params.register_
-    return bentoml.mlflow.import_model(
-        reg.bento_model_name,
-        model_uri=f"models:/{reg.model_name}/{model_version}",
-        labels={
-            "mlflow_model": reg.model_name,
-            "mlflow_version": model_version,
-            "mlflow_alias": reg.alias,
-            "family": metrics["winner"],
-        },
-        metadata={
-            "mlflow_model": reg.model_name,
-            "mlflow_version": model_version,
-            "mlflow_run_id": run_id,
-            "tracking_uri": mlflow.get_tracking_uri(),
-            "data_version": data_version,
-            "test_metrics": metrics["test"],
-            "cv_metrics": metrics["families"][metrics["winner"]]["cv"],
-            "feature_columns": list(FEATURE_COLUMNS),
-        },
-    )
+    """Whether the tracking store has ``@champion`` and it is the BentoML store's latest model."""
+    champion = champion_version(MlflowClient(), params.register_)
+    return champion is not None and is_served(params.register_, str(champion.version))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -204,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(0 if available else 1)
     try:
         registration = register(params)
-    except QualityFloorError as exc:
+    except NoChampionError as exc:
         log.error("%s", exc)
         sys.exit(1)
     path = params.register_.registration_path

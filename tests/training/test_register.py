@@ -1,13 +1,9 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
-import pytest
-
-from training.config import Params
-from training.register import QualityFloorError, file_md5, register, version_tags
+from training.register import file_md5, version_tags
 
 
 def test_file_md5_is_the_plain_md5(tmp_path: Path) -> None:
@@ -31,13 +27,3 @@ def test_version_tags_carry_metrics_and_data_version() -> None:
         "family": "gradient_boosting",
         "data_version": "abc123",
     }
-
-
-def test_a_model_below_the_floor_is_not_registered(params: Params, tmp_path: Path) -> None:
-    metrics_path = tmp_path / "metrics.json"
-    metrics_path.write_text(
-        json.dumps({"test": {"rmse": 60000.0, "r2": 0.7}, "quality_floor": {"met": False, "max_rmse": 45000}})
-    )
-    patched = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"metrics_path": metrics_path})})
-    with pytest.raises(QualityFloorError, match="quality floor"):
-        register(patched)

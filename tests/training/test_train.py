@@ -65,9 +65,15 @@ def test_train_evaluate_register(small: Params) -> None:
     assert str(version.version) == registration["version"]
     assert version.tags["data_version"] == registration["data_version"]
     assert register.champion_available(small)
-    # Registering again (the store kept the run) makes a new version and moves the alias.
+    assert registration["decision"]["action"] == "promote"
+    assert registration["decision"]["reason"] == "first champion"
+    # Registering the same model again (the store kept the run) makes a new version, which is no
+    # better than the champion it equals: refused, and the alias stays.
     again = register.register(small)
-    assert int(again["version"]) == int(registration["version"]) + 1
+    assert again["decision"]["action"] == "reject"
+    assert again["decision"]["version"] == str(int(registration["version"]) + 1)
+    assert again["decision"]["metrics_after"] == again["decision"]["metrics_before"]
+    assert again["version"] == registration["version"]
     assert str(client.get_model_version_by_alias("housing-price-model", "champion").version) == again["version"]
 
 

@@ -1,0 +1,164 @@
+"""Champion/challenger decisions, rollback and history against a real MLflow store and BentoML store."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from sklearn.base import BaseEstimator
+
+from training.config import Params, RegisterParams
+from training.estimators import TRUSTED_TYPES, build_model
+from training.features import FEATURE_COLUMNS, TARGET_COLUMN
+from training.register import NoChampionError, challenge, register
+from training.registry import champion_version, crown, history, is_served, record, rollback, rollback_target
+
+
+@pytest.fixture(scope="module")
+def reg(params: Params, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegisterParams]:
+    """A throwaway tracking store and model names of its own (the session's BentoML store is shared)."""
+    previous = mlflow.get_tracking_uri()
+    root = tmp_path_factory.mktemp("mlflow")
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    mlflow.create_experiment("registry-test", artifact_location=(root / "artifacts").as_uri())
+    yield params.register_.model_copy(
+        update={
+            "model_name": "registry-test-model",
+            "bento_model_name": "registry-test-model",
+            "experiment": "registry-test",
+            "decisions_experiment": "registry-test-decisions",
+        }
+    )
+    mlflow.set_tracking_uri(previous)
+
+
+@pytest.fixture(scope="module")
+def split(sample: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series, pd.DataFrame, np.ndarray]:
+
+    train, test = sample.iloc[:1500], sample.iloc[1500:]
+    return (
+        train[list(FEATURE_COLUMNS)],
+        train[TARGET_COLUMN],
+        test[list(FEATURE_COLUMNS)],
+        test[TARGET_COLUMN].to_numpy(),
+    )
+
+
+def log_version(reg: RegisterParams, model: BaseEstimator, rmse: float = 50_000.0, corrupt: bool = False) -> str:
+    mlflow.set_experiment(reg.experiment)
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(
+            model, name="model", registered_model_name=reg.model_name, skops_trusted_types=list(TRUSTED_TYPES)
+        )
+    if corrupt:  # a truncated upload: the serialized model is no longer readable
+        (model_file,) = Path(urlparse(mlflow.get_logged_model(info.model_id).artifact_location).path).glob("*.skops")
+        model_file.write_bytes(model_file.read_bytes()[:100])
+    version = str(info.registered_model_version)
+    client = MlflowClient()
+    client.set_model_version_tag(reg.model_name, version, "test_rmse", str(rmse))
+    client.set_model_version_tag(reg.model_name, version, "family", "test")
+    client.set_model_version_tag(reg.model_name, version, "data_version", "abc")
+    return version
+
+
+def fitted(params: Params, split: tuple, candidate: dict) -> BaseEstimator:
+    X, y, _, _ = split
+    return build_model(candidate, params.features, "none", seed=0).fit(X, y)
+
+
+def test_champion_challenger_rollback_and_history(reg: RegisterParams, params: Params, split: tuple) -> None:
+    client = MlflowClient()
+    _, _, X_test, y_test = split
+    weak = log_version(reg, fitted(params, split, {"model": "ols"}))
+
+    first = challenge(client, reg, weak, None, X_test, y_test, "test")
+    assert (first.action, first.champion_after, first.reason) == ("promote", weak, "first champion")
+    crown(client, reg, first)
+    assert str(champion_version(client, reg).version) == weak
+    assert is_served(reg, weak)
+
+    strong = log_version(reg, fitted(params, split, {"model": "lightgbm", "n_estimators": 100, "num_leaves": 15}))
+    better = challenge(client, reg, strong, champion_version(client, reg), X_test, y_test, "drift in median_income")
+    assert better.action == "promote", better.reason
+    assert better.metrics_after["rmse"] < better.metrics_before["rmse"]
+    assert better.reason.startswith("better: RMSE")
+    assert f"champion v{weak}'s" in better.reason
+    crown(client, reg, better)
+
+    # The weak model again is worse than the new champion: refused, the champion stays.
+    worse_version = log_version(reg, fitted(params, split, {"model": "ols"}))
+    worse = challenge(client, reg, worse_version, champion_version(client, reg), X_test, y_test, "test")
+    assert worse.action == "reject"
+    assert worse.reason.startswith("not better")
+    assert worse.champion_after == strong
+    record(client, reg, worse)
+    assert str(champion_version(client, reg).version) == strong
+    assert client.get_model_version(reg.model_name, worse_version).tags["decision"] == "reject"
+    assert is_served(reg, strong)
+
+    assert rollback_target(client, reg) == weak
+    rolled = rollback(client, reg, reason="bad release")
+    assert (rolled.champion_before, rolled.champion_after, rolled.reason) == (strong, weak, "bad release")
+    assert str(champion_version(client, reg).version) == weak
+    assert is_served(reg, weak)  # re-imported: the store's latest model is the champion again
+    with pytest.raises(LookupError, match="first champion"):
+        rollback_target(client, reg)
+
+    entries = history(client, reg)
+    assert [(e["action"], e["version"]) for e in entries] == [
+        ("rollback", weak), ("reject", worse_version), ("promote", strong), ("promote", weak),
+    ]  # fmt: skip
+    assert entries[2]["trigger"] == "drift in median_income"
+    assert entries[2]["metrics_after"]["rmse"] < entries[2]["metrics_before"]["rmse"]
+
+
+@pytest.mark.parametrize("breakage", ["does not load", "prices NaN"])
+def test_a_broken_challenger_is_refused(breakage: str, reg: RegisterParams, params: Params, split: tuple) -> None:
+    client = MlflowClient()
+    _, _, X_test, y_test = split
+    if champion_version(client, reg) is None:
+        crown(client, reg, challenge(client, reg, log_version(reg, fitted(params, split, {"model": "ols"})), None,
+                                     X_test, y_test, "test"))  # fmt: skip
+    champion = champion_version(client, reg)
+    model = fitted(params, split, {"model": "ols"})
+    if breakage == "prices NaN":
+        model.named_steps["model"].coef_[:] = np.nan
+    version = log_version(reg, model, corrupt=breakage == "does not load")
+    decision = challenge(client, reg, version, champion, X_test, y_test, "test")
+    assert decision.action == "reject"
+    assert decision.reason.startswith("broken:"), decision.reason
+    assert decision.champion_after == str(champion.version)
+    assert str(champion_version(client, reg).version) == str(champion.version)
+
+
+def test_a_model_below_the_floor_is_not_registered(
+    params: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the experiment's default artifact folder is relative
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        metrics_path = tmp_path / "metrics.json"
+        metrics_path.write_text(
+            json.dumps({"test": {"rmse": 60000.0, "r2": 0.7}, "quality_floor": {"met": False, "max_rmse": 45000}})
+        )
+        patched = params.model_copy(
+            update={"evaluate": params.evaluate.model_copy(update={"metrics_path": metrics_path})}
+        )
+        with pytest.raises(NoChampionError, match="below the quality floor"):
+            register(patched)
+        client = MlflowClient()
+        assert client.search_registered_models() == []
+        (entry,) = history(client, params.register_)
+        assert entry["action"] == "reject"
+        assert entry["version"] is None
+        assert entry["metrics_after"] == {"rmse": 60000.0, "r2": 0.7}
+    finally:
+        mlflow.set_tracking_uri(previous)

@@ -1,0 +1,212 @@
+"""The model registry's decisions: which version is ``@champion``, why, and what the service serves.
+
+Every change of champion (a promotion, and a rollback) and every refusal is
+recorded as a run of the decisions experiment, tagged with the versions, the
+reason and the metrics before and after, so the history is queryable from
+MLflow alone. The BentoML store follows the registry: after each change the
+champion is the store's latest model, which is what a starting (or reloading)
+service picks up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import bentoml
+import mlflow
+from bentoml.exceptions import NotFound
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+
+from training.config import RegisterParams
+from training.features import FEATURE_COLUMNS
+
+log = logging.getLogger(__name__)
+
+Action = Literal["promote", "reject", "rollback"]
+# Why the pipeline ran; `housing retrain` sets it so each decision says what triggered it.
+TRIGGER_ENV = "HOUSING_RETRAIN_REASON"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One registry decision: what happened to ``version`` and why."""
+
+    action: Action
+    version: str | None
+    reason: str
+    champion_before: str | None
+    champion_after: str | None
+    metrics_before: dict[str, float] = field(default_factory=dict)
+    metrics_after: dict[str, float] = field(default_factory=dict)
+    trigger: str = ""
+    ts: float = field(default_factory=time.time)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def champion_version(client: MlflowClient, reg: RegisterParams) -> ModelVersion | None:
+    """The version the ``@champion`` alias points at, or None before the first promotion."""
+    try:
+        return client.get_model_version_by_alias(reg.model_name, reg.alias)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def tagged_metrics(version: ModelVersion, prefix: str = "test_") -> dict[str, float]:
+    """The metrics register.py tagged the version with, e.g. ``test_rmse`` -> ``{"rmse": ...}``."""
+    return {key.removeprefix(prefix): float(value) for key, value in version.tags.items() if key.startswith(prefix)}
+
+
+def import_version(client: MlflowClient, reg: RegisterParams, version: str) -> bentoml.Model:
+    """Copy a registered version into the BentoML store, labelled with its MLflow identity.
+
+    The import is always a new BentoML model, so the champion is the store's
+    ``latest`` even when an older version comes back by rollback.
+    """
+    mv = client.get_model_version(reg.model_name, version)
+    return bentoml.mlflow.import_model(
+        reg.bento_model_name,
+        model_uri=f"models:/{reg.model_name}/{version}",
+        labels={
+            "mlflow_model": reg.model_name,
+            "mlflow_version": version,
+            "mlflow_alias": reg.alias,
+            "family": mv.tags.get("family", ""),
+        },
+        metadata={
+            "mlflow_model": reg.model_name,
+            "mlflow_version": version,
+            "mlflow_run_id": mv.run_id,
+            "tracking_uri": mlflow.get_tracking_uri(),
+            "data_version": mv.tags.get("data_version", ""),
+            "test_metrics": tagged_metrics(mv),
+            "cv_metrics": tagged_metrics(mv, "cv_"),
+            "feature_columns": list(FEATURE_COLUMNS),
+        },
+    )
+
+
+def served_model(client: MlflowClient, reg: RegisterParams, version: str) -> bentoml.Model:
+    """The BentoML store's latest model, made to be ``version`` (imported when it is not)."""
+    models = sorted(bentoml.models.list(reg.bento_model_name), key=lambda model: model.info.creation_time)
+    if models and models[-1].info.labels.get("mlflow_version") == version:
+        return models[-1]
+    return import_version(client, reg, version)
+
+
+def is_served(reg: RegisterParams, version: str) -> bool:
+    """Whether the BentoML store's latest model is ``version``."""
+    try:
+        latest = bentoml.models.get(f"{reg.bento_model_name}:latest")
+    except NotFound:
+        return False
+    return latest.info.labels.get("mlflow_version") == version
+
+
+def record(client: MlflowClient, reg: RegisterParams, decision: Decision) -> Decision:
+    """Write the decision as a run of the decisions experiment and tag the version with it."""
+    experiment = client.get_experiment_by_name(reg.decisions_experiment)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(reg.decisions_experiment)
+    tags = {
+        "kind": "decision",
+        "action": decision.action,
+        "model_version": decision.version or "",
+        "champion_before": decision.champion_before or "",
+        "champion_after": decision.champion_after or "",
+        "reason": decision.reason,
+        "trigger": decision.trigger,
+        "mlflow.runName": f"{decision.action} v{decision.version or '-'}",
+    }
+    run = client.create_run(experiment_id, start_time=int(decision.ts * 1000), tags=tags)
+    for stage, values in (("before", decision.metrics_before), ("after", decision.metrics_after)):
+        for name, value in values.items():
+            client.log_metric(run.info.run_id, f"{name}_{stage}", value, timestamp=int(decision.ts * 1000))
+    client.set_terminated(run.info.run_id)
+    if decision.version:
+        client.set_model_version_tag(reg.model_name, decision.version, "decision", decision.action)
+        client.set_model_version_tag(reg.model_name, decision.version, "decision_reason", decision.reason)
+    log.info("%s v%s: %s", decision.action, decision.version, decision.reason)
+    return decision
+
+
+def crown(client: MlflowClient, reg: RegisterParams, decision: Decision) -> bentoml.Model:
+    """Point ``@champion`` at the decision's version, import it into BentoML and record why."""
+    version = decision.champion_after
+    if version is None:
+        raise ValueError(f"a {decision.action} decision names no new champion")
+    client.set_registered_model_alias(reg.model_name, reg.alias, version)
+    bento_model = import_version(client, reg, version)
+    record(client, reg, decision)
+    return bento_model
+
+
+def history(client: MlflowClient, reg: RegisterParams, limit: int = 100) -> list[dict[str, Any]]:
+    """Every recorded decision, newest first: action, versions, reason, trigger, metrics before/after."""
+    experiment = client.get_experiment_by_name(reg.decisions_experiment)
+    if experiment is None:
+        return []
+    runs = client.search_runs(
+        [experiment.experiment_id], "tags.kind = 'decision'", order_by=["attributes.start_time DESC"], max_results=limit
+    )
+    out = []
+    for run in runs:
+        tags, values = run.data.tags, run.data.metrics
+        out.append(
+            {
+                "ts": run.info.start_time / 1000,
+                "action": tags["action"],
+                "version": tags["model_version"] or None,
+                "champion_before": tags["champion_before"] or None,
+                "champion_after": tags["champion_after"] or None,
+                "reason": tags["reason"],
+                "trigger": tags.get("trigger", ""),
+                "metrics_before": _suffixed(values, "_before"),
+                "metrics_after": _suffixed(values, "_after"),
+                "run_id": run.info.run_id,
+            }
+        )
+    return out
+
+
+def rollback_target(client: MlflowClient, reg: RegisterParams) -> str:
+    """The version that was champion before the current one was last promoted."""
+    current = champion_version(client, reg)
+    if current is None:
+        raise LookupError(f"{reg.model_name} has no @{reg.alias}: nothing to roll back")
+    for entry in history(client, reg, limit=1000):
+        if entry["action"] == "promote" and entry["champion_after"] == str(current.version):
+            if entry["champion_before"]:
+                return str(entry["champion_before"])
+            break
+    raise LookupError(f"version {str(current.version)} was the first champion: there is no earlier one to roll back to")
+
+
+def rollback(client: MlflowClient, reg: RegisterParams, to: str | None = None, reason: str = "") -> Decision:
+    """Move ``@champion`` back (to the previous champion, or to version ``to``) and record it."""
+    current = champion_version(client, reg)
+    target = to or rollback_target(client, reg)
+    restored = client.get_model_version(reg.model_name, target)  # raises for an unknown version
+    if current is not None and str(current.version) == str(restored.version):
+        raise LookupError(f"version {target} is already @{reg.alias}")
+    decision = Decision(
+        action="rollback",
+        version=str(restored.version),
+        reason=reason or f"rolled back from v{str(current.version) if current else '-'} to v{str(restored.version)}",
+        champion_before=str(current.version) if current else None,
+        champion_after=str(restored.version),
+        metrics_before=tagged_metrics(current) if current else {},
+        metrics_after=tagged_metrics(restored),
+        trigger=os.environ.get(TRIGGER_ENV, "manual"),
+    )
+    crown(client, reg, decision)
+    return decision
+
+
+def _suffixed(values: dict[str, float], suffix: str) -> dict[str, float]:
+    return {key.removesuffix(suffix): value for key, value in values.items() if key.endswith(suffix)}
