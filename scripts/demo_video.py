@@ -101,7 +101,7 @@ class Frames:
         if dismiss and self.page.locator(dismiss).count():
             self.page.locator(dismiss).first.click()
         if top:
-            self.page.get_by_text(top).first.evaluate("element => element.scrollIntoView()")
+            self.page.get_by_text(top, exact=True).first.evaluate("element => element.scrollIntoView()")
         # Let client-side rendering and charts settle before the picture.
         self.page.wait_for_timeout(1500)
         shot = self.folder / f"{len(self.shown):02d}-page.png"
@@ -202,11 +202,13 @@ class Recording:
             views[topic](service_url)
 
     def swagger(self, service_url: str) -> None:
-        self.frames.screenshot(service_url, "Swagger UI: the prediction API (/)",
+        # BentoML's page lists every route and serves its own assets; FastAPI's /docs loads them from a CDN.
+        self.frames.screenshot(service_url, "Swagger UI (/): the prediction API",
                                "BentoML documents every endpoint with a worked example",
                                top="Service APIs")  # fmt: skip
-        self.frames.screenshot(f"{service_url}/docs", "Swagger UI: /docs",
-                               "read-only views: /model, /health, /drift, /accuracy, /stats, /dashboard")  # fmt: skip
+        self.frames.screenshot(service_url, "Swagger UI (/): the GET views",
+                               "the served model, health, drift, accuracy, traffic statistics, the dashboard",
+                               top="/model")  # fmt: skip
 
     def dashboard(self, service_url: str) -> None:
         self.frames.screenshot(
