@@ -1,26 +1,42 @@
 """`housing`: operator commands for the running system.
 
     housing drift [--db PATH] [--out DIR] [--fail-on-drift]
+        compare the latest priced houses in the prediction log with the training data saved
+        with the served model; write ``drift.json`` and a readable ``drift.md``; print the verdict.
+    housing retrain [--project-dir DIR] [--db PATH] [--force]
+        retrain when drift or accuracy on feedback pass their thresholds (service.retrain).
+    housing rollback [--to VERSION] [--project-dir DIR] [--db PATH]
+        move ``@champion`` back to the previous champion (or VERSION); the service follows.
+    housing reload [--db PATH]
+        make every worker of the running service serve the BentoML store's latest model.
+    housing history [--project-dir DIR] [--json]
+        every promotion, refusal and rollback, newest first.
 
-compares the latest priced houses in the prediction log with the training data
-saved with the served model, writes ``drift.json`` and a readable ``drift.md``,
-and prints the verdict.
+The commands that touch MLflow work from the project directory, whose
+``params.yaml`` names the model and whose ``mlflow.db`` is the default store.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import bentoml
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from service.config import settings
 from service.drift import check_drift
-from service.model import MLFLOW_MODEL_FOLDER, REFERENCE_PROFILE
+from service.model import reference_of
 from service.prediction_log import PredictionLog
+from service.retrain import AlreadyRunningError, retrain, retrain_lock, roll_out
+from training import registry
+from training.config import load_params
 
 
 def render_markdown(report: dict[str, Any], model_tag: str) -> str:
@@ -41,8 +57,8 @@ def render_markdown(report: dict[str, Any], model_tag: str) -> str:
 def drift_command(args: argparse.Namespace) -> int:
     config = settings()
     bento_model = bentoml.models.get(config.model_tag)
-    reference = json.loads((Path(bento_model.path_of(MLFLOW_MODEL_FOLDER)) / REFERENCE_PROFILE).read_text())
-    log = PredictionLog(args.db or config.prediction_db)
+    reference = reference_of(bento_model)
+    log = PredictionLog(args.db)
     try:
         report = check_drift(reference, log)
     finally:
@@ -57,6 +73,58 @@ def drift_command(args: argparse.Namespace) -> int:
     return 1 if args.fail_on_drift and report["drift_detected"] else 0
 
 
+def retrain_command(args: argparse.Namespace) -> int:
+    try:
+        with retrain_lock(args.db):
+            outcome = retrain(args.project_dir, args.db, force=args.force)
+    except AlreadyRunningError as exc:
+        print(exc)
+        return 75  # EX_TEMPFAIL: try again later
+    print(json.dumps(outcome, indent=2, default=str))
+    return 0
+
+
+def rollback_command(args: argparse.Namespace) -> int:
+    reg = load_params(args.project_dir / "params.yaml").register_
+    os.chdir(args.project_dir)
+    try:
+        decision = registry.rollback(MlflowClient(), reg, to=args.to, reason=args.reason)
+    except (LookupError, MlflowException) as exc:
+        print(f"rollback refused: {exc}")
+        return 1
+    latest = bentoml.models.get(f"{reg.bento_model_name}:latest")
+    print(json.dumps({"decision": decision.as_dict(), "rollout": roll_out(args.db, str(latest.tag))}, indent=2))
+    return 0
+
+
+def reload_command(args: argparse.Namespace) -> int:
+    rollout = roll_out(args.db, str(bentoml.models.get(settings().model_tag).tag))
+    print(json.dumps(rollout, indent=2))
+    return 0 if rollout["switched"] or not rollout["workers"] else 1
+
+
+def history_command(args: argparse.Namespace) -> int:
+    reg = load_params(args.project_dir / "params.yaml").register_
+    os.chdir(args.project_dir)
+    entries = registry.history(MlflowClient(), reg, limit=args.limit)
+    if args.json:
+        print(json.dumps(entries, indent=2))
+        return 0
+    for entry in entries:
+        after = entry["metrics_after"].get("rmse")
+        rmse = f"RMSE {after:,.0f}" if after is not None else ""
+        print(
+            f"{_time(entry['ts'])}  {entry['action']:<8} v{entry['version'] or '-':<4} "
+            f"champion v{entry['champion_before'] or '-'} -> v{entry['champion_after'] or '-'}  {rmse}  "
+            f"{entry['reason']}"
+        )
+    return 0
+
+
+def _time(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="housing", description="Operate the housing price service.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -65,5 +133,29 @@ def main(argv: list[str] | None = None) -> None:
     drift.add_argument("--out", type=Path, default=Path("reports/drift"), help="folder for drift.json and drift.md")
     drift.add_argument("--fail-on-drift", action="store_true", help="exit 1 when any feature drifted")
     drift.set_defaults(run=drift_command)
+    retrain_parser = commands.add_parser("retrain", help="retrain if drift or accuracy demand it; promote if better")
+    retrain_parser.add_argument("--force", action="store_true", help="retrain even if nothing demands it")
+    retrain_parser.set_defaults(run=retrain_command)
+    rollback = commands.add_parser("rollback", help="move @champion back to the previous champion")
+    rollback.add_argument("--to", help="the version to restore (default: the champion before the current one)")
+    rollback.add_argument("--reason", default="", help="why, for the history")
+    rollback.set_defaults(run=rollback_command)
+    reload = commands.add_parser("reload", help="make the running service serve the store's latest model")
+    reload.set_defaults(run=reload_command)
+    history = commands.add_parser("history", help="promotions, refusals and rollbacks, newest first")
+    history.add_argument("--json", action="store_true", help="print JSON")
+    history.add_argument("--limit", type=int, default=100)
+    history.set_defaults(run=history_command)
+    for command in (retrain_parser, rollback, reload, history):
+        command.add_argument("--db", type=Path, help="prediction log (default: HOUSING_PREDICTION_DB)")
+        command.add_argument("--project-dir", type=Path, default=Path(), help="the DVC project (default: .)")
     args = parser.parse_args(argv)
+    if getattr(args, "db", None) is None:
+        args.db = settings().prediction_db
+    args.db = args.db.resolve()
+    args.project_dir = getattr(args, "project_dir", Path()).resolve()
     sys.exit(args.run(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -28,6 +28,17 @@ class ServiceSettings(BaseSettings):
     writer_interval_s: float = Field(default=0.05, gt=0, description="Longest a logged row waits to be written.")
     feedback_grace_s: float = Field(
         default=1.0, ge=0, description="How long feedback waits for its prediction to reach the log."
+    )
+    admin_token: SecretStr | None = Field(
+        default=None, description="Bearer token of the /admin endpoints; without one they are disabled."
+    )
+    project_dir: Path = Field(
+        default=Path(), description="The DVC project that /admin/retrain and /admin/rollback work in."
+    )
+    reload_poll_s: float = Field(default=1.0, gt=0, description="How often each worker checks for a reload.")
+    reload_timeout_s: float = Field(default=60.0, gt=0, description="Longest a reload waits for every worker.")
+    worker_max_age_s: float = Field(
+        default=10.0, gt=0, description="A worker silent for longer is taken for gone when waiting on a reload."
     )
 
 

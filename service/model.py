@@ -36,6 +36,10 @@ class ServedModel:
     # Predict-time arguments that let the model use every core on a large batch.
     parallel: dict[str, Any] = field(default_factory=dict)
 
+    def identity(self) -> dict[str, str]:
+        """The name and version a prediction response carries."""
+        return {"model_name": self.info.model_name, "model_version": self.info.model_version}
+
     def predict(self, columns: Mapping[str, Sequence[Any]]) -> np.ndarray:
         """Prices in USD, shape (n_houses,), of houses given as columns (see ``columns_of``).
 
@@ -60,7 +64,7 @@ def load_served_model(bento_model: bentoml.Model) -> ServedModel:
     regressor = fitted_pipeline(estimator).named_steps["model"]
     served = ServedModel(
         estimator=estimator,
-        reference=json.loads((Path(bento_model.path_of(MLFLOW_MODEL_FOLDER)) / REFERENCE_PROFILE).read_text()),
+        reference=reference_of(bento_model),
         parallel={"num_threads": os.cpu_count() or 1} if isinstance(regressor, LGBMModel) else {},
         info=ModelInfo(
             model_name=str(meta["mlflow_model"]),
@@ -77,6 +81,11 @@ def load_served_model(bento_model: bentoml.Model) -> ServedModel:
     # The first call builds the neighbour index; do it before traffic arrives.
     served.predict(columns_of([House(**EXAMPLE_HOUSE)]))
     return served
+
+
+def reference_of(bento_model: bentoml.Model) -> dict[str, Any]:
+    """The training data's profile saved with the model (training.drift.reference_profile)."""
+    return json.loads((Path(bento_model.path_of(MLFLOW_MODEL_FOLDER)) / REFERENCE_PROFILE).read_text())
 
 
 def _floats(values: Any) -> dict[str, float]:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from training.features import FEATURE_COLUMNS, NUMERIC_BOUNDS, OCEAN_PROXIMITY_CATEGORIES
 
 OceanProximity = Literal["<1H OCEAN", "INLAND", "ISLAND", "NEAR BAY", "NEAR OCEAN"]
-assert set(get_args(OceanProximity)) == set(OCEAN_PROXIMITY_CATEGORIES)  # noqa: S101 - one list, checked at import
+assert set(get_args(OceanProximity)) == set(OCEAN_PROXIMITY_CATEGORIES)  # noqa: S101 - one list, checked at import  # nosec B101
 
 
 def bounded(name: str, description: str, *, positive: bool = False, default: Any = ...) -> Any:
@@ -213,3 +213,16 @@ class Health(BaseModel):
     uptime_s: float
     prediction_log_queue: int
     prediction_log_write_failures: int
+
+
+class RetrainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"force": False}})
+
+    force: bool = Field(default=False, description="Retrain even if neither drift nor accuracy demand it.")
+
+
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"to": None, "reason": "bad release"}})
+
+    to: str | None = Field(default=None, max_length=32, description="Version to restore (default: the previous).")
+    reason: str = Field(default="", max_length=500, description="Why, for the promotion history.")

@@ -15,10 +15,12 @@ from fastapi import FastAPI, Query
 from fastapi.responses import HTMLResponse
 
 from service import metrics
+from service.admin import admin, history
 from service.config import settings
 from service.drift import check_drift
 from service.model import ServedModel, load_served_model
 from service.prediction_log import FEEDBACK, PREDICTIONS, PredictionLog
+from service.reload import Watcher
 from service.requests import RequestMiddleware, configure_request_log, request_state
 from service.schemas import (
     BatchPrediction,
@@ -38,8 +40,10 @@ DASHBOARD_HTML = (Path(__file__).parent / "static" / "dashboard.html").read_text
 # GET endpoints (BentoML APIs are POST only); FastAPI documents them at /docs.
 info_app = FastAPI(
     title="housing-price-service: model and health",
-    description="Read-only views of the served model. The prediction API is documented at /.",
+    description="Views of the served model and admin operations. The prediction API is documented at /.",
 )
+info_app.include_router(admin)
+info_app.include_router(history)
 
 
 class PayloadTooLarge(BentoMLException):
@@ -74,30 +78,33 @@ class HousePricer:
         worker = bentoml.server_context.worker_index
         configure_request_log(config.log_dir, worker, config.log_max_bytes, config.log_backups, config.log_to_stdout)
         self.started = time.time()
+        self.watcher = Watcher(config.prediction_db, worker or 0, self._serving, self._switch, config.reload_poll_s)
+        self.watcher.start()
         # Everything loaded so far lives as long as the worker: keep it out of the garbage
         # collector's full passes, which otherwise stall a request now and then for tens of ms.
         gc.freeze()
 
     @bentoml.on_shutdown
     def flush_prediction_log(self) -> None:
+        self.watcher.stop()
         self.log.close()
 
     @bentoml.api(route="/predict")
     async def predict(self, house: House, /, ctx: bentoml.Context) -> Prediction:
         """Price one house."""
-        (price,), request_id = self._price("predict", [house], ctx)
-        return Prediction(price_usd=price, request_id=request_id, **self._identity())
+        (price,), request_id, model = self._price("predict", [house], ctx)
+        return Prediction(price_usd=price, request_id=request_id, **model.identity())
 
     @bentoml.api(route="/predict_batch")
     async def predict_batch(self, houses: list[House], /, ctx: bentoml.Context) -> BatchPrediction:
         """Price a list of houses; prices come back in the same order."""
-        prices, request_id = self._price("predict_batch", houses, ctx, field="houses")
-        return BatchPrediction(prices_usd=prices, count=len(prices), request_id=request_id, **self._identity())
+        prices, request_id, model = self._price("predict_batch", houses, ctx, field="houses")
+        return BatchPrediction(prices_usd=prices, count=len(prices), request_id=request_id, **model.identity())
 
     @bentoml.api(route="/invocations")
     async def invocations(self, request: Invocation, /, ctx: bentoml.Context) -> InvocationResponse:
         """MLflow's scoring protocol, for clients of `mlflow models serve`."""
-        prices, _ = self._price("invocations", request.houses(), ctx, field="dataframe")
+        prices, _, _ = self._price("invocations", request.houses(), ctx, field="dataframe")
         return InvocationResponse(predictions=prices)
 
     @bentoml.api(route="/feedback")
@@ -120,20 +127,29 @@ class HousePricer:
     def __is_ready__(self) -> bool:
         return getattr(self, "model", None) is not None
 
-    def _identity(self) -> dict[str, str]:
-        return {"model_name": self.model.info.model_name, "model_version": self.model.info.model_version}
+    def _serving(self) -> str:
+        return self.model.info.bento_tag
+
+    def _switch(self, bento_tag: str) -> None:
+        """Load ``bento_tag`` beside the served model, then swap: requests in flight finish on the old one."""
+        model = load_served_model(bentoml.models.get(bento_tag))
+        old, self.model = self.model.info, model
+        metrics.MODEL_INFO.labels(old.model_name, old.model_version, old.family).set(0)
+        metrics.MODEL_INFO.labels(model.info.model_name, model.info.model_version, model.info.family).set(1)
+        gc.freeze()  # the new model lives as long as the old one did (see __init__)
 
     def _price(
         self, endpoint: str, houses: list[House], ctx: bentoml.Context, field: str = "house"
-    ) -> tuple[list[float], str]:
-        """Prices and the request id; queues one log row per house, tied together by that id."""
+    ) -> tuple[list[float], str, ServedModel]:
+        """Prices, the request id and the model that priced them; queues one log row per house."""
         limit = settings().max_batch_size
         if len(houses) > limit:
             raise PayloadTooLarge(f"{field}: at most {limit} houses per request, got {len(houses)}")
         state = request_state(ctx.request.state)
         columns = columns_of(houses)
-        prices = self.model.predict(columns).tolist()
-        version = self.model.info.model_version
+        model = self.model  # one model for the whole request, even if a reload swaps it meanwhile
+        prices = model.predict(columns).tolist()
+        version = model.info.model_version
         shared = {"request_id": state["request_id"], "endpoint": endpoint, "ts": time.time(), "model_version": version,
                   "latency_ms": (time.perf_counter() - state["start"]) * 1000}  # fmt: skip
         names = list(columns)
@@ -148,7 +164,7 @@ class HousePricer:
         metrics.PREDICTIONS.labels(endpoint, version).inc(len(houses))
         metrics.BATCH_SIZE.labels(endpoint).observe(len(houses))
         metrics.observe_many(metrics.PREDICTED_PRICE, prices)
-        return prices, state["request_id"]
+        return prices, state["request_id"], model
 
     async def _find_prediction(self, request_id: str, index: int) -> dict[str, Any] | None:
         """The logged prediction, waiting briefly: it may still be on a writer's queue."""

@@ -127,7 +127,7 @@ def register(params: Params) -> dict[str, Any]:
         "version": str(champion.version),
         "alias": reg.alias,
         "run_id": champion.run_id,
-        "model_uri": f"models:/{reg.model_name}/{str(champion.version)}",
+        "model_uri": f"models:/{reg.model_name}/{champion.version!s}",
         "tracking_uri": mlflow.get_tracking_uri(),
         "data_version": champion.tags.get("data_version", ""),
         "bento_model": str(bento_model.tag),

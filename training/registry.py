@@ -184,7 +184,7 @@ def rollback_target(client: MlflowClient, reg: RegisterParams) -> str:
             if entry["champion_before"]:
                 return str(entry["champion_before"])
             break
-    raise LookupError(f"version {str(current.version)} was the first champion: there is no earlier one to roll back to")
+    raise LookupError(f"version {current.version!s} was the first champion: there is no earlier one to roll back to")
 
 
 def rollback(client: MlflowClient, reg: RegisterParams, to: str | None = None, reason: str = "") -> Decision:
@@ -197,7 +197,7 @@ def rollback(client: MlflowClient, reg: RegisterParams, to: str | None = None, r
     decision = Decision(
         action="rollback",
         version=str(restored.version),
-        reason=reason or f"rolled back from v{str(current.version) if current else '-'} to v{str(restored.version)}",
+        reason=reason or f"rolled back from v{str(current.version) if current else '-'} to v{restored.version!s}",
         champion_before=str(current.version) if current else None,
         champion_after=str(restored.version),
         metrics_before=tagged_metrics(current) if current else {},

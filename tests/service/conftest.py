@@ -26,6 +26,10 @@ def test_rows(workspace: Workspace) -> pd.DataFrame:
     return pd.read_csv(workspace.path / "data" / "processed" / "test.csv")[list(FEATURE_COLUMNS)]
 
 
+ADMIN_TOKEN = "test-admin-token"  # noqa: S105 - a test's own token
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
 # One in-process app per test session: BentoML registers its Prometheus metrics once per process.
 @pytest.fixture(scope="session")
 def service_env(tmp_path_factory: pytest.TempPathFactory, workspace: Workspace) -> dict[str, str]:
@@ -37,6 +41,8 @@ def service_env(tmp_path_factory: pytest.TempPathFactory, workspace: Workspace) 
         "HOUSING_MAX_BATCH_SIZE": "500",
         "HOUSING_MAX_BODY_BYTES": str(1024 * 1024),
         "PROMETHEUS_MULTIPROC_DIR": str(root / "prometheus"),
+        "HOUSING_ADMIN_TOKEN": ADMIN_TOKEN,
+        "HOUSING_PROJECT_DIR": str(workspace.path),
     }
     Path(env["PROMETHEUS_MULTIPROC_DIR"]).mkdir()
     return env

@@ -1,0 +1,84 @@
+"""Admin endpoints in process: the token, reload, the retraining lock, rollback refusals, history."""
+
+from __future__ import annotations
+
+import pytest
+from starlette.testclient import TestClient
+
+from service.config import settings
+from service.retrain import retrain_lock
+from tests.service.conftest import ADMIN
+
+ADMIN_CALLS = [("POST", "/admin/reload"), ("POST", "/admin/retrain"), ("GET", "/admin/retrain"),
+               ("POST", "/admin/rollback")]  # fmt: skip
+
+
+@pytest.mark.parametrize(("method", "path"), ADMIN_CALLS)
+def test_admin_needs_the_token(client: TestClient, method: str, path: str) -> None:
+    missing = client.request(method, path)
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"] == "Bearer"
+    assert "Authorization: Bearer" in missing.json()["detail"]
+    assert client.request(method, path, headers={"Authorization": "Basic dXNlcjpwdw=="}).status_code == 401
+    wrong = client.request(method, path, headers={"Authorization": "Bearer not-the-token"})
+    assert wrong.status_code == 403
+    assert wrong.json()["detail"] == "authorization: wrong admin token"
+
+
+def test_admin_is_disabled_without_a_configured_token(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HOUSING_ADMIN_TOKEN")
+    settings.cache_clear()
+    try:
+        response = client.post("/admin/reload", headers=ADMIN)
+    finally:
+        monkeypatch.undo()
+        settings.cache_clear()
+    assert response.status_code == 403
+    assert "HOUSING_ADMIN_TOKEN" in response.json()["detail"]
+
+
+def test_reload_switches_every_worker_to_the_stores_latest(client: TestClient, champion: dict) -> None:
+    response = client.post("/admin/reload", headers=ADMIN)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["switched"] is True
+    assert body["bento_tag"] == champion["bento_model"]
+    assert {worker["bento_tag"] for worker in body["workers"]} == {champion["bento_model"]}
+    assert client.get("/model").json()["bento_tag"] == champion["bento_model"]
+
+
+def test_one_retraining_at_a_time(client: TestClient) -> None:
+    status = client.get("/admin/retrain", headers=ADMIN)
+    assert status.status_code == 200
+    assert status.json()["running"] is False
+    with retrain_lock(settings().prediction_db):
+        busy = client.post("/admin/retrain", headers=ADMIN, json={"force": True})
+        assert client.get("/admin/retrain", headers=ADMIN).json()["running"] is True
+    assert busy.status_code == 409
+    assert busy.json()["detail"] == "retrain: a retraining is already running"
+
+
+def test_bad_admin_bodies_are_4xx_naming_the_field_and_rule(client: TestClient) -> None:
+    response = client.post("/admin/retrain", headers=ADMIN, json={"force": "maybe", "extra": 1})
+    assert response.status_code == 422
+    errors = {tuple(error["loc"]): error["msg"] for error in response.json()["detail"]}
+    assert errors == {
+        ("body", "force"): "Input should be a valid boolean, unable to interpret input",
+        ("body", "extra"): "Extra inputs are not permitted",
+    }
+
+
+def test_rollback_past_the_first_champion_is_refused(client: TestClient, champion: dict) -> None:
+    response = client.post("/admin/rollback", headers=ADMIN, json={"reason": "test"})
+    assert response.status_code == 409
+    assert f"version {champion['version']} was the first champion" in response.json()["detail"]
+    assert client.get("/model").json()["model_version"] == champion["version"]
+
+
+def test_history_lists_the_first_promotion(client: TestClient, champion: dict) -> None:
+    response = client.get("/model/history")
+    assert response.status_code == 200, response.text
+    (entry,) = response.json()
+    assert (entry["action"], entry["version"], entry["reason"]) == ("promote", champion["version"], "first champion")
+    assert entry["champion_before"] is None
+    assert entry["metrics_after"]["rmse"] == pytest.approx(champion["test"]["rmse"], rel=1e-4)
