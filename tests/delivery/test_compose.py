@@ -40,6 +40,7 @@ def test_stack_services(stack: dict) -> None:
     assert stack["services"]["service"]["image"] == "housing-price-service:latest"  # what containerize tags
 
 
+@pytest.mark.integration  # needs the session's bento
 def test_health_checks(stack: dict, bento: Path) -> None:
     """Each service but ours declares one; ours comes with the image, so it travels to any runtime."""
     for name in ("mlflow", "prometheus", "grafana"):
@@ -48,6 +49,7 @@ def test_health_checks(stack: dict, bento: Path) -> None:
     assert "\nHEALTHCHECK " in (bento / "env" / "docker" / "Dockerfile").read_text()
 
 
+@pytest.mark.integration  # needs the session's bento
 def test_state_lives_in_named_volumes(stack: dict, bento: Path) -> None:
     envs = {env["name"]: env["value"] for env in yaml.safe_load((bento / "bento.yaml").read_text())["envs"]}
     predictions = mounts(stack, "service", "volume")

@@ -80,12 +80,17 @@ def healthcheck(dockerfile: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def container(bento: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The image's start command: its entrypoint without arguments, in the bento's folder (the image's WORKDIR)."""
-    entrypoint = bento / "env" / "docker" / "entrypoint.sh"
-    server = start_server(
-        tmp_path_factory.mktemp("container"), {"BENTO_PATH": str(bento)}, command=["bash", str(entrypoint)], cwd=bento
-    )
+def container(bento: Path, dockerfile: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The image's start command as its Dockerfile gives it (ENTRYPOINT, no CMD), run in the bento's folder.
+
+    The image copies the bento to BENTO_PATH, its WORKDIR; here the bento stays where `bentoml build` put it.
+    """
+    steps = instructions(dockerfile)
+    assert [op for op, _ in steps if op == "CMD"] == []
+    (image_bento,) = [args.partition("=")[2] for op, args in steps if op == "ARG" and args.startswith("BENTO_PATH=")]
+    (entrypoint,) = [json.loads(args) for op, args in steps if op == "ENTRYPOINT"]
+    command = [str(bento / Path(entrypoint[0]).relative_to(image_bento)), *entrypoint[1:]]
+    server = start_server(tmp_path_factory.mktemp("container"), {"BENTO_PATH": str(bento)}, command=command, cwd=bento)
     yield server
     server.stop()
 
