@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ import mlflow.sklearn
 import numpy as np
 from lightgbm import LGBMModel
 from sklearn.base import BaseEstimator
+from sklearn.pipeline import Pipeline
 
 from service.schemas import EXAMPLE_HOUSE, House, ModelInfo, columns_of
 from training.estimators import fitted_pipeline
@@ -30,6 +31,8 @@ class ServedModel:
     """The fitted pipeline (raw records in, USD out) and what the registry says about it."""
 
     estimator: BaseEstimator
+    # The estimator's predict, or the same computation without its per-call overhead (see fast_predict).
+    predictor: Callable[..., Any]
     info: ModelInfo
     # The training data's profile for drift detection (training.drift), saved with the model.
     reference: dict[str, Any]
@@ -49,7 +52,7 @@ class ServedModel:
         """
         rows = len(next(iter(columns.values())))
         params = self.parallel if rows >= PARALLEL_ROWS else {}
-        return np.asarray(self.estimator.predict(columns, **params), dtype=float)
+        return np.asarray(self.predictor(columns, **params), dtype=float)
 
 
 def load_served_model(bento_model: bentoml.Model) -> ServedModel:
@@ -64,6 +67,7 @@ def load_served_model(bento_model: bentoml.Model) -> ServedModel:
     regressor = fitted_pipeline(estimator).named_steps["model"]
     served = ServedModel(
         estimator=estimator,
+        predictor=fast_predict(estimator) or estimator.predict,
         reference=reference_of(bento_model),
         parallel={"num_threads": os.cpu_count() or 1} if isinstance(regressor, LGBMModel) else {},
         info=ModelInfo(
@@ -81,6 +85,28 @@ def load_served_model(bento_model: bentoml.Model) -> ServedModel:
     # The first call builds the neighbour index; do it before traffic arrives.
     served.predict(columns_of([House(**EXAMPLE_HOUSE)]))
     return served
+
+
+def fast_predict(estimator: BaseEstimator) -> Callable[..., np.ndarray] | None:
+    """For a feature pipeline ending in LightGBM: its steps called directly, the booster on one thread.
+
+    LightGBM's scikit-learn wrapper re-derives its parameters (get_params,
+    deepcopy, signature inspection) and re-validates the array on every call:
+    0.6 ms of a single record's 1.4 ms. The booster computes the same prices from
+    the same features; a test holds the two paths equal. None for other models.
+    """
+    if not isinstance(estimator, Pipeline) or not isinstance(estimator[-1], LGBMModel):
+        return None
+    transforms = [step for _, step in estimator.steps[:-1]]
+    booster = estimator[-1].booster_
+
+    def predict(columns: Mapping[str, Sequence[Any]], num_threads: int = 1) -> np.ndarray:
+        features = columns
+        for step in transforms:
+            features = step.transform(features)
+        return booster.predict(features, num_threads=num_threads)
+
+    return predict
 
 
 def reference_of(bento_model: bentoml.Model) -> dict[str, Any]:
