@@ -104,7 +104,7 @@ def fast_predict(estimator: BaseEstimator) -> Callable[..., np.ndarray] | None:
         features = columns
         for step in transforms:
             features = step.transform(features)
-        return booster.predict(features, num_threads=num_threads)
+        return np.asarray(booster.predict(features, num_threads=num_threads))
 
     return predict
 
