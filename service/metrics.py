@@ -34,7 +34,9 @@ VALIDATION_FAILURES = Counter(
     "housing_validation_failures", "Invalid requests, by endpoint and the field they broke.", ["endpoint", "field"]
 )
 LOG_QUEUE = Gauge(
-    "housing_prediction_log_queue", "Requests waiting for the prediction log writer.", multiprocess_mode="livesum"
+    "housing_prediction_log_queue",
+    "Requests the prediction log writer found waiting at its latest wake-up (every 50 ms by default).",
+    multiprocess_mode="livesum",
 )
 LOG_WRITE_FAILURES = Counter("housing_prediction_log_write_failures", "Failed prediction-log writes (retried).")
 DRIFT_SCORE = Gauge(
