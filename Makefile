@@ -37,7 +37,7 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(BIN)/python -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[dev]'
 	touch $@
 
-pipeline: setup ## Run the DVC pipeline (ingest ▸ validate ▸ prepare ▸ train ▸ evaluate ▸ register)
+pipeline: setup ## Run the DVC pipeline (ingest ▸ validate ▸ feedback ▸ prepare ▸ train ▸ evaluate ▸ register)
 	@echo "data source: $${HOUSING_DATA_SOURCE:-params.yaml data.source}"
 	dvc repro
 	@# DVC cannot see the MLflow and BentoML stores: re-register if they lost the champion.
@@ -78,6 +78,13 @@ demo-video: pipeline ## Record the walkthrough as reports/demo/demo.mp4 (headles
 
 summary: setup ## Regenerate docs/summary.md from the figures in reports/
 	python -m scripts.summary
+
+.PHONY: diagram retrain
+diagram: setup ## Render docs/architecture.mmd (the README's diagram) to docs/architecture.png and .svg
+	python -m scripts.render_diagram
+
+retrain: setup ## Retrain if drift or feedback accuracy demand it, promote only if better, reload the service
+	housing retrain
 
 test: setup tools ## Run the test suite with coverage
 	python -m pytest --cov --cov-report=term --cov-report=xml $(PYTEST_ARGS)

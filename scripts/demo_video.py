@@ -22,16 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
 from load_tests.benchmark import BIN, ROOT, free_port, stop, wait_ready
+from scripts.browser import chromium
 from scripts.demo import MODEL_NAME, Transcript, champion_version, walk
 
 OUT_DIR = ROOT / "reports" / "demo"
-CHROMIUM = "/usr/bin/chromium"
-# Chromium must not reach for the network this machine does not have.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]  # fmt: skip
 WIDTH, HEIGHT = 1600, 900
 CAPTION_HEIGHT = 110
 FPS = 10
@@ -141,16 +138,6 @@ def ffmpeg(tool: str) -> str:
     if path is None:
         raise SystemExit(f"{tool} is not installed (apt-get install ffmpeg)")
     return path
-
-
-@contextmanager
-def chromium() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 @contextmanager

@@ -12,6 +12,7 @@ from typing import Any, cast
 import bentoml
 from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI, Query
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 
 from service import metrics
@@ -41,9 +42,22 @@ DASHBOARD_HTML = (Path(__file__).parent / "static" / "dashboard.html").read_text
 info_app = FastAPI(
     title="housing-price-service: model and health",
     description="Views of the served model and admin operations. The prediction API is documented at /.",
+    docs_url=None,
 )
 info_app.include_router(admin)
 info_app.include_router(history)
+
+
+@info_app.get("/docs", include_in_schema=False)
+def docs() -> HTMLResponse:
+    """Swagger UI from the assets BentoML serves for its own page: FastAPI's default needs a CDN."""
+    return get_swagger_ui_html(
+        openapi_url=info_app.openapi_url or "/openapi.json",
+        title=info_app.title,
+        swagger_js_url="/static_content/swagger-ui-bundle.js",
+        swagger_css_url="/static_content/swagger-ui.css",
+        swagger_favicon_url="/static_content/favicon-light-32x32.png",
+    )
 
 
 class PayloadTooLarge(BentoMLException):

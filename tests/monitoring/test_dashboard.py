@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from playwright.sync_api import sync_playwright
 
+from scripts.browser import chromium
 from service.schemas import EXAMPLE_HOUSE
 from tests.service.server import Server
 from tests.workspace import ROOT
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = "/usr/bin/chromium"
-# Chromium must not reach for the network this machine does not have.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]  # fmt: skip
 SCREENSHOT = ROOT / "reports" / "figures" / "dashboard.png"
 
 
@@ -23,8 +19,7 @@ def test_dashboard_shows_the_api_numbers_and_refreshes(scraped: tuple[Server, st
     server, _ = scraped
     api = httpx.Client(base_url=server.url, timeout=30)
     errors: list[str] = []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with chromium() as browser:
         page = browser.new_page(viewport={"width": 1400, "height": 1200})
         page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
         page.on("pageerror", lambda error: errors.append(str(error)))
@@ -54,6 +49,5 @@ def test_dashboard_shows_the_api_numbers_and_refreshes(scraped: tuple[Server, st
             f" === '{new_id['request_id'][:12]}'",
             timeout=30_000,
         )
-        browser.close()
     assert not errors, errors
     assert SCREENSHOT.stat().st_size > 20_000

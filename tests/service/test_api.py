@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -205,7 +206,15 @@ def test_get_endpoints_are_documented_with_examples(client: TestClient) -> None:
     schemas = spec["components"]["schemas"]
     assert schemas["ModelInfo"]["example"]["model_name"] == "housing-price-model"
     assert schemas["Health"]["example"]["status"] == "ok"
-    assert client.get("/docs").status_code == 200
+    # Swagger UI for the GET endpoints, from assets the service serves itself (no CDN).
+    page = client.get("/docs")
+    assert page.status_code == 200
+    assert "/openapi.json" in page.text
+    assets = re.findall(r"(/static_content/[\w.-]+)", page.text)
+    assert {"/static_content/swagger-ui-bundle.js", "/static_content/swagger-ui.css"} <= set(assets)
+    for asset in assets:
+        assert client.get(asset).status_code == 200, asset
+    assert "/model/history" in client.get("/openapi.json").json()["paths"]
 
 
 def test_service_prices_equal_mlflow_pyfunc(
