@@ -1,0 +1,54 @@
+"""Labeled feedback from the service's prediction log, and how it joins the split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from service.prediction_log import FEEDBACK, PREDICTIONS, PredictionLog
+from tests.service.test_prediction_log import row
+from training.features import FEATURE_COLUMNS, TARGET_COLUMN
+from training.feedback import COLUMNS, FEEDBACK_ID, labeled_feedback
+from training.prepare import add_feedback
+
+
+def test_priced_houses_with_feedback_become_training_rows(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path / "p.db")
+    log.add(PREDICTIONS, [row("a"), row("b", 0), row("b", 1), row("c")])
+    log.add(FEEDBACK, [{"request_id": "b", "idx": 1, "ts": 2.0, "actual_price_usd": 250_000.0},
+                       {"request_id": "a", "idx": 0, "ts": 2.0, "actual_price_usd": 900_000.0}])  # fmt: skip
+    log.close()
+    df = labeled_feedback(tmp_path / "p.db")
+    assert list(df.columns) == COLUMNS
+    assert sorted(df[FEEDBACK_ID]) == ["a:0", "b:1"]
+    # A sale above the survey's cap is censored at it, as the training data is.
+    assert dict(zip(df[FEEDBACK_ID], df[TARGET_COLUMN], strict=True)) == {"b:1": 250_000.0, "a:0": 500_001.0}
+    assert df.loc[0, "ocean_proximity"] == "NEAR BAY"
+
+
+def test_no_log_means_an_empty_export(tmp_path: Path) -> None:
+    df = labeled_feedback(tmp_path / "missing.db")
+    assert df.empty
+    assert list(df.columns) == COLUMNS
+
+
+def test_feedback_rows_keep_their_side_of_the_split(sample: pd.DataFrame) -> None:
+    train, test = sample.iloc[:1600], sample.iloc[1600:]
+    feedback = sample.head(1000).assign(**{FEEDBACK_ID: [f"req{i}:0" for i in range(1000)]})
+    first_train, first_test = add_feedback(train, test, feedback.head(500), test_size=0.2)
+    more_train, more_test = add_feedback(train, test, feedback, test_size=0.2)
+    assert len(first_train) + len(first_test) == len(sample) + 500
+    assert FEEDBACK_ID not in first_train.columns
+    # The first 500 feedback rows land exactly where they did before the next 500 arrived.
+    assert first_test.equals(more_test.head(len(first_test)))
+    assert first_train.equals(more_train.head(len(first_train)))
+    assert list(more_train.columns) == list(sample.columns)
+    assert set(FEATURE_COLUMNS) < set(more_test.columns)
+
+
+def test_test_size_of_the_feedback_goes_to_test(sample: pd.DataFrame) -> None:
+    many = sample.sample(10_000, replace=True, random_state=0).reset_index(drop=True)
+    feedback = many.assign(**{FEEDBACK_ID: [f"{i:032x}:0" for i in range(len(many))]})
+    _, test = add_feedback(sample.head(0), sample.head(0), feedback, test_size=0.2)
+    assert 0.19 < len(test) / len(feedback) < 0.21
