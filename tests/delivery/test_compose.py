@@ -37,7 +37,7 @@ def test_image_is_overridable() -> None:
 
 def test_stack_services(stack: dict) -> None:
     assert set(stack["services"]) == {"service", "mlflow", "prometheus", "grafana"}
-    assert stack["services"]["service"]["image"] == "housing-price-service:latest"  # what containerize tags
+    assert stack["services"]["service"]["image"] == "housing-price-service:latest"  # docs/ci-cd.md tags it so
 
 
 @pytest.mark.integration  # needs the session's bento
