@@ -176,7 +176,7 @@ class ModelInfo(ModelIdentity):
                 "bento_tag": "housing-price-model:zhlz7rhlowasaax4",
                 "family": "gradient_boosting",
                 "data_version": "b8be97d51a2bb7ec478a83c80e4924bc",
-                "test_metrics": {"rmse": 41236.0, "mae": 25565.0, "r2": 0.87},
+                "test_metrics": {"rmse": 41300.0, "mae": 25519.0, "r2": 0.87},
                 "cv_metrics": {"rmse": 41142.0, "rmse_std": 1336.0, "mae": 25854.0, "r2": 0.875},
                 "feature_schema": {"title": "House", "type": "object", "properties": {"longitude": {"type": "number"}}},
             }

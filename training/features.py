@@ -17,9 +17,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
+from scipy.spatial import KDTree
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.model_selection import KFold
-from sklearn.neighbors import KDTree
 from sklearn.utils.validation import check_is_fitted
 
 NUMERIC_COLUMNS: tuple[str, ...] = (
@@ -252,7 +252,10 @@ class NeighbourFeatures(TransformerMixin, BaseEstimator):
         points: np.ndarray,
         own_income: np.ndarray,
     ) -> np.ndarray:
-        dist, idx = tree.query(points, k=max(self.n_neighbors), sort_results=True)
+        # SciPy's tree rather than scikit-learn's: the same exact search without re-validating the
+        # array on every query, which was a tenth of a served prediction's time.
+        dist, idx = tree.query(points, k=max(self.n_neighbors))
+        dist, idx = dist.reshape(len(points), -1), idx.reshape(len(points), -1)
         columns = []
         for k in self.n_neighbors:
             columns += [target[idx[:, :k]].mean(axis=1), income[idx[:, :k]].mean(axis=1)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sqlite3
 import time
@@ -158,6 +159,8 @@ def _wait_for_rows(db_path: Path, request_ids: list[str], timeout_s: float = 10.
 def test_json_request_log(client: TestClient, service_env: dict) -> None:
     client.post("/predict", json=EXAMPLE_HOUSE, headers={"X-Request-ID": "log-ok"})
     client.post("/predict", json={"bad": 1}, headers={"X-Request-ID": "log-bad"})
+    for handler in logging.getLogger("housing.requests").handlers:
+        handler.flush()  # lines are written every 100 ms by a background thread
     lines = [
         json.loads(line) for line in (Path(service_env["HOUSING_LOG_DIR"]) / "requests.log").read_text().splitlines()
     ]

@@ -6,6 +6,7 @@ import json
 import random
 import re
 import sqlite3
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -71,6 +72,7 @@ def test_no_worker_died_and_nothing_failed(http: httpx.Client, server: Server) -
     # After every bad input above: still alive and serving, and the request log holds no 5xx.
     assert server.process.poll() is None
     assert http.post("/predict", json=EXAMPLE_HOUSE).status_code == 200
+    time.sleep(0.5)  # request lines reach the files within 100 ms
     files = server.log_dir.glob("requests-*.log")
     lines = [json.loads(line) for path in files for line in path.read_text().splitlines()]
     assert {line["status"] for line in lines} >= {200, 400, 404, 413}
