@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from service.prediction_log import FEEDBACK, PREDICTIONS, PredictionLog
 from tests.service.test_prediction_log import row
+from training import feedback, prepare
 from training.features import FEATURE_COLUMNS, TARGET_COLUMN
 from training.feedback import COLUMNS, FEEDBACK_ID, labeled_feedback
 from training.prepare import add_feedback
@@ -52,3 +54,29 @@ def test_test_size_of_the_feedback_goes_to_test(sample: pd.DataFrame) -> None:
     feedback = many.assign(**{FEEDBACK_ID: [f"{i:032x}:0" for i in range(len(many))]})
     _, test = add_feedback(sample.head(0), sample.head(0), feedback, test_size=0.2)
     assert 0.19 < len(test) / len(feedback) < 0.21
+
+
+def test_the_feedback_and_prepare_stages_put_labeled_houses_into_the_split(
+    tmp_path: Path, sample: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The two stages' entry points, as `dvc repro` runs them, on a project of their own."""
+    (tmp_path / "params.yaml").write_text((Path(__file__).parents[2] / "params.yaml").read_text())
+    (tmp_path / "data" / "raw").mkdir(parents=True)
+    sample.to_csv(tmp_path / "data" / "raw" / "housing.csv", index=False)
+    log = PredictionLog(tmp_path / "var" / "p.db")
+    sold = sample.head(50)
+    log.add(
+        PREDICTIONS,
+        [{**row(f"r{i}"), **house} for i, house in enumerate(sold[list(FEATURE_COLUMNS)].to_dict("records"))],
+    )
+    log.add(FEEDBACK, [{"request_id": f"r{i}", "idx": 0, "ts": 2.0, "actual_price_usd": price}
+                       for i, price in enumerate(sold[TARGET_COLUMN])])  # fmt: skip
+    log.close()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOUSING_PREDICTION_DB", str(tmp_path / "var" / "p.db"))
+    feedback.main()
+    prepare.main()
+    assert len(pd.read_csv("data/feedback/labeled.csv")) == 50
+    train, test = pd.read_csv("data/processed/train.csv"), pd.read_csv("data/processed/test.csv")
+    assert len(train) + len(test) == len(sample) + 50
+    assert list(train.columns) == list(sample.columns)
