@@ -52,14 +52,17 @@ build: setup ## Build the bento (service + champion model + generated Dockerfile
 	bentoml build
 
 # Debian/Ubuntu packages named after the command they provide (hadolint, actionlint, shellcheck come with `setup`).
-SYSTEM_TOOLS := wrk prometheus chromium docker-compose
-tools: ## Install the system tools the tests and benchmarks use (wrk, Prometheus with promtool, Chromium, docker-compose)
-	@missing=""; for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+SYSTEM_TOOLS := wrk prometheus docker-compose ffmpeg
+# Debian packages Chromium; Ubuntu's package is a snap stub, so there Playwright fetches its own build.
+UBUNTU := $(shell grep -qs '^ID=ubuntu' /etc/os-release && echo yes)
+tools: setup ## Install the system tools the tests and benchmarks use (wrk, Prometheus, Chromium, docker-compose, ffmpeg)
+	@missing=""; for tool in $(SYSTEM_TOOLS) $(if $(UBUNTU),,chromium); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq && \
 		$$( [ "$$(id -u)" = 0 ] || echo sudo ) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+	$(if $(UBUNTU),command -v chromium >/dev/null || python -m playwright install --with-deps chromium)
 
 bench: setup tools ## Benchmark against `mlflow models serve`: reports/benchmark.json and the README table
 	python load_tests/benchmark.py

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from playwright.sync_api import Browser, sync_playwright
 
-# Debian's package: `playwright install` would download a browser this machine cannot fetch.
-CHROMIUM = "/usr/bin/chromium"
+# The system's Chromium (Debian's package: `playwright install` needs a download site this machine cannot
+# reach); without one, Playwright's own build (`make tools` installs it where the system has none).
+CHROMIUM = shutil.which("chromium")
 # Chromium must not reach for the network this machine does not have.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]  # fmt: skip
