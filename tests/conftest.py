@@ -23,6 +23,8 @@ from training.ingest import ingest
 
 ROOT = Path(__file__).resolve().parents[1]
 _BENTOML_HOME = tempfile.mkdtemp(prefix="housing-bentoml-")
+# The store the user's own commands use; the demo test runs the real system against it.
+USER_BENTOML_HOME = os.environ.get("BENTOML_HOME")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -1,7 +1,7 @@
 """`make demo` on the real data, exactly as a user runs it.
 
 The demo runs in a subprocess with the real repository's stores (the MLflow store and the
-default BentoML home, not the suite's throwaway one): it is meant to show the real pipeline.
+user's BentoML home, not the suite's throwaway one): it is meant to show the real pipeline.
 In a fresh clone `make demo` runs that pipeline first (about two minutes); afterwards it is a no-op.
 """
 
@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from scripts.demo import ROOT
+from tests.conftest import USER_BENTOML_HOME
 
 pytestmark = pytest.mark.integration
 
@@ -24,6 +25,8 @@ STEPS = 11
 
 def run(*command: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
     env = {key: value for key, value in os.environ.items() if key != "BENTOML_HOME"} | extra_env
+    if USER_BENTOML_HOME is not None:
+        env["BENTOML_HOME"] = USER_BENTOML_HOME
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200, check=False)
 
 
