@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 import bentoml
-from fastapi import APIRouter, Depends, Header, HTTPException
+from fastapi import APIRouter, Depends, Header, HTTPException, Query
 
 from service.config import settings
 from service.retrain import is_running, log_path, read_status, roll_out
@@ -89,7 +89,7 @@ async def rollback(request: RollbackRequest | None = None) -> dict[str, Any]:
 
 
 @history.get("/model/history")
-async def model_history(limit: int = 100) -> list[dict[str, Any]]:
+async def model_history(limit: int = Query(default=100, ge=1, le=1000)) -> list[dict[str, Any]]:
     """Every promotion, refusal and rollback, newest first: versions, when, why, metrics before and after."""
     code, out = await _run_cli("history", "--json", "--limit", str(limit))
     if code != 0:
@@ -98,7 +98,11 @@ async def model_history(limit: int = 100) -> list[dict[str, Any]]:
 
 
 def _cli(*args: str) -> list[str]:
+    """The argv of ``housing <args>`` for the project; 503 where the service runs without one (an image)."""
     config = settings()
+    if not (config.project_dir / "params.yaml").is_file():
+        raise HTTPException(503, f"{args[0]}: no DVC project (params.yaml) in {config.project_dir.resolve()}; "
+                                 "set HOUSING_PROJECT_DIR")  # fmt: skip
     return [sys.executable, "-m", "service.cli", *args, "--project-dir", str(config.project_dir.resolve()),
             "--db", str(config.prediction_db.resolve())]  # fmt: skip
 

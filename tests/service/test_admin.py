@@ -82,3 +82,20 @@ def test_history_lists_the_first_promotion(client: TestClient, champion: dict) -
     assert (entry["action"], entry["version"], entry["reason"]) == ("promote", champion["version"], "first champion")
     assert entry["champion_before"] is None
     assert entry["metrics_after"]["rmse"] == pytest.approx(champion["test"]["rmse"], rel=1e-4)
+
+
+def test_without_a_project_the_registry_calls_say_so(
+    client: TestClient, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOUSING_PROJECT_DIR", str(tmp_path))  # what a container without the DVC project has
+    settings.cache_clear()
+    try:
+        answers = [client.get("/model/history"), client.post("/admin/rollback", headers=ADMIN),
+                   client.post("/admin/retrain", headers=ADMIN)]  # fmt: skip
+    finally:
+        monkeypatch.undo()
+        settings.cache_clear()
+    for answer, command in zip(answers, ("history", "rollback", "retrain"), strict=True):
+        assert answer.status_code == 503
+        assert answer.json()["detail"].startswith(f"{command}: no DVC project (params.yaml) in {tmp_path}")
+    assert client.get("/model/history", params={"limit": 0}).status_code == 422
