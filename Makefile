@@ -82,7 +82,11 @@ demo-video: pipeline ## Record the walkthrough as reports/demo/demo.mp4 (headles
 summary: setup ## Regenerate docs/summary.md from the figures in reports/
 	python -m scripts.summary
 
-.PHONY: diagram retrain
+.PHONY: diagram retrain serving-lock
+serving-lock: setup ## Lock requirements/serving.in (+ the 3.12 constraints) into requirements/serving.txt for the image
+	python -m uv pip compile requirements/serving.in -c requirements/constraints-py3.12.txt --universal \
+		--python-version 3.12 --no-annotate --custom-compile-command "make serving-lock" -o requirements/serving.txt
+
 diagram: setup ## Render docs/architecture.mmd (the README's diagram) to docs/architecture.png and .svg
 	python -m scripts.render_diagram
 
