@@ -94,9 +94,12 @@ def import_version(client: MlflowClient, reg: RegisterParams, version: str) -> b
 
 def served_model(client: MlflowClient, reg: RegisterParams, version: str) -> bentoml.Model:
     """The BentoML store's latest model, made to be ``version`` (imported when it is not)."""
-    models = sorted(bentoml.models.list(reg.bento_model_name), key=lambda model: model.info.creation_time)
-    if models and models[-1].info.labels.get("mlflow_version") == version:
-        return models[-1]
+    try:
+        latest = bentoml.models.get(f"{reg.bento_model_name}:latest")
+    except NotFound:  # a fresh BentoML store, while the tracking store still has its champion
+        return import_version(client, reg, version)
+    if latest.info.labels.get("mlflow_version") == version:
+        return latest
     return import_version(client, reg, version)
 
 

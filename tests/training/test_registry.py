@@ -18,7 +18,16 @@ from training.config import Params, RegisterParams
 from training.estimators import TRUSTED_TYPES, build_model
 from training.features import FEATURE_COLUMNS, TARGET_COLUMN
 from training.register import NoChampionError, challenge, register
-from training.registry import champion_version, crown, history, is_served, record, rollback, rollback_target
+from training.registry import (
+    champion_version,
+    crown,
+    history,
+    is_served,
+    record,
+    rollback,
+    rollback_target,
+    served_model,
+)
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +92,12 @@ def test_champion_challenger_rollback_and_history(reg: RegisterParams, params: P
     crown(client, reg, first)
     assert str(champion_version(client, reg).version) == weak
     assert is_served(reg, weak)
+    assert served_model(client, reg, weak).info.labels["mlflow_version"] == weak
+    # A BentoML store that lost the model (here: never had this name) gets the champion imported.
+    elsewhere = reg.model_copy(update={"bento_model_name": "registry-test-elsewhere"})
+    assert not is_served(elsewhere, weak)
+    assert served_model(client, elsewhere, weak).tag.name == "registry-test-elsewhere"
+    assert is_served(elsewhere, weak)
 
     strong = log_version(reg, fitted(params, split, {"model": "lightgbm", "n_estimators": 100, "num_leaves": 15}))
     better = challenge(client, reg, strong, champion_version(client, reg), X_test, y_test, "drift in median_income")
