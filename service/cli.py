@@ -36,7 +36,7 @@ from service.model import reference_of
 from service.prediction_log import PredictionLog
 from service.retrain import AlreadyRunningError, retrain, retrain_lock, roll_out
 from training import registry
-from training.config import load_params
+from training.config import RegisterParams, load_params
 
 
 def render_markdown(report: dict[str, Any], model_tag: str) -> str:
@@ -85,8 +85,7 @@ def retrain_command(args: argparse.Namespace) -> int:
 
 
 def rollback_command(args: argparse.Namespace) -> int:
-    reg = load_params(args.project_dir / "params.yaml").register_
-    os.chdir(args.project_dir)
+    reg = _in_project(args)
     try:
         decision = registry.rollback(MlflowClient(), reg, to=args.to, reason=args.reason)
     except (LookupError, MlflowException) as exc:
@@ -104,8 +103,7 @@ def reload_command(args: argparse.Namespace) -> int:
 
 
 def history_command(args: argparse.Namespace) -> int:
-    reg = load_params(args.project_dir / "params.yaml").register_
-    os.chdir(args.project_dir)
+    reg = _in_project(args)
     entries = registry.history(MlflowClient(), reg, limit=args.limit)
     if args.json:
         print(json.dumps(entries, indent=2))
@@ -119,6 +117,13 @@ def history_command(args: argparse.Namespace) -> int:
             f"{entry['reason']}"
         )
     return 0
+
+
+def _in_project(args: argparse.Namespace) -> RegisterParams:
+    """The project's registry names, from the project directory, which MLflow's default store is relative to."""
+    reg = load_params(args.project_dir / "params.yaml").register_
+    os.chdir(args.project_dir)
+    return reg
 
 
 def _time(ts: float) -> str:

@@ -65,18 +65,25 @@ def connect(path: Path) -> sqlite_utils.Database:
     return sqlite_utils.Database(conn)
 
 
+@contextmanager
+def connection(path: Path) -> Iterator[sqlite_utils.Database]:
+    """A :func:`connect` connection, closed on leaving the block."""
+    db = connect(path)
+    try:
+        yield db
+    finally:
+        db.close()
+
+
 def create_schema(path: Path) -> None:
     """Create the tables and indexes (idempotent) and switch the file to WAL mode."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    db = connect(path)
-    try:
+    with connection(path) as db:
         db.enable_wal()
         for name, columns in _SCHEMAS.items():
             db[name].create(columns, pk="id", not_null=set(columns) - {"total_bedrooms"}, if_not_exists=True)  # type: ignore[union-attr]
             for index_columns, unique in _INDEXES[name]:
                 db[name].create_index(index_columns, unique=unique, if_not_exists=True)  # type: ignore[union-attr]
-    finally:
-        db.close()
 
 
 class PredictionLog:
@@ -120,23 +127,15 @@ class PredictionLog:
             log.error("prediction log: %d requests still unwritten at shutdown", self.pending)
 
     # -- reads ----------------------------------------------------------------
-    @contextmanager
-    def reader(self) -> Iterator[sqlite_utils.Database]:
-        db = connect(self.path)
-        try:
-            yield db
-        finally:
-            db.close()
-
     def prediction(self, request_id: str, idx: int) -> dict[str, Any] | None:
-        with self.reader() as db:
+        with connection(self.path) as db:
             rows = list(db[PREDICTIONS].rows_where("request_id = ? AND idx = ?", [request_id, idx], limit=1))
         return rows[0] if rows else None
 
     def recent_inputs(self, rows: int) -> dict[str, list[Any]]:
         """The raw inputs of the latest ``rows`` priced houses, as columns."""
         names = [*NUMERIC_COLUMNS, CATEGORICAL_COLUMN]
-        with self.reader() as db:
+        with connection(self.path) as db:
             cursor = db.execute(f"SELECT {', '.join(names)} FROM {PREDICTIONS} ORDER BY id DESC LIMIT ?", [rows])  # noqa: S608 - names are ours  # nosec B608
             records = cursor.fetchall()
         return {name: [record[i] for record in records] for i, name in enumerate(names)}
@@ -157,7 +156,7 @@ class PredictionLog:
             GROUP BY p.model_version, bucket_start
             ORDER BY bucket_start, p.model_version
         """  # noqa: S608 - no user input: table names and a float  # nosec B608
-        with self.reader() as db:
+        with connection(self.path) as db:
             cursor = db.execute(sql, [since_ts])
             names = [column[0] for column in cursor.description]
             rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
@@ -175,7 +174,7 @@ class PredictionLog:
             SELECT CAST(ts / ? AS INTEGER) AS slot, request_id, MAX(latency_ms) AS latency_ms, COUNT(*) AS houses
             FROM {PREDICTIONS} WHERE ts >= ? GROUP BY slot, request_id
         """  # noqa: S608 - no user input  # nosec B608
-        with self.reader() as db:
+        with connection(self.path) as db:
             rows = db.execute(sql, [bucket_s, start]).fetchall()
         by_slot: dict[int, list[tuple[float, int]]] = {}
         for slot, _, latency, houses in rows:
@@ -198,7 +197,7 @@ class PredictionLog:
 
     def recent(self, limit: int) -> list[dict[str, Any]]:
         """The latest ``limit`` priced houses, newest first."""
-        with self.reader() as db:
+        with connection(self.path) as db:
             return list(db[PREDICTIONS].rows_where(order_by="id DESC", limit=limit))
 
     # -- writer thread --------------------------------------------------------

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.prediction_log import connect
+from service.prediction_log import connection
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,7 @@ WORKERS = "workers"
 
 def create_tables(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    db = connect(path)
-    try:
+    with connection(path) as db:
         db.enable_wal()
         db.table(REQUESTS).create({"id": int, "ts": float, "bento_tag": str}, pk="id", if_not_exists=True)
         db.table(WORKERS).create(
@@ -38,31 +37,21 @@ def create_tables(path: Path) -> None:
             pk="worker",
             if_not_exists=True,
         )
-    finally:
-        db.close()
 
 
 def request_model(path: Path, bento_tag: str) -> float:
     """Ask every worker to serve ``bento_tag``; returns the request's time."""
     create_tables(path)
     now = time.time()
-    db = connect(path)
-    try:
-        with db.conn:
-            db.table(REQUESTS).insert({"ts": now, "bento_tag": bento_tag})
-    finally:
-        db.close()
+    with connection(path) as db, db.conn:
+        db.table(REQUESTS).insert({"ts": now, "bento_tag": bento_tag})
     return now
 
 
 def live_workers(path: Path, max_age_s: float) -> list[dict[str, Any]]:
-    """Workers that reported within ``max_age_s``, with the model each serves."""
-    create_tables(path)
-    db = connect(path)
-    try:
+    """Workers that reported within ``max_age_s``, with the model each serves (tables made by request_model)."""
+    with connection(path) as db:
         return list(db[WORKERS].rows_where("seen_ts >= ?", [time.time() - max_age_s], order_by="worker"))
-    finally:
-        db.close()
 
 
 def wait_for_workers(path: Path, bento_tag: str, timeout_s: float, max_age_s: float) -> tuple[bool, list[dict]]:
@@ -111,11 +100,8 @@ class Watcher:
                 log.exception("model watcher: poll failed")
 
     def _follow(self) -> None:
-        db = connect(self.path)
-        try:
+        with connection(self.path) as db:
             rows = list(db[REQUESTS].rows_where("ts > ?", [self._since], order_by="id DESC", limit=1))
-        finally:
-            db.close()
         wanted = rows[0]["bento_tag"] if rows else None
         loaded = False
         if wanted and wanted != self.serving():
@@ -134,9 +120,5 @@ class Watcher:
                "error": self._error}  # fmt: skip
         if loaded:
             row["loaded_ts"] = now
-        db = connect(self.path)
-        try:
-            with db.conn:
-                db.table(WORKERS).upsert(row, pk="worker")
-        finally:
-            db.close()
+        with connection(self.path) as db, db.conn:
+            db.table(WORKERS).upsert(row, pk="worker")

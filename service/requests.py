@@ -66,7 +66,7 @@ class BackgroundHandler(logging.Handler):
 
     def handle(self, record: logging.LogRecord) -> bool:
         # deque.append is atomic: no handler lock on the request path.
-        self._records.append(record)
+        self.emit(record)
         return True
 
     def emit(self, record: logging.LogRecord) -> None:

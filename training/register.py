@@ -114,7 +114,7 @@ def register(params: Params) -> dict[str, Any]:
     if reg.require_quality_floor and not metrics["quality_floor"]["met"]:
         decision = record(client, reg, _below_floor(metrics, champion, trigger))
     else:
-        version = log_version(params, metrics)
+        version = log_version(client, params, metrics)
         X_test, y_test = load_split(params.prepare.test_path)
         decision = challenge(client, reg, version, champion, X_test, y_test.to_numpy(), trigger)
         (crown if decision.action == "promote" else record)(client, reg, decision)
@@ -136,11 +136,11 @@ def register(params: Params) -> dict[str, Any]:
     }
 
 
-def log_version(params: Params, metrics: dict[str, Any]) -> str:
+def log_version(client: MlflowClient, params: Params, metrics: dict[str, Any]) -> str:
     """Log the trained model on its search run and register it as a new version; return the version."""
     reg = params.register_
     data_version = file_md5(params.data.raw_path)
-    with _winner_run(MlflowClient(), metrics):
+    with _winner_run(client, metrics):
         mlflow.log_metrics({f"test_{name}": value for name, value in metrics["test"].items()})
         mlflow.set_tags({"data_version": data_version, "role": "challenger"})
         for report in (params.evaluate.metrics_path, params.evaluate.report_path, params.validate_.report_path):
@@ -156,7 +156,6 @@ def log_version(params: Params, metrics: dict[str, Any]) -> str:
             extra_files=[str(write_reference_profile(params))],
         )
     model_version = str(info.registered_model_version)
-    client = MlflowClient()
     for key, value in version_tags(metrics, data_version).items():
         client.set_model_version_tag(reg.model_name, model_version, key, value)
     return model_version

@@ -94,22 +94,24 @@ def import_version(client: MlflowClient, reg: RegisterParams, version: str) -> b
 
 def served_model(client: MlflowClient, reg: RegisterParams, version: str) -> bentoml.Model:
     """The BentoML store's latest model, made to be ``version`` (imported when it is not)."""
-    try:
-        latest = bentoml.models.get(f"{reg.bento_model_name}:latest")
-    except NotFound:  # a fresh BentoML store, while the tracking store still has its champion
-        return import_version(client, reg, version)
-    if latest.info.labels.get("mlflow_version") == version:
+    latest = _latest(reg)
+    if latest is not None and latest.info.labels.get("mlflow_version") == version:
         return latest
     return import_version(client, reg, version)
 
 
 def is_served(reg: RegisterParams, version: str) -> bool:
     """Whether the BentoML store's latest model is ``version``."""
+    latest = _latest(reg)
+    return latest is not None and latest.info.labels.get("mlflow_version") == version
+
+
+def _latest(reg: RegisterParams) -> bentoml.Model | None:
+    """The BentoML store's latest model of the name; None in a store that never held it."""
     try:
-        latest = bentoml.models.get(f"{reg.bento_model_name}:latest")
+        return bentoml.models.get(f"{reg.bento_model_name}:latest")
     except NotFound:
-        return False
-    return latest.info.labels.get("mlflow_version") == version
+        return None
 
 
 def record(client: MlflowClient, reg: RegisterParams, decision: Decision) -> Decision:
