@@ -11,8 +11,11 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 import pytest
 
@@ -33,6 +36,22 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     shutil.rmtree(_BENTOML_HOME, ignore_errors=True)
+
+
+@contextmanager
+def tracking_store(uri: str) -> Iterator[None]:
+    """Use the MLflow store ``uri`` for a while, then leave MLflow as it was.
+
+    ``mlflow.set_tracking_uri`` also sets MLFLOW_TRACKING_URI, which every later
+    subprocess inherits: restoring the resolved previous URI would point them all
+    at the repository's own store, so the variable itself is restored.
+    """
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)  # None unsets the variable
 
 
 @pytest.fixture(scope="session")

@@ -53,7 +53,9 @@ def ws(tmp_path_factory: pytest.TempPathFactory, housing: pd.DataFrame) -> Works
 @pytest.fixture(scope="module")
 def server(ws: Workspace) -> Iterator[Server]:
     env = {key: ws.env[key] for key in ("BENTOML_HOME", "HOUSING_DATA_SOURCE")}
-    env |= {"HOUSING_ADMIN_TOKEN": TOKEN, "HOUSING_PROJECT_DIR": str(ws.path), "HOUSING_RELOAD_POLL_S": "0.5"}
+    env |= {"HOUSING_ADMIN_TOKEN": TOKEN, "HOUSING_PROJECT_DIR": str(ws.path), "HOUSING_RELOAD_POLL_S": "0.5",
+            # The retrainings it starts register into this workspace's store, whatever the suite's environment says.
+            "MLFLOW_TRACKING_URI": f"sqlite:///{ws.path / 'mlflow.db'}"}  # fmt: skip
     running = start_server(ws.path.parent / "server", env)
     yield running
     assert running.stop() == 0

@@ -14,6 +14,7 @@ import pytest
 from mlflow import MlflowClient
 from sklearn.base import BaseEstimator
 
+from tests.conftest import tracking_store
 from training.config import Params, RegisterParams
 from training.estimators import TRUSTED_TYPES, build_model
 from training.features import FEATURE_COLUMNS, TARGET_COLUMN
@@ -33,19 +34,17 @@ from training.registry import (
 @pytest.fixture(scope="module")
 def reg(params: Params, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegisterParams]:
     """A throwaway tracking store and model names of its own (the session's BentoML store is shared)."""
-    previous = mlflow.get_tracking_uri()
     root = tmp_path_factory.mktemp("mlflow")
-    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
-    mlflow.create_experiment("registry-test", artifact_location=(root / "artifacts").as_uri())
-    yield params.register_.model_copy(
-        update={
-            "model_name": "registry-test-model",
-            "bento_model_name": "registry-test-model",
-            "experiment": "registry-test",
-            "decisions_experiment": "registry-test-decisions",
-        }
-    )
-    mlflow.set_tracking_uri(previous)
+    with tracking_store(f"sqlite:///{root / 'mlflow.db'}"):
+        mlflow.create_experiment("registry-test", artifact_location=(root / "artifacts").as_uri())
+        yield params.register_.model_copy(
+            update={
+                "model_name": "registry-test-model",
+                "bento_model_name": "registry-test-model",
+                "experiment": "registry-test",
+                "decisions_experiment": "registry-test-decisions",
+            }
+        )
 
 
 @pytest.fixture(scope="module")
@@ -157,9 +156,7 @@ def test_a_model_below_the_floor_is_not_registered(
     params: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)  # the experiment's default artifact folder is relative
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    try:
+    with tracking_store(f"sqlite:///{tmp_path / 'mlflow.db'}"):
         metrics_path = tmp_path / "metrics.json"
         metrics_path.write_text(
             json.dumps({"test": {"rmse": 60000.0, "r2": 0.7}, "quality_floor": {"met": False, "max_rmse": 45000}})
@@ -175,5 +172,3 @@ def test_a_model_below_the_floor_is_not_registered(
         assert entry["action"] == "reject"
         assert entry["version"] is None
         assert entry["metrics_after"] == {"rmse": 60000.0, "r2": 0.7}
-    finally:
-        mlflow.set_tracking_uri(previous)
