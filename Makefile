@@ -52,7 +52,7 @@ build: setup ## Build the bento (service + champion model + generated Dockerfile
 	bentoml build
 
 # Debian/Ubuntu packages named after the command they provide (hadolint, actionlint, shellcheck come with `setup`).
-SYSTEM_TOOLS := wrk prometheus docker-compose ffmpeg
+SYSTEM_TOOLS := wrk prometheus docker-compose ffmpeg nginx
 # Debian packages Chromium; Ubuntu's package is a snap stub, so there Playwright fetches its own build.
 UBUNTU := $(shell grep -qs '^ID=ubuntu' /etc/os-release && echo yes)
 tools: setup ## Install the system tools the tests and benchmarks use (wrk, Prometheus, Chromium, docker-compose, ffmpeg)
