@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -13,13 +16,15 @@ from tests.workspace import ROOT
 
 COMPOSE = ROOT / "deploy" / "docker-compose.yml"
 MONITORING = ROOT / "monitoring"
+# The one variable without a default (Grafana's admin password).
+REQUIRED = {"GRAFANA_ADMIN_PASSWORD": "a-test-password"}
 
 
 @pytest.fixture(scope="module")
 def stack() -> dict:
     """The file as docker-compose resolves it: defaults filled in, bind-mount sources made absolute."""
-    validate("docker-compose", "-f", str(COMPOSE), "config", "-q")
-    return yaml.safe_load(validate("docker-compose", "-f", str(COMPOSE), "config"))
+    validate("docker-compose", "-f", str(COMPOSE), "config", "-q", env=REQUIRED)
+    return yaml.safe_load(validate("docker-compose", "-f", str(COMPOSE), "config", env=REQUIRED))
 
 
 def mounts(stack: dict, service: str, kind: str) -> dict[str, str]:
@@ -30,7 +35,9 @@ def mounts(stack: dict, service: str, kind: str) -> dict[str, str]:
 
 def test_image_is_overridable() -> None:
     resolved = yaml.safe_load(
-        validate("docker-compose", "-f", str(COMPOSE), "config", env={"HOUSING_IMAGE": "example/housing:1.2.3"})
+        validate(
+            "docker-compose", "-f", str(COMPOSE), "config", env={**REQUIRED, "HOUSING_IMAGE": "example/housing:1.2.3"}
+        )
     )
     assert resolved["services"]["service"]["image"] == "example/housing:1.2.3"
 
@@ -88,3 +95,64 @@ def test_monitoring_addresses_resolve_inside_the_stack(stack: dict) -> None:
     assert url.port == 9090
     dashboards = yaml.safe_load((MONITORING / "grafana" / "provisioning" / "dashboards" / "housing.yml").read_text())
     assert dashboards["providers"][0]["options"]["path"] in mounts(stack, "grafana", "bind")
+
+
+@pytest.mark.parametrize("password", [None, ""], ids=["unset", "empty"])
+def test_grafana_has_no_default_password(password: str | None) -> None:
+    executable = shutil.which("docker-compose")
+    assert executable, "docker-compose is not installed: `make tools` installs it"
+    env = {key: value for key, value in os.environ.items() if key != "GRAFANA_ADMIN_PASSWORD"}
+    if password is not None:
+        env["GRAFANA_ADMIN_PASSWORD"] = password
+    result = subprocess.run(
+        [executable, "-f", str(COMPOSE), "config", "-q"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode != 0
+    assert "set GRAFANA_ADMIN_PASSWORD" in result.stderr
+
+
+def test_grafana_takes_its_password_from_the_variable(stack: dict) -> None:
+    environment = stack["services"]["grafana"]["environment"]
+    assert environment["GF_SECURITY_ADMIN_PASSWORD"] == REQUIRED["GRAFANA_ADMIN_PASSWORD"]
+
+
+def test_every_port_is_published_on_loopback_only(stack: dict) -> None:
+    """Other hosts reach the service through the HTTP edge or a gateway (docs/security.md)."""
+    ports = {name: service.get("ports", []) for name, service in stack["services"].items()}
+    assert all(ports.values()), ports
+    # docker-compose 1 prints host_ip:published:target/protocol
+    assert {
+        name: [p for p in published if not str(p).startswith("127.0.0.1:")] for name, published in ports.items()
+    } == {name: [] for name in ports}
+
+
+# What a container may use at most; the service has two workers, each with its own copy of the model.
+LIMITS = {
+    "service": {"mem_limit": "2g", "cpus": 2, "pids_limit": 512},
+    "mlflow": {"mem_limit": "1g", "cpus": 1, "pids_limit": 256},
+    "prometheus": {"mem_limit": "1g", "cpus": 1, "pids_limit": 256},
+    "grafana": {"mem_limit": "512m", "cpus": 1, "pids_limit": 256},
+}
+
+
+@pytest.mark.parametrize("name", sorted(LIMITS))
+def test_every_container_is_locked_down(stack: dict, name: str) -> None:
+    assert set(LIMITS) == set(stack["services"])
+    service = stack["services"][name]
+    assert service["read_only"] is True
+    assert service["cap_drop"] == ["ALL"]
+    assert "cap_add" not in service
+    assert service["security_opt"] == ["no-new-privileges:true"]
+    assert "privileged" not in service
+    assert {key: service.get(key) for key in LIMITS[name]} == LIMITS[name]
+
+
+def test_the_service_writes_only_to_its_volume_and_tmpfs(stack: dict) -> None:
+    """BentoML creates its store folders under BENTOML_HOME (/home/bentoml) at start, and its metrics folder;
+    `bentoml serve` keeps worker sockets in /tmp; everything else is read-only (docs/security.md)."""
+    tmpfs = {entry.split(":")[0] for entry in stack["services"]["service"]["tmpfs"]}
+    home = ("bentos", "models", "envs", "tmp", "prometheus_multiproc_dir")
+    assert tmpfs == {f"/home/bentoml/{folder}" for folder in home} | {"/tmp"}
+    assert set(mounts(stack, "service", "volume")) == {"/home/bentoml/var"}
+    # Every tmpfs has a size: it counts against the container's memory.
+    assert all("size=" in entry for service in stack["services"].values() for entry in service.get("tmpfs", []))
