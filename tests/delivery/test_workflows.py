@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.delivery.tools import validate
@@ -74,6 +76,112 @@ def test_deploy_uses_the_compose_stack_and_skips_slack_without_its_secret() -> N
     (notify,) = [step for step in job["steps"] if step.get("name") == "Notify Slack"]
     assert notify["if"] == "always() && env.SLACK_WEBHOOK_URL != ''"
     assert job["env"]["SLACK_WEBHOOK_URL"] == "${{ secrets.SLACK_WEBHOOK_URL }}"
+    # The compose file has no default Grafana password: the run sets one before the stack starts.
+    names = [step.get("name") for step in job["steps"]]
+    assert names.index("Grafana password for this run") < names.index("Start the stack")
+
+
+def test_every_action_is_pinned_to_a_full_commit_sha_with_its_version() -> None:
+    """A tag can be moved to other code (trivy-action's were, in March 2026); a commit SHA cannot."""
+    pinned = re.compile(r"\s*(- )?uses: [\w.-]+/[\w./-]+@[0-9a-f]{40} # v\d+\.\d+\.\d+")
+    uses = [
+        (path.name, line.strip())
+        for path in sorted(WORKFLOWS.glob("*.yml"))
+        for line in path.read_text().splitlines()
+        if re.match(r"\s*(- )?uses:", line)
+    ]
+    assert len(uses) >= 8
+    assert [(name, line) for name, line in uses if not pinned.fullmatch(line)] == []
+    steps = [step for name in ("ci.yml", "release.yml", "deploy.yml") for step in all_steps(workflow(name))]
+    assert len([step for step in steps if "uses" in step]) == len(uses)  # no `uses:` the line scan missed
+    assert (ROOT / ".github" / "dependabot.yml").is_file()
+    updates = yaml.safe_load((ROOT / ".github" / "dependabot.yml").read_text())["updates"]
+    assert {"package-ecosystem": "github-actions", "directory": "/"}.items() <= updates[0].items()
+
+
+def all_steps(flow: dict) -> list[dict]:
+    return [step for job in flow["jobs"].values() for step in job["steps"]]
+
+
+def test_no_run_script_expands_an_expression() -> None:
+    """`${{ }}` inside `run:` is pasted into the script before the shell sees it (script injection): values
+    such as inputs.* or github.event.* reach scripts only through `env:`."""
+    scripts = [
+        (name, step.get("name", step["run"]))
+        for name in ("ci.yml", "release.yml", "deploy.yml")
+        for step in all_steps(workflow(name))
+        if "run" in step and "${{" in step["run"]
+    ]
+    assert scripts == []
+
+
+def choose_image(tmp_path: Path, requested: str = "", released_sha: str = "") -> tuple[int, str]:
+    """deploy.yml's "Choose and check the image" script, run as the runner runs it; its exit code and $GITHUB_ENV."""
+    (step,) = [step for step in all_steps(workflow("deploy.yml")) if step.get("name") == "Choose and check the image"]
+    assert step["env"] == {
+        "REQUESTED": "${{ inputs.image }}",
+        "RELEASED_SHA": "${{ github.event.workflow_run.head_sha }}",
+    }
+    script = tmp_path / "step.sh"
+    script.write_text(step["run"])
+    github_env = tmp_path / "github_env"
+    github_env.write_text("")
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "REQUESTED": requested,
+        "RELEASED_SHA": released_sha,
+        "DOCKERHUB_USERNAME": "octo",
+        "GITHUB_ENV": str(github_env),
+        "GITHUB_STEP_SUMMARY": str(tmp_path / "summary"),
+    }
+    result = subprocess.run(
+        ["bash", "--noprofile", "--norc", "-eo", "pipefail", str(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return result.returncode, github_env.read_text()
+
+
+SHA = "0123456789abcdef0123456789abcdef01234567"
+DIGEST = "sha256:" + "ab" * 32
+
+
+@pytest.mark.parametrize(
+    "requested",
+    [
+        "docker.io/octo/housing-price-service:1.2.3",
+        f"ghcr.io/octo/housing-price-service@{DIGEST}",
+        "localhost:5000/housing-price-service:sha-" + SHA,
+        "octo/housing-price-service:latest",
+    ],
+)
+def test_deploy_accepts_an_image_reference(tmp_path: Path, requested: str) -> None:
+    assert choose_image(tmp_path, requested) == (0, f"HOUSING_IMAGE={requested}\n")
+
+
+@pytest.mark.parametrize(
+    "requested",
+    [
+        "octo/housing:1\nLD_PRELOAD=/tmp/evil.so",  # a second variable for every later step
+        "octo/housing:1$(id)",
+        "octo/housing:1; curl evil.example",
+        "octo/housing",  # no tag, no digest
+        "housing:1.2.3",  # no registry or namespace
+        "Octo/Housing:1",
+        "octo/housing@sha256:abc",
+        "-octo/housing:1",
+    ],
+)
+def test_deploy_refuses_anything_else_before_it_reaches_github_env(tmp_path: Path, requested: str) -> None:
+    assert choose_image(tmp_path, requested) == (1, "")
+
+
+def test_deploy_defaults_to_the_released_commit(tmp_path: Path) -> None:
+    expected = f"HOUSING_IMAGE=docker.io/octo/housing-price-service:sha-{SHA}\n"
+    assert choose_image(tmp_path, released_sha=SHA) == (0, expected)
 
 
 def job_names(flow: dict) -> list[str]:
