@@ -142,11 +142,17 @@ def houses_from(test_csv: Path, n: int) -> list[dict[str, Any]]:
     return request_records(df.sample(n, replace=n > len(df), random_state=0))
 
 
+# The feedback token of the throwaway servers the benchmark, load test and demo start on loopback.
+LOCAL_FEEDBACK_TOKEN = "local-feedback-token"  # noqa: S105  # nosec B105
+FEEDBACK_AUTH = {"Authorization": f"Bearer {LOCAL_FEEDBACK_TOKEN}"}
+
+
 def serve_bentoml(port: int, workdir: Path) -> subprocess.Popen:
     env = {
         **os.environ,
         "HOUSING_PREDICTION_DB": str(workdir / "predictions.db"),
         "HOUSING_LOG_DIR": str(workdir / "log"),
+        "HOUSING_FEEDBACK_TOKEN": LOCAL_FEEDBACK_TOKEN,
     }
     return subprocess.Popen(
         [str(BIN / "bentoml"), "serve", "service.service:HousePricer", "--host", "127.0.0.1", "--port", str(port)],

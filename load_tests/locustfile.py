@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from benchmark import request_records  # locust puts this folder on sys.path
+from benchmark import FEEDBACK_AUTH, request_records  # locust puts this folder on sys.path
 from locust import HttpUser, between, events, task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +59,8 @@ class HouseBuyer(HttpUser):
             return
         request_id, _ = self.priced.pop()
         price = random.uniform(50_000, 500_000)
-        self.client.post("/feedback", json={"request_id": request_id, "actual_price_usd": price}, name="/feedback")
+        body = {"request_id": request_id, "actual_price_usd": price}
+        self.client.post("/feedback", json=body, headers=FEEDBACK_AUTH, name="/feedback")
 
     @task(2)
     def invalid(self) -> None:

@@ -26,7 +26,7 @@ import httpx
 import pandas as pd
 from prometheus_client.parser import text_string_to_metric_families
 
-from load_tests.benchmark import BIN, ROOT, free_port, request_records, serve_bentoml, stop, wait_ready
+from load_tests.benchmark import BIN, FEEDBACK_AUTH, ROOT, free_port, request_records, serve_bentoml, stop, wait_ready
 from training.features import NUMERIC_BOUNDS, TARGET_COLUMN
 
 MODEL_NAME = "housing-price-model"
@@ -182,11 +182,11 @@ class Walkthrough:
     def feedback(self, out: Transcript) -> None:
         actual = float(self.houses.iloc[0][TARGET_COLUMN])
         body = {"request_id": self.priced["request_id"], "actual_price_usd": actual}
-        receipt = expect(out.call(self.client, "POST", "/feedback", body))
+        receipt = expect(out.call(self.client, "POST", "/feedback", body, headers=FEEDBACK_AUTH))
         check(abs(receipt["error_usd"] - (actual - self.priced["price_usd"])) < 0.01, "wrong error in the receipt")
         for index, census in enumerate(self.houses[TARGET_COLUMN].iloc[:FEEDBACK]):
             body = {"request_id": self.batch["request_id"], "index": index, "actual_price_usd": float(census)}
-            expect(self.client.post("/feedback", json=body))
+            expect(self.client.post("/feedback", json=body, headers=FEEDBACK_AUTH))
         out.say(f"(and the census price of the first {FEEDBACK} houses of the batch)")
         # Feedback reaches the SQLite log through a background writer: wait for it.
         rows = self.poll("/accuracy", lambda body: bool(body["accuracy"]) and body["accuracy"][0]["n"] > FEEDBACK)

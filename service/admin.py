@@ -1,44 +1,50 @@
-"""Admin endpoints (reload, retrain, rollback) behind a bearer token, and the public promotion history.
+"""Admin endpoints (reload, retrain, rollback, feedback corrections) behind a bearer token; the promotion history.
 
-Reload happens in process (service.reload). Retrain, rollback and history touch
-MLflow and DVC, so they run the ``housing`` CLI in the project directory
-(``HOUSING_PROJECT_DIR``), exactly as an operator would: the service holds no
-registry client and a retraining runs outside the workers.
+Reload and corrections happen in process (service.reload, the prediction log).
+Retrain and rollback change the registry and run DVC, so they run the
+``housing`` CLI in the project directory (``HOUSING_PROJECT_DIR``), exactly as
+an operator would, without the service's tokens in its environment. The public
+history is read in process from the registry, a few calls at a time, and reused
+for a few seconds (service.view_cache): no public request starts a process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import secrets
+import os
 import subprocess
 import sys
-from typing import Any
+import threading
+from http import HTTPStatus
+from typing import Any, cast
 
 import bentoml
 from fastapi import APIRouter, Depends, Header, HTTPException, Query
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
-from service.config import settings
+from service.auth import bearer_refusal
+from service.config import settings, without_secrets
 from service.retrain import is_running, log_path, read_status, roll_out
-from service.schemas import RetrainRequest, RollbackRequest
+from service.schemas import FeedbackCorrected, FeedbackCorrection, RetrainRequest, RollbackRequest
+from training import registry
+from training.config import load_params
 
 CLI_TIMEOUT_S = 600
+# Registry reads at once per worker; more wait their turn.
+_REGISTRY_READS = threading.BoundedSemaphore(2)
 
 
 def require_admin(
     authorization: str | None = Header(default=None, description="`Bearer <HOUSING_ADMIN_TOKEN>`"),
 ) -> None:
     """401 without a bearer token, 403 with a wrong one or when the service has none configured."""
-    token = settings().admin_token
-    if token is None:
-        raise HTTPException(403, "admin endpoints are disabled: the service has no HOUSING_ADMIN_TOKEN")
-    scheme, _, given = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not given:
-        raise HTTPException(
-            401, "authorization: send the header 'Authorization: Bearer <admin token>'", {"WWW-Authenticate": "Bearer"}
-        )
-    if not secrets.compare_digest(given.encode(), token.get_secret_value().encode()):
-        raise HTTPException(403, "authorization: wrong admin token")
+    refusal = bearer_refusal(authorization, settings().admin_token, "admin", "HOUSING_ADMIN_TOKEN")
+    if refusal is not None:
+        status, message = refusal
+        headers = {"WWW-Authenticate": "Bearer"} if status == HTTPStatus.UNAUTHORIZED else None
+        raise HTTPException(status, message, headers)
 
 
 admin = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
@@ -63,7 +69,7 @@ def start_retraining(request: RetrainRequest | None = None) -> dict[str, Any]:
     log_path(db).parent.mkdir(parents=True, exist_ok=True)
     with log_path(db).open("a") as log:
         process = subprocess.Popen(_cli(*args), cwd=settings().project_dir, stdout=log, stderr=subprocess.STDOUT,  # noqa: S603 - fixed argv  # nosec B603
-                                   start_new_session=True)  # fmt: skip
+                                   env=without_secrets(os.environ), start_new_session=True)  # fmt: skip
     return {"state": "started", "pid": process.pid, "status": "/admin/retrain"}
 
 
@@ -88,21 +94,44 @@ async def rollback(request: RollbackRequest | None = None) -> dict[str, Any]:
     return result
 
 
+@admin.put("/feedback")
+def correct_feedback(correction: FeedbackCorrection) -> FeedbackCorrected:
+    """Replace recorded feedback; the old and new prices and the reason are kept in ``feedback_corrections``."""
+    log = cast(Any, bentoml.get_current_service()).log
+    previous = log.correct_feedback(correction.request_id, correction.index, correction.actual_price_usd,
+                                    correction.reason)  # fmt: skip
+    if previous is None:
+        raise HTTPException(404, f"request_id: no feedback for {correction.request_id!r} (index {correction.index})")
+    return FeedbackCorrected(request_id=correction.request_id, index=correction.index, previous_price_usd=previous,
+                             actual_price_usd=correction.actual_price_usd)  # fmt: skip
+
+
 @history.get("/model/history")
-async def model_history(limit: int = Query(default=100, ge=1, le=1000)) -> list[dict[str, Any]]:
+def model_history(limit: int = Query(default=100, ge=1, le=1000)) -> list[dict[str, Any]]:
     """Every promotion, refusal and rollback, newest first: versions, when, why, metrics before and after."""
-    code, out = await _run_cli("history", "--json", "--limit", str(limit))
-    if code != 0:
-        raise HTTPException(503, f"history: the model registry is not readable from {settings().project_dir}")
-    return json.loads(out)
+    service = cast(Any, bentoml.get_current_service())
+    key = ("history", limit, service.model.info.bento_tag)  # a reload or rollback moves the tag: a fresh answer
+    return cast(list[dict[str, Any]], service.views.get(key, lambda: _read_history(limit)))
+
+
+def _read_history(limit: int) -> list[dict[str, Any]]:
+    """The registry's decisions, read in process from the project's MLflow store."""
+    project = settings().project_dir
+    if not (project / "params.yaml").is_file():
+        raise HTTPException(503, "history: no DVC project (params.yaml) in the service's HOUSING_PROJECT_DIR")
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(project / 'mlflow.db').resolve()}"
+    with _REGISTRY_READS:
+        try:
+            return registry.history(MlflowClient(uri), load_params(project / "params.yaml").register_, limit)
+        except MlflowException:
+            raise HTTPException(503, "history: the model registry is not readable") from None
 
 
 def _cli(*args: str) -> list[str]:
     """The argv of ``housing <args>`` for the project; 503 where the service runs without one (an image)."""
     config = settings()
     if not (config.project_dir / "params.yaml").is_file():
-        raise HTTPException(503, f"{args[0]}: no DVC project (params.yaml) in {config.project_dir.resolve()}; "
-                                 "set HOUSING_PROJECT_DIR")  # fmt: skip
+        raise HTTPException(503, f"{args[0]}: no DVC project (params.yaml) in the service's HOUSING_PROJECT_DIR")
     return [sys.executable, "-m", "service.cli", *args, "--project-dir", str(config.project_dir.resolve()),
             "--db", str(config.prediction_db.resolve())]  # fmt: skip
 
@@ -110,8 +139,9 @@ def _cli(*args: str) -> list[str]:
 async def _run_cli(*args: str) -> tuple[int, str]:
     """Run the CLI; (exit code, stdout), or (exit code, the end of stderr) when it failed."""
     process = await asyncio.create_subprocess_exec(
-        *_cli(*args), cwd=settings().project_dir, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
+        *_cli(*args), cwd=settings().project_dir, env=without_secrets(os.environ),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
     out, err = await asyncio.wait_for(process.communicate(), CLI_TIMEOUT_S)
     code = process.returncode or 0
     return code, out.decode() if code == 0 or out.strip() else err.decode()[-2000:]

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# One house as JSON takes about 250 bytes (330 with every number at full precision, 400 indented).
+HOUSE_BYTES = 512
+BODY_SLACK_BYTES = 64 * 1024
 
 
 class ServiceSettings(BaseSettings):
@@ -23,14 +28,31 @@ class ServiceSettings(BaseSettings):
     log_backups: int = Field(default=5, ge=0, description="Rotated log files kept.")
     log_to_stdout: bool = Field(default=False, description="Also print each JSON request line to stdout.")
     max_batch_size: int = Field(default=10_000, gt=0, description="Most houses in one batch request.")
-    max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0, description="Largest request body accepted.")
+    max_body_bytes: int | None = Field(
+        default=None,
+        gt=0,
+        description="Largest request body accepted; by default what the largest batch needs "
+        f"({HOUSE_BYTES} bytes per house plus {BODY_SLACK_BYTES // 1024} KiB).",
+    )
     writer_batch_size: int = Field(default=500, gt=0, description="Most rows the log writer inserts at once.")
     writer_interval_s: float = Field(default=0.05, gt=0, description="Longest a logged row waits to be written.")
+    writer_max_retries: int = Field(
+        default=5, ge=0, description="Retries of a failed log write before its rows go to the dead-letter file."
+    )
     feedback_grace_s: float = Field(
         default=1.0, ge=0, description="How long feedback waits for its prediction to reach the log."
     )
+    feedback_waiters: int = Field(
+        default=8, gt=0, description="Feedback requests per worker that may wait for their prediction at once."
+    )
     admin_token: SecretStr | None = Field(
         default=None, description="Bearer token of the /admin endpoints; without one they are disabled."
+    )
+    feedback_token: SecretStr | None = Field(
+        default=None, description="Bearer token of POST /feedback; without one feedback is disabled."
+    )
+    view_cache_s: float = Field(
+        default=2.0, ge=0, description="How long /accuracy, /drift and /model/history answers are reused."
     )
     project_dir: Path = Field(
         default=Path(), description="The DVC project that /admin/retrain and /admin/rollback work in."
@@ -40,6 +62,20 @@ class ServiceSettings(BaseSettings):
     worker_max_age_s: float = Field(
         default=10.0, gt=0, description="A worker silent for longer is taken for gone when waiting on a reload."
     )
+
+    @property
+    def body_limit(self) -> int:
+        """The request body limit in bytes: the setting, or what ``max_batch_size`` houses need."""
+        return self.max_body_bytes or self.max_batch_size * HOUSE_BYTES + BODY_SLACK_BYTES
+
+
+# Tokens stay with the service: no child process (the CLI, DVC, the pipeline) needs them.
+SECRET_VARIABLES = ("HOUSING_ADMIN_TOKEN", "HOUSING_FEEDBACK_TOKEN")
+
+
+def without_secrets(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` less the service's tokens: the environment to hand a child process."""
+    return {key: value for key, value in env.items() if key not in SECRET_VARIABLES}
 
 
 @lru_cache(maxsize=1)

@@ -39,6 +39,16 @@ LOG_QUEUE = Gauge(
     multiprocess_mode="livesum",
 )
 LOG_WRITE_FAILURES = Counter("housing_prediction_log_write_failures", "Failed prediction-log writes (retried).")
+DUPLICATE_IDS = Counter(
+    "housing_prediction_log_duplicate_ids", "Requests logged under a server-made id: their X-Request-ID was taken."
+)
+DEAD_LETTER_ROWS = Counter(
+    "housing_prediction_log_dead_letter_rows",
+    "Rows the database refused after every retry, kept in the dead-letter file.",
+)
+FEEDBACK_REFUSED = Counter(
+    "housing_feedback_refused", "Feedback refused, by reason (unauthorized, duplicate, unknown, busy).", ["reason"]
+)
 DRIFT_SCORE = Gauge(
     "housing_drift_psi",
     "PSI of each feature over the latest drift window.",

@@ -3,9 +3,16 @@
 Requests only append rows to an in-memory deque; one background thread per
 process wakes every ``interval_s`` and drains it in batches (one transaction
 per batch) into a WAL-mode database, so a request never waits for the disk and
-several worker processes can write the same file. A failed write is retried
-with the same rows, never dropped; :meth:`PredictionLog.close` flushes what is
+several worker processes can write the same file. No row is dropped: a request
+whose id is already logged (a client may reuse ``X-Request-ID``) keeps its rows
+under a server-made id; a write that keeps failing is retried a bounded number
+of times, then its rows go to a dead-letter JSONL file beside the database, so
+one bad batch never stops the log. :meth:`PredictionLog.close` flushes what is
 pending on shutdown.
+
+The writer also keeps per-minute traffic totals (requests, houses and a
+latency histogram), so ``/stats`` reads at most a day of minutes, never the log.
+Feedback is written at once, not queued: the first answer for a house is kept.
 
 The writer polls rather than being woken: waking it on every request (as a
 ``queue.Queue`` does) cost 15% of a single prediction's time in lock handoffs.
@@ -13,26 +20,36 @@ The writer polls rather than being woken: waking it on every request (as a
 
 from __future__ import annotations
 
+import bisect
+import json
 import logging
 import math
 import sqlite3
 import threading
 import time
+import uuid
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
-from service.metrics import LOG_QUEUE, LOG_WRITE_FAILURES
+from service.metrics import DEAD_LETTER_ROWS, DUPLICATE_IDS, LOG_QUEUE, LOG_WRITE_FAILURES
 from training.features import CATEGORICAL_COLUMN, NUMERIC_COLUMNS
 
 log = logging.getLogger(__name__)
 
 PREDICTIONS = "predictions"
 FEEDBACK = "feedback"
+CORRECTIONS = "feedback_corrections"
+TRAFFIC = "traffic"
+TRAFFIC_SLOT_S = 60
+# Upper bounds (ms) of the request-latency histogram kept per minute; p50 and p95 are read from it.
+# The last is the service's timeout: no answered request took longer.
+LATENCY_BUCKETS_MS = (1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000, 2000, 5000, 30_000)
+_LATENCY_COLUMNS = [f"le_{i}" for i in range(len(LATENCY_BUCKETS_MS))]
 
 _SCHEMAS: dict[str, dict[str, type]] = {
     PREDICTIONS: {
@@ -47,12 +64,34 @@ _SCHEMAS: dict[str, dict[str, type]] = {
         **dict.fromkeys(NUMERIC_COLUMNS, float),
         CATEGORICAL_COLUMN: str,
     },
-    FEEDBACK: {"id": int, "request_id": str, "idx": int, "ts": float, "actual_price_usd": float},
+    # authenticated: 1 when a client with the feedback token sent it; only such feedback trains models.
+    FEEDBACK: {"id": int, "request_id": str, "idx": int, "ts": float, "actual_price_usd": float, "authenticated": int},
+    CORRECTIONS: {
+        "id": int,
+        "request_id": str,
+        "idx": int,
+        "ts": float,
+        "previous_price_usd": float,
+        "actual_price_usd": float,
+        "reason": str,
+    },
 }
 _INDEXES: dict[str, list[tuple[list[str], bool]]] = {
     PREDICTIONS: [(["request_id", "idx"], True), (["ts"], False), (["model_version", "ts"], False)],
     FEEDBACK: [(["request_id", "idx"], True), (["ts"], False)],
+    CORRECTIONS: [(["request_id", "idx"], False)],
 }
+# Columns added after the first release, with the value existing rows get.
+_ADDED_COLUMNS = {FEEDBACK: {"authenticated": 0}}
+# Table and column names in these statements are the module's own; every value is a parameter.
+_RECORD_FEEDBACK = f"""INSERT OR IGNORE INTO {FEEDBACK} (request_id, idx, ts, actual_price_usd, authenticated)
+                       VALUES (?, ?, ?, ?, ?)"""  # noqa: S608  # nosec B608
+_FEEDBACK_PRICE = f"SELECT actual_price_usd FROM {FEEDBACK} WHERE request_id = ? AND idx = ?"  # noqa: S608  # nosec B608
+_CORRECT_FEEDBACK = f"""UPDATE {FEEDBACK} SET actual_price_usd = ?, ts = ?, authenticated = 1
+                        WHERE request_id = ? AND idx = ?"""  # noqa: S608  # nosec B608
+_RECORD_CORRECTION = f"""INSERT INTO {CORRECTIONS} (request_id, idx, ts, previous_price_usd, actual_price_usd, reason)
+                         VALUES (?, ?, ?, ?, ?, ?)"""  # noqa: S608  # nosec B608
+_ID_TAKEN = f"SELECT 1 FROM {PREDICTIONS} WHERE request_id = ? LIMIT 1"  # noqa: S608  # nosec B608
 
 
 def connect(path: Path) -> sqlite_utils.Database:
@@ -76,24 +115,65 @@ def connection(path: Path) -> Iterator[sqlite_utils.Database]:
 
 
 def create_schema(path: Path) -> None:
-    """Create the tables and indexes (idempotent) and switch the file to WAL mode."""
+    """Create or upgrade the tables and indexes (idempotent) and switch the file to WAL mode."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with connection(path) as db:
         db.enable_wal()
         for name, columns in _SCHEMAS.items():
             db[name].create(columns, pk="id", not_null=set(columns) - {"total_bedrooms"}, if_not_exists=True)  # type: ignore[union-attr]
+            for column, value in _ADDED_COLUMNS.get(name, {}).items():
+                if column not in db[name].columns_dict:
+                    db[name].add_column(column, type(value), not_null_default=value)  # type: ignore[union-attr]
             for index_columns, unique in _INDEXES[name]:
                 db[name].create_index(index_columns, unique=unique, if_not_exists=True)  # type: ignore[union-attr]
+        _create_traffic(db)
+
+
+def _create_traffic(db: sqlite_utils.Database) -> None:
+    """The per-minute traffic table; made from the log's rows when a log from before it is upgraded.
+
+    One transaction that takes the write lock first: of several workers starting
+    at once, one builds the table and the others find it built.
+    """
+    with db.conn:
+        db.execute("BEGIN IMMEDIATE")
+        if db[TRAFFIC].exists():
+            return
+        histogram = ", ".join(f"{name} INTEGER NOT NULL DEFAULT 0" for name in _LATENCY_COLUMNS)
+        db.execute(f"CREATE TABLE {TRAFFIC} (slot INTEGER PRIMARY KEY, requests INTEGER NOT NULL, "
+                   f"houses INTEGER NOT NULL, {histogram})")  # fmt: skip
+        requests = db.execute(
+            f"SELECT MIN(ts), MAX(latency_ms), COUNT(*) FROM {PREDICTIONS} GROUP BY request_id"  # noqa: S608 - our names  # nosec B608
+        )
+        _add_traffic(db, requests)
+
+
+def _add_traffic(db: sqlite_utils.Database, requests: Iterable[tuple[float, float, int]]) -> None:
+    """Add (time, latency ms, houses) of each request to its minute's totals."""
+    slots: dict[int, list[int]] = {}
+    for ts, latency_ms, houses in requests:
+        totals = slots.setdefault(int(ts // TRAFFIC_SLOT_S), [0] * (2 + len(LATENCY_BUCKETS_MS)))
+        totals[0] += 1
+        totals[1] += houses
+        totals[2 + min(bisect.bisect_left(LATENCY_BUCKETS_MS, latency_ms), len(LATENCY_BUCKETS_MS) - 1)] += 1
+    names = ["requests", "houses", *_LATENCY_COLUMNS]
+    updates = ", ".join(f"{name} = {name} + excluded.{name}" for name in names)
+    sql = f"""INSERT INTO {TRAFFIC} (slot, {", ".join(names)}) VALUES ({", ".join("?" * (len(names) + 1))})
+              ON CONFLICT (slot) DO UPDATE SET {updates}"""  # noqa: S608 - our names  # nosec B608
+    db.conn.executemany(sql, [(slot, *totals) for slot, totals in slots.items()])
 
 
 class PredictionLog:
     """Collect rows for the database; a daemon thread writes them in batches."""
 
-    def __init__(self, path: Path, batch_size: int = 500, interval_s: float = 0.05):
+    def __init__(self, path: Path, batch_size: int = 500, interval_s: float = 0.05, max_retries: int = 5):
         self.path = path
         self.batch_size = batch_size
         self.interval_s = interval_s
+        self.max_retries = max_retries
         self.write_failures = 0
+        self.dead_letters = 0
+        self._readers = threading.local()
         self._pending: deque[tuple[str, Sequence[dict[str, Any]]]] = deque()
         self._writing = False
         self._stop = threading.Event()
@@ -103,8 +183,13 @@ class PredictionLog:
 
     # -- request path -------------------------------------------------------
     def add(self, table: str, rows: Sequence[dict[str, Any]]) -> None:
-        """Queue ``rows`` for ``table``; returns at once."""
+        """Queue one request's ``rows`` for ``table`` (predictions); returns at once."""
         self._pending.append((table, rows))
+
+    @property
+    def dead_letter_path(self) -> Path:
+        """Where rows that could not be written are kept, one JSON object per request."""
+        return self.path.with_name(self.path.name + ".deadletter.jsonl")
 
     @property
     def pending(self) -> int:
@@ -126,79 +211,94 @@ class PredictionLog:
         if self._thread.is_alive():
             log.error("prediction log: %d requests still unwritten at shutdown", self.pending)
 
+    # -- feedback -------------------------------------------------------------
+    def record_feedback(self, request_id: str, idx: int, actual_price_usd: float, authenticated: bool) -> bool:
+        """Store the first feedback for a priced house; False (and nothing written) if it has one already."""
+        db = self._reader()
+        with db.conn:
+            cursor = db.execute(_RECORD_FEEDBACK, [request_id, idx, time.time(), actual_price_usd, int(authenticated)])
+        return cursor.rowcount == 1
+
+    def correct_feedback(self, request_id: str, idx: int, actual_price_usd: float, reason: str) -> float | None:
+        """Replace recorded feedback and keep the correction on record; the previous price, None if none."""
+        db = self._reader()
+        with db.conn:
+            db.execute("BEGIN IMMEDIATE")
+            found = db.execute(_FEEDBACK_PRICE, [request_id, idx]).fetchone()
+            if found is None:
+                return None
+            now = time.time()
+            db.execute(_CORRECT_FEEDBACK, [actual_price_usd, now, request_id, idx])
+            db.execute(_RECORD_CORRECTION, [request_id, idx, now, found[0], actual_price_usd, reason])
+        return float(found[0])
+
     # -- reads ----------------------------------------------------------------
+    def _reader(self) -> sqlite_utils.Database:
+        """This thread's connection: opening one per read cost more than the read."""
+        db = getattr(self._readers, "db", None)
+        if db is None:
+            db = self._readers.db = connect(self.path)
+        return db
+
     def prediction(self, request_id: str, idx: int) -> dict[str, Any] | None:
-        with connection(self.path) as db:
-            rows = list(db[PREDICTIONS].rows_where("request_id = ? AND idx = ?", [request_id, idx], limit=1))
+        rows = list(self._reader()[PREDICTIONS].rows_where("request_id = ? AND idx = ?", [request_id, idx], limit=1))
         return rows[0] if rows else None
 
     def recent_inputs(self, rows: int) -> dict[str, list[Any]]:
         """The raw inputs of the latest ``rows`` priced houses, as columns."""
         names = [*NUMERIC_COLUMNS, CATEGORICAL_COLUMN]
-        with connection(self.path) as db:
-            cursor = db.execute(f"SELECT {', '.join(names)} FROM {PREDICTIONS} ORDER BY id DESC LIMIT ?", [rows])  # noqa: S608 - names are ours  # nosec B608
-            records = cursor.fetchall()
+        sql = f"SELECT {', '.join(names)} FROM {PREDICTIONS} ORDER BY id DESC LIMIT ?"  # noqa: S608 - names are ours  # nosec B608
+        records = self._reader().execute(sql, [rows]).fetchall()
         return {name: [record[i] for record in records] for i, name in enumerate(names)}
 
     def accuracy(self, since_ts: float = 0.0, bucket_s: float | None = None) -> list[dict[str, Any]]:
-        """MAE and RMSE (USD) of priced houses that received feedback, per model version.
+        """MAE and RMSE (USD) of priced houses that received authenticated feedback, per model version.
 
         With ``bucket_s`` the figures are split into time buckets of that many
         seconds (by prediction time), oldest first: accuracy over time.
         """
-        bucket = f"CAST(p.ts / {float(bucket_s)} AS INTEGER) * {float(bucket_s)}" if bucket_s else "0"
         sql = f"""
-            SELECT p.model_version, {bucket} AS bucket_start, COUNT(*) AS n,
+            SELECT p.model_version, CAST(p.ts / ? AS INTEGER) * ? AS bucket_start, COUNT(*) AS n,
                    AVG(ABS(f.actual_price_usd - p.price_usd)) AS mae,
                    AVG((f.actual_price_usd - p.price_usd) * (f.actual_price_usd - p.price_usd)) AS mse
             FROM {FEEDBACK} f JOIN {PREDICTIONS} p ON p.request_id = f.request_id AND p.idx = f.idx
-            WHERE p.ts >= ?
+            WHERE p.ts >= ? AND f.authenticated = 1
             GROUP BY p.model_version, bucket_start
             ORDER BY bucket_start, p.model_version
-        """  # noqa: S608 - no user input: table names and a float  # nosec B608
-        with connection(self.path) as db:
-            cursor = db.execute(sql, [since_ts])
-            names = [column[0] for column in cursor.description]
-            rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        """  # noqa: S608 - table names are ours; the values are parameters  # nosec B608
+        # Without buckets every prediction falls in one bucket that starts at 0.
+        width = float(bucket_s) if bucket_s else math.inf
+        cursor = self._reader().execute(sql, [width, 0.0 if width == math.inf else width, since_ts])
+        names = [column[0] for column in cursor.description]
+        rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
         # SQLite builds without math functions have no SQRT.
         return [{**row, "rmse": math.sqrt(row.pop("mse"))} for row in rows]
 
-    def traffic(self, now: float, bucket_s: float, buckets: int) -> list[dict[str, Any]]:
+    def traffic(self, now: float, bucket_s: int, buckets: int) -> list[dict[str, Any]]:
         """Requests, houses and request latency (p50/p95 in ms) per time bucket, oldest first.
 
-        Covers the ``buckets`` buckets of ``bucket_s`` seconds before ``now``;
-        empty buckets are included with zero requests.
+        Covers the ``buckets`` buckets of ``bucket_s`` seconds (a multiple of a
+        minute) before ``now``; empty buckets are included with zero requests.
+        Read from the per-minute totals: the cost does not grow with the log.
+        Percentiles are the upper bound of their histogram bucket (``LATENCY_BUCKETS_MS``).
         """
-        start = (now // bucket_s - buckets + 1) * bucket_s
-        sql = f"""
-            SELECT CAST(ts / ? AS INTEGER) AS slot, request_id, MAX(latency_ms) AS latency_ms, COUNT(*) AS houses
-            FROM {PREDICTIONS} WHERE ts >= ? GROUP BY slot, request_id
-        """  # noqa: S608 - no user input  # nosec B608
-        with connection(self.path) as db:
-            rows = db.execute(sql, [bucket_s, start]).fetchall()
-        by_slot: dict[int, list[tuple[float, int]]] = {}
-        for slot, _, latency, houses in rows:
-            by_slot.setdefault(int(slot), []).append((latency, houses))
-        first = int(start // bucket_s)
-        out = []
-        for slot in range(first, first + buckets):
-            requests = by_slot.get(slot, [])
-            latencies = sorted(latency for latency, _ in requests)
-            out.append(
-                {
-                    "start": slot * bucket_s,
-                    "requests": len(requests),
-                    "houses": sum(houses for _, houses in requests),
-                    "p50_ms": _percentile(latencies, 0.5),
-                    "p95_ms": _percentile(latencies, 0.95),
-                }
-            )
-        return out
+        first = int(now // bucket_s) - buckets + 1
+        sql = f"SELECT * FROM {TRAFFIC} WHERE slot >= ?"  # noqa: S608 - our names  # nosec B608
+        totals = [[0] * (2 + len(LATENCY_BUCKETS_MS)) for _ in range(buckets)]
+        for slot, *counts in self._reader().execute(sql, [first * bucket_s // TRAFFIC_SLOT_S]):
+            position = slot * TRAFFIC_SLOT_S // bucket_s - first
+            if 0 <= position < buckets:
+                totals[position] = [a + b for a, b in zip(totals[position], counts, strict=True)]
+        return [
+            {"start": float((first + i) * bucket_s), "requests": requests, "houses": houses,
+             "p50_ms": _percentile(histogram, 0.5), "p95_ms": _percentile(histogram, 0.95)}
+            for i, (requests, houses, *histogram) in enumerate(totals)
+        ]  # fmt: skip
 
     def recent(self, limit: int) -> list[dict[str, Any]]:
-        """The latest ``limit`` priced houses, newest first."""
-        with connection(self.path) as db:
-            return list(db[PREDICTIONS].rows_where(order_by="id DESC", limit=limit))
+        """The latest ``limit`` priced houses, newest first, with request ids cut short (they are feedback keys)."""
+        rows = list(self._reader()[PREDICTIONS].rows_where(order_by="id DESC", limit=limit))
+        return [{**row, "request_id": short_id(row["request_id"])} for row in rows]
 
     # -- writer thread --------------------------------------------------------
     def _run(self) -> None:
@@ -221,22 +321,69 @@ class PredictionLog:
             self._writing = False
 
     def _write(self, db: sqlite_utils.Database, items: list[tuple[str, Sequence[dict[str, Any]]]]) -> None:
-        by_table: dict[str, list[dict[str, Any]]] = {}
-        for table, rows in items:
-            by_table.setdefault(table, []).extend(rows)
+        """Write one batch of requests; retried ``max_retries`` times, then kept in the dead-letter file."""
         delay = 0.05
-        while by_table:
+        for attempt in range(self.max_retries + 1):
             try:
-                with db.conn:
-                    for table, rows in by_table.items():
-                        _insert(db, table, rows)
+                self._insert_batch(db, items)
                 return
+            except sqlite3.IntegrityError:
+                # A request id that is logged already: write request by request, renaming the repeats.
+                items = self._renamed_repeats(db, items)
             except sqlite3.Error:
                 self.write_failures += 1
                 LOG_WRITE_FAILURES.inc()
-                log.exception("prediction log: write failed, retrying in %.2f s", delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                log.exception("prediction log: write failed (attempt %d of %d)", attempt + 1, self.max_retries + 1)
+                if attempt < self.max_retries:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+        self._dead_letter(items)
+
+    @staticmethod
+    def _insert_batch(db: sqlite_utils.Database, items: list[tuple[str, Sequence[dict[str, Any]]]]) -> None:
+        rows = [row for _, request_rows in items for row in request_rows]
+        with db.conn:
+            _insert(db, PREDICTIONS, rows)
+            _add_traffic(db, ((rows[0]["ts"], rows[0]["latency_ms"], len(rows)) for _, rows in items if rows))
+
+    def _renamed_repeats(
+        self, db: sqlite_utils.Database, items: list[tuple[str, Sequence[dict[str, Any]]]]
+    ) -> list[tuple[str, Sequence[dict[str, Any]]]]:
+        """The batch with every request whose id is logged (or repeated in the batch) given a fresh id."""
+        seen: set[str] = set()
+        renamed = []
+        for table, rows in items:
+            request_id = rows[0]["request_id"] if rows else ""
+            taken = request_id in seen or db.execute(_ID_TAKEN, [request_id]).fetchone()
+            if taken:
+                fresh = f"{request_id}~{uuid.uuid4().hex[:8]}"
+                log.warning(
+                    "prediction log: request id %r is logged already; its rows are kept as %r", request_id, fresh
+                )
+                request_id, rows = fresh, [{**row, "request_id": fresh} for row in rows]
+                DUPLICATE_IDS.inc()
+            seen.add(request_id)
+            renamed.append((table, rows))
+        return renamed
+
+    def _dead_letter(self, items: list[tuple[str, Sequence[dict[str, Any]]]]) -> None:
+        """Keep rows the database would not take in a JSONL file, for an operator to load later."""
+        rows = sum(len(request_rows) for _, request_rows in items)
+        self.dead_letters += rows
+        DEAD_LETTER_ROWS.inc(rows)
+        try:
+            with self.dead_letter_path.open("a") as out:
+                out.writelines(json.dumps({"table": table, "rows": list(request_rows)}) + "\n"
+                               for table, request_rows in items)  # fmt: skip
+            log.error("prediction log: %d rows kept in %s", rows, self.dead_letter_path)
+        except OSError:
+            log.exception("prediction log: %d rows lost: neither the database nor %s took them", rows,
+                          self.dead_letter_path)  # fmt: skip
+
+
+def short_id(request_id: str) -> str:
+    """The start of a request id: enough to recognise it, not enough to send feedback for it."""
+    return request_id[: min(8, len(request_id) // 2)] + "…"
 
 
 def _insert(db: sqlite_utils.Database, table: str, rows: list[dict[str, Any]]) -> None:
@@ -246,14 +393,18 @@ def _insert(db: sqlite_utils.Database, table: str, rows: list[dict[str, Any]]) -
     that made logging a 10,000-house batch 4x slower on this hot path.
     """
     columns = [name for name in _SCHEMAS[table] if name != "id"]
-    # Feedback may be corrected: the latest value for a house wins.
-    verb = "INSERT OR REPLACE" if table == FEEDBACK else "INSERT"
-    sql = f"{verb} INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+    sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"  # noqa: S608  # nosec B608
     db.conn.executemany(sql, [tuple(row.get(name) for name in columns) for row in rows])
 
 
-def _percentile(sorted_values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile of already sorted values (None when there are none)."""
-    if not sorted_values:
+def _percentile(histogram: Sequence[int], q: float) -> float | None:
+    """Upper bound (ms) of the latency bucket holding the nearest-rank ``q`` percentile (None when empty)."""
+    total = sum(histogram)
+    if not total:
         return None
-    return sorted_values[min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))]
+    rank, seen = max(1, math.ceil(q * total)), 0
+    for bound, count in zip(LATENCY_BUCKETS_MS, histogram, strict=True):
+        seen += count
+        if seen >= rank:
+            return bound
+    return LATENCY_BUCKETS_MS[-1]

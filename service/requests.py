@@ -4,8 +4,10 @@
 request). It takes the ``X-Request-ID`` header or makes one, hands it to the
 API through the request headers, returns it on every response, refuses bodies
 larger than the limit with 413 before anything parses them, and writes one
-JSON line per API request with the status and latency. The API handlers add
-their own fields (model version, record count) through the request state.
+JSON line per API or admin request with the status and latency. The API
+handlers add their own fields (model version, record count) through the request
+state. A validation error answer is capped (:func:`capped_error`): a body with
+thousands of bad values gets the first few errors and a count of the rest.
 Lines are formatted and written by a background thread (:class:`BackgroundHandler`).
 """
 
@@ -30,6 +32,10 @@ log = logging.getLogger("housing.requests")
 REQUEST_ID_HEADER = b"x-request-id"
 _VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 STATE_KEY = "housing"
+# An error answer names this many errors at most and is never larger than MAX_ERROR_BYTES.
+MAX_ERRORS = 10
+MAX_ERROR_BYTES = 64 * 1024
+_MAX_INPUT_CHARS = 200
 
 
 class JsonFormatter(logging.Formatter):
@@ -131,6 +137,10 @@ class RequestMiddleware:
         self.max_body_bytes = max_body_bytes
         self.logged_paths = logged_paths
 
+    def _logged(self, path: str) -> bool:
+        """Paths in ``logged_paths``, and the paths below them (``/admin`` covers ``/admin/reload``)."""
+        return any(path == logged or path.startswith(logged + "/") for logged in self.logged_paths)
+
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -141,14 +151,24 @@ class RequestMiddleware:
         scope.setdefault("state", {})[STATE_KEY] = fields
         status = 500
         error_body = bytearray()
+        held: dict[str, Any] = {}
 
         async def send_with_id(message: dict[str, Any]) -> None:
-            nonlocal status
+            nonlocal status, error_body
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", []), (REQUEST_ID_HEADER, request_id.encode())]
-            elif status == 400:
+                if status == 400:  # held until the whole error is known, so that it can be capped
+                    held.update(message)
+                    return
+            elif held:
                 error_body.extend(message.get("body", b""))
+                if message.get("more_body", False):
+                    return
+                error_body = bytearray(capped_error(bytes(error_body)))
+                headers = [(k, v) for k, v in held["headers"] if k.lower() != b"content-length"]
+                await send({**held, "headers": [*headers, (b"content-length", str(len(error_body)).encode())]})
+                message = {"type": "http.response.body", "body": bytes(error_body)}
             await send(message)
 
         try:
@@ -158,7 +178,7 @@ class RequestMiddleware:
             else:
                 await self.app(scope, _replay(body, receive), send_with_id)
         finally:
-            if scope["path"] in self.logged_paths:
+            if self._logged(scope["path"]):
                 self._log(scope, fields, status, start)
                 for field in failed_fields(bytes(error_body)) if status == 400 else []:
                     VALIDATION_FAILURES.labels(scope["path"], field).inc()
@@ -202,6 +222,37 @@ class RequestMiddleware:
             "latency_ms": round((time.perf_counter() - start) * 1000, 3),
         }
         log.info("request", extra={"fields": extra})
+
+
+def capped_error(body: bytes) -> bytes:
+    """A 400 answer cut to its first ``MAX_ERRORS`` errors and ``MAX_ERROR_BYTES``, saying how many more there were.
+
+    BentoML puts every validation error, with the offending input, into the
+    answer: a large body full of bad values would otherwise come back tens of
+    megabytes long. Small answers pass unchanged.
+    """
+    if len(body) <= MAX_ERROR_BYTES and body.count(b'"loc"') <= MAX_ERRORS:
+        return body
+    try:
+        detail = json.loads(body).get("detail", [])
+    except (ValueError, AttributeError, RecursionError):
+        detail = None
+    if not isinstance(detail, list):
+        return json.dumps({"error": "invalid request body", "detail": []}).encode()
+    kept = [_short_error(item) for item in detail[:MAX_ERRORS] if isinstance(item, dict)]
+    more = len(detail) - len(kept)
+    summary = f"{len(detail)} validation errors; the first {len(kept)} are in detail, {more} more not shown"
+    capped = json.dumps({"error": summary, "detail": kept, "more_errors": more}, default=str).encode()
+    return capped if len(capped) <= MAX_ERROR_BYTES else json.dumps({"error": summary, "detail": []}).encode()
+
+
+def _short_error(item: dict[str, Any]) -> dict[str, Any]:
+    """One pydantic error with its echoed input cut short."""
+    short: dict[str, Any] = {key: item[key] for key in ("type", "loc", "msg") if key in item}
+    if "input" in item:
+        text = item["input"] if isinstance(item["input"], str) else json.dumps(item["input"], default=str)
+        short["input"] = text if len(text) <= _MAX_INPUT_CHARS else text[:_MAX_INPUT_CHARS] + "…"
+    return short
 
 
 def _replay(body: bytes, receive: Any) -> Any:

@@ -25,7 +25,7 @@ from typing import Any
 
 import bentoml
 
-from service.config import settings
+from service.config import settings, without_secrets
 from service.drift import check_drift
 from service.model import reference_of
 from service.prediction_log import PredictionLog
@@ -119,7 +119,7 @@ def _retrain(project: Path, db: Path, force: bool, started: float) -> dict[str, 
     if not reasons and not force:
         return {"retrained": False, "reasons": [], "message": "no drift, and accuracy on feedback within bounds"}
     trigger = "; ".join(reasons) or "forced"
-    env = {**os.environ, "HOUSING_PREDICTION_DB": str(db.resolve()), TRIGGER_ENV: trigger}
+    env = {**without_secrets(os.environ), "HOUSING_PREDICTION_DB": str(db.resolve()), TRIGGER_ENV: trigger}
     dvc = Path(sys.executable).with_name("dvc")
     print(f"retraining ({trigger}): dvc repro in {project}", flush=True)
     command = [str(dvc if dvc.exists() else "dvc"), "repro"]

@@ -5,16 +5,18 @@ bounds declared once in :mod:`training.schema`: strict types (no numbers in
 strings, no booleans), finite values, California's bounding box, non-negative
 counts, at least one household, no more bedrooms than rooms, a known
 ``ocean_proximity``. Unknown fields are refused. A failure names the field (and,
-in a batch, the record's index) and the rule.
+in a batch, the record's index) and the rule. Lists stop at their first bad
+house, so a large body of bad values costs no more than a valid one.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
-from training.features import FEATURE_COLUMNS, NUMERIC_BOUNDS, OCEAN_PROXIMITY_CATEGORIES
+from training.features import FEATURE_COLUMNS, NUMERIC_BOUNDS, OCEAN_PROXIMITY_CATEGORIES, TARGET_BOUNDS
 
 OceanProximity = Literal["<1H OCEAN", "INLAND", "ISLAND", "NEAR BAY", "NEAR OCEAN"]
 assert set(get_args(OceanProximity)) == set(OCEAN_PROXIMITY_CATEGORIES)  # noqa: S101 - one list, checked at import  # nosec B101
@@ -47,6 +49,9 @@ EXAMPLE_HOUSE: dict[str, Any] = {
 }
 
 
+MAX_UNKNOWN_FIELDS = 5
+
+
 class House(BaseModel):
     """One census block group, as raw features."""
 
@@ -62,6 +67,17 @@ class House(BaseModel):
     median_income: float = bounded("median_income", "Median income, tens of thousands of USD.", positive=True)
     ocean_proximity: OceanProximity = Field(description="Location relative to the ocean.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _few_unknown_fields(cls, data: Any) -> Any:
+        """One error for a flood of unknown fields (``extra="forbid"`` names each of a few)."""
+        if isinstance(data, dict) and len(unknown := data.keys() - cls.model_fields.keys()) > MAX_UNKNOWN_FIELDS:
+            names = ", ".join(sorted(map(str, unknown))[:MAX_UNKNOWN_FIELDS])
+            raise PydanticCustomError(
+                "extra_forbidden", "{count} unknown fields, such as {names}", {"count": len(unknown), "names": names}
+            )
+        return data
+
     @field_validator("total_bedrooms")
     @classmethod
     def _bedrooms_within_rooms(cls, bedrooms: float | None, info: ValidationInfo) -> float | None:
@@ -70,6 +86,19 @@ class House(BaseModel):
         if bedrooms is not None and rooms is not None and bedrooms > rooms:
             raise ValueError(f"must not exceed total_rooms ({bedrooms:g} > {rooms:g})")
         return bedrooms
+
+
+# Validation of a list stops at its first bad house.
+Houses = Annotated[list[House], Field(fail_fast=True)]
+
+
+class HouseBatch(RootModel[Houses]):
+    """A bare JSON array of houses.
+
+    A model rather than ``list[House]``: BentoML parses a bare list with Python's
+    ``json`` (a deeply nested or non-UTF-8 body raised a 500), a model with
+    pydantic's own parser, which answers such bodies with a validation error.
+    """
 
 
 def columns_of(houses: list[House]) -> dict[str, list[Any]]:
@@ -111,7 +140,7 @@ class Invocation(BaseModel):
     )
 
     dataframe_split: DataFrameSplit | None = None
-    dataframe_records: list[House] | None = None
+    dataframe_records: Houses | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -153,8 +182,32 @@ class Feedback(BaseModel):
     request_id: str = Field(min_length=1, max_length=128, description="The request id of the prediction.")
     index: int = Field(default=0, ge=0, description="Position of the house in a batch request (0 for /predict).")
     actual_price_usd: float = Field(
-        gt=0, le=10_000_000, allow_inf_nan=False, strict=True, description="Sale price, USD."
+        ge=TARGET_BOUNDS.low,
+        le=TARGET_BOUNDS.high,
+        allow_inf_nan=False,
+        strict=True,
+        description="Sale price, USD, within the census' range the model trains on.",
     )
+
+
+class FeedbackCorrection(Feedback):
+    """An admin's correction of feedback already recorded, with the reason."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {"request_id": "3f2b9c1e6a7d4e21", "actual_price_usd": 452600.0, "reason": "typo in the deed"}
+        },
+    )
+
+    reason: str = Field(min_length=1, max_length=500, description="Why the recorded price was wrong.")
+
+
+class FeedbackCorrected(BaseModel):
+    request_id: str
+    index: int
+    previous_price_usd: float
+    actual_price_usd: float
 
 
 class FeedbackReceipt(BaseModel):

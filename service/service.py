@@ -14,13 +14,15 @@ from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI, Query
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
+from pydantic import SecretStr
 
 from service import metrics
 from service.admin import admin, history
+from service.auth import bearer_refusal
 from service.config import settings
 from service.drift import check_drift
 from service.model import ServedModel, load_served_model
-from service.prediction_log import FEEDBACK, PREDICTIONS, PredictionLog
+from service.prediction_log import PREDICTIONS, PredictionLog
 from service.reload import Watcher
 from service.requests import RequestMiddleware, close_request_log, configure_request_log, request_state
 from service.schemas import (
@@ -29,14 +31,21 @@ from service.schemas import (
     FeedbackReceipt,
     Health,
     House,
+    HouseBatch,
     Invocation,
     InvocationResponse,
     ModelInfo,
     Prediction,
     columns_of,
 )
+from service.view_cache import ViewCache
 
 API_PATHS = ("/predict", "/predict_batch", "/invocations", "/feedback")
+# Requests written to the JSON request log: the API, and every admin call (refused logins too).
+LOGGED_PATHS = (*API_PATHS, "/admin")
+# The longest a time bucket of /accuracy may be, and the latest time it takes (year 2286).
+MAX_BUCKET_S = 366 * 24 * 3600.0
+MAX_TS = 1e10
 DASHBOARD_HTML = (Path(__file__).parent / "static" / "dashboard.html").read_text()
 # GET endpoints (BentoML APIs are POST only); FastAPI documents them at /docs.
 info_app = FastAPI(
@@ -68,6 +77,22 @@ class NotFound(BentoMLException):
     error_code = HTTPStatus.NOT_FOUND
 
 
+class Conflict(BentoMLException):
+    error_code = HTTPStatus.CONFLICT
+
+
+class TooManyRequests(BentoMLException):
+    error_code = HTTPStatus.TOO_MANY_REQUESTS
+
+
+def require_bearer(ctx: bentoml.Context, token: SecretStr | None, role: str, variable: str) -> None:
+    """Refuse the request (401/403) unless it carries ``token`` as its bearer token."""
+    refusal = bearer_refusal(ctx.request.headers.get("authorization"), token, role, variable)
+    if refusal is not None:
+        metrics.FEEDBACK_REFUSED.labels("unauthorized").inc()
+        raise BentoMLException(refusal[1], error_code=refusal[0])
+
+
 @bentoml.service(
     name="housing-price-service",
     workers=2,
@@ -89,7 +114,12 @@ class HousePricer:
     def __init__(self) -> None:
         config = settings()
         self.model: ServedModel = load_served_model(self.model_ref)
-        self.log = PredictionLog(config.prediction_db, config.writer_batch_size, config.writer_interval_s)
+        self.log = PredictionLog(
+            config.prediction_db, config.writer_batch_size, config.writer_interval_s, config.writer_max_retries
+        )
+        self.views = ViewCache(config.view_cache_s)
+        # Feedback whose prediction is not in the log yet waits for it; this many at once per worker.
+        self.feedback_waiters = asyncio.Semaphore(config.feedback_waiters)
         info = self.model.info
         metrics.MODEL_INFO.labels(info.model_name, info.model_version, info.family).set(1)
         worker = bentoml.server_context.worker_index
@@ -114,9 +144,9 @@ class HousePricer:
         return Prediction(price_usd=price, request_id=request_id, **model.identity())
 
     @bentoml.api(route="/predict_batch")
-    async def predict_batch(self, houses: list[House], /, ctx: bentoml.Context) -> BatchPrediction:
+    async def predict_batch(self, houses: HouseBatch, /, ctx: bentoml.Context) -> BatchPrediction:
         """Price a list of houses; prices come back in the same order."""
-        prices, request_id, model = self._price("predict_batch", houses, ctx, field="houses")
+        prices, request_id, model = self._price("predict_batch", houses.root, ctx, field="houses")
         return BatchPrediction(prices_usd=prices, count=len(prices), request_id=request_id, **model.identity())
 
     @bentoml.api(route="/invocations")
@@ -126,13 +156,22 @@ class HousePricer:
         return InvocationResponse(predictions=prices)
 
     @bentoml.api(route="/feedback")
-    async def feedback(self, feedback: Feedback, /) -> FeedbackReceipt:
-        """Record the actual sale price of a priced house (ground truth for accuracy tracking)."""
+    async def feedback(self, feedback: Feedback, /, ctx: bentoml.Context) -> FeedbackReceipt:
+        """Record the actual sale price of a priced house (ground truth for accuracy, and a training label).
+
+        Needs ``Authorization: Bearer <HOUSING_FEEDBACK_TOKEN>``. The first answer for a house is kept:
+        a second one gets 409, and a correction is an admin's call (``PUT /admin/feedback``).
+        """
+        require_bearer(ctx, settings().feedback_token, "feedback", "HOUSING_FEEDBACK_TOKEN")
         prediction = await self._find_prediction(feedback.request_id, feedback.index)
         if prediction is None:
+            metrics.FEEDBACK_REFUSED.labels("unknown").inc()
             raise NotFound(f"request_id: no prediction {feedback.request_id!r} (index {feedback.index}) in the log")
-        self.log.add(FEEDBACK, [{"request_id": feedback.request_id, "idx": feedback.index, "ts": time.time(),
-                                 "actual_price_usd": feedback.actual_price_usd}])  # fmt: skip
+        args = (feedback.request_id, feedback.index, feedback.actual_price_usd)
+        if not await asyncio.to_thread(self.log.record_feedback, *args, authenticated=True):
+            metrics.FEEDBACK_REFUSED.labels("duplicate").inc()
+            raise Conflict(f"request_id: feedback for {feedback.request_id!r} (index {feedback.index}) is recorded "
+                           "already; an admin corrects it with PUT /admin/feedback")  # fmt: skip
         predicted = float(prediction["price_usd"])
         return FeedbackReceipt(
             request_id=feedback.request_id,
@@ -185,18 +224,29 @@ class HousePricer:
         return prices, state["request_id"], model
 
     async def _find_prediction(self, request_id: str, index: int) -> dict[str, Any] | None:
-        """The logged prediction, waiting briefly: it may still be on a writer's queue."""
-        deadline = time.monotonic() + settings().feedback_grace_s
-        while (row := await asyncio.to_thread(self.log.prediction, request_id, index)) is None:
-            if time.monotonic() >= deadline:
-                return None
-            await asyncio.sleep(0.05)
+        """The logged prediction, waiting briefly with growing pauses: it may still be on a writer's queue.
+
+        Few requests may wait at once (``feedback_waiters``); past them the answer is 429, so a burst of
+        feedback for unknown ids cannot tie up the worker's threads.
+        """
+        if (row := await asyncio.to_thread(self.log.prediction, request_id, index)) is not None:
+            return row
+        if self.feedback_waiters.locked():
+            metrics.FEEDBACK_REFUSED.labels("busy").inc()
+            raise TooManyRequests("request_id: too many feedback requests are waiting for their prediction; retry")
+        async with self.feedback_waiters:
+            deadline, pause = time.monotonic() + settings().feedback_grace_s, 0.02
+            while (row := await asyncio.to_thread(self.log.prediction, request_id, index)) is None:
+                if time.monotonic() >= deadline:
+                    return None
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.25)
         return row
 
 
 # The decorator turned the class into a bentoml Service, which mypy cannot see.
 cast(Any, HousePricer).add_asgi_middleware(
-    RequestMiddleware, max_body_bytes=lambda: settings().max_body_bytes, logged_paths=API_PATHS
+    RequestMiddleware, max_body_bytes=lambda: settings().body_limit, logged_paths=LOGGED_PATHS
 )
 
 
@@ -214,16 +264,30 @@ def model_info() -> ModelInfo:
 def drift() -> dict[str, Any]:
     """Drift of the latest priced houses against the training data, per feature (also on /metrics)."""
     service = _service()
-    return check_drift(service.model.reference, service.log)
+    return cast(
+        dict[str, Any],
+        service.views.get(
+            ("drift", service.model.info.bento_tag), lambda: check_drift(service.model.reference, service.log)
+        ),
+    )
 
 
 @info_app.get("/accuracy")
 def accuracy(
-    bucket_s: float | None = Query(default=None, gt=0, description="Split into time buckets of this many seconds."),
-    since_ts: float = Query(default=0.0, ge=0, description="Only predictions made after this Unix time."),
+    bucket_s: float | None = Query(
+        default=None,
+        ge=1,
+        le=MAX_BUCKET_S,
+        allow_inf_nan=False,
+        description="Split into time buckets of this many seconds.",
+    ),
+    since_ts: float = Query(
+        default=0.0, ge=0, le=MAX_TS, allow_inf_nan=False, description="Only predictions made after this Unix time."
+    ),
 ) -> dict[str, Any]:
     """MAE and RMSE (USD) against received feedback, per model version; with ``bucket_s``, over time."""
-    rows = _service().log.accuracy(since_ts=since_ts, bucket_s=bucket_s)
+    log = _service().log
+    rows = _service().views.get(("accuracy", bucket_s, since_ts), lambda: log.accuracy(since_ts, bucket_s))
     if bucket_s is None:
         for row in rows:
             metrics.ACCURACY.labels("mae", row["model_version"]).set(row["mae"])
@@ -234,7 +298,10 @@ def accuracy(
 
 @info_app.get("/stats")
 def stats() -> dict[str, Any]:
-    """Traffic per minute (last hour) and per hour (last day) with request latency, and the latest predictions."""
+    """Traffic per minute (last hour) and per hour (last day) with request latency, and the latest predictions.
+
+    Request ids are cut short: they are the keys of feedback.
+    """
     log, now = _service().log, time.time()
     return {"per_minute": log.traffic(now, 60, 60), "per_hour": log.traffic(now, 3600, 24), "recent": log.recent(20)}
 
@@ -250,7 +317,7 @@ def health() -> Health:
     """A one-look summary: model, uptime and the prediction log's backlog."""
     service = _service()
     return Health(
-        status="ok" if service.log.write_failures == 0 else "degraded",
+        status="ok" if service.log.write_failures == service.log.dead_letters == 0 else "degraded",
         model_name=service.model.info.model_name,
         model_version=service.model.info.model_version,
         uptime_s=round(time.time() - service.started, 1),

@@ -54,7 +54,8 @@ class Bounds:
 
 
 # California's bounding box; the survey's caps (age 52, income 15.0001 in tens of
-# thousands of USD, value 500,001 USD) are the upper bounds of their columns.
+# thousands of USD, value 500,001 USD) are the upper bounds of their columns, and its
+# bottom code for the value (14,999 USD) the lower bound of the target.
 NUMERIC_BOUNDS: dict[str, Bounds] = {
     "longitude": Bounds(-124.5, -114.0),
     "latitude": Bounds(32.5, 42.1),
@@ -65,7 +66,7 @@ NUMERIC_BOUNDS: dict[str, Bounds] = {
     "households": Bounds(0.0, 1e6),
     "median_income": Bounds(0.0, 15.0001),
 }
-TARGET_BOUNDS = Bounds(1.0, 500_001.0)
+TARGET_BOUNDS = Bounds(14_999.0, 500_001.0)
 
 # Centres of California's largest metropolitan areas (longitude, latitude): house
 # prices fall with distance from jobs, which a tree finds hard to learn from raw

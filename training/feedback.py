@@ -4,7 +4,9 @@ Reads the service's SQLite prediction log (``HOUSING_PREDICTION_DB``, see
 service/prediction_log.py) read-only and writes ``prepare.feedback_path``: the
 raw feature columns, the actual price as the target, and a ``feedback_id``
 (request id and index) that keeps each row on the same side of the train/test
-split in every later run. With no log, the file has the header only.
+split in every later run. Only authenticated feedback (sent with the feedback
+token, or corrected by an admin) becomes a label: anonymous answers could
+poison the next model. With no log, the file has the header only.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ log = logging.getLogger(__name__)
 FEEDBACK_ID = "feedback_id"
 COLUMNS = [*FEATURE_COLUMNS, TARGET_COLUMN, FEEDBACK_ID]
 
-# The newest feedback per house wins (the service replaces corrected feedback in place).
+# One feedback per house: the service keeps the first answer, and an admin's correction replaces it in place.
 _QUERY = f"""
     SELECT {", ".join(f"p.{name}" for name in FEATURE_COLUMNS)},
            f.actual_price_usd AS {TARGET_COLUMN}, p.request_id || ':' || p.idx AS {FEEDBACK_ID}
     FROM feedback f JOIN predictions p ON p.request_id = f.request_id AND p.idx = f.idx
+    WHERE f.authenticated = 1
     ORDER BY f.id
 """  # noqa: S608 - column names are the project's own  # nosec B608
 
@@ -39,7 +42,11 @@ def labeled_feedback(db_path: Path) -> pd.DataFrame:
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
     try:
         tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if not {"predictions", "feedback"} <= tables:
+        # A log from before feedback was authenticated has no such column, and no trusted feedback.
+        trusted = "feedback" in tables and "authenticated" in {
+            row[1] for row in conn.execute("PRAGMA table_info(feedback)")
+        }
+        if not ("predictions" in tables and trusted):
             return pd.DataFrame(columns=COLUMNS)
         df = pd.read_sql_query(_QUERY, conn)
     finally:

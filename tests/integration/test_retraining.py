@@ -18,6 +18,7 @@ import yaml
 
 from load_tests.benchmark import request_records
 from service.schemas import EXAMPLE_HOUSE
+from tests.service.conftest import FEEDBACK
 from tests.service.server import Server, start_server
 from tests.workspace import BIN, Workspace, make_workspace, small_params
 from training.features import FEATURE_COLUMNS, TARGET_COLUMN
@@ -123,7 +124,7 @@ def test_drift_triggers_a_retraining_that_promotes_a_better_model(
         assert priced.status_code == 200, priced.text
         for index, price in enumerate(chunk[TARGET_COLUMN]):
             receipt = http.post("/feedback", json={"request_id": priced.json()["request_id"], "index": index,
-                                                   "actual_price_usd": float(price)})  # fmt: skip
+                                                   "actual_price_usd": float(price)}, headers=FEEDBACK)  # fmt: skip
             assert receipt.status_code == 200, receipt.text
     drift = http.get("/drift").json()
     assert "ocean_proximity" in drift["drifted_features"]

@@ -12,6 +12,7 @@ import yaml
 
 from load_tests.benchmark import free_port
 from service.schemas import EXAMPLE_HOUSE
+from tests.service.conftest import FEEDBACK
 from tests.service.server import Server, start_server
 from tests.workspace import ROOT
 
@@ -53,7 +54,8 @@ def drive_traffic(url: str) -> None:
         priced = client.post("/predict_batch", json=[EXAMPLE_HOUSE] * 10).json()
         client.post("/predict_batch", json=[{**EXAMPLE_HOUSE, "median_income": 3.0}] * 300)  # enough for /drift
         client.post("/predict", json={**EXAMPLE_HOUSE, "latitude": 99.0})
-        client.post("/feedback", json={"request_id": priced["request_id"], "actual_price_usd": 300_000.0})
+        feedback = {"request_id": priced["request_id"], "actual_price_usd": 300_000.0}
+        assert client.post("/feedback", json=feedback, headers=FEEDBACK).status_code == 200
         # Feedback reaches the log asynchronously; /accuracy publishes the gauges once it is there.
         deadline = time.monotonic() + 10
         while not client.get("/accuracy").json()["accuracy"]:

@@ -67,7 +67,7 @@ BAD_REQUESTS = [
     BadRequest("invocations: neither format", "/invocations", _json({}), 400, "", "exactly one"),
     BadRequest("invocations: ragged split row", "/invocations", _json({"dataframe_split": {"columns": list(EXAMPLE_HOUSE), "data": [[1.0, 2.0]]}}), 400, "", "data[0]"),
     BadRequest("invocations: bad record", "/invocations", _json({"dataframe_records": [house(households=-1.0)]}), 400, "households", "greater_than"),
-    BadRequest("feedback: negative price", "/feedback", _json({"request_id": "x", "actual_price_usd": -1.0}), 400, "actual_price_usd", "greater_than"),
+    BadRequest("feedback: negative price", "/feedback", _json({"request_id": "x", "actual_price_usd": -1.0}), 400, "actual_price_usd", "greater_than_equal"),
     BadRequest("feedback: missing request id", "/feedback", _json({"actual_price_usd": 100000.0}), 400, "request_id", "missing"),
     BadRequest("feedback: unknown request id", "/feedback", _json({"request_id": "never-issued", "actual_price_usd": 100000.0}), 404, "", "request_id"),
 ]  # fmt: skip

@@ -28,6 +28,8 @@ def test_rows(workspace: Workspace) -> pd.DataFrame:
 
 ADMIN_TOKEN = "test-admin-token"  # noqa: S105 - a test's own token
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+FEEDBACK_TOKEN = "test-feedback-token"  # noqa: S105 - a test's own token
+FEEDBACK = {"Authorization": f"Bearer {FEEDBACK_TOKEN}"}
 
 
 # One in-process app per test session: BentoML registers its Prometheus metrics once per process.
@@ -42,6 +44,9 @@ def service_env(tmp_path_factory: pytest.TempPathFactory, workspace: Workspace) 
         "HOUSING_MAX_BODY_BYTES": str(1024 * 1024),
         "PROMETHEUS_MULTIPROC_DIR": str(root / "prometheus"),
         "HOUSING_ADMIN_TOKEN": ADMIN_TOKEN,
+        "HOUSING_FEEDBACK_TOKEN": FEEDBACK_TOKEN,
+        # These tests read views right after changing what they show.
+        "HOUSING_VIEW_CACHE_S": "0",
         "HOUSING_PROJECT_DIR": str(workspace.path),
     }
     Path(env["PROMETHEUS_MULTIPROC_DIR"]).mkdir()

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 
 from load_tests.benchmark import free_port
+from tests.service.conftest import FEEDBACK_TOKEN
 from tests.workspace import BIN, ROOT
 
 
@@ -51,6 +52,7 @@ def start_server(
         "HOUSING_PREDICTION_DB": str(root / "predictions.db"),
         "HOUSING_LOG_DIR": str(root / "log"),
         "HOUSING_MAX_BATCH_SIZE": "500",
+        "HOUSING_FEEDBACK_TOKEN": FEEDBACK_TOKEN,
         "BENTOML_PORT": str(port),
         **(extra_env or {}),
     }

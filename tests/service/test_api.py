@@ -20,6 +20,7 @@ from load_tests.benchmark import request_records
 from service.model import load_served_model
 from service.schemas import EXAMPLE_HOUSE, House, columns_of
 from tests.service.bad_requests import BAD_REQUESTS, BadRequest, error_text
+from tests.service.conftest import FEEDBACK
 from tests.workspace import Workspace
 from training.estimators import fitted_pipeline
 
@@ -88,7 +89,7 @@ def test_invocations_speaks_mlflow(client: TestClient, test_rows: pd.DataFrame) 
 
 @pytest.mark.parametrize("bad", BAD_REQUESTS, ids=lambda b: b.id)
 def test_bad_requests_get_a_clear_4xx(client: TestClient, bad: BadRequest) -> None:
-    response = client.post(bad.path, content=bad.body, headers={"Content-Type": "application/json"})
+    response = client.post(bad.path, content=bad.body, headers={"Content-Type": "application/json", **FEEDBACK})
     assert response.status_code == bad.status, response.text
     text = error_text(response.json())
     assert bad.field in text
@@ -99,13 +100,17 @@ def test_bad_requests_get_a_clear_4xx(client: TestClient, bad: BadRequest) -> No
 def test_feedback_is_matched_to_its_prediction(client: TestClient, service_env: dict) -> None:
     priced = client.post("/predict_batch", json=[EXAMPLE_HOUSE, {**EXAMPLE_HOUSE, "median_income": 2.0}]).json()
     receipt = client.post(
-        "/feedback", json={"request_id": priced["request_id"], "index": 1, "actual_price_usd": 250_000.0}
+        "/feedback",
+        json={"request_id": priced["request_id"], "index": 1, "actual_price_usd": 250_000.0},
+        headers=FEEDBACK,
     )
     assert receipt.status_code == 200, receipt.text
     assert receipt.json()["predicted_price_usd"] == pytest.approx(priced["prices_usd"][1])
     assert receipt.json()["error_usd"] == pytest.approx(250_000.0 - priced["prices_usd"][1])
     wrong_index = client.post(
-        "/feedback", json={"request_id": priced["request_id"], "index": 2, "actual_price_usd": 1.0}
+        "/feedback",
+        json={"request_id": priced["request_id"], "index": 2, "actual_price_usd": 100_000.0},
+        headers=FEEDBACK,
     )
     assert wrong_index.status_code == 404
 
@@ -114,7 +119,7 @@ def test_accuracy_against_feedback(client: TestClient, champion: dict) -> None:
     priced = client.post("/predict_batch", json=[EXAMPLE_HOUSE, {**EXAMPLE_HOUSE, "median_income": 3.0}]).json()
     for index, actual in enumerate((400_000.0, 150_000.0)):
         feedback = {"request_id": priced["request_id"], "index": index, "actual_price_usd": actual}
-        assert client.post("/feedback", json=feedback).status_code == 200
+        assert client.post("/feedback", json=feedback, headers=FEEDBACK).status_code == 200
     deadline = time.monotonic() + 10
     while not (rows := client.get("/accuracy").json()["accuracy"]) or rows[-1]["n"] < 2:
         assert time.monotonic() < deadline

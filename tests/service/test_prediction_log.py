@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from pathlib import Path
@@ -7,13 +8,20 @@ from pathlib import Path
 import pytest
 
 from service import prediction_log
-from service.prediction_log import FEEDBACK, PREDICTIONS, PredictionLog
+from service.prediction_log import CORRECTIONS, PREDICTIONS, PredictionLog
 from service.schemas import EXAMPLE_HOUSE
 
 
 def row(request_id: str, idx: int = 0) -> dict:
     return {"request_id": request_id, "idx": idx, "endpoint": "predict", "ts": 1.0, "model_version": "7",
             "latency_ms": 2.5, "price_usd": 123456.0, **EXAMPLE_HOUSE}  # fmt: skip
+
+
+def give_feedback(log: PredictionLog, answers: list[tuple[str, int, float]]) -> None:
+    """Authenticated feedback (request id, index, price) for predictions queued on ``log``."""
+    assert log.flush()
+    for request_id, idx, price in answers:
+        assert log.record_feedback(request_id, idx, price, authenticated=True)
 
 
 def count(db: Path, table: str) -> int:
@@ -48,14 +56,17 @@ def test_close_flushes_everything_queued(tmp_path: Path) -> None:
     assert count(tmp_path / "p.db", PREDICTIONS) == 1000
 
 
-def test_feedback_latest_value_wins(tmp_path: Path) -> None:
+def test_the_first_feedback_is_kept_and_a_correction_is_on_record(tmp_path: Path) -> None:
     log = PredictionLog(tmp_path / "p.db")
-    for price in (1.0, 2.0):
-        log.add(FEEDBACK, [{"request_id": "x", "idx": 0, "ts": 1.0, "actual_price_usd": price}])
-        log.flush()
+    assert log.record_feedback("x", 0, 100_000.0, authenticated=True)
+    assert not log.record_feedback("x", 0, 10_000_000.0, authenticated=True)
+    assert log.correct_feedback("x", 0, 120_000.0, reason="typo") == 100_000.0
+    assert log.correct_feedback("y", 0, 1.0, reason="none there") is None
     log.close()
     with sqlite3.connect(tmp_path / "p.db") as conn:
-        assert conn.execute("SELECT actual_price_usd FROM feedback").fetchall() == [(2.0,)]
+        assert conn.execute("SELECT actual_price_usd FROM feedback").fetchall() == [(120_000.0,)]
+        corrections = f"SELECT request_id, previous_price_usd, actual_price_usd, reason FROM {CORRECTIONS}"  # noqa: S608
+        assert conn.execute(corrections).fetchall() == [("x", 100_000.0, 120_000.0, "typo")]
 
 
 def test_a_failed_write_is_retried_not_dropped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -113,9 +124,8 @@ def test_accuracy_per_model_version_and_over_time(tmp_path: Path) -> None:
         {**row("d"), "model_version": "2", "ts": 3800.0, "price_usd": 50_000.0},  # no feedback: not counted
     ]
     log.add(PREDICTIONS, predictions)
-    log.add(FEEDBACK, [{"request_id": r, "idx": 0, "ts": 1.0, "actual_price_usd": p}
-                       for r, p in [("a", 110_000.0), ("b", 170_000.0), ("c", 300_000.0)]])  # fmt: skip
-    log.flush()
+    give_feedback(log, [("a", 0, 110_000.0), ("b", 0, 170_000.0), ("c", 0, 300_000.0)])
+    log.record_feedback("d", 0, 999_999.0, authenticated=False)  # anonymous: not counted
     overall = {r["model_version"]: r for r in log.accuracy()}
     assert overall["1"]["n"] == 2
     assert overall["1"]["mae"] == pytest.approx(20_000.0)
@@ -125,4 +135,91 @@ def test_accuracy_per_model_version_and_over_time(tmp_path: Path) -> None:
     hourly = log.accuracy(bucket_s=3600)
     assert [(r["bucket_start"], r["model_version"], r["n"]) for r in hourly] == [(0.0, "1", 2), (3600.0, "2", 1)]
     assert [r["model_version"] for r in log.accuracy(since_ts=1000)] == ["2"]
+    log.close()
+
+
+def test_a_reused_request_id_keeps_its_rows_under_a_fresh_id(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path / "p.db", interval_s=0.01)
+    log.add(PREDICTIONS, [row("dup")])
+    assert log.flush()
+    # Again in a later batch, twice within one batch, and beside a request that is fine.
+    log.add(PREDICTIONS, [row("dup"), row("dup", 1)])
+    log.add(PREDICTIONS, [row("dup")])
+    log.add(PREDICTIONS, [row("fresh")])
+    assert log.flush()
+    log.close()
+    with sqlite3.connect(tmp_path / "p.db") as conn:
+        ids = [rid for (rid,) in conn.execute("SELECT request_id FROM predictions ORDER BY id")]
+    assert len(ids) == 5
+    assert ids[0] == "dup"
+    assert "fresh" in ids
+    renamed = [rid for rid in ids if rid.startswith("dup~")]
+    assert len(renamed) == 3
+    assert len(set(renamed)) == 2  # the two rows of one request share their new id
+    assert all(len(rid) == len("dup~") + 8 for rid in renamed)
+    assert log.write_failures == 0
+
+
+def test_a_write_that_keeps_failing_goes_to_the_dead_letter_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(db, table, rows):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(prediction_log, "_insert", broken)
+    log = PredictionLog(tmp_path / "p.db", interval_s=0.01, max_retries=2)
+    log.add(PREDICTIONS, [row("a"), row("a", 1)])
+    assert log.flush(timeout_s=10)
+    monkeypatch.undo()
+    log.add(PREDICTIONS, [row("b")])  # the writer goes on with the next rows
+    assert log.flush(timeout_s=10)
+    log.close()
+    assert log.write_failures == 3
+    assert log.dead_letters == 2
+    kept = [json.loads(line) for line in log.dead_letter_path.read_text().splitlines()]
+    assert [(item["table"], [r["idx"] for r in item["rows"]]) for item in kept] == [(PREDICTIONS, [0, 1])]
+    assert count(tmp_path / "p.db", PREDICTIONS) == 1
+
+
+def test_traffic_comes_from_per_minute_totals(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path / "p.db", interval_s=0.01)
+    now = 10_000 * 60.0 + 45  # 45 s into a minute
+    log.add(PREDICTIONS, [{**row("a", i), "ts": now - 30, "latency_ms": 4.0} for i in range(3)])
+    log.add(PREDICTIONS, [{**row("b"), "ts": now - 30, "latency_ms": 40.0}])
+    log.add(PREDICTIONS, [{**row("c"), "ts": now - 90, "latency_ms": 0.5}])
+    log.add(PREDICTIONS, [{**row("d"), "ts": now - 7200, "latency_ms": 0.5}])  # outside the last hour
+    assert log.flush()
+    minutes = log.traffic(now, 60, 60)
+    assert len(minutes) == 60
+    assert [(m["requests"], m["houses"], m["p50_ms"], m["p95_ms"]) for m in minutes[-2:]] == [
+        (1, 1, 1, 1),
+        (2, 4, 5, 50),
+    ]
+    assert sum(m["requests"] for m in minutes) == 3
+    hours = log.traffic(now, 3600, 24)
+    assert sum(h["requests"] for h in hours) == 4
+    log.close()
+
+
+def test_a_log_from_before_the_traffic_table_is_upgraded(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path / "p.db", interval_s=0.01)
+    log.add(PREDICTIONS, [{**row("a", i), "ts": 600.0} for i in range(2)])
+    log.add(PREDICTIONS, [{**row("b"), "ts": 610.0}])
+    log.close()
+    with sqlite3.connect(tmp_path / "p.db") as conn:
+        conn.execute("DROP TABLE traffic")
+        conn.execute("ALTER TABLE feedback DROP COLUMN authenticated")
+        conn.execute("INSERT INTO feedback (request_id, idx, ts, actual_price_usd) VALUES ('a', 0, 1.0, 2.0)")
+    again = PredictionLog(tmp_path / "p.db")
+    (minute,) = again.traffic(659.0, 60, 1)
+    assert (minute["requests"], minute["houses"]) == (2, 3)
+    assert again.accuracy() == []  # feedback from before authentication is not trusted
+    again.close()
+
+
+def test_recent_predictions_show_no_full_request_id(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path / "p.db")
+    log.add(PREDICTIONS, [row("3f2b9c1e6a7d4e21"), row("ab")])
+    assert log.flush()
+    assert [r["request_id"] for r in log.recent(5)] == ["a…", "3f2b9c1e…"]
     log.close()

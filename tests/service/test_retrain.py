@@ -8,9 +8,9 @@ from pathlib import Path
 import bentoml
 import pytest
 
-from service.prediction_log import FEEDBACK, PREDICTIONS, PredictionLog
+from service.prediction_log import PREDICTIONS, PredictionLog
 from service.retrain import read_status, reasons_to_retrain, retrain
-from tests.service.test_prediction_log import row
+from tests.service.test_prediction_log import give_feedback, row
 from training.config import RetrainParams
 
 
@@ -18,9 +18,7 @@ def logged(path: Path, version: str, houses: int, error_usd: float) -> Predictio
     """A prediction log where ``houses`` priced by ``version`` got feedback off by ``error_usd``."""
     log = PredictionLog(path)
     log.add(PREDICTIONS, [{**row(f"r{i}"), "model_version": version} for i in range(houses)])
-    log.add(FEEDBACK, [{"request_id": f"r{i}", "idx": 0, "ts": 2.0, "actual_price_usd": 123456.0 + error_usd}
-                       for i in range(houses)])  # fmt: skip
-    assert log.flush()
+    give_feedback(log, [(f"r{i}", 0, 123456.0 + error_usd) for i in range(houses)])
     return log
 
 

@@ -18,6 +18,7 @@ import pytest
 from load_tests.benchmark import request_records
 from service.schemas import EXAMPLE_HOUSE
 from tests.service.bad_requests import BAD_REQUESTS, BadRequest, error_text
+from tests.service.conftest import FEEDBACK
 from tests.service.server import Server, start_server
 
 pytestmark = pytest.mark.integration
@@ -46,7 +47,7 @@ def test_happy_paths(http: httpx.Client, champion: dict, test_rows: pd.DataFrame
     assert batch.json()["count"] == 50
     mlflow_style = http.post("/invocations", json={"dataframe_records": request_records(test_rows.head(50))})
     assert mlflow_style.json()["predictions"] == pytest.approx(batch.json()["prices_usd"], rel=1e-12)
-    receipt = http.post("/feedback", json={"request_id": "srv-1", "actual_price_usd": 400_000.0})
+    receipt = http.post("/feedback", json={"request_id": "srv-1", "actual_price_usd": 400_000.0}, headers=FEEDBACK)
     assert receipt.status_code == 200, receipt.text
     assert http.get("/model").json()["model_version"] == champion["version"]
     assert http.get("/health").json()["status"] == "ok"
@@ -56,7 +57,7 @@ def test_happy_paths(http: httpx.Client, champion: dict, test_rows: pd.DataFrame
 
 @pytest.mark.parametrize("bad", BAD_REQUESTS, ids=lambda b: b.id)
 def test_bad_requests(http: httpx.Client, bad: BadRequest) -> None:
-    response = http.post(bad.path, content=bad.body, headers={"Content-Type": "application/json"})
+    response = http.post(bad.path, content=bad.body, headers={"Content-Type": "application/json", **FEEDBACK})
     assert response.status_code == bad.status, response.text
     assert bad.field in error_text(response.json())
     assert bad.rule in error_text(response.json())

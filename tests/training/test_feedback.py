@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from service.prediction_log import FEEDBACK, PREDICTIONS, PredictionLog
-from tests.service.test_prediction_log import row
+from service.prediction_log import PREDICTIONS, PredictionLog
+from tests.service.test_prediction_log import give_feedback, row
 from training import feedback, prepare
 from training.features import FEATURE_COLUMNS, TARGET_COLUMN
 from training.feedback import COLUMNS, FEEDBACK_ID, labeled_feedback
@@ -18,8 +18,8 @@ from training.prepare import add_feedback
 def test_priced_houses_with_feedback_become_training_rows(tmp_path: Path) -> None:
     log = PredictionLog(tmp_path / "p.db")
     log.add(PREDICTIONS, [row("a"), row("b", 0), row("b", 1), row("c")])
-    log.add(FEEDBACK, [{"request_id": "b", "idx": 1, "ts": 2.0, "actual_price_usd": 250_000.0},
-                       {"request_id": "a", "idx": 0, "ts": 2.0, "actual_price_usd": 900_000.0}])  # fmt: skip
+    give_feedback(log, [("b", 1, 250_000.0), ("a", 0, 900_000.0)])
+    log.record_feedback("c", 0, 300_000.0, authenticated=False)  # anonymous: never a label
     log.close()
     df = labeled_feedback(tmp_path / "p.db")
     assert list(df.columns) == COLUMNS
@@ -69,8 +69,7 @@ def test_the_feedback_and_prepare_stages_put_labeled_houses_into_the_split(
         PREDICTIONS,
         [{**row(f"r{i}"), **house} for i, house in enumerate(sold[list(FEATURE_COLUMNS)].to_dict("records"))],
     )
-    log.add(FEEDBACK, [{"request_id": f"r{i}", "idx": 0, "ts": 2.0, "actual_price_usd": price}
-                       for i, price in enumerate(sold[TARGET_COLUMN])])  # fmt: skip
+    give_feedback(log, [(f"r{i}", 0, price) for i, price in enumerate(sold[TARGET_COLUMN])])
     log.close()
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOUSING_PREDICTION_DB", str(tmp_path / "var" / "p.db"))
