@@ -67,7 +67,7 @@ def nginx(prefix: Path, conf: Path, *extra: str) -> list[str]:
     executable = shutil.which("nginx", path=os.pathsep.join([os.environ["PATH"], "/usr/sbin", "/sbin"]))
     assert executable, "nginx is not installed: `make tools` installs it"
     command = [executable, "-e", "stderr", "-p", f"{prefix}/", "-c", str(conf)]
-    if os.geteuid() == 0:  # as root, workers would switch to `nobody`, who cannot write pytest's private folders
+    if os.geteuid() == 0:  # as root, workers would switch to `nobody`, who cannot enter pytest's private folders
         command += ["-g", "user root;"]
     return [*command, *extra]
 
