@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import threading
+from functools import lru_cache
 from http import HTTPStatus
 from typing import Any, cast
 
@@ -114,17 +115,34 @@ def model_history(limit: int = Query(default=100, ge=1, le=1000)) -> list[dict[s
     return cast(list[dict[str, Any]], service.views.get(key, lambda: _read_history(limit)))
 
 
+def warm_registry_client() -> None:
+    """Make the registry client in the background, so that the first history call is as fast as the others."""
+    if (settings().project_dir / "params.yaml").is_file():
+        threading.Thread(target=_client, args=(_tracking_uri(),), name="registry-client", daemon=True).start()
+
+
+def _tracking_uri() -> str:
+    """MLflow's store: the environment's, else the project's own ``mlflow.db`` (MLflow's default in the project)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(settings().project_dir / 'mlflow.db').resolve()}"
+
+
 def _read_history(limit: int) -> list[dict[str, Any]]:
     """The registry's decisions, read in process from the project's MLflow store."""
     project = settings().project_dir
     if not (project / "params.yaml").is_file():
         raise HTTPException(503, "history: no DVC project (params.yaml) in the service's HOUSING_PROJECT_DIR")
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(project / 'mlflow.db').resolve()}"
+    uri = _tracking_uri()
     with _REGISTRY_READS:
         try:
-            return registry.history(MlflowClient(uri), load_params(project / "params.yaml").register_, limit)
+            return registry.history(_client(uri), load_params(project / "params.yaml").register_, limit)
         except MlflowException:
             raise HTTPException(503, "history: the model registry is not readable") from None
+
+
+@lru_cache(maxsize=4)
+def _client(tracking_uri: str) -> MlflowClient:
+    """One client per store and worker: making one (and its database engine) cost about two seconds."""
+    return MlflowClient(tracking_uri)
 
 
 def _cli(*args: str) -> list[str]:

@@ -2,8 +2,10 @@
 
 :class:`RequestMiddleware` is a plain ASGI middleware (no extra task per
 request). It takes the ``X-Request-ID`` header or makes one, hands it to the
-API through the request headers, returns it on every response, refuses bodies
-larger than the limit with 413 before anything parses them, and writes one
+API through the request headers, returns it on every response, refuses
+requests to guarded paths without their token (401/403), bodies that are not
+JSON (415) and bodies larger than the limit (413) before anything parses them,
+and writes one
 JSON line per API or admin request with the status and latency. The API
 handlers add their own fields (model version, record count) through the request
 state. A validation error answer is capped (:func:`capped_error`): a body with
@@ -21,7 +23,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,8 @@ log = logging.getLogger("housing.requests")
 REQUEST_ID_HEADER = b"x-request-id"
 _VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 STATE_KEY = "housing"
+# A guard gets a request's Authorization header: None to let it in, else (status, why not).
+Guard = Callable[[str | None], "tuple[int, str] | None"]
 # An error answer names this many errors at most and is never larger than MAX_ERROR_BYTES.
 MAX_ERRORS = 10
 MAX_ERROR_BYTES = 64 * 1024
@@ -132,10 +136,19 @@ def request_state(scope_state: Any) -> dict[str, Any]:
 class RequestMiddleware:
     """Request ids, body-size limit and JSON request log for the API routes."""
 
-    def __init__(self, app: Any, max_body_bytes: Callable[[], int], logged_paths: tuple[str, ...]):
+    def __init__(
+        self,
+        app: Any,
+        max_body_bytes: Callable[[], int],
+        logged_paths: tuple[str, ...],
+        guards: Mapping[str, Guard] | None = None,
+        json_paths: tuple[str, ...] = (),
+    ):
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.logged_paths = logged_paths
+        self.guards = dict(guards or {})
+        self.json_paths = json_paths
 
     def _logged(self, path: str) -> bool:
         """Paths in ``logged_paths``, and the paths below them (``/admin`` covers ``/admin/reload``)."""
@@ -172,9 +185,15 @@ class RequestMiddleware:
             await send(message)
 
         try:
-            body = await self._read_body(receive)
-            if body is None:
-                await self._too_large(send_with_id)
+            guard = self.guards.get(scope["path"])
+            refusal = guard(_header(scope, b"authorization")) if guard else None
+            media_type = (_header(scope, b"content-type") or "application/json").split(";")[0].strip().lower()
+            if refusal is not None:
+                await _error(send_with_id, refusal[0], refusal[1])
+            elif scope["path"] in self.json_paths and not _is_json(media_type):
+                await _error(send_with_id, 415, f"content-type: send application/json, not {media_type!r}")
+            elif (body := await self._read_body(receive)) is None:
+                await _error(send_with_id, 413, f"request body exceeds the limit of {self.max_body_bytes()} bytes")
             else:
                 await self.app(scope, _replay(body, receive), send_with_id)
         finally:
@@ -206,12 +225,6 @@ class RequestMiddleware:
             more = message.get("more_body", False)
         return b"".join(chunks)
 
-    async def _too_large(self, send: Any) -> None:
-        body = json.dumps([{"error": f"request body exceeds the limit of {self.max_body_bytes()} bytes"}]).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
     @staticmethod
     def _log(scope: dict[str, Any], fields: dict[str, Any], status: int, start: float) -> None:
         extra = {key: value for key, value in fields.items() if key != "start"}
@@ -222,6 +235,26 @@ class RequestMiddleware:
             "latency_ms": round((time.perf_counter() - start) * 1000, 3),
         }
         log.info("request", extra={"fields": extra})
+
+
+def _is_json(media_type: str) -> bool:
+    """JSON, or a JSON-based type (``application/problem+json``); a missing type counts as JSON, as in BentoML."""
+    return media_type == "application/json" or media_type.endswith("+json")
+
+
+def _header(scope: dict[str, Any], name: bytes) -> str | None:
+    value = next((v for k, v in scope["headers"] if k == name), None)
+    return value.decode("latin-1") if value is not None else None
+
+
+async def _error(send: Any, status: int, message: str) -> None:
+    """An error answer in BentoML's shape for 4xx (a list of one ``{"error": ...}``)."""
+    body = json.dumps([{"error": message}]).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def capped_error(body: bytes) -> bytes:

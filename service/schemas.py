@@ -22,13 +22,12 @@ OceanProximity = Literal["<1H OCEAN", "INLAND", "ISLAND", "NEAR BAY", "NEAR OCEA
 assert set(get_args(OceanProximity)) == set(OCEAN_PROXIMITY_CATEGORIES)  # noqa: S101 - one list, checked at import  # nosec B101
 
 
-def bounded(name: str, description: str, *, positive: bool = False, default: Any = ...) -> Any:
-    """A strict, finite float field within ``NUMERIC_BOUNDS[name]`` (above zero if ``positive``)."""
+def bounded(name: str, description: str, *, default: Any = ...) -> Any:
+    """A strict, finite float field within ``NUMERIC_BOUNDS[name]``."""
     bounds = NUMERIC_BOUNDS[name]
     return Field(
         default,
-        gt=0.0 if positive else None,
-        ge=None if positive else bounds.low,
+        ge=bounds.low,
         le=bounds.high,
         strict=True,
         allow_inf_nan=False,
@@ -63,8 +62,8 @@ class House(BaseModel):
     total_rooms: float = bounded("total_rooms", "Rooms in the block group.")
     total_bedrooms: float | None = bounded("total_bedrooms", "Bedrooms; optional, imputed when missing.", default=None)
     population: float = bounded("population", "People living in the block group.")
-    households: float = bounded("households", "Households; at least one.", positive=True)
-    median_income: float = bounded("median_income", "Median income, tens of thousands of USD.", positive=True)
+    households: float = bounded("households", "Households; at least one.")
+    median_income: float = bounded("median_income", "Median income, tens of thousands of USD (census range).")
     ocean_proximity: OceanProximity = Field(description="Location relative to the ocean.")
 
     @model_validator(mode="before")
@@ -88,8 +87,10 @@ class House(BaseModel):
         return bedrooms
 
 
-# Validation of a list stops at its first bad house.
-Houses = Annotated[list[House], Field(fail_fast=True)]
+# At least one house; validation of a list stops at its first bad house.
+Houses = Annotated[list[House], Field(min_length=1, fail_fast=True)]
+# No batch holds more houses than this (the service's own limit is lower: HOUSING_MAX_BATCH_SIZE).
+MAX_INDEX = 1_000_000
 
 
 class HouseBatch(RootModel[Houses]):
@@ -180,7 +181,9 @@ class Feedback(BaseModel):
     )
 
     request_id: str = Field(min_length=1, max_length=128, description="The request id of the prediction.")
-    index: int = Field(default=0, ge=0, description="Position of the house in a batch request (0 for /predict).")
+    index: int = Field(
+        default=0, ge=0, le=MAX_INDEX, description="Position of the house in a batch request (0 for /predict)."
+    )
     actual_price_usd: float = Field(
         ge=TARGET_BOUNDS.low,
         le=TARGET_BOUNDS.high,

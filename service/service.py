@@ -14,10 +14,9 @@ from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI, Query
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
-from pydantic import SecretStr
 
 from service import metrics
-from service.admin import admin, history
+from service.admin import admin, history, warm_registry_client
 from service.auth import bearer_refusal
 from service.config import settings
 from service.drift import check_drift
@@ -85,12 +84,12 @@ class TooManyRequests(BentoMLException):
     error_code = HTTPStatus.TOO_MANY_REQUESTS
 
 
-def require_bearer(ctx: bentoml.Context, token: SecretStr | None, role: str, variable: str) -> None:
-    """Refuse the request (401/403) unless it carries ``token`` as its bearer token."""
-    refusal = bearer_refusal(ctx.request.headers.get("authorization"), token, role, variable)
+def feedback_guard(authorization: str | None) -> tuple[int, str] | None:
+    """Feedback trains the next model: only clients with ``HOUSING_FEEDBACK_TOKEN`` may send it."""
+    refusal = bearer_refusal(authorization, settings().feedback_token, "feedback", "HOUSING_FEEDBACK_TOKEN")
     if refusal is not None:
         metrics.FEEDBACK_REFUSED.labels("unauthorized").inc()
-        raise BentoMLException(refusal[1], error_code=refusal[0])
+    return refusal
 
 
 @bentoml.service(
@@ -127,6 +126,7 @@ class HousePricer:
         self.started = time.time()
         self.watcher = Watcher(config.prediction_db, worker or 0, self._serving, self._switch, config.reload_poll_s)
         self.watcher.start()
+        warm_registry_client()
         # Everything loaded so far lives as long as the worker: keep it out of the garbage
         # collector's full passes, which otherwise stall a request now and then for tens of ms.
         gc.freeze()
@@ -156,13 +156,13 @@ class HousePricer:
         return InvocationResponse(predictions=prices)
 
     @bentoml.api(route="/feedback")
-    async def feedback(self, feedback: Feedback, /, ctx: bentoml.Context) -> FeedbackReceipt:
+    async def feedback(self, feedback: Feedback, /) -> FeedbackReceipt:
         """Record the actual sale price of a priced house (ground truth for accuracy, and a training label).
 
-        Needs ``Authorization: Bearer <HOUSING_FEEDBACK_TOKEN>``. The first answer for a house is kept:
-        a second one gets 409, and a correction is an admin's call (``PUT /admin/feedback``).
+        Needs ``Authorization: Bearer <HOUSING_FEEDBACK_TOKEN>`` (checked by the middleware, before the body
+        is read). The first answer for a house is kept: a second one gets 409, and a correction is an admin's
+        call (``PUT /admin/feedback``).
         """
-        require_bearer(ctx, settings().feedback_token, "feedback", "HOUSING_FEEDBACK_TOKEN")
         prediction = await self._find_prediction(feedback.request_id, feedback.index)
         if prediction is None:
             metrics.FEEDBACK_REFUSED.labels("unknown").inc()
@@ -246,7 +246,11 @@ class HousePricer:
 
 # The decorator turned the class into a bentoml Service, which mypy cannot see.
 cast(Any, HousePricer).add_asgi_middleware(
-    RequestMiddleware, max_body_bytes=lambda: settings().body_limit, logged_paths=LOGGED_PATHS
+    RequestMiddleware,
+    max_body_bytes=lambda: settings().body_limit,
+    logged_paths=LOGGED_PATHS,
+    guards={"/feedback": feedback_guard},
+    json_paths=API_PATHS,
 )
 
 

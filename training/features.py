@@ -55,7 +55,8 @@ class Bounds:
 
 # California's bounding box; the survey's caps (age 52, income 15.0001 in tens of
 # thousands of USD, value 500,001 USD) are the upper bounds of their columns, and its
-# bottom code for the value (14,999 USD) the lower bound of the target.
+# bottom codes (income 0.4999, value 14,999 USD) the lower bounds. A block group has at
+# least one household. Closed ranges only: OpenAPI 3.0 clients cannot read open ones.
 NUMERIC_BOUNDS: dict[str, Bounds] = {
     "longitude": Bounds(-124.5, -114.0),
     "latitude": Bounds(32.5, 42.1),
@@ -63,8 +64,8 @@ NUMERIC_BOUNDS: dict[str, Bounds] = {
     "total_rooms": Bounds(0.0, 1e6),
     "total_bedrooms": Bounds(0.0, 1e6, nullable=True),
     "population": Bounds(0.0, 1e7),
-    "households": Bounds(0.0, 1e6),
-    "median_income": Bounds(0.0, 15.0001),
+    "households": Bounds(1.0, 1e6),
+    "median_income": Bounds(0.4999, 15.0001),
 }
 TARGET_BOUNDS = Bounds(14_999.0, 500_001.0)
 

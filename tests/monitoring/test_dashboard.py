@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from scripts.browser import chromium
+from service.prediction_log import short_id
 from service.schemas import EXAMPLE_HOUSE
 from tests.service.server import Server
 from tests.workspace import ROOT
@@ -46,7 +47,7 @@ def test_dashboard_shows_the_api_numbers_and_refreshes(scraped: tuple[Server, st
         new_id = api.post("/predict", json=EXAMPLE_HOUSE, headers={"X-Request-ID": "dashboard-live-check"}).json()
         page.wait_for_function(
             "document.querySelector('#recent tr:nth-child(2) td:nth-child(2)').textContent"
-            f" === '{new_id['request_id'][:12]}'",
+            f" === '{short_id(new_id['request_id'])}'",
             timeout=30_000,
         )
     assert not errors, errors

@@ -70,6 +70,14 @@ BAD_REQUESTS = [
     BadRequest("feedback: negative price", "/feedback", _json({"request_id": "x", "actual_price_usd": -1.0}), 400, "actual_price_usd", "greater_than_equal"),
     BadRequest("feedback: missing request id", "/feedback", _json({"actual_price_usd": 100000.0}), 400, "request_id", "missing"),
     BadRequest("feedback: unknown request id", "/feedback", _json({"request_id": "never-issued", "actual_price_usd": 100000.0}), 404, "", "request_id"),
+    BadRequest("feedback: above the census cap", "/feedback", _json({"request_id": "x", "actual_price_usd": 10_000_000.0}), 400, "actual_price_usd", "less_than_equal"),
+    BadRequest("feedback: index past any batch", "/feedback", _json({"request_id": "x", "index": 10**24, "actual_price_usd": 1e5}), 400, "index", "less_than_equal"),
+    BadRequest("batch: empty", "/predict_batch", b"[]", 400, "", "too_short"),
+    BadRequest("batch: deeply nested", "/predict_batch", b"[" * 100_000 + b"]" * 100_000, 400, "", "recursion limit"),
+    BadRequest("batch: not UTF-8", "/predict_batch", b"[\xff\xfe]", 400, "", "json_invalid"),
+    BadRequest("batch: stops at the first bad house", "/predict_batch", _json([1] * 100_000), 400, "0", "model_type"),
+    BadRequest("a flood of unknown fields", "/predict", _json({f"k{i}": 1 for i in range(20_000)}), 400, "20000 unknown fields", "extra_forbidden"),
+    BadRequest("invocations: empty split", "/invocations", _json({"dataframe_split": {"columns": [], "data": [[]] * 30_000}}), 400, "dataframe_records", "missing"),
 ]  # fmt: skip
 
 

@@ -97,6 +97,7 @@ def test_without_a_project_the_registry_calls_say_so(
         settings.cache_clear()
     for answer, command in zip(answers, ("history", "rollback", "retrain"), strict=True):
         assert answer.status_code == 503
-        assert answer.json()["detail"] == f"{command}: no DVC project (params.yaml) in the service's HOUSING_PROJECT_DIR"
+        detail = answer.json()["detail"]
+        assert detail == f"{command}: no DVC project (params.yaml) in the service's HOUSING_PROJECT_DIR"
         assert str(tmp_path) not in answer.text  # the server's paths are its own
     assert client.get("/model/history", params={"limit": 0}).status_code == 422

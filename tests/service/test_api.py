@@ -18,9 +18,10 @@ from starlette.testclient import TestClient
 
 from load_tests.benchmark import request_records
 from service.model import load_served_model
+from service.requests import MAX_ERROR_BYTES, MAX_ERRORS, capped_error
 from service.schemas import EXAMPLE_HOUSE, House, columns_of
 from tests.service.bad_requests import BAD_REQUESTS, BadRequest, error_text
-from tests.service.conftest import FEEDBACK
+from tests.service.conftest import ADMIN, FEEDBACK
 from tests.workspace import Workspace
 from training.estimators import fitted_pipeline
 
@@ -91,6 +92,7 @@ def test_invocations_speaks_mlflow(client: TestClient, test_rows: pd.DataFrame) 
 def test_bad_requests_get_a_clear_4xx(client: TestClient, bad: BadRequest) -> None:
     response = client.post(bad.path, content=bad.body, headers={"Content-Type": "application/json", **FEEDBACK})
     assert response.status_code == bad.status, response.text
+    assert len(response.content) <= MAX_ERROR_BYTES
     text = error_text(response.json())
     assert bad.field in text
     assert bad.rule in text
@@ -246,3 +248,56 @@ def test_service_and_training_compute_the_same_features(test_rows: pd.DataFrame)
     features = fitted_pipeline(served.estimator).named_steps["features"]
     assert type(features).__module__ == "training.features"
     np.testing.assert_array_equal(features.transform(columns_of(houses)), features.transform(test_rows.head(100)))
+
+
+def test_a_long_list_of_errors_is_cut_to_the_first_few() -> None:
+    errors = [
+        {"type": "missing", "loc": [i, "longitude"], "msg": "Field required", "input": "x" * 5000} for i in range(500)
+    ]
+    capped = json.loads(capped_error(json.dumps({"error": "500 validation errors", "detail": errors}).encode()))
+    assert len(capped["detail"]) == MAX_ERRORS
+    assert capped["more_errors"] == 500 - MAX_ERRORS
+    assert capped["detail"][3]["loc"] == [3, "longitude"]
+    assert len(capped["detail"][0]["input"]) <= 201
+    small = json.dumps({"error": "1 validation error", "detail": errors[:1]}).encode()
+    assert capped_error(small) == small
+    assert json.loads(capped_error(b"not json" * 10_000)) == {"error": "invalid request body", "detail": []}
+
+
+def test_feedback_needs_its_token_and_keeps_the_first_answer(client: TestClient) -> None:
+    priced = client.post("/predict", json=EXAMPLE_HOUSE).json()
+    body = {"request_id": priced["request_id"], "actual_price_usd": 300_000.0}
+    assert client.post("/feedback", json=body).status_code == 401
+    assert client.post("/feedback", json=body, headers={"Authorization": "Bearer nope"}).status_code == 403
+    assert client.post("/feedback", json=body, headers=FEEDBACK).status_code == 200
+    again = client.post("/feedback", json={**body, "actual_price_usd": 200_000.0}, headers=FEEDBACK)
+    assert again.status_code == 409
+    assert "PUT /admin/feedback" in again.text
+    correction = {**body, "actual_price_usd": 310_000.0, "reason": "deed says so"}
+    assert client.put("/admin/feedback", json=correction).status_code == 401
+    corrected = client.put("/admin/feedback", json=correction, headers=ADMIN)
+    assert corrected.status_code == 200, corrected.text
+    assert (corrected.json()["previous_price_usd"], corrected.json()["actual_price_usd"]) == (300_000.0, 310_000.0)
+    unknown = client.put("/admin/feedback", json={**correction, "request_id": "never-issued"}, headers=ADMIN)
+    assert unknown.status_code == 404
+
+
+def test_non_json_bodies_get_415(client: TestClient) -> None:
+    for content_type in ("text/plain", "multipart/form-data", "application/x-www-form-urlencoded"):
+        response = client.post("/predict", content=json.dumps(EXAMPLE_HOUSE), headers={"Content-Type": content_type})
+        assert response.status_code == 415, content_type
+        assert "application/json" in response.json()[0]["error"]
+    assert (
+        client.post(
+            "/predict", json=EXAMPLE_HOUSE, headers={"Content-Type": "application/json; charset=utf-8"}
+        ).status_code
+        == 200
+    )
+
+
+@pytest.mark.parametrize("query", ["bucket_s=inf", "bucket_s=1e400", "bucket_s=nan", "bucket_s=0", "bucket_s=1e12",
+                                   "since_ts=-5", "since_ts=inf", "bucket_s=abc"])  # fmt: skip
+def test_accuracy_refuses_query_values_out_of_range(client: TestClient, query: str) -> None:
+    response = client.get(f"/accuracy?{query}")
+    assert response.status_code == 422
+    assert query.split("=")[0] in response.text

@@ -1,0 +1,40 @@
+"""Schemathesis against a real `bentoml serve`: every route, admin and feedback included, never a 5xx."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from tests.service.server import Server, start_server
+from tests.workspace import BIN, Workspace
+
+pytestmark = pytest.mark.integration
+
+# One token for both roles, so that one Authorization header opens the admin and the feedback routes.
+TOKEN = "fuzz-token"  # noqa: S105 - a test's own token
+# These start the real pipeline or move the champion; their own tests cover their bad inputs (test_admin).
+NOT_FUZZED = ("POST /admin/retrain", "POST /admin/rollback")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, workspace: Workspace) -> Iterator[Server]:
+    env = {"HOUSING_ADMIN_TOKEN": TOKEN, "HOUSING_FEEDBACK_TOKEN": TOKEN, "HOUSING_PROJECT_DIR": str(workspace.path)}
+    running = start_server(tmp_path_factory.mktemp("fuzz"), env)
+    yield running
+    running.stop()
+
+
+def test_no_generated_request_gets_a_server_error(server: Server) -> None:
+    excluded = [arg for name in NOT_FUZZED for arg in ("--exclude-name", name)]
+    result = subprocess.run(
+        [str(BIN / "schemathesis"), "run", f"{server.url}/docs.json", "--url", server.url,
+         "-H", f"Authorization: Bearer {TOKEN}", "--checks", "not_a_server_error",
+         "--max-examples", "15", "--seed", "1", "--no-color", *excluded],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    report = result.stdout + result.stderr
+    assert result.returncode == 0, report[-6000:]
+    assert "Selected: 18/20" in report, report[-3000:]  # every operation but the two above
+    assert server.process.poll() is None
