@@ -24,7 +24,7 @@ PYTEST_ARGS ?=
 
 PORT ?= 3000
 
-.PHONY: help setup pipeline run serve build tools bench load test lint format typecheck check dvc-remote push pull clean
+.PHONY: help setup pipeline run serve build tools bench load test test-fast lint format typecheck check dvc-remote push pull clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -93,27 +93,29 @@ diagram: setup ## Render docs/architecture.mmd (the README's diagram) to docs/ar
 retrain: setup ## Retrain if drift or feedback accuracy demand it, promote only if better, reload the service
 	housing retrain
 
-test: setup tools ## Run the test suite with coverage
+test: setup tools ## Run the whole test suite with coverage (real pipeline, servers, system tools)
 	python -m pytest --cov --cov-report=term --cov-report=xml $(PYTEST_ARGS)
 
-lint: setup ## ruff lint and format check
-	ruff check .
-	ruff format --check .
+test-fast: setup ## Unit tests only: synthetic data, no pipeline, no server, no system tools (about a minute)
+	python -m pytest -m "not integration" -q $(PYTEST_ARGS)
+
+lint: setup ## ruff lint, ruff format check and mypy: the pre-commit hooks (`pre-commit install` runs them on commit)
+	pre-commit run --all-files
 
 format: setup ## Apply ruff fixes and formatting
 	ruff check --fix .
 	ruff format .
 
-typecheck: setup ## mypy on training/ and service/
+typecheck: setup ## mypy on housing/ (strict), training/, service/ and operations/
 	mypy
 
 .PHONY: security
 security: setup ## bandit (config in pyproject.toml) and pip-audit of the venv and of the image's pinned packages
-	bandit -q -c pyproject.toml -r training service deploy
+	bandit -q -c pyproject.toml -r housing training service operations deploy
 	pip-audit --strict --skip-editable
 	pip-audit --strict --no-deps --disable-pip -r requirements/serving.txt
 
-check: lint typecheck ## Lint and type-check
+check: lint ## Lint and type-check (make lint runs mypy too)
 
 DVC_REMOTE ?=
 dvc-remote: setup ## Point the DVC remote at DVC_REMOTE (local to this checkout)

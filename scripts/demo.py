@@ -26,8 +26,8 @@ import httpx
 import pandas as pd
 from prometheus_client.parser import text_string_to_metric_families
 
+from housing.columns import NUMERIC_BOUNDS, TARGET_COLUMN
 from load_tests.benchmark import BIN, FEEDBACK_AUTH, ROOT, free_port, request_records, serve_bentoml, stop, wait_ready
-from training.features import NUMERIC_BOUNDS, TARGET_COLUMN
 
 MODEL_NAME = "housing-price-model"
 TEST_CSV = ROOT / "data" / "processed" / "test.csv"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -23,14 +24,16 @@ from typing import Any, cast
 import bentoml
 from fastapi import APIRouter, Depends, Header, HTTPException, Query
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 
+from housing.decisions import history as decision_history
+from housing.params import load_params
+from housing.settings import settings, variable, without_secrets
+from service.api_models import FeedbackCorrected, FeedbackCorrection, RetrainRequest, RollbackRequest
 from service.auth import bearer_refusal
-from service.config import settings, without_secrets
-from service.retrain import is_running, log_path, read_status, roll_out
-from service.schemas import FeedbackCorrected, FeedbackCorrection, RetrainRequest, RollbackRequest
-from training import registry
-from training.config import load_params
+from service.reload import roll_out
+from service.retrain_jobs import is_running, log_path, read_status
+
+log = logging.getLogger(__name__)
 
 CLI_TIMEOUT_S = 600
 # Registry reads at once per worker; more wait their turn.
@@ -41,7 +44,7 @@ def require_admin(
     authorization: str | None = Header(default=None, description="`Bearer <HOUSING_ADMIN_TOKEN>`"),
 ) -> None:
     """401 without a bearer token, 403 with a wrong one or when the service has none configured."""
-    refusal = bearer_refusal(authorization, settings().admin_token, "admin", "HOUSING_ADMIN_TOKEN")
+    refusal = bearer_refusal(authorization, settings().admin_token, "admin", variable("admin_token"))
     if refusal is not None:
         status, message = refusal
         headers = {"WWW-Authenticate": "Bearer"} if status == HTTPStatus.UNAUTHORIZED else None
@@ -116,9 +119,16 @@ def model_history(limit: int = Query(default=100, ge=1, le=1000)) -> list[dict[s
 
 
 def warm_registry_client() -> None:
-    """Make the registry client in the background, so that the first history call is as fast as the others."""
+    """Make the registry client before the worker is ready, so that the first history call is as fast as the others.
+
+    Making it takes about two seconds of CPU: done in the background, it slowed every request of a fresh worker.
+    A store that cannot be read is left to the first history call, which answers 503.
+    """
     if (settings().project_dir / "params.yaml").is_file():
-        threading.Thread(target=_client, args=(_tracking_uri(),), name="registry-client", daemon=True).start()
+        try:
+            _client(_tracking_uri())
+        except Exception:  # the history call reports it
+            log.warning("the model registry is not readable: /model/history will answer 503", exc_info=True)
 
 
 def _tracking_uri() -> str:
@@ -134,8 +144,9 @@ def _read_history(limit: int) -> list[dict[str, Any]]:
     uri = _tracking_uri()
     with _REGISTRY_READS:
         try:
-            return registry.history(_client(uri), load_params(project / "params.yaml").register_, limit)
-        except MlflowException:
+            return decision_history(_client(uri), load_params(project / "params.yaml").register_, limit)
+        except Exception:  # an unreachable or broken store (MLflow, SQLAlchemy, the driver): the reader's problem
+            log.exception("history: the model registry at %s is not readable", uri)
             raise HTTPException(503, "history: the model registry is not readable") from None
 
 
@@ -150,7 +161,7 @@ def _cli(*args: str) -> list[str]:
     config = settings()
     if not (config.project_dir / "params.yaml").is_file():
         raise HTTPException(503, f"{args[0]}: no DVC project (params.yaml) in the service's HOUSING_PROJECT_DIR")
-    return [sys.executable, "-m", "service.cli", *args, "--project-dir", str(config.project_dir.resolve()),
+    return [sys.executable, "-m", "operations.cli", *args, "--project-dir", str(config.project_dir.resolve()),
             "--db", str(config.prediction_db.resolve())]  # fmt: skip
 
 

@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import bentoml
 import mlflow.sklearn
@@ -16,14 +16,10 @@ from lightgbm import LGBMModel
 from sklearn.base import BaseEstimator
 from sklearn.pipeline import Pipeline
 
-from service.schemas import EXAMPLE_HOUSE, House, ModelInfo, columns_of
-from training.estimators import fitted_pipeline
+from housing.model_format import MLFLOW_MODEL_FOLDER, ModelLabels, ModelMetadata, fitted_pipeline
+from service.api_models import EXAMPLE_HOUSE, House, ModelInfo, columns_of
 
-# Where bentoml.mlflow.import_model puts the MLflow model inside a BentoML model.
-MLFLOW_MODEL_FOLDER = "mlflow_model"
 PARALLEL_ROWS = 1000
-# Where register.py's reference profile lands inside the MLflow model (an extra file).
-REFERENCE_PROFILE = "extra_files/reference_profile.json"
 
 
 @dataclass(frozen=True)
@@ -34,7 +30,7 @@ class ServedModel:
     # The estimator's predict, or the same computation without its per-call overhead (see fast_predict).
     predictor: Callable[..., Any]
     info: ModelInfo
-    # The training data's profile for drift detection (training.drift), saved with the model.
+    # The training data's profile for drift detection (housing.drift_stats), saved with the model.
     reference: dict[str, Any]
     # Predict-time arguments that let the model use every core on a large batch.
     parallel: dict[str, Any] = field(default_factory=dict)
@@ -63,7 +59,8 @@ def load_served_model(bento_model: bentoml.Model) -> ServedModel:
     validate every field, and a test proves both paths give the same prices.
     """
     estimator = mlflow.sklearn.load_model(bento_model.path_of(MLFLOW_MODEL_FOLDER))
-    meta = bento_model.info.metadata
+    meta = ModelMetadata.model_validate(bento_model.info.metadata)
+    labels = ModelLabels.model_validate(bento_model.info.labels)
     regressor = fitted_pipeline(estimator).named_steps["model"]
     served = ServedModel(
         estimator=estimator,
@@ -71,14 +68,14 @@ def load_served_model(bento_model: bentoml.Model) -> ServedModel:
         reference=reference_of(bento_model),
         parallel={"num_threads": os.cpu_count() or 1} if isinstance(regressor, LGBMModel) else {},
         info=ModelInfo(
-            model_name=str(meta["mlflow_model"]),
-            model_version=str(meta["mlflow_version"]),
-            run_id=str(meta["mlflow_run_id"]),
+            model_name=meta.mlflow_model,
+            model_version=meta.mlflow_version,
+            run_id=meta.mlflow_run_id,
             bento_tag=str(bento_model.tag),
-            family=str(bento_model.info.labels.get("family", "")),
-            data_version=str(meta["data_version"]),
-            test_metrics=_floats(meta["test_metrics"]),
-            cv_metrics=_floats(meta["cv_metrics"]),
+            family=labels.family,
+            data_version=meta.data_version,
+            test_metrics=meta.test_metrics,
+            cv_metrics=meta.cv_metrics,
             feature_schema=House.model_json_schema(),
         ),
     )
@@ -110,9 +107,6 @@ def fast_predict(estimator: BaseEstimator) -> Callable[..., np.ndarray] | None:
 
 
 def reference_of(bento_model: bentoml.Model) -> dict[str, Any]:
-    """The training data's profile saved with the model (training.drift.reference_profile)."""
-    return json.loads((Path(bento_model.path_of(MLFLOW_MODEL_FOLDER)) / REFERENCE_PROFILE).read_text())
-
-
-def _floats(values: Any) -> dict[str, float]:
-    return {str(key): float(value) for key, value in values.items()}
+    """The training data's profile saved with the model (housing.drift_stats.reference_profile)."""
+    profile = ModelMetadata.model_validate(bento_model.info.metadata).reference_profile
+    return cast(dict[str, Any], json.loads((Path(bento_model.path_of(MLFLOW_MODEL_FOLDER)) / profile).read_text()))

@@ -36,14 +36,12 @@ from typing import Any
 
 import sqlite_utils
 
-from service.metrics import DEAD_LETTER_ROWS, DUPLICATE_IDS, LOG_QUEUE, LOG_WRITE_FAILURES
-from training.features import CATEGORICAL_COLUMN, NUMERIC_COLUMNS
+from housing.columns import CATEGORICAL_COLUMN, NUMERIC_COLUMNS
+from housing.log_schema import ADDED_COLUMNS, CORRECTIONS, FEEDBACK, INDEXES, PREDICTIONS, SCHEMAS
+from service.prometheus_metrics import DEAD_LETTER_ROWS, DUPLICATE_IDS, LOG_QUEUE, LOG_WRITE_FAILURES
 
 log = logging.getLogger(__name__)
 
-PREDICTIONS = "predictions"
-FEEDBACK = "feedback"
-CORRECTIONS = "feedback_corrections"
 TRAFFIC = "traffic"
 TRAFFIC_SLOT_S = 60
 # Upper bounds (ms) of the request-latency histogram kept per minute; p50 and p95 are read from it.
@@ -51,38 +49,6 @@ TRAFFIC_SLOT_S = 60
 LATENCY_BUCKETS_MS = (1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000, 2000, 5000, 30_000)
 _LATENCY_COLUMNS = [f"le_{i}" for i in range(len(LATENCY_BUCKETS_MS))]
 
-_SCHEMAS: dict[str, dict[str, type]] = {
-    PREDICTIONS: {
-        "id": int,
-        "request_id": str,
-        "idx": int,
-        "endpoint": str,
-        "ts": float,
-        "model_version": str,
-        "latency_ms": float,
-        "price_usd": float,
-        **dict.fromkeys(NUMERIC_COLUMNS, float),
-        CATEGORICAL_COLUMN: str,
-    },
-    # authenticated: 1 when a client with the feedback token sent it; only such feedback trains models.
-    FEEDBACK: {"id": int, "request_id": str, "idx": int, "ts": float, "actual_price_usd": float, "authenticated": int},
-    CORRECTIONS: {
-        "id": int,
-        "request_id": str,
-        "idx": int,
-        "ts": float,
-        "previous_price_usd": float,
-        "actual_price_usd": float,
-        "reason": str,
-    },
-}
-_INDEXES: dict[str, list[tuple[list[str], bool]]] = {
-    PREDICTIONS: [(["request_id", "idx"], True), (["ts"], False), (["model_version", "ts"], False)],
-    FEEDBACK: [(["request_id", "idx"], True), (["ts"], False)],
-    CORRECTIONS: [(["request_id", "idx"], False)],
-}
-# Columns added after the first release, with the value existing rows get.
-_ADDED_COLUMNS = {FEEDBACK: {"authenticated": 0}}
 # Table and column names in these statements are the module's own; every value is a parameter.
 _RECORD_FEEDBACK = f"""INSERT OR IGNORE INTO {FEEDBACK} (request_id, idx, ts, actual_price_usd, authenticated)
                        VALUES (?, ?, ?, ?, ?)"""  # noqa: S608  # nosec B608
@@ -119,12 +85,12 @@ def create_schema(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with connection(path) as db:
         db.enable_wal()
-        for name, columns in _SCHEMAS.items():
+        for name, columns in SCHEMAS.items():
             db[name].create(columns, pk="id", not_null=set(columns) - {"total_bedrooms"}, if_not_exists=True)  # type: ignore[union-attr]
-            for column, value in _ADDED_COLUMNS.get(name, {}).items():
+            for column, value in ADDED_COLUMNS.get(name, {}).items():
                 if column not in db[name].columns_dict:
                     db[name].add_column(column, type(value), not_null_default=value)  # type: ignore[union-attr]
-            for index_columns, unique in _INDEXES[name]:
+            for index_columns, unique in INDEXES[name]:
                 db[name].create_index(index_columns, unique=unique, if_not_exists=True)  # type: ignore[union-attr]
         _create_traffic(db)
 
@@ -279,20 +245,20 @@ class PredictionLog:
 
         Covers the ``buckets`` buckets of ``bucket_s`` seconds (a multiple of a
         minute) before ``now``; empty buckets are included with zero requests.
-        Read from the per-minute totals: the cost does not grow with the log.
-        Percentiles are the upper bound of their histogram bucket (``LATENCY_BUCKETS_MS``).
+        Summed by SQLite from the per-minute totals: the cost does not grow with the
+        log. Percentiles are the upper bound of their histogram bucket (``LATENCY_BUCKETS_MS``).
         """
         first = int(now // bucket_s) - buckets + 1
-        sql = f"SELECT * FROM {TRAFFIC} WHERE slot >= ?"  # noqa: S608 - our names  # nosec B608
-        totals = [[0] * (2 + len(LATENCY_BUCKETS_MS)) for _ in range(buckets)]
-        for slot, *counts in self._reader().execute(sql, [first * bucket_s // TRAFFIC_SLOT_S]):
-            position = slot * TRAFFIC_SLOT_S // bucket_s - first
-            if 0 <= position < buckets:
-                totals[position] = [a + b for a, b in zip(totals[position], counts, strict=True)]
+        per = bucket_s // TRAFFIC_SLOT_S
+        sums = ", ".join(f"SUM({name})" for name in ["requests", "houses", *_LATENCY_COLUMNS])
+        sql = f"SELECT slot / ? - ?, {sums} FROM {TRAFFIC} WHERE slot >= ? GROUP BY 1"  # noqa: S608 - our names  # nosec B608
+        totals = {int(position): counts for position, *counts in self._reader().execute(sql, [per, first, first * per])}
+        empty = [0] * (2 + len(LATENCY_BUCKETS_MS))
         return [
             {"start": float((first + i) * bucket_s), "requests": requests, "houses": houses,
              "p50_ms": _percentile(histogram, 0.5), "p95_ms": _percentile(histogram, 0.95)}
-            for i, (requests, houses, *histogram) in enumerate(totals)
+            for i in range(buckets)
+            for requests, houses, *histogram in [totals.get(i, empty)]
         ]  # fmt: skip
 
     def recent(self, limit: int) -> list[dict[str, Any]]:
@@ -392,7 +358,7 @@ def _insert(db: sqlite_utils.Database, table: str, rows: list[dict[str, Any]]) -
     sqlite-utils manages the schema, but its insert_all does per-row Python work
     that made logging a 10,000-house batch 4x slower on this hot path.
     """
-    columns = [name for name in _SCHEMAS[table] if name != "id"]
+    columns = [name for name in SCHEMAS[table] if name != "id"]
     sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"  # noqa: S608  # nosec B608
     db.conn.executemany(sql, [tuple(row.get(name) for name in columns) for row in rows])
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from housing.settings import settings
 from service.prediction_log import connection
 
 log = logging.getLogger(__name__)
@@ -122,3 +123,11 @@ class Watcher:
             row["loaded_ts"] = now
         with connection(self.path) as db, db.conn:
             db.table(WORKERS).upsert(row, pk="worker")
+
+
+def roll_out(db: Path, bento_tag: str) -> dict[str, Any]:
+    """Ask the running service's workers to serve ``bento_tag`` and wait for them to switch."""
+    config = settings()
+    request_model(db, bento_tag)
+    switched, workers = wait_for_workers(db, bento_tag, config.reload_timeout_s, config.worker_max_age_s)
+    return {"bento_tag": bento_tag, "switched": switched, "workers": workers}

@@ -15,16 +15,11 @@ from fastapi import FastAPI, Query
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 
-from service import metrics
+from housing.columns import FEATURE_COLUMNS
+from housing.settings import settings, variable
+from service import prometheus_metrics
 from service.admin import admin, history, warm_registry_client
-from service.auth import bearer_refusal
-from service.config import settings
-from service.drift import check_drift
-from service.model import ServedModel, load_served_model
-from service.prediction_log import PREDICTIONS, PredictionLog
-from service.reload import Watcher
-from service.requests import RequestMiddleware, close_request_log, configure_request_log, request_state
-from service.schemas import (
+from service.api_models import (
     BatchPrediction,
     Feedback,
     FeedbackReceipt,
@@ -35,13 +30,23 @@ from service.schemas import (
     InvocationResponse,
     ModelInfo,
     Prediction,
+    check_batch_size,
     columns_of,
 )
+from service.auth import bearer_refusal
+from service.drift_check import check_drift
+from service.middleware import RequestMiddleware, close_request_log, configure_request_log, request_state
+from service.model import ServedModel, load_served_model
+from service.prediction_log import PREDICTIONS, PredictionLog
+from service.reload import Watcher
 from service.view_cache import ViewCache
 
 API_PATHS = ("/predict", "/predict_batch", "/invocations", "/feedback")
 # Requests written to the JSON request log: the API, and every admin call (refused logins too).
 LOGGED_PATHS = (*API_PATHS, "/admin")
+# JSON values a house has at most (its fields, and its place in a list), and small requests' headroom.
+VALUES_PER_HOUSE = len(FEATURE_COLUMNS) + 1
+SMALL_REQUEST_VALUES = 64
 # The longest a time bucket of /accuracy may be, and the latest time it takes (year 2286).
 MAX_BUCKET_S = 366 * 24 * 3600.0
 MAX_TS = 1e10
@@ -68,10 +73,6 @@ def docs() -> HTMLResponse:
     )
 
 
-class PayloadTooLarge(BentoMLException):
-    error_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
-
-
 class NotFound(BentoMLException):
     error_code = HTTPStatus.NOT_FOUND
 
@@ -86,9 +87,9 @@ class TooManyRequests(BentoMLException):
 
 def feedback_guard(authorization: str | None) -> tuple[int, str] | None:
     """Feedback trains the next model: only clients with ``HOUSING_FEEDBACK_TOKEN`` may send it."""
-    refusal = bearer_refusal(authorization, settings().feedback_token, "feedback", "HOUSING_FEEDBACK_TOKEN")
+    refusal = bearer_refusal(authorization, settings().feedback_token, "feedback", variable("feedback_token"))
     if refusal is not None:
-        metrics.FEEDBACK_REFUSED.labels("unauthorized").inc()
+        prometheus_metrics.FEEDBACK_REFUSED.labels("unauthorized").inc()
     return refusal
 
 
@@ -120,7 +121,7 @@ class HousePricer:
         # Feedback whose prediction is not in the log yet waits for it; this many at once per worker.
         self.feedback_waiters = asyncio.Semaphore(config.feedback_waiters)
         info = self.model.info
-        metrics.MODEL_INFO.labels(info.model_name, info.model_version, info.family).set(1)
+        prometheus_metrics.MODEL_INFO.labels(info.model_name, info.model_version, info.family).set(1)
         worker = bentoml.server_context.worker_index
         configure_request_log(config.log_dir, worker, config.log_max_bytes, config.log_backups, config.log_to_stdout)
         self.started = time.time()
@@ -165,11 +166,11 @@ class HousePricer:
         """
         prediction = await self._find_prediction(feedback.request_id, feedback.index)
         if prediction is None:
-            metrics.FEEDBACK_REFUSED.labels("unknown").inc()
+            prometheus_metrics.FEEDBACK_REFUSED.labels("unknown").inc()
             raise NotFound(f"request_id: no prediction {feedback.request_id!r} (index {feedback.index}) in the log")
         args = (feedback.request_id, feedback.index, feedback.actual_price_usd)
         if not await asyncio.to_thread(self.log.record_feedback, *args, authenticated=True):
-            metrics.FEEDBACK_REFUSED.labels("duplicate").inc()
+            prometheus_metrics.FEEDBACK_REFUSED.labels("duplicate").inc()
             raise Conflict(f"request_id: feedback for {feedback.request_id!r} (index {feedback.index}) is recorded "
                            "already; an admin corrects it with PUT /admin/feedback")  # fmt: skip
         predicted = float(prediction["price_usd"])
@@ -191,17 +192,15 @@ class HousePricer:
         """Load ``bento_tag`` beside the served model, then swap: requests in flight finish on the old one."""
         model = load_served_model(bentoml.models.get(bento_tag))
         old, self.model = self.model.info, model
-        metrics.MODEL_INFO.labels(old.model_name, old.model_version, old.family).set(0)
-        metrics.MODEL_INFO.labels(model.info.model_name, model.info.model_version, model.info.family).set(1)
+        prometheus_metrics.MODEL_INFO.labels(old.model_name, old.model_version, old.family).set(0)
+        prometheus_metrics.MODEL_INFO.labels(model.info.model_name, model.info.model_version, model.info.family).set(1)
         gc.freeze()  # the new model lives as long as the old one did (see __init__)
 
     def _price(
         self, endpoint: str, houses: list[House], ctx: bentoml.Context, field: str = "house"
     ) -> tuple[list[float], str, ServedModel]:
         """Prices, the request id and the model that priced them; queues one log row per house."""
-        limit = settings().max_batch_size
-        if len(houses) > limit:
-            raise PayloadTooLarge(f"{field}: at most {limit} houses per request, got {len(houses)}")
+        check_batch_size(len(houses), field)
         state = request_state(ctx.request.state)
         columns = columns_of(houses)
         model = self.model  # one model for the whole request, even if a reload swaps it meanwhile
@@ -218,9 +217,9 @@ class HousePricer:
             ],
         )
         state.update(model_version=version, records=len(houses))
-        metrics.PREDICTIONS.labels(endpoint, version).inc(len(houses))
-        metrics.BATCH_SIZE.labels(endpoint).observe(len(houses))
-        metrics.observe_many(metrics.PREDICTED_PRICE, prices)
+        prometheus_metrics.PRICED_HOUSES.labels(endpoint, version).inc(len(houses))
+        prometheus_metrics.BATCH_SIZE.labels(endpoint).observe(len(houses))
+        prometheus_metrics.observe_many(prometheus_metrics.PREDICTED_PRICE, prices)
         return prices, state["request_id"], model
 
     async def _find_prediction(self, request_id: str, index: int) -> dict[str, Any] | None:
@@ -232,7 +231,7 @@ class HousePricer:
         if (row := await asyncio.to_thread(self.log.prediction, request_id, index)) is not None:
             return row
         if self.feedback_waiters.locked():
-            metrics.FEEDBACK_REFUSED.labels("busy").inc()
+            prometheus_metrics.FEEDBACK_REFUSED.labels("busy").inc()
             raise TooManyRequests("request_id: too many feedback requests are waiting for their prediction; retry")
         async with self.feedback_waiters:
             deadline, pause = time.monotonic() + settings().feedback_grace_s, 0.02
@@ -251,6 +250,12 @@ cast(Any, HousePricer).add_asgi_middleware(
     logged_paths=LOGGED_PATHS,
     guards={"/feedback": feedback_guard},
     json_paths=API_PATHS,
+    max_values={
+        "/predict": lambda: SMALL_REQUEST_VALUES,
+        "/feedback": lambda: SMALL_REQUEST_VALUES,
+        "/predict_batch": lambda: settings().max_batch_size * VALUES_PER_HOUSE + SMALL_REQUEST_VALUES,
+        "/invocations": lambda: settings().max_batch_size * VALUES_PER_HOUSE + SMALL_REQUEST_VALUES,
+    },
 )
 
 
@@ -294,9 +299,9 @@ def accuracy(
     rows = _service().views.get(("accuracy", bucket_s, since_ts), lambda: log.accuracy(since_ts, bucket_s))
     if bucket_s is None:
         for row in rows:
-            metrics.ACCURACY.labels("mae", row["model_version"]).set(row["mae"])
-            metrics.ACCURACY.labels("rmse", row["model_version"]).set(row["rmse"])
-            metrics.FEEDBACK_COUNT.labels(row["model_version"]).set(row["n"])
+            prometheus_metrics.ACCURACY.labels("mae", row["model_version"]).set(row["mae"])
+            prometheus_metrics.ACCURACY.labels("rmse", row["model_version"]).set(row["rmse"])
+            prometheus_metrics.FEEDBACK_COUNT.labels(row["model_version"]).set(row["n"])
     return {"bucket_s": bucket_s, "since_ts": since_ts, "accuracy": rows}
 
 

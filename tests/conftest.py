@@ -7,6 +7,7 @@ change the user's own models.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -19,9 +20,11 @@ import mlflow
 import pandas as pd
 import pytest
 
+from housing.columns import FEATURE_COLUMNS, TARGET_COLUMN
+from housing.params import Params, load_params
+from housing.settings import HousingSettings
+from tests.synthetic import synthetic_housing
 from tests.workspace import BIN, Workspace, run_pipeline
-from training.config import Params, Settings, load_params
-from training.features import FEATURE_COLUMNS, TARGET_COLUMN
 from training.ingest import ingest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,8 +33,21 @@ _BENTOML_HOME = tempfile.mkdtemp(prefix="housing-bentoml-")
 USER_BENTOML_HOME = os.environ.get("BENTOML_HOME")
 
 
+# Fixtures that run the real pipeline, read the real data, or start a server or a system tool: a test that
+# uses one is an integration test, whatever its module says (`make test-fast` runs the others).
+REAL_FIXTURES = frozenset(
+    {"housing_csv", "housing", "workspace", "champion", "test_rows", "bento", "service_env", "client", "stack"}
+)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     os.environ["BENTOML_HOME"] = _BENTOML_HOME
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if REAL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -67,7 +83,7 @@ def housing_csv(params: Params, tmp_path_factory: pytest.TempPathFactory) -> Pat
     the Makefile points it at the offline copy when there is one.
     """
     target = tmp_path_factory.mktemp("data") / "housing.csv"
-    ingest(params.data_source(Settings()), target, params.data.download_timeout_s)
+    ingest(params.data_source(HousingSettings()), target, params.data.download_timeout_s)
     return target
 
 
@@ -77,9 +93,9 @@ def housing(housing_csv: Path) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="session")
-def sample(housing: pd.DataFrame) -> pd.DataFrame:
-    """A seeded 2,000-row sample: enough for every model family, fast to fit."""
-    return housing.sample(2000, random_state=0).reset_index(drop=True)
+def sample() -> pd.DataFrame:
+    """2,000 synthetic block groups (tests.synthetic): enough for every model family, fast to fit."""
+    return synthetic_housing(2000, seed=0)
 
 
 @pytest.fixture(scope="session")
@@ -107,3 +123,14 @@ def bento(workspace: Workspace) -> Path:
     assert result.returncode == 0, result.stdout + result.stderr
     name, version = result.stdout.strip().splitlines()[-1].removeprefix("__tag__:").split(":")
     return Path(os.environ["BENTOML_HOME"]) / "bentos" / name / version
+
+
+@pytest.fixture(scope="session")
+def champion(workspace: Workspace) -> dict:
+    """The registration the pipeline wrote: name, version, run id, MLflow store."""
+    return json.loads((workspace.path / "reports" / "registration.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def test_rows(workspace: Workspace) -> pd.DataFrame:
+    return pd.read_csv(workspace.path / "data" / "processed" / "test.csv")[list(FEATURE_COLUMNS)]

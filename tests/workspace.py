@@ -55,7 +55,8 @@ def small_params() -> dict:
 def make_workspace(path: Path, source: Path, params: dict) -> dict[str, str]:
     """A fresh DVC project holding the pipeline code; returns its environment."""
     path.mkdir(parents=True)
-    shutil.copytree(ROOT / "training", path / "training", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("housing", "training"):
+        shutil.copytree(ROOT / package, path / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", path)
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     # The session's BentoML home (see conftest) is kept, so the service tests can serve this model.

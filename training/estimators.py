@@ -3,7 +3,7 @@
 A *candidate* is a mapping from ``params.yaml``: ``model`` names an entry of
 :data:`MODELS`, every other key is a hyperparameter of it. :func:`build_model`
 turns it into one scikit-learn estimator that takes raw records (see
-:mod:`training.features`) and predicts prices in USD.
+:mod:`housing.features`) and predicts prices in USD.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeRegressor
 
-from training.config import FamilyParams, FeatureParams
-from training.features import HousingFeatures
+from housing.features import HousingFeatures
+from housing.model_format import TRUSTED_TYPES, fitted_pipeline
+from housing.params import FamilyParams, FeatureParams
 
 
 @dataclass(frozen=True)
@@ -60,18 +61,6 @@ TARGET_TRANSFORMS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]] |
     "log": (np.log, np.exp),
     "sqrt": (np.sqrt, np.square),
 }
-
-# Every type a saved model may hold beyond skops' defaults. Loading refuses any
-# other, so a tampered or unexpected file cannot run code.
-TRUSTED_TYPES: tuple[str, ...] = (
-    "collections.OrderedDict",
-    "lightgbm.basic.Booster",
-    "lightgbm.sklearn.LGBMRegressor",
-    "sklearn.tree._tree.Tree",
-    "training.features.FeatureEngineer",
-    "training.features.HousingFeatures",
-    "training.features.NeighbourFeatures",
-)
 
 
 def build_model(
@@ -107,11 +96,6 @@ def expand_candidates(family: FamilyParams, seed: int) -> list[dict[str, Any]]:
     return [dict(sorted(c.items())) for c in candidates]
 
 
-def fitted_pipeline(model: BaseEstimator) -> Pipeline:
-    """The inner feature+model pipeline of a fitted model, target transform unwrapped."""
-    return model.regressor_ if isinstance(model, TransformedTargetRegressor) else model
-
-
 def feature_importance(model: BaseEstimator) -> dict[str, float] | None:
     """Importance of each engineered feature, or None where the model defines none.
 
@@ -136,5 +120,8 @@ def save_model(model: BaseEstimator, path: Path) -> None:
 
 
 def load_model(path: Path) -> BaseEstimator:
-    """Load a model saved by :func:`save_model`, trusting only :data:`TRUSTED_TYPES`."""
+    """Load a model saved by :func:`save_model`, trusting only :data:`housing.model_format.TRUSTED_TYPES`.
+
+    Loading refuses any other type, so a tampered or unexpected file cannot run code.
+    """
     return sio.load(path, trusted=list(TRUSTED_TYPES))

@@ -13,11 +13,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from housing.params import Params, load_params
 from training import plots
-from training.config import Params, load_params
 from training.estimators import feature_importance, load_model
-from training.metrics import regression_metrics
 from training.prepare import load_split
+from training.scoring import regression_metrics
 
 log = logging.getLogger(__name__)
 

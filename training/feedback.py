@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from training.config import Settings, load_params
-from training.features import FEATURE_COLUMNS, TARGET_BOUNDS, TARGET_COLUMN
+from housing.columns import FEATURE_COLUMNS, TARGET_BOUNDS, TARGET_COLUMN
+from housing.log_schema import AUTHENTICATED, FEEDBACK, PREDICTIONS
+from housing.params import load_params
+from housing.settings import HousingSettings
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +31,8 @@ COLUMNS = [*FEATURE_COLUMNS, TARGET_COLUMN, FEEDBACK_ID]
 _QUERY = f"""
     SELECT {", ".join(f"p.{name}" for name in FEATURE_COLUMNS)},
            f.actual_price_usd AS {TARGET_COLUMN}, p.request_id || ':' || p.idx AS {FEEDBACK_ID}
-    FROM feedback f JOIN predictions p ON p.request_id = f.request_id AND p.idx = f.idx
-    WHERE f.authenticated = 1
+    FROM {FEEDBACK} f JOIN {PREDICTIONS} p ON p.request_id = f.request_id AND p.idx = f.idx
+    WHERE f.{AUTHENTICATED} = 1
     ORDER BY f.id
 """  # noqa: S608 - column names are the project's own  # nosec B608
 
@@ -43,10 +45,10 @@ def labeled_feedback(db_path: Path) -> pd.DataFrame:
     try:
         tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         # A log from before feedback was authenticated has no such column, and no trusted feedback.
-        trusted = "feedback" in tables and "authenticated" in {
-            row[1] for row in conn.execute("PRAGMA table_info(feedback)")
+        trusted = FEEDBACK in tables and AUTHENTICATED in {
+            row[1] for row in conn.execute(f"PRAGMA table_info({FEEDBACK})")
         }
-        if not ("predictions" in tables and trusted):
+        if not (PREDICTIONS in tables and trusted):
             return pd.DataFrame(columns=COLUMNS)
         df = pd.read_sql_query(_QUERY, conn)
     finally:
@@ -60,7 +62,7 @@ def labeled_feedback(db_path: Path) -> pd.DataFrame:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params()
-    db_path = Settings().prediction_db
+    db_path = HousingSettings().prediction_db
     df = labeled_feedback(db_path)
     out = params.prepare.feedback_path
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlparse
 
-from training.config import Settings, load_params
+from housing.params import load_params
+from housing.settings import HousingSettings
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def ingest(source: str, target: Path, timeout_s: float = 60.0) -> str:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params()
-    source = params.data_source(Settings())
+    source = params.data_source(HousingSettings())
     md5 = ingest(source, params.data.raw_path, params.data.download_timeout_s)
     log.info("ingested %s -> %s (md5 %s)", source, params.data.raw_path, md5)
 

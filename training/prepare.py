@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from training.config import PrepareParams, load_params
-from training.features import FEATURE_COLUMNS, TARGET_COLUMN
+from housing.columns import FEATURE_COLUMNS, TARGET_COLUMN
+from housing.params import PrepareParams, load_params
 from training.feedback import FEEDBACK_ID
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ The model is logged on the winning family's parent run (so the version links to
 the search that produced it) in the skops format with an explicit trust list,
 with a signature and an input example of raw records. The registered version is
 tagged with its metrics and the data version (the DVC/MD5 hash of the raw CSV).
-It then challenges the champion on the current test split (training.registry
+It then challenges the champion on the current test split (training.champion
 records the decision); the champion, new or kept, is the BentoML store's latest
 model, which the service loads.
 """
@@ -15,7 +15,6 @@ import argparse
 import hashlib
 import json
 import logging
-import os
 import sys
 from importlib.metadata import version
 from pathlib import Path
@@ -29,22 +28,16 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
-from training.config import Params, RegisterParams, load_params
-from training.drift import reference_profile
-from training.estimators import TRUSTED_TYPES, load_model
-from training.features import CATEGORICAL_COLUMN, FEATURE_COLUMNS, NUMERIC_COLUMNS
-from training.metrics import regression_metrics
+from housing.columns import CATEGORICAL_COLUMN, FEATURE_COLUMNS, NUMERIC_COLUMNS
+from housing.decisions import Decision, record
+from housing.drift_stats import reference_profile
+from housing.model_format import PROFILE_TAG, TRUSTED_TYPES, extra_file
+from housing.params import Params, RegisterParams, load_params
+from housing.settings import HousingSettings
+from training.champion import champion_version, crown, is_served, served_model, tagged_metrics
+from training.estimators import load_model
 from training.prepare import load_split
-from training.registry import (
-    TRIGGER_ENV,
-    Decision,
-    champion_version,
-    crown,
-    is_served,
-    record,
-    served_model,
-    tagged_metrics,
-)
+from training.scoring import regression_metrics
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +83,12 @@ def write_reference_profile(params: Params) -> Path:
     return drift.profile_path
 
 
-def version_tags(metrics: dict[str, Any], data_version: str) -> dict[str, str]:
+def version_tags(metrics: dict[str, Any], data_version: str, profile: Path) -> dict[str, str]:
+    """The tags of a registered version: test and CV figures, family, data version, where its drift profile is."""
     winner = metrics["winner"]
     tags = {f"test_{name}": f"{value:.6g}" for name, value in metrics["test"].items()}
     tags |= {f"cv_{name}": f"{value:.6g}" for name, value in metrics["families"][winner]["cv"].items()}
-    return tags | {"family": winner, "data_version": data_version}
+    return tags | {"family": winner, "data_version": data_version, PROFILE_TAG: extra_file(profile)}
 
 
 def register(params: Params) -> dict[str, Any]:
@@ -110,7 +104,7 @@ def register(params: Params) -> dict[str, Any]:
     mlflow.set_experiment(reg.experiment)
     client = MlflowClient()
     champion = champion_version(client, reg)
-    trigger = os.environ.get(TRIGGER_ENV, "pipeline")
+    trigger = HousingSettings().retrain_reason or "pipeline"
     if reg.require_quality_floor and not metrics["quality_floor"]["met"]:
         decision = record(client, reg, _below_floor(metrics, champion, trigger))
     else:
@@ -156,7 +150,7 @@ def log_version(client: MlflowClient, params: Params, metrics: dict[str, Any]) -
             extra_files=[str(write_reference_profile(params))],
         )
     model_version = str(info.registered_model_version)
-    for key, value in version_tags(metrics, data_version).items():
+    for key, value in version_tags(metrics, data_version, params.drift.profile_path).items():
         client.set_model_version_tag(reg.model_name, model_version, key, value)
     return model_version
 

@@ -24,11 +24,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sklearn.base import BaseEstimator, clone
 from sklearn.model_selection import KFold
 
+from housing.params import Params, load_params
 from training import plots
-from training.config import Params, load_params
 from training.estimators import build_model, expand_candidates, feature_importance, save_model
-from training.metrics import best_index, regression_metrics
 from training.prepare import load_split
+from training.scoring import best_index, regression_metrics
 
 log = logging.getLogger(__name__)
 

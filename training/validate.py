@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 import pandera.pandas as pa
 
-from training.config import ValidateParams, load_params
-from training.schema import SCHEMA_NAME, offending_rows, raw_schema
+from housing.params import ValidateParams, load_params
+from training.raw_schema import SCHEMA_NAME, offending_rows, raw_schema
 
 log = logging.getLogger(__name__)
 

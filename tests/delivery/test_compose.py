@@ -14,6 +14,9 @@ import yaml
 from tests.delivery.tools import validate
 from tests.workspace import ROOT
 
+# Every test here runs Debian's docker-compose, a system tool.
+pytestmark = pytest.mark.integration
+
 COMPOSE = ROOT / "deploy" / "docker-compose.yml"
 MONITORING = ROOT / "monitoring"
 # The one variable without a default (Grafana's admin password).
@@ -47,7 +50,6 @@ def test_stack_services(stack: dict) -> None:
     assert stack["services"]["service"]["image"] == "housing-price-service:latest"  # docs/ci-cd.md tags it so
 
 
-@pytest.mark.integration  # needs the session's bento
 def test_health_checks(stack: dict, bento: Path) -> None:
     """Each service but ours declares one; ours comes with the image, so it travels to any runtime."""
     for name in ("mlflow", "prometheus", "grafana"):
@@ -56,7 +58,6 @@ def test_health_checks(stack: dict, bento: Path) -> None:
     assert "\nHEALTHCHECK " in (bento / "env" / "docker" / "Dockerfile").read_text()
 
 
-@pytest.mark.integration  # needs the session's bento
 def test_state_lives_in_named_volumes(stack: dict, bento: Path) -> None:
     envs = {env["name"]: env["value"] for env in yaml.safe_load((bento / "bento.yaml").read_text())["envs"]}
     predictions = mounts(stack, "service", "volume")

@@ -18,7 +18,7 @@ import bentoml
 import httpx
 import pytest
 
-from service.schemas import EXAMPLE_HOUSE
+from service.api_models import EXAMPLE_HOUSE
 from tests.delivery.tools import validate
 from tests.service.server import Server, start_server
 from tests.workspace import BIN, ROOT, Workspace

@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 from load_tests.benchmark import free_port
-from service.schemas import EXAMPLE_HOUSE
+from service.api_models import EXAMPLE_HOUSE
 from tests.service.server import Server, start_server
 from tests.workspace import ROOT
 
@@ -178,7 +178,11 @@ def test_predictions_pass_through_with_their_request_id(edge: Edge, server: Serv
     request_id = made.headers["x-request-id"]
     assert re.fullmatch(r"[0-9a-f]{32}", request_id)
     assert made.json()["request_id"] == request_id
-    assert f'"request_id":"{request_id}"' in edge.output.read_text()
+    # nginx writes the access log line after the answer has gone.
+    deadline = time.monotonic() + 5
+    while f'"request_id":"{request_id}"' not in edge.output.read_text():
+        assert time.monotonic() < deadline, f"{request_id} not in the access log: {edge.output.read_text()[-2000:]}"
+        time.sleep(0.05)
     # Prometheus scrapes the service directly; the edge does not expose /metrics.
     assert http.get(f"{edge.url}/metrics").status_code == 404
     assert http.get(f"{server.url}/metrics").status_code == 200

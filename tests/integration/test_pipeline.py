@@ -17,9 +17,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from housing.columns import FEATURE_COLUMNS
 from tests.workspace import Workspace, make_workspace, small_params
 from training.estimators import load_model
-from training.features import FEATURE_COLUMNS
 
 pytestmark = pytest.mark.integration
 
@@ -167,7 +167,7 @@ def test_push_then_pull_into_a_clean_copy_restores_the_data(workspace: Workspace
     for name in ("dvc.yaml", "dvc.lock", "params.yaml"):
         shutil.copy(workspace.path / name, clone)
     # What git holds: the code and the small uncached outputs (reports).
-    for folder in ("training", "reports"):
+    for folder in ("housing", "training", "reports"):
         shutil.copytree(workspace.path / folder, clone / folder)
     subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=clone, env=workspace.env, check=True)
     shutil.copy(workspace.path / ".dvc" / "config", clone / ".dvc" / "config")

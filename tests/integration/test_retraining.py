@@ -16,12 +16,12 @@ import pandas as pd
 import pytest
 import yaml
 
+from housing.columns import FEATURE_COLUMNS, TARGET_COLUMN
 from load_tests.benchmark import request_records
-from service.schemas import EXAMPLE_HOUSE
+from service.api_models import EXAMPLE_HOUSE
 from tests.service.conftest import FEEDBACK
 from tests.service.server import Server, start_server
 from tests.workspace import BIN, Workspace, make_workspace, small_params
-from training.features import FEATURE_COLUMNS, TARGET_COLUMN
 
 pytestmark = pytest.mark.integration
 

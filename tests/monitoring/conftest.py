@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from load_tests.benchmark import free_port
-from service.schemas import EXAMPLE_HOUSE
+from service.api_models import EXAMPLE_HOUSE
 from tests.service.conftest import FEEDBACK
 from tests.service.server import Server, start_server
 from tests.workspace import ROOT

@@ -6,8 +6,8 @@ import httpx
 import pytest
 
 from scripts.browser import chromium
+from service.api_models import EXAMPLE_HOUSE
 from service.prediction_log import short_id
-from service.schemas import EXAMPLE_HOUSE
 from tests.service.server import Server
 from tests.workspace import ROOT
 

@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from service.schemas import EXAMPLE_HOUSE
+from service.api_models import EXAMPLE_HOUSE
 
 
 @dataclass(frozen=True)
@@ -75,9 +75,13 @@ BAD_REQUESTS = [
     BadRequest("batch: empty", "/predict_batch", b"[]", 400, "", "too_short"),
     BadRequest("batch: deeply nested", "/predict_batch", b"[" * 100_000 + b"]" * 100_000, 400, "", "recursion limit"),
     BadRequest("batch: not UTF-8", "/predict_batch", b"[\xff\xfe]", 400, "", "json_invalid"),
-    BadRequest("batch: stops at the first bad house", "/predict_batch", _json([1] * 100_000), 400, "0", "model_type"),
-    BadRequest("a flood of unknown fields", "/predict", _json({f"k{i}": 1 for i in range(20_000)}), 400, "20000 unknown fields", "extra_forbidden"),
-    BadRequest("invocations: empty split", "/invocations", _json({"dataframe_split": {"columns": [], "data": [[]] * 30_000}}), 400, "dataframe_records", "missing"),
+    BadRequest("batch: stops at the first bad house", "/predict_batch", _json([1] * 1_000), 400, "999 more houses", "model_type"),
+    BadRequest("batch: more values than a legal batch", "/predict_batch", _json([1] * 100_000), 413, "request body", "JSON values"),
+    BadRequest("unknown fields, counted", "/predict", _json(house(**{f"k{i}": 1 for i in range(40)})), 400, "40 unknown fields", "extra_forbidden"),
+    BadRequest("a flood of unknown fields", "/predict", _json({f"k{i}": 1 for i in range(20_000)}), 413, "request body", "JSON values"),
+    BadRequest("invocations: empty split", "/invocations", _json({"dataframe_split": {"columns": [], "data": [[]] * 300}}), 400, "dataframe_records", "missing"),
+    BadRequest("invocations: more rows than a batch", "/invocations", _json({"dataframe_split": {"columns": [], "data": [[]] * 3000}}), 413, "dataframe_split.data", "at most 500 houses"),
+    BadRequest("not JSON", "/predict", b"longitude=1", 400, "", "json_invalid"),
 ]  # fmt: skip
 
 

@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from starlette.testclient import TestClient
 
-from service.config import settings
+from housing.settings import settings
 from tests.workspace import Workspace
-from training.features import FEATURE_COLUMNS
-
-
-@pytest.fixture(scope="session")
-def champion(workspace: Workspace) -> dict:
-    """The registration the pipeline wrote: name, version, run id, MLflow store."""
-    return json.loads((workspace.path / "reports" / "registration.json").read_text())
-
-
-@pytest.fixture(scope="session")
-def test_rows(workspace: Workspace) -> pd.DataFrame:
-    return pd.read_csv(workspace.path / "data" / "processed" / "test.csv")[list(FEATURE_COLUMNS)]
-
 
 ADMIN_TOKEN = "test-admin-token"  # noqa: S105 - a test's own token
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

@@ -7,10 +7,12 @@ import signal
 import subprocess
 import time
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 
 from load_tests.benchmark import free_port
 from tests.service.conftest import FEEDBACK_TOKEN
@@ -25,11 +27,26 @@ class Server:
     log_dir: Path
     output: Path
 
-    def stop(self, timeout_s: float = 60.0) -> int:
-        """Graceful shutdown, as an orchestrator does it: SIGTERM, then wait."""
+    def stop(self, timeout_s: float = 60.0) -> int | None:
+        """Graceful shutdown, as an orchestrator does it: SIGTERM, then wait; past ``timeout_s``, kill.
+
+        BentoML's workers run in process groups of their own: a worker still stuck when the time is up
+        is killed by its pid, or it would outlive its server. None when the server had to be killed.
+        """
+        try:
+            processes = [psutil.Process(self.process.pid), *psutil.Process(self.process.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            processes = []
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
-        return self.process.wait(timeout_s)
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            for process in processes:
+                with suppress(psutil.NoSuchProcess):
+                    process.kill()
+            self.process.wait(10)
+            return None
 
 
 def start_server(

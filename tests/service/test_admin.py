@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from starlette.testclient import TestClient
 
-from service.config import settings
-from service.retrain import retrain_lock
+from housing.settings import settings
+from service.retrain_jobs import retrain_lock
 from tests.service.conftest import ADMIN
 
 ADMIN_CALLS = [("POST", "/admin/reload"), ("POST", "/admin/retrain"), ("GET", "/admin/retrain"),

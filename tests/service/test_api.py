@@ -16,14 +16,14 @@ import pandas as pd
 import pytest
 from starlette.testclient import TestClient
 
+from housing.model_format import fitted_pipeline
 from load_tests.benchmark import request_records
+from service.api_models import EXAMPLE_HOUSE, House, columns_of
+from service.middleware import MAX_ERROR_BYTES, MAX_ERRORS, capped_error
 from service.model import load_served_model
-from service.requests import MAX_ERROR_BYTES, MAX_ERRORS, capped_error
-from service.schemas import EXAMPLE_HOUSE, House, columns_of
 from tests.service.bad_requests import BAD_REQUESTS, BadRequest, error_text
 from tests.service.conftest import ADMIN, FEEDBACK
 from tests.workspace import Workspace
-from training.estimators import fitted_pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -246,7 +246,7 @@ def test_service_and_training_compute_the_same_features(test_rows: pd.DataFrame)
     served = load_served_model(bentoml.models.get("housing-price-model:latest"))
     houses = [House(**r) for r in request_records(test_rows.head(100))]
     features = fitted_pipeline(served.estimator).named_steps["features"]
-    assert type(features).__module__ == "training.features"
+    assert type(features).__module__ == "housing.features"
     np.testing.assert_array_equal(features.transform(columns_of(houses)), features.transform(test_rows.head(100)))
 
 

@@ -16,6 +16,7 @@ def test_bentoml_build(bento: Path, champion: dict) -> None:
     assert [m["tag"].split(":")[0] for m in manifest["models"]] == ["housing-price-model"]
     assert "python:3.12" in (bento / "env" / "docker" / "Dockerfile").read_text()
     assert (bento / "src" / "service" / "service.py").is_file()
-    assert (bento / "src" / "training" / "features.py").is_file()
-    assert not (bento / "src" / "training" / "train.py").exists()  # only what serving needs
+    assert (bento / "src" / "housing" / "features.py").is_file()
+    assert not (bento / "src" / "training").exists()  # only what serving needs
+    assert not (bento / "src" / "operations").exists()
     assert "lightgbm==" in (bento / "env" / "python" / "requirements.txt").read_text()

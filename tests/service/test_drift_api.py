@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 from starlette.testclient import TestClient
 
+from housing.drift_stats import reference_profile
 from load_tests.benchmark import request_records
-from service.cli import main as cli_main
-from service.drift import check_drift
+from operations.cli import main as cli_main
+from service.drift_check import check_drift
 from service.prediction_log import PredictionLog
 from tests.workspace import BIN, ROOT
-from training.drift import reference_profile
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 from prometheus_client import CollectorRegistry, Histogram
 
-from service.metrics import failed_fields, observe_many
+from service.prometheus_metrics import failed_fields, observe_many
 
 
 def bucket_counts(registry: CollectorRegistry) -> dict[str, float]:

@@ -6,10 +6,10 @@ import bentoml
 import numpy as np
 import pandas as pd
 
+from housing.params import Params
 from load_tests.benchmark import request_records
+from service.api_models import House, columns_of
 from service.model import PARALLEL_ROWS, fast_predict, load_served_model
-from service.schemas import House, columns_of
-from training.config import Params
 from training.estimators import build_model
 
 

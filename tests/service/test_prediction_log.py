@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from service import prediction_log
+from service.api_models import EXAMPLE_HOUSE
 from service.prediction_log import CORRECTIONS, PREDICTIONS, PredictionLog
-from service.schemas import EXAMPLE_HOUSE
 
 
 def row(request_id: str, idx: int = 0) -> dict:

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from load_tests.benchmark import request_records
-from service.schemas import EXAMPLE_HOUSE
+from service.api_models import EXAMPLE_HOUSE
 from tests.service.bad_requests import BAD_REQUESTS, BadRequest, error_text
 from tests.service.conftest import FEEDBACK
 from tests.service.server import Server, start_server

@@ -8,16 +8,9 @@ import pytest
 import skops.io as sio
 from sklearn.compose import TransformedTargetRegressor
 
-from training.config import FamilyParams, Params
-from training.estimators import (
-    MODELS,
-    TRUSTED_TYPES,
-    build_model,
-    expand_candidates,
-    feature_importance,
-    load_model,
-    save_model,
-)
+from housing.model_format import TRUSTED_TYPES
+from housing.params import FamilyParams, Params
+from training.estimators import MODELS, build_model, expand_candidates, feature_importance, load_model, save_model
 
 SMALL = {
     "ols": {},

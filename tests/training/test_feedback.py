@@ -7,10 +7,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from housing.columns import FEATURE_COLUMNS, TARGET_COLUMN
 from service.prediction_log import PREDICTIONS, PredictionLog
 from tests.service.test_prediction_log import give_feedback, row
 from training import feedback, prepare
-from training.features import FEATURE_COLUMNS, TARGET_COLUMN
 from training.feedback import COLUMNS, FEEDBACK_ID, labeled_feedback
 from training.prepare import add_feedback
 

@@ -12,13 +12,13 @@ def test_file_md5_is_the_plain_md5(tmp_path: Path) -> None:
     assert file_md5(path) == hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
 
 
-def test_version_tags_carry_metrics_and_data_version() -> None:
+def test_version_tags_carry_metrics_data_version_and_the_profile() -> None:
     metrics = {
         "winner": "gradient_boosting",
         "test": {"rmse": 40123.456, "mae": 25000.0, "r2": 0.8765},
         "families": {"gradient_boosting": {"cv": {"rmse": 40500.0, "r2": 0.87}}},
     }
-    assert version_tags(metrics, "abc123") == {
+    assert version_tags(metrics, "abc123", Path("models/reference_profile.json")) == {
         "test_rmse": "40123.5",
         "test_mae": "25000",
         "test_r2": "0.8765",
@@ -26,4 +26,5 @@ def test_version_tags_carry_metrics_and_data_version() -> None:
         "cv_r2": "0.87",
         "family": "gradient_boosting",
         "data_version": "abc123",
+        "reference_profile": "extra_files/reference_profile.json",
     }

@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from housing.params import Params
 from tests.workspace import small_params
 from training import evaluate, register, train
-from training.config import Params
 from training.prepare import split
 
 

@@ -7,14 +7,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from housing.params import Params
+from tests.synthetic import synthetic_housing
 from training import validate
-from training.config import Params
 from training.validate import DataValidationError, read_raw, validate_file, validate_frame
 
 
 @pytest.fixture(scope="module")
-def raw(housing_csv: Path) -> pd.DataFrame:
-    return read_raw(housing_csv)
+def raw(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
+    """Synthetic raw data, read back through the stage's own reader."""
+    return read_raw(write(synthetic_housing(3000, seed=1), tmp_path_factory.mktemp("raw") / "housing.csv"))
 
 
 def write(df: pd.DataFrame, path: Path) -> Path:
@@ -26,6 +28,10 @@ def only(report) -> validate.Violation:
     assert not report.valid
     assert len(report.violations) == 1, report.summary()
     return report.violations[0]
+
+
+def test_synthetic_data_passes(raw: pd.DataFrame, params: Params) -> None:
+    assert validate_frame(raw, params.validate_).valid
 
 
 def test_real_data_passes(housing_csv: Path, params: Params) -> None:

@@ -14,9 +14,9 @@ import json
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
 
-from training.features import FEATURE_COLUMNS
+from housing.columns import FEATURE_COLUMNS
 
-PREDICTIONS = Counter(
+PRICED_HOUSES = Counter(
     "housing_predictions", "Houses priced, by endpoint and model version.", ["endpoint", "model_version"]
 )
 PREDICTED_PRICE = Histogram(

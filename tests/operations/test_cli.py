@@ -8,8 +8,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from service.cli import main
-from service.retrain import retrain_lock
+from operations.cli import main
+from service.retrain_jobs import retrain_lock
 from tests.workspace import ROOT, Workspace
 
 

@@ -1,7 +1,7 @@
 """Request and response models of the prediction service.
 
 A :class:`House` is one raw block-group record, validated at the edge with the
-bounds declared once in :mod:`training.schema`: strict types (no numbers in
+bounds declared once in :mod:`housing.columns`: strict types (no numbers in
 strings, no booleans), finite values, California's bounding box, non-negative
 counts, at least one household, no more bedrooms than rooms, a known
 ``ocean_proximity``. Unknown fields are refused. A failure names the field (and,
@@ -11,12 +11,25 @@ house, so a large body of bad values costs no more than a valid one.
 
 from __future__ import annotations
 
+from http import HTTPStatus
+from itertools import islice
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationInfo, field_validator, model_validator
-from pydantic_core import PydanticCustomError
+from bentoml.exceptions import BentoMLException
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError, from_json
 
-from training.features import FEATURE_COLUMNS, NUMERIC_BOUNDS, OCEAN_PROXIMITY_CATEGORIES, TARGET_BOUNDS
+from housing.columns import FEATURE_COLUMNS, NUMERIC_BOUNDS, OCEAN_PROXIMITY_CATEGORIES, TARGET_BOUNDS
+from housing.settings import settings
 
 OceanProximity = Literal["<1H OCEAN", "INLAND", "ISLAND", "NEAR BAY", "NEAR OCEAN"]
 assert set(get_args(OceanProximity)) == set(OCEAN_PROXIMITY_CATEGORIES)  # noqa: S101 - one list, checked at import  # nosec B101
@@ -51,6 +64,21 @@ EXAMPLE_HOUSE: dict[str, Any] = {
 MAX_UNKNOWN_FIELDS = 5
 
 
+class PayloadTooLarge(BentoMLException):
+    error_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+
+def check_batch_size(houses: int, field: str) -> None:
+    """413 for more houses than a request may hold (``HOUSING_MAX_BATCH_SIZE``).
+
+    Called before validation where the count is known early: validating houses
+    only to refuse them would hold the worker longer than the largest legal batch.
+    """
+    limit = settings().max_batch_size
+    if houses > limit:
+        raise PayloadTooLarge(f"{field}: at most {limit} houses per request, got {houses}")
+
+
 class House(BaseModel):
     """One census block group, as raw features."""
 
@@ -70,10 +98,15 @@ class House(BaseModel):
     @classmethod
     def _few_unknown_fields(cls, data: Any) -> Any:
         """One error for a flood of unknown fields (``extra="forbid"`` names each of a few)."""
-        if isinstance(data, dict) and len(unknown := data.keys() - cls.model_fields.keys()) > MAX_UNKNOWN_FIELDS:
-            names = ", ".join(sorted(map(str, unknown))[:MAX_UNKNOWN_FIELDS])
+        if not isinstance(data, dict):
+            return data
+        unknown = len(data) - len(data.keys() & cls.model_fields.keys())
+        if unknown > MAX_UNKNOWN_FIELDS:
+            names = ", ".join(islice((str(key) for key in data if key not in cls.model_fields), MAX_UNKNOWN_FIELDS))
             raise PydanticCustomError(
-                "extra_forbidden", "{count} unknown fields, such as {names}", {"count": len(unknown), "names": names}
+                "extra_forbidden",
+                "{count} unknown fields: {names} and {more} more",
+                {"count": unknown, "names": names, "more": unknown - MAX_UNKNOWN_FIELDS},
             )
         return data
 
@@ -100,6 +133,37 @@ class HouseBatch(RootModel[Houses]):
     ``json`` (a deeply nested or non-UTF-8 body raised a 500), a model with
     pydantic's own parser, which answers such bodies with a validation error.
     """
+
+    @classmethod
+    def model_validate_json(cls, json_data: str | bytes | bytearray, **kwargs: Any) -> HouseBatch:
+        """Validate, and when a house fails, say how many houses after it went unchecked."""
+        try:
+            return super().model_validate_json(json_data, **kwargs)
+        except ValidationError as exc:
+            raise _with_unchecked_houses(exc, json_data) from None
+
+
+def _with_unchecked_houses(exc: ValidationError, json_data: str | bytes | bytearray) -> ValidationError:
+    """``exc`` and one more error counting the houses after the first bad one (only paid on this path)."""
+    errors = exc.errors(include_url=False)
+    first = errors[0]["loc"][0] if errors and errors[0]["loc"] else None
+    try:
+        houses = from_json(json_data)
+    except ValueError:
+        return exc
+    if not isinstance(first, int) or not isinstance(houses, list) or len(houses) <= first + 1:
+        return exc
+    unchecked = PydanticCustomError(
+        "houses_not_checked",
+        "validation stops at the first invalid house: {more} more houses after it were not checked",
+        {"more": len(houses) - first - 1},
+    )
+    details: list[InitErrorDetails] = [
+        {"type": PydanticCustomError(error["type"], error["msg"].replace("{", "{{").replace("}", "}}")),
+         "loc": error["loc"], "input": error["input"]}
+        for error in errors
+    ]  # fmt: skip
+    return ValidationError.from_exception_data(exc.title, [*details, {"type": unchecked, "loc": (), "input": None}])
 
 
 def columns_of(houses: list[House]) -> dict[str, list[Any]]:
@@ -152,9 +216,12 @@ class Invocation(BaseModel):
         if len(given) != 1:
             raise ValueError("give exactly one of 'dataframe_split' or 'dataframe_records'")
         split = data.get("dataframe_split")
+        if isinstance(data.get("dataframe_records"), list):
+            check_batch_size(len(data["dataframe_records"]), "dataframe_records")
         if isinstance(split, dict) and isinstance(split.get("columns"), list) and isinstance(split.get("data"), list):
             columns = split["columns"]
             rows = split["data"]
+            check_batch_size(len(rows), "dataframe_split.data")
             for i, row in enumerate(rows):
                 if not isinstance(row, list) or len(row) != len(columns):
                     raise ValueError(

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from service.metrics import VALIDATION_FAILURES, failed_fields
+from service.prometheus_metrics import VALIDATION_FAILURES, failed_fields
 
 log = logging.getLogger("housing.requests")
 
@@ -143,12 +143,14 @@ class RequestMiddleware:
         logged_paths: tuple[str, ...],
         guards: Mapping[str, Guard] | None = None,
         json_paths: tuple[str, ...] = (),
+        max_values: Mapping[str, Callable[[], int]] | None = None,
     ):
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.logged_paths = logged_paths
         self.guards = dict(guards or {})
         self.json_paths = json_paths
+        self.max_values = dict(max_values or {})
 
     def _logged(self, path: str) -> bool:
         """Paths in ``logged_paths``, and the paths below them (``/admin`` covers ``/admin/reload``)."""
@@ -194,6 +196,8 @@ class RequestMiddleware:
                 await _error(send_with_id, 415, f"content-type: send application/json, not {media_type!r}")
             elif (body := await self._read_body(receive)) is None:
                 await _error(send_with_id, 413, f"request body exceeds the limit of {self.max_body_bytes()} bytes")
+            elif (too_many := self._too_many_values(scope["path"], body)) is not None:
+                await _error(send_with_id, 413, too_many)
             else:
                 await self.app(scope, _replay(body, receive), send_with_id)
         finally:
@@ -209,6 +213,18 @@ class RequestMiddleware:
         # The API reads the id from the header, so an invalid or missing one is replaced here.
         scope["headers"] = [*headers, (REQUEST_ID_HEADER, request_id.encode())]
         return request_id
+
+    def _too_many_values(self, path: str, body: bytes) -> str | None:
+        """Why ``body`` holds more JSON values than the largest legal request to ``path`` (None if it does not).
+
+        Parsing is what costs: five megabytes of ``[1,1,…]`` or of unknown keys take longer to parse than
+        the largest legal batch takes to price. Commas separate every value, and counting them costs a
+        millisecond, so a body with more of them than a legal one can have is refused unparsed.
+        """
+        budget = self.max_values.get(path)
+        if budget is None or (commas := body.count(b",")) <= (most := budget()):
+            return None
+        return f"request body: {commas + 1} JSON values, more than the {most + 1} the largest legal request holds"
 
     async def _read_body(self, receive: Any) -> bytes | None:
         """The whole body, or None once it grows past the limit (whatever Content-Length claimed)."""

@@ -2,7 +2,7 @@
 
 Both transformers take *raw* records: anything indexable by column name (a
 ``pandas.DataFrame`` or a mapping of column name to 1-D array) holding the
-columns of :data:`FEATURE_COLUMNS`. They are steps of the saved model, so the
+columns of :data:`housing.columns.FEATURE_COLUMNS`. They are steps of the saved model, so the
 registered model and the prediction service run exactly this code.
 
 The arithmetic is plain NumPy on whole columns: one record or ten thousand go
@@ -12,7 +12,6 @@ through the same vectorised path, which keeps single-record latency low.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -22,52 +21,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.model_selection import KFold
 from sklearn.utils.validation import check_is_fitted
 
-NUMERIC_COLUMNS: tuple[str, ...] = (
-    "longitude",
-    "latitude",
-    "housing_median_age",
-    "total_rooms",
-    "total_bedrooms",
-    "population",
-    "households",
-    "median_income",
-)
-CATEGORICAL_COLUMN = "ocean_proximity"
-OCEAN_PROXIMITY_CATEGORIES: tuple[str, ...] = (
-    "<1H OCEAN",
-    "INLAND",
-    "ISLAND",
-    "NEAR BAY",
-    "NEAR OCEAN",
-)
-FEATURE_COLUMNS: tuple[str, ...] = (*NUMERIC_COLUMNS, CATEGORICAL_COLUMN)
-TARGET_COLUMN = "median_house_value"
-
-
-@dataclass(frozen=True)
-class Bounds:
-    """Inclusive range of a numeric column, and whether it may be missing."""
-
-    low: float
-    high: float
-    nullable: bool = False
-
-
-# California's bounding box; the survey's caps (age 52, income 15.0001 in tens of
-# thousands of USD, value 500,001 USD) are the upper bounds of their columns, and its
-# bottom codes (income 0.4999, value 14,999 USD) the lower bounds. A block group has at
-# least one household. Closed ranges only: OpenAPI 3.0 clients cannot read open ones.
-NUMERIC_BOUNDS: dict[str, Bounds] = {
-    "longitude": Bounds(-124.5, -114.0),
-    "latitude": Bounds(32.5, 42.1),
-    "housing_median_age": Bounds(0.0, 52.0),
-    "total_rooms": Bounds(0.0, 1e6),
-    "total_bedrooms": Bounds(0.0, 1e6, nullable=True),
-    "population": Bounds(0.0, 1e7),
-    "households": Bounds(1.0, 1e6),
-    "median_income": Bounds(0.4999, 15.0001),
-}
-TARGET_BOUNDS = Bounds(14_999.0, 500_001.0)
+from housing.columns import CATEGORICAL_COLUMN, FEATURE_COLUMNS, NUMERIC_COLUMNS, OCEAN_PROXIMITY_CATEGORIES
 
 # Centres of California's largest metropolitan areas (longitude, latitude): house
 # prices fall with distance from jobs, which a tree finds hard to learn from raw
@@ -96,7 +50,7 @@ def haversine_km(lon: np.ndarray, lat: np.ndarray, lon0: float, lat0: float) -> 
     """Great-circle distance in km from each (lon, lat) in degrees to one point."""
     lon, lat, lon0_r, lat0_r = np.radians(lon), np.radians(lat), np.radians(lon0), np.radians(lat0)
     a = np.sin((lat - lat0_r) / 2) ** 2 + np.cos(lat) * np.cos(lat0_r) * np.sin((lon - lon0_r) / 2) ** 2
-    return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(a))
+    return np.asarray(2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(a)), dtype=np.float64)
 
 
 def one_hot(values: Any, categories: Sequence[str]) -> np.ndarray:
@@ -106,7 +60,7 @@ def one_hot(values: Any, categories: Sequence[str]) -> np.ndarray:
     such values before they get here, so this only guards the model itself.
     """
     codes = np.asarray(values, dtype=object).reshape(-1, 1)
-    return (codes == np.asarray(categories, dtype=object).reshape(1, -1)).astype(np.float64)
+    return np.asarray(codes == np.asarray(categories, dtype=object).reshape(1, -1), dtype=np.float64)
 
 
 class FeatureEngineer(TransformerMixin, BaseEstimator):

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.drift import drift_report, psi, reference_profile
+from housing.drift_stats import drift_report, psi, reference_profile
 from training.prepare import split
 
 PSI, P = 0.2, 0.001

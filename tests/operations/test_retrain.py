@@ -8,10 +8,11 @@ from pathlib import Path
 import bentoml
 import pytest
 
+from housing.params import RetrainParams
+from operations.retrain import reasons_to_retrain, retrain
 from service.prediction_log import PREDICTIONS, PredictionLog
-from service.retrain import read_status, reasons_to_retrain, retrain
+from service.retrain_jobs import read_status
 from tests.service.test_prediction_log import give_feedback, row
-from training.config import RetrainParams
 
 
 def logged(path: Path, version: str, houses: int, error_usd: float) -> PredictionLog:

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from training.features import CATEGORICAL_COLUMN, NUMERIC_COLUMNS, OCEAN_PROXIMITY_CATEGORIES, Records
+from housing.columns import CATEGORICAL_COLUMN, NUMERIC_COLUMNS, OCEAN_PROXIMITY_CATEGORIES
+from housing.features import Records
 
 # Keeps PSI finite when a bin is empty on one side.
 _EPSILON = 1e-4
@@ -95,7 +96,7 @@ def _verdict(test: str, psi_value: float, p: float, psi_threshold: float, p_valu
 
 def _shares(bin_index: np.ndarray, n_bins: int) -> np.ndarray:
     counts = np.bincount(bin_index, minlength=n_bins).astype(float)
-    return counts / max(counts.sum(), 1)
+    return np.asarray(counts / max(counts.sum(), 1), dtype=np.float64)
 
 
 def _finite(values: Any) -> np.ndarray:

@@ -1,8 +1,8 @@
-"""Configuration: environment settings and the typed contents of ``params.yaml``.
+"""The typed contents of ``params.yaml``: every knob of the pipeline, and the registry names the service reads.
 
-``params.yaml`` holds every knob of the pipeline (DVC tracks it); the
-environment only says *where* things are (data source, params file). Both are
-validated here once, at the edge, so the steps can trust what they get.
+``params.yaml`` holds every knob (DVC tracks it); the environment only says
+*where* things are (housing.settings). It is validated here once, at the edge,
+so the steps can trust what they get.
 """
 
 from __future__ import annotations
@@ -13,22 +13,8 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
-class Settings(BaseSettings):
-    """Environment settings, read from ``HOUSING_*`` variables."""
-
-    model_config = SettingsConfigDict(env_prefix="HOUSING_", extra="ignore")
-
-    data_source: str | None = Field(
-        default=None, description="URL or path of the raw CSV; overrides params.yaml data.source."
-    )
-    params_path: Path = Field(default=Path("params.yaml"), description="Path of params.yaml.")
-    prediction_db: Path = Field(
-        default=Path("var/predictions.db"),
-        description="The service's SQLite prediction log, whose labeled feedback joins the training data.",
-    )
+from housing.settings import HousingSettings
 
 
 class _Section(BaseModel):
@@ -148,13 +134,13 @@ class Params(_Section):
     drift: DriftParams
     retrain: RetrainParams
 
-    def data_source(self, settings: Settings) -> str:
+    def data_source(self, settings: HousingSettings) -> str:
         """The effective data source: the environment's override, else params.yaml's."""
         return settings.data_source or self.data.source
 
 
 def load_params(path: Path | str | None = None) -> Params:
-    """Read and validate ``params.yaml`` (default: ``Settings().params_path``)."""
-    path = Path(path) if path is not None else Settings().params_path
+    """Read and validate ``params.yaml`` (default: ``HousingSettings().params_path``)."""
+    path = Path(path) if path is not None else HousingSettings().params_path
     with path.open() as fh:
         return Params.model_validate(yaml.safe_load(fh))

@@ -12,64 +12,23 @@ Progress and the outcome go to a status file next to the prediction log.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import bentoml
 
-from service.config import settings, without_secrets
-from service.drift import check_drift
+from housing.params import RetrainParams, load_params
+from housing.settings import settings, variable, without_secrets
+from service.drift_check import check_drift
 from service.model import reference_of
 from service.prediction_log import PredictionLog
-from service.reload import request_model, wait_for_workers
-from training.config import RetrainParams, load_params
-from training.registry import TRIGGER_ENV
-
-
-class AlreadyRunningError(RuntimeError):
-    """Another retraining holds the lock."""
-
-
-def status_path(db: Path) -> Path:
-    return db.parent / "retrain.json"
-
-
-def log_path(db: Path) -> Path:
-    return db.parent / "retrain.log"
-
-
-def read_status(db: Path) -> dict[str, Any]:
-    """The latest retraining's status (``{"state": "never"}`` before the first)."""
-    path = status_path(db)
-    return json.loads(path.read_text()) if path.exists() else {"state": "never"}
-
-
-@contextmanager
-def retrain_lock(db: Path) -> Iterator[None]:
-    """Hold the one retraining lock of this prediction log, or raise AlreadyRunningError."""
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with (db.parent / "retrain.lock").open("w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise AlreadyRunningError("a retraining is already running") from None
-        yield
-
-
-def is_running(db: Path) -> bool:
-    try:
-        with retrain_lock(db):
-            return False
-    except AlreadyRunningError:
-        return True
+from service.reload import roll_out
+from service.retrain_jobs import write_status
 
 
 def reasons_to_retrain(bento_model: bentoml.Model, log: PredictionLog, params: RetrainParams) -> list[str]:
@@ -95,7 +54,7 @@ def retrain(project: Path, db: Path, force: bool = False) -> dict[str, Any]:
     """Retrain if needed (or ``force``); the outcome, also written to the status file."""
     started = time.time()
     status: dict[str, Any] = {"state": "running", "started": started, "pid": os.getpid(), "project": str(project)}
-    _write_status(db, status)
+    write_status(db, status)
     try:
         status |= _retrain(project, db, force, started)
         status["state"] = "done"
@@ -104,7 +63,7 @@ def retrain(project: Path, db: Path, force: bool = False) -> dict[str, Any]:
         raise
     finally:
         status["finished"] = time.time()
-        _write_status(db, status)
+        write_status(db, status)
     return status
 
 
@@ -119,7 +78,8 @@ def _retrain(project: Path, db: Path, force: bool, started: float) -> dict[str, 
     if not reasons and not force:
         return {"retrained": False, "reasons": [], "message": "no drift, and accuracy on feedback within bounds"}
     trigger = "; ".join(reasons) or "forced"
-    env = {**without_secrets(os.environ), "HOUSING_PREDICTION_DB": str(db.resolve()), TRIGGER_ENV: trigger}
+    where = {variable("prediction_db"): str(db.resolve()), variable("retrain_reason"): trigger}
+    env = without_secrets(os.environ) | where
     dvc = Path(sys.executable).with_name("dvc")
     print(f"retraining ({trigger}): dvc repro in {project}", flush=True)
     command = [str(dvc if dvc.exists() else "dvc"), "repro"]
@@ -135,19 +95,3 @@ def _retrain(project: Path, db: Path, force: bool, started: float) -> dict[str, 
     if decision["action"] == "promote":
         outcome["workers"] = roll_out(db, registration["bento_model"])
     return outcome
-
-
-def roll_out(db: Path, bento_tag: str) -> dict[str, Any]:
-    """Ask the running service's workers to serve ``bento_tag`` and wait for them to switch."""
-    config = settings()
-    request_model(db, bento_tag)
-    switched, workers = wait_for_workers(db, bento_tag, config.reload_timeout_s, config.worker_max_age_s)
-    return {"bento_tag": bento_tag, "switched": switched, "workers": workers}
-
-
-def _write_status(db: Path, status: dict[str, Any]) -> None:
-    path = status_path(db)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(status, indent=2, default=str) + "\n")
-    tmp.replace(path)

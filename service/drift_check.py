@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from service import metrics
+from housing.drift_stats import drift_report
+from service import prometheus_metrics
 from service.prediction_log import PredictionLog
-from training.drift import drift_report
 
 
 def check_drift(reference: dict[str, Any], log: PredictionLog) -> dict[str, Any]:
@@ -23,6 +23,6 @@ def check_drift(reference: dict[str, Any], log: PredictionLog) -> dict[str, Any]
     thresholds = reference["thresholds"]
     report = drift_report(reference, columns, thresholds["psi"], thresholds["p_value"])
     for feature, result in report["features"].items():
-        metrics.DRIFT_SCORE.labels(feature).set(result["psi"])
-    metrics.DRIFT_DETECTED.set(int(report["drift_detected"]))
+        prometheus_metrics.DRIFT_SCORE.labels(feature).set(result["psi"])
+    prometheus_metrics.DRIFT_DETECTED.set(int(report["drift_detected"]))
     return {"status": "ok", **report}

@@ -1,4 +1,4 @@
-"""The pandera schema of the raw CSV, built from the bounds in :mod:`training.features`.
+"""The pandera schema of the raw CSV, built from the bounds in :mod:`housing.columns`.
 
 The prediction service's request models use the same bounds, so the training
 data and a served request are held to one definition of a valid block group.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 import pandera.pandas as pa
 
-from training.features import (
+from housing.columns import (
     CATEGORICAL_COLUMN,
     NUMERIC_BOUNDS,
     OCEAN_PROXIMITY_CATEGORIES,

@@ -11,10 +11,6 @@ service picks up.
 from __future__ import annotations
 
 import logging
-import os
-import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
 
 import bentoml
 import mlflow
@@ -22,32 +18,13 @@ from bentoml.exceptions import NotFound
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
-from training.config import RegisterParams
-from training.features import FEATURE_COLUMNS
+from housing.columns import FEATURE_COLUMNS
+from housing.decisions import Decision, history, record
+from housing.model_format import PROFILE_TAG, ModelLabels, ModelMetadata
+from housing.params import RegisterParams
+from housing.settings import HousingSettings
 
 log = logging.getLogger(__name__)
-
-Action = Literal["promote", "reject", "rollback"]
-# Why the pipeline ran; `housing retrain` sets it so each decision says what triggered it.
-TRIGGER_ENV = "HOUSING_RETRAIN_REASON"
-
-
-@dataclass(frozen=True)
-class Decision:
-    """One registry decision: what happened to ``version`` and why."""
-
-    action: Action
-    version: str | None
-    reason: str
-    champion_before: str | None
-    champion_after: str | None
-    metrics_before: dict[str, float] = field(default_factory=dict)
-    metrics_after: dict[str, float] = field(default_factory=dict)
-    trigger: str = ""
-    ts: float = field(default_factory=time.time)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def champion_version(client: MlflowClient, reg: RegisterParams) -> ModelVersion | None:
@@ -73,22 +50,23 @@ def import_version(client: MlflowClient, reg: RegisterParams, version: str) -> b
     return bentoml.mlflow.import_model(
         reg.bento_model_name,
         model_uri=f"models:/{reg.model_name}/{version}",
-        labels={
-            "mlflow_model": reg.model_name,
-            "mlflow_version": version,
-            "mlflow_alias": reg.alias,
-            "family": mv.tags.get("family", ""),
-        },
-        metadata={
-            "mlflow_model": reg.model_name,
-            "mlflow_version": version,
-            "mlflow_run_id": mv.run_id,
-            "tracking_uri": mlflow.get_tracking_uri(),
-            "data_version": mv.tags.get("data_version", ""),
-            "test_metrics": tagged_metrics(mv),
-            "cv_metrics": tagged_metrics(mv, "cv_"),
-            "feature_columns": list(FEATURE_COLUMNS),
-        },
+        labels=ModelLabels(
+            mlflow_model=reg.model_name,
+            mlflow_version=version,
+            mlflow_alias=reg.alias,
+            family=mv.tags.get("family", ""),
+        ).model_dump(),
+        metadata=ModelMetadata(
+            mlflow_model=reg.model_name,
+            mlflow_version=version,
+            mlflow_run_id=str(mv.run_id),
+            tracking_uri=mlflow.get_tracking_uri(),
+            data_version=mv.tags.get("data_version", ""),
+            test_metrics=tagged_metrics(mv),
+            cv_metrics=tagged_metrics(mv, "cv_"),
+            feature_columns=list(FEATURE_COLUMNS),
+            reference_profile=mv.tags[PROFILE_TAG],
+        ).model_dump(),
     )
 
 
@@ -114,32 +92,6 @@ def _latest(reg: RegisterParams) -> bentoml.Model | None:
         return None
 
 
-def record(client: MlflowClient, reg: RegisterParams, decision: Decision) -> Decision:
-    """Write the decision as a run of the decisions experiment and tag the version with it."""
-    experiment = client.get_experiment_by_name(reg.decisions_experiment)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(reg.decisions_experiment)
-    tags = {
-        "kind": "decision",
-        "action": decision.action,
-        "model_version": decision.version or "",
-        "champion_before": decision.champion_before or "",
-        "champion_after": decision.champion_after or "",
-        "reason": decision.reason,
-        "trigger": decision.trigger,
-        "mlflow.runName": f"{decision.action} v{decision.version or '-'}",
-    }
-    run = client.create_run(experiment_id, start_time=int(decision.ts * 1000), tags=tags)
-    for stage, values in (("before", decision.metrics_before), ("after", decision.metrics_after)):
-        for name, value in values.items():
-            client.log_metric(run.info.run_id, f"{name}_{stage}", value, timestamp=int(decision.ts * 1000))
-    client.set_terminated(run.info.run_id)
-    if decision.version:
-        client.set_model_version_tag(reg.model_name, decision.version, "decision", decision.action)
-        client.set_model_version_tag(reg.model_name, decision.version, "decision_reason", decision.reason)
-    log.info("%s v%s: %s", decision.action, decision.version, decision.reason)
-    return decision
-
-
 def crown(client: MlflowClient, reg: RegisterParams, decision: Decision) -> bentoml.Model:
     """Point ``@champion`` at the decision's version, import it into BentoML and record why."""
     version = decision.champion_after
@@ -149,34 +101,6 @@ def crown(client: MlflowClient, reg: RegisterParams, decision: Decision) -> bent
     bento_model = import_version(client, reg, version)
     record(client, reg, decision)
     return bento_model
-
-
-def history(client: MlflowClient, reg: RegisterParams, limit: int = 100) -> list[dict[str, Any]]:
-    """Every recorded decision, newest first: action, versions, reason, trigger, metrics before/after."""
-    experiment = client.get_experiment_by_name(reg.decisions_experiment)
-    if experiment is None:
-        return []
-    runs = client.search_runs(
-        [experiment.experiment_id], "tags.kind = 'decision'", order_by=["attributes.start_time DESC"], max_results=limit
-    )
-    out = []
-    for run in runs:
-        tags, values = run.data.tags, run.data.metrics
-        out.append(
-            {
-                "ts": run.info.start_time / 1000,
-                "action": tags["action"],
-                "version": tags["model_version"] or None,
-                "champion_before": tags["champion_before"] or None,
-                "champion_after": tags["champion_after"] or None,
-                "reason": tags["reason"],
-                "trigger": tags.get("trigger", ""),
-                "metrics_before": _suffixed(values, "_before"),
-                "metrics_after": _suffixed(values, "_after"),
-                "run_id": run.info.run_id,
-            }
-        )
-    return out
 
 
 def rollback_target(client: MlflowClient, reg: RegisterParams) -> str:
@@ -207,11 +131,7 @@ def rollback(client: MlflowClient, reg: RegisterParams, to: str | None = None, r
         champion_after=str(restored.version),
         metrics_before=tagged_metrics(current) if current else {},
         metrics_after=tagged_metrics(restored),
-        trigger=os.environ.get(TRIGGER_ENV, "manual"),
+        trigger=HousingSettings().retrain_reason or "manual",
     )
     crown(client, reg, decision)
     return decision
-
-
-def _suffixed(values: dict[str, float], suffix: str) -> dict[str, float]:
-    return {key.removesuffix(suffix): value for key, value in values.items() if key.endswith(suffix)}

@@ -6,7 +6,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from training.config import Settings, load_params
+from housing.params import load_params
+from housing.settings import HousingSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,9 +23,9 @@ def test_params_yaml_is_valid() -> None:
 def test_environment_overrides_the_data_source(monkeypatch: pytest.MonkeyPatch) -> None:
     params = load_params(ROOT / "params.yaml")
     monkeypatch.delenv("HOUSING_DATA_SOURCE", raising=False)
-    assert params.data_source(Settings()) == params.data.source
+    assert params.data_source(HousingSettings()) == params.data.source
     monkeypatch.setenv("HOUSING_DATA_SOURCE", "/data/copy.csv")
-    assert params.data_source(Settings()) == "/data/copy.csv"
+    assert params.data_source(HousingSettings()) == "/data/copy.csv"
 
 
 def test_params_path_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

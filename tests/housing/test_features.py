@@ -5,15 +5,8 @@ import pandas as pd
 import pytest
 import skops.io as sio
 
-from training.features import (
-    FEATURE_COLUMNS,
-    OCEAN_PROXIMITY_CATEGORIES,
-    FeatureEngineer,
-    HousingFeatures,
-    NeighbourFeatures,
-    haversine_km,
-    one_hot,
-)
+from housing.columns import FEATURE_COLUMNS, OCEAN_PROXIMITY_CATEGORIES
+from housing.features import FeatureEngineer, HousingFeatures, NeighbourFeatures, haversine_km, one_hot
 
 
 @pytest.fixture(scope="module")
@@ -135,8 +128,8 @@ class TestNeighbourFeatures:
         nf = NeighbourFeatures((3, 10)).fit(X_sample, y_sample)
         path = tmp_path / "nf.skops"
         sio.dump(nf, path)
-        assert sio.get_untrusted_types(file=path) == ["training.features.NeighbourFeatures"]
-        loaded = sio.load(path, trusted=["training.features.NeighbourFeatures"])
+        assert sio.get_untrusted_types(file=path) == ["housing.features.NeighbourFeatures"]
+        loaded = sio.load(path, trusted=["housing.features.NeighbourFeatures"])
         assert getattr(loaded, "tree_", None) is None
         np.testing.assert_array_equal(loaded.transform(X_sample.head(20)), nf.transform(X_sample.head(20)))
 

@@ -14,21 +14,14 @@ import pytest
 from mlflow import MlflowClient
 from sklearn.base import BaseEstimator
 
+from housing.columns import FEATURE_COLUMNS, TARGET_COLUMN
+from housing.decisions import history, record
+from housing.model_format import PROFILE_TAG, TRUSTED_TYPES
+from housing.params import Params, RegisterParams
 from tests.conftest import tracking_store
-from training.config import Params, RegisterParams
-from training.estimators import TRUSTED_TYPES, build_model
-from training.features import FEATURE_COLUMNS, TARGET_COLUMN
+from training.champion import champion_version, crown, is_served, rollback, rollback_target, served_model
+from training.estimators import build_model
 from training.register import NoChampionError, challenge, register
-from training.registry import (
-    champion_version,
-    crown,
-    history,
-    is_served,
-    record,
-    rollback,
-    rollback_target,
-    served_model,
-)
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +66,7 @@ def log_version(reg: RegisterParams, model: BaseEstimator, rmse: float = 50_000.
     client.set_model_version_tag(reg.model_name, version, "test_rmse", str(rmse))
     client.set_model_version_tag(reg.model_name, version, "family", "test")
     client.set_model_version_tag(reg.model_name, version, "data_version", "abc")
+    client.set_model_version_tag(reg.model_name, version, PROFILE_TAG, "extra_files/reference_profile.json")
     return version
 
 

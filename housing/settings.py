@@ -1,4 +1,8 @@
-"""Settings of the prediction service, read once from ``HOUSING_*`` environment variables."""
+"""Every ``HOUSING_*`` environment variable, in one settings class for the pipeline, the service and the CLI.
+
+The environment says *where* things are and how the service behaves; the
+pipeline's knobs live in ``params.yaml`` (housing.params), which DVC tracks.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # One house as JSON takes about 250 bytes (330 with every number at full precision, 400 indented).
@@ -14,15 +18,26 @@ HOUSE_BYTES = 512
 BODY_SLACK_BYTES = 64 * 1024
 
 
-class ServiceSettings(BaseSettings):
-    """Where the service finds its model and writes its logs, and its request limits."""
+class HousingSettings(BaseSettings):
+    """Where the data, the model and the logs are, the service's request limits and its tokens."""
 
     model_config = SettingsConfigDict(env_prefix="HOUSING_", extra="ignore")
+
+    data_source: str | None = Field(
+        default=None, description="URL or path of the raw CSV; overrides params.yaml data.source."
+    )
+    params_path: Path = Field(default=Path("params.yaml"), description="Path of params.yaml.")
+    retrain_reason: str = Field(
+        default="", description="Why the pipeline runs; `housing retrain` sets it so each decision records it."
+    )
 
     model_tag: str = Field(
         default="housing-price-model:latest", description="BentoML model store tag of the model to serve."
     )
-    prediction_db: Path = Field(default=Path("var/predictions.db"), description="SQLite prediction log.")
+    prediction_db: Path = Field(
+        default=Path("var/predictions.db"),
+        description="SQLite prediction log; the pipeline's feedback stage reads its labeled houses.",
+    )
     log_dir: Path = Field(default=Path("var/log"), description="Folder of the rotating JSON request logs.")
     log_max_bytes: int = Field(default=10 * 1024 * 1024, gt=0, description="Size at which a log file rotates.")
     log_backups: int = Field(default=5, ge=0, description="Rotated log files kept.")
@@ -63,14 +78,27 @@ class ServiceSettings(BaseSettings):
         default=10.0, gt=0, description="A worker silent for longer is taken for gone when waiting on a reload."
     )
 
+    @field_validator("admin_token", "feedback_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, token: object) -> object:
+        """An empty token (``HOUSING_ADMIN_TOKEN=``) disables its role, as an unset one does."""
+        return None if token == "" else token
+
     @property
     def body_limit(self) -> int:
         """The request body limit in bytes: the setting, or what ``max_batch_size`` houses need."""
         return self.max_body_bytes or self.max_batch_size * HOUSE_BYTES + BODY_SLACK_BYTES
 
 
+def variable(field: str) -> str:
+    """The environment variable of a settings field: ``prediction_db`` -> ``HOUSING_PREDICTION_DB``."""
+    if field not in HousingSettings.model_fields:
+        raise KeyError(field)
+    return f"{HousingSettings.model_config['env_prefix']}{field.upper()}"
+
+
 # Tokens stay with the service: no child process (the CLI, DVC, the pipeline) needs them.
-SECRET_VARIABLES = ("HOUSING_ADMIN_TOKEN", "HOUSING_FEEDBACK_TOKEN")
+SECRET_VARIABLES = (variable("admin_token"), variable("feedback_token"))
 
 
 def without_secrets(env: Mapping[str, str]) -> dict[str, str]:
@@ -79,6 +107,6 @@ def without_secrets(env: Mapping[str, str]) -> dict[str, str]:
 
 
 @lru_cache(maxsize=1)
-def settings() -> ServiceSettings:
-    """The process-wide settings (tests clear the cache to change them)."""
-    return ServiceSettings()
+def settings() -> HousingSettings:
+    """The service's settings, read once per process (tests clear the cache to change them)."""
+    return HousingSettings()

@@ -4,7 +4,7 @@
         compare the latest priced houses in the prediction log with the training data saved
         with the served model; write ``drift.json`` and a readable ``drift.md``; print the verdict.
     housing retrain [--project-dir DIR] [--db PATH] [--force]
-        retrain when drift or accuracy on feedback pass their thresholds (service.retrain).
+        retrain when drift or accuracy on feedback pass their thresholds (operations.retrain).
     housing rollback [--to VERSION] [--project-dir DIR] [--db PATH]
         move ``@champion`` back to the previous champion (or VERSION); the service follows.
     housing reload [--db PATH]
@@ -30,13 +30,16 @@ import bentoml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from service.config import settings
-from service.drift import check_drift
+from housing.decisions import history
+from housing.params import RegisterParams, load_params
+from housing.settings import settings
+from operations.retrain import retrain
+from service.drift_check import check_drift
 from service.model import reference_of
 from service.prediction_log import PredictionLog
-from service.retrain import AlreadyRunningError, retrain, retrain_lock, roll_out
-from training import registry
-from training.config import RegisterParams, load_params
+from service.reload import roll_out
+from service.retrain_jobs import AlreadyRunningError, retrain_lock
+from training import champion
 
 
 def render_markdown(report: dict[str, Any], model_tag: str) -> str:
@@ -87,7 +90,7 @@ def retrain_command(args: argparse.Namespace) -> int:
 def rollback_command(args: argparse.Namespace) -> int:
     reg = _in_project(args)
     try:
-        decision = registry.rollback(MlflowClient(), reg, to=args.to, reason=args.reason)
+        decision = champion.rollback(MlflowClient(), reg, to=args.to, reason=args.reason)
     except (LookupError, MlflowException) as exc:
         print(f"rollback refused: {exc}")
         return 1
@@ -104,7 +107,7 @@ def reload_command(args: argparse.Namespace) -> int:
 
 def history_command(args: argparse.Namespace) -> int:
     reg = _in_project(args)
-    entries = registry.history(MlflowClient(), reg, limit=args.limit)
+    entries = history(MlflowClient(), reg, limit=args.limit)
     if args.json:
         print(json.dumps(entries, indent=2))
         return 0
