@@ -38,7 +38,13 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-TARGETS = {"single_p50_ms": 5.0, "throughput_ratio": 4.0, "p99_32_ms": 100.0, "batch_10k_ms": 250.0}
+TARGETS = {
+    "single_p50_ms": 5.0,
+    "throughput_ratio": 4.0,
+    "p99_32_ms": 100.0,
+    "batch_10k_ms": 250.0,
+    "invalid_vs_batch": 1.0,
+}
 README_START, README_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
 
 WRK_REPORT = """
@@ -126,6 +132,47 @@ def batch_latency(url: str, houses: list[dict[str, Any]], runs: int) -> dict[str
     return {"median_ms": statistics.median(timings), "min_ms": min(timings), "max_ms": max(timings), "runs": runs}
 
 
+def invalid_bodies(one: dict[str, Any], batch: int) -> dict[str, tuple[str, bytes]]:
+    """The costliest invalid requests a client can send to a service whose largest batch is ``batch`` houses.
+
+    Each is as large as the service lets it be before refusing it unread: the body limit (512 bytes a house)
+    and the JSON values a legal batch holds (10 a house).
+    """
+    limit = batch * 512 + 64 * 1024
+
+    def ones(count: int) -> bytes:
+        return b"[" + b",".join([b"1"] * count) + b"]"
+
+    return {
+        "numbers where a batch of houses goes": ("/predict_batch", ones(batch * 10)),
+        "numbers up to the body limit": ("/predict_batch", ones(limit // 2 - 1)),
+        "a house with unknown fields up to the body limit": ("/predict", json.dumps({f"k{i}": 1 for i in range(limit // 14)}).encode()),
+        "a house with 40 unknown fields": ("/predict", json.dumps({**one, **{f"k{i}": 1 for i in range(40)}}).encode()),
+        "nested 100,000 deep": ("/predict_batch", b"[" * 100_000 + b"]" * 100_000),
+        "empty rows where a batch goes (/invocations)": ("/invocations", json.dumps({"dataframe_split": {"columns": [], "data": [[]] * batch * 10}}).encode()),
+        "a batch with its last house invalid": ("/predict_batch", json.dumps([one] * (batch - 1) + [{**one, "latitude": 99.0}]).encode()),
+    }  # fmt: skip
+
+
+def invalid_body_latency(base: str, bodies: dict[str, tuple[str, bytes]], runs: int) -> dict[str, dict[str, Any]]:
+    """Median time (ms) to the answer of each invalid body, with its status and answer size; each must be a 4xx."""
+    out = {}
+    with httpx.Client(base_url=base, timeout=60) as client:
+        for name, (path, body) in bodies.items():
+            timings, statuses, sizes = [], set(), set()
+            for _ in range(runs):
+                start = time.perf_counter()
+                response = client.post(path, content=body, headers={"Content-Type": "application/json"})
+                timings.append((time.perf_counter() - start) * 1000)
+                statuses.add(response.status_code)
+                sizes.add(len(response.content))
+            if not all(400 <= status < 500 for status in statuses):
+                raise SystemExit(f"{name}: answered {sorted(statuses)}, not a 4xx")
+            out[name] = {"median_ms": statistics.median(timings), "status": sorted(statuses),
+                         "body_bytes": len(body), "answer_bytes": max(sizes)}  # fmt: skip
+    return out
+
+
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The round with the median throughput, with every round's throughput alongside."""
     ranked = sorted(runs, key=lambda r: r["requests_per_s"])
@@ -202,6 +249,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["batch_10k"] = batch_latency(
             f"{ours}/predict_batch", houses_from(test_csv, args.batch), args.batch_runs
         )
+        results["invalid_bodies"] = invalid_body_latency(ours, invalid_bodies(one, args.batch), args.batch_runs)
         rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in calls}
         for _ in range(args.rounds):
             for name, call in calls.items():
@@ -220,6 +268,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "throughput_rps": results["single_c32"]["requests_per_s"],
         "p99_32_ms": results["single_c32"]["p99_ms"],
         "batch_10k_ms": results["batch_10k"]["median_ms"],
+        "worst_invalid_ms": max(r["median_ms"] for r in results["invalid_bodies"].values()),
+        "invalid_vs_batch": max(r["median_ms"] for r in results["invalid_bodies"].values())
+        / results["batch_10k"]["median_ms"],
         "mlflow_throughput_rps": results["mlflow_c32"]["requests_per_s"],
         "throughput_ratio": results["single_c32"]["requests_per_s"] / results["mlflow_c32"]["requests_per_s"],
         "mlflow_fast_throughput_rps": results["mlflow_fast_c32"]["requests_per_s"],
@@ -251,6 +302,7 @@ def table(results: dict[str, Any]) -> str:
             f"| 32 clients: throughput | {s['throughput_rps']:,.0f} req/s | | |",
             f"| 32 clients: p99 | {s['p99_32_ms']:.1f} ms | ≤ 100 ms | {mark('p99_32_ms')} |",
             f"| one 10,000-record batch | {s['batch_10k_ms']:.0f} ms | ≤ 250 ms | {mark('batch_10k_ms')} |",
+            f"| costliest invalid body (of {len(results['invalid_bodies'])}, `reports/benchmark.json`) | {s['worst_invalid_ms']:.0f} ms: {s['invalid_vs_batch']:.2f}× the batch | ≤ 1× the largest legal batch | {mark('invalid_vs_batch')} |",
             f"| `mlflow models serve` as installed (uvicorn on asyncio + h11), same model and load | {s['mlflow_throughput_rps']:,.0f} req/s | | |",
             f"| throughput ratio (this service / MLflow as installed) | {s['throughput_ratio']:.1f}× | ≥ 4× | {mark('throughput_ratio')} |",
             f"| `mlflow models serve` given uvloop + httptools too | {s['mlflow_fast_throughput_rps']:,.0f} req/s | | |",

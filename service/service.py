@@ -6,12 +6,11 @@ import asyncio
 import gc
 import time
 from http import HTTPStatus
-from pathlib import Path
 from typing import Any, cast
 
 import bentoml
 from bentoml.exceptions import BentoMLException
-from fastapi import FastAPI, Query
+from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 
@@ -23,23 +22,21 @@ from service.api_models import (
     BatchPrediction,
     Feedback,
     FeedbackReceipt,
-    Health,
     House,
     HouseBatch,
     Invocation,
     InvocationResponse,
-    ModelInfo,
     Prediction,
     check_batch_size,
     columns_of,
 )
 from service.auth import bearer_refusal
-from service.drift_check import check_drift
 from service.middleware import RequestMiddleware, close_request_log, configure_request_log, request_state
 from service.model import ServedModel, load_served_model
 from service.prediction_log import PREDICTIONS, PredictionLog
 from service.reload import Watcher
 from service.view_cache import ViewCache
+from service.views import views
 
 API_PATHS = ("/predict", "/predict_batch", "/invocations", "/feedback")
 # Requests written to the JSON request log: the API, and every admin call (refused logins too).
@@ -47,16 +44,13 @@ LOGGED_PATHS = (*API_PATHS, "/admin")
 # JSON values a house has at most (its fields, and its place in a list), and small requests' headroom.
 VALUES_PER_HOUSE = len(FEATURE_COLUMNS) + 1
 SMALL_REQUEST_VALUES = 64
-# The longest a time bucket of /accuracy may be, and the latest time it takes (year 2286).
-MAX_BUCKET_S = 366 * 24 * 3600.0
-MAX_TS = 1e10
-DASHBOARD_HTML = (Path(__file__).parent / "static" / "dashboard.html").read_text()
 # GET endpoints (BentoML APIs are POST only); FastAPI documents them at /docs.
 info_app = FastAPI(
     title="housing-price-service: model and health",
     description="Views of the served model and admin operations. The prediction API is documented at /.",
     docs_url=None,
 )
+info_app.include_router(views)
 info_app.include_router(admin)
 info_app.include_router(history)
 
@@ -97,7 +91,7 @@ def feedback_guard(authorization: str | None) -> tuple[int, str] | None:
     name="housing-price-service",
     workers=2,
     traffic={"timeout": 30, "max_concurrency": 256},
-    # The service writes its own JSON request log (service.requests); BentoML's is redundant and slower.
+    # The service writes its own JSON request log (service.middleware); BentoML's is redundant and slower.
     logging={"access": {"enabled": False}},
     # No trace exporter is configured, so OpenTelemetry spans on the prediction paths would go nowhere
     # and cost 6% of a prediction; an operator who adds an exporter sets tracing.excluded_urls too.
@@ -257,79 +251,3 @@ cast(Any, HousePricer).add_asgi_middleware(
         "/invocations": lambda: settings().max_batch_size * VALUES_PER_HOUSE + SMALL_REQUEST_VALUES,
     },
 )
-
-
-def _service() -> HousePricer:
-    return cast(HousePricer, bentoml.get_current_service())
-
-
-@info_app.get("/model", response_model=ModelInfo)
-def model_info() -> ModelInfo:
-    """Registered name, version, run id, training metrics, feature schema and data version."""
-    return _service().model.info
-
-
-@info_app.get("/drift")
-def drift() -> dict[str, Any]:
-    """Drift of the latest priced houses against the training data, per feature (also on /metrics)."""
-    service = _service()
-    return cast(
-        dict[str, Any],
-        service.views.get(
-            ("drift", service.model.info.bento_tag), lambda: check_drift(service.model.reference, service.log)
-        ),
-    )
-
-
-@info_app.get("/accuracy")
-def accuracy(
-    bucket_s: float | None = Query(
-        default=None,
-        ge=1,
-        le=MAX_BUCKET_S,
-        allow_inf_nan=False,
-        description="Split into time buckets of this many seconds.",
-    ),
-    since_ts: float = Query(
-        default=0.0, ge=0, le=MAX_TS, allow_inf_nan=False, description="Only predictions made after this Unix time."
-    ),
-) -> dict[str, Any]:
-    """MAE and RMSE (USD) against received feedback, per model version; with ``bucket_s``, over time."""
-    log = _service().log
-    rows = _service().views.get(("accuracy", bucket_s, since_ts), lambda: log.accuracy(since_ts, bucket_s))
-    if bucket_s is None:
-        for row in rows:
-            prometheus_metrics.ACCURACY.labels("mae", row["model_version"]).set(row["mae"])
-            prometheus_metrics.ACCURACY.labels("rmse", row["model_version"]).set(row["rmse"])
-            prometheus_metrics.FEEDBACK_COUNT.labels(row["model_version"]).set(row["n"])
-    return {"bucket_s": bucket_s, "since_ts": since_ts, "accuracy": rows}
-
-
-@info_app.get("/stats")
-def stats() -> dict[str, Any]:
-    """Traffic per minute (last hour) and per hour (last day) with request latency, and the latest predictions.
-
-    Request ids are cut short: they are the keys of feedback.
-    """
-    log, now = _service().log, time.time()
-    return {"per_minute": log.traffic(now, 60, 60), "per_hour": log.traffic(now, 3600, 24), "recent": log.recent(20)}
-
-
-@info_app.get("/dashboard", response_class=HTMLResponse)
-def dashboard() -> str:
-    """A live page: traffic, latency, drift, accuracy, recent predictions and the current model."""
-    return DASHBOARD_HTML
-
-
-@info_app.get("/health", response_model=Health)
-def health() -> Health:
-    """A one-look summary: model, uptime and the prediction log's backlog."""
-    service = _service()
-    return Health(
-        status="ok" if service.log.write_failures == service.log.dead_letters == 0 else "degraded",
-        model_name=service.model.info.model_name,
-        model_version=service.model.info.model_version,
-        uptime_s=round(time.time() - service.started, 1),
-        prediction_log_queue=service.log.pending,
-        prediction_log_write_failures=service.log.write_failures,
-    )

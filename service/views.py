@@ -1,0 +1,103 @@
+"""The read-only views of the service: the model, its health, drift, accuracy, traffic and the dashboard.
+
+Each is cheap whatever the size of the log: /stats reads per-minute totals, /drift
+and /accuracy are reused for a few seconds (service.view_cache).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, cast
+
+import bentoml
+from fastapi import APIRouter, Query
+from fastapi.responses import HTMLResponse
+
+from service import prometheus_metrics
+from service.api_models import Health, ModelInfo
+from service.drift_check import check_drift
+
+# The longest a time bucket of /accuracy may be, and the latest time it takes (year 2286).
+MAX_BUCKET_S = 366 * 24 * 3600.0
+MAX_TS = 1e10
+DASHBOARD_HTML = (Path(__file__).parent / "static" / "dashboard.html").read_text()
+
+views = APIRouter(tags=["views"])
+
+
+def _service() -> Any:
+    """The running HousePricer (its model, log and view cache)."""
+    return bentoml.get_current_service()
+
+
+@views.get("/model", response_model=ModelInfo)
+def model_info() -> ModelInfo:
+    """Registered name, version, run id, training metrics, feature schema and data version."""
+    return _service().model.info
+
+
+@views.get("/drift")
+def drift() -> dict[str, Any]:
+    """Drift of the latest priced houses against the training data, per feature (also on /metrics)."""
+    service = _service()
+    return cast(
+        dict[str, Any],
+        service.views.get(
+            ("drift", service.model.info.bento_tag), lambda: check_drift(service.model.reference, service.log)
+        ),
+    )
+
+
+@views.get("/accuracy")
+def accuracy(
+    bucket_s: float | None = Query(
+        default=None,
+        ge=1,
+        le=MAX_BUCKET_S,
+        allow_inf_nan=False,
+        description="Split into time buckets of this many seconds.",
+    ),
+    since_ts: float = Query(
+        default=0.0, ge=0, le=MAX_TS, allow_inf_nan=False, description="Only predictions made after this Unix time."
+    ),
+) -> dict[str, Any]:
+    """MAE and RMSE (USD) against received feedback, per model version; with ``bucket_s``, over time."""
+    log = _service().log
+    rows = _service().views.get(("accuracy", bucket_s, since_ts), lambda: log.accuracy(since_ts, bucket_s))
+    if bucket_s is None:
+        for row in rows:
+            prometheus_metrics.ACCURACY.labels("mae", row["model_version"]).set(row["mae"])
+            prometheus_metrics.ACCURACY.labels("rmse", row["model_version"]).set(row["rmse"])
+            prometheus_metrics.FEEDBACK_COUNT.labels(row["model_version"]).set(row["n"])
+    return {"bucket_s": bucket_s, "since_ts": since_ts, "accuracy": rows}
+
+
+@views.get("/stats")
+def stats() -> dict[str, Any]:
+    """Traffic per minute (last hour) and per hour (last day) with request latency, and the latest predictions.
+
+    Request ids are cut short: they are the keys of feedback.
+    """
+    log, now = _service().log, time.time()
+    return {"per_minute": log.traffic(now, 60, 60), "per_hour": log.traffic(now, 3600, 24), "recent": log.recent(20)}
+
+
+@views.get("/dashboard", response_class=HTMLResponse)
+def dashboard() -> str:
+    """A live page: traffic, latency, drift, accuracy, recent predictions and the current model."""
+    return DASHBOARD_HTML
+
+
+@views.get("/health", response_model=Health)
+def health() -> Health:
+    """A one-look summary: model, uptime and the prediction log's backlog."""
+    service = _service()
+    return Health(
+        status="ok" if service.log.write_failures == service.log.dead_letters == 0 else "degraded",
+        model_name=service.model.info.model_name,
+        model_version=service.model.info.model_version,
+        uptime_s=round(time.time() - service.started, 1),
+        prediction_log_queue=service.log.pending,
+        prediction_log_write_failures=service.log.write_failures,
+    )
