@@ -1,0 +1,83 @@
+"""The request middleware around a stand-in app: tokens, media types, value budget, capped errors, ids."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from service.middleware import MAX_ERROR_BYTES, MAX_ERRORS, RequestMiddleware
+
+
+async def echo(request: Request) -> JSONResponse:
+    body = await request.body()
+    if body.startswith(b"bad"):  # a validation error naming many fields, as BentoML writes it
+        detail = [{"type": "missing", "loc": [i, "longitude"], "msg": "Field required", "input": "x" * 500}
+                  for i in range(1000)]  # fmt: skip
+        return JSONResponse({"error": "1000 validation errors", "detail": detail}, status_code=400)
+    return JSONResponse({"bytes": len(body), "id": request.headers["x-request-id"]})
+
+
+def client() -> TestClient:
+    app = Starlette(routes=[Route(path, echo, methods=["POST"]) for path in ("/api", "/guarded", "/admin/op")])
+    guarded = {"/guarded": lambda auth: None if auth == "Bearer ok" else (401, "authorization: send the token")}
+    wrapped: Any = RequestMiddleware(
+        app,
+        max_body_bytes=lambda: 1000,
+        logged_paths=("/api", "/admin"),
+        guards=guarded,
+        json_paths=("/api", "/guarded"),
+        max_values={"/api": lambda: 10},
+    )
+    return TestClient(wrapped)
+
+
+def test_a_guarded_path_refuses_before_reading_the_body() -> None:
+    with client() as http:
+        refused = http.post("/guarded", content=b"{}", headers={"Content-Type": "application/json"})
+        assert refused.status_code == 401
+        assert refused.headers["www-authenticate"] == "Bearer"
+        assert refused.json() == [{"error": "authorization: send the token"}]
+        assert http.post("/guarded", content=b"{}", headers={"Authorization": "Bearer ok"}).status_code == 200
+
+
+def test_only_json_reaches_the_api() -> None:
+    with client() as http:
+        assert http.post("/api", content=b"{}", headers={"Content-Type": "text/plain"}).status_code == 415
+        assert http.post("/api", content=b"{}", headers={"Content-Type": "multipart/form-data"}).status_code == 415
+        assert http.post("/api", content=b"{}").status_code == 200  # no media type: JSON, as in BentoML
+        assert http.post("/api", content=b"{}", headers={"Content-Type": "application/problem+json"}).status_code == 200
+
+
+def test_bodies_over_the_limits_are_refused_unparsed() -> None:
+    with client() as http:
+        too_large = http.post("/api", content=b"[" + b" " * 2000 + b"]")
+        assert too_large.status_code == 413
+        assert "1000 bytes" in too_large.text
+        too_many = http.post("/api", content=json.dumps([1] * 20).encode())
+        assert too_many.status_code == 413
+        assert "20 JSON values, more than the 11" in too_many.text
+        assert http.post("/api", content=json.dumps([1] * 11).encode()).status_code == 200
+
+
+def test_a_long_error_is_capped_and_keeps_its_length_header() -> None:
+    with client() as http:
+        answer = http.post("/api", content=b"bad")
+    assert answer.status_code == 400
+    assert len(answer.content) <= MAX_ERROR_BYTES
+    assert int(answer.headers["content-length"]) == len(answer.content)
+    body = answer.json()
+    assert (len(body["detail"]), body["more_errors"]) == (MAX_ERRORS, 1000 - MAX_ERRORS)
+
+
+def test_request_ids_are_kept_when_valid_and_made_otherwise() -> None:
+    with client() as http:
+        kept = http.post("/api", content=b"{}", headers={"X-Request-ID": "abc-1"})
+        made = http.post("/api", content=b"{}", headers={"X-Request-ID": "not valid!"})
+    assert kept.headers["x-request-id"] == kept.json()["id"] == "abc-1"
+    assert made.headers["x-request-id"] == made.json()["id"] != "not valid!"
