@@ -51,11 +51,15 @@ serve: setup ## Serve the champion from the BentoML store on PORT (3000)
 build: setup ## Build the bento (service + champion model + generated Dockerfile)
 	bentoml build
 
+.PHONY: image
+image: build ## Build the image with `bentoml containerize` (docker, else podman): housing-price-service:<version> and :latest
+	python -m scripts.image --bento housing-price-service:latest
+
 # Debian/Ubuntu packages named after the command they provide (hadolint, actionlint, shellcheck come with `setup`).
-SYSTEM_TOOLS := wrk prometheus docker-compose ffmpeg nginx
+SYSTEM_TOOLS := wrk prometheus docker-compose ffmpeg nginx podman runc mmdebstrap iptables
 # Debian packages Chromium; Ubuntu's package is a snap stub, so there Playwright fetches its own build.
 UBUNTU := $(shell grep -qs '^ID=ubuntu' /etc/os-release && echo yes)
-tools: setup ## Install the system tools the tests and benchmarks use (wrk, Prometheus, Chromium, docker-compose, ffmpeg, nginx)
+tools: setup ## Install the system tools the tests and benchmarks use (wrk, Prometheus, Chromium, docker-compose, ffmpeg, nginx, podman)
 	@missing=""; for tool in $(SYSTEM_TOOLS) $(if $(UBUNTU),,chromium); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
