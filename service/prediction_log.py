@@ -58,6 +58,7 @@ _CORRECT_FEEDBACK = f"""UPDATE {FEEDBACK} SET actual_price_usd = ?, ts = ?, auth
 _RECORD_CORRECTION = f"""INSERT INTO {CORRECTIONS} (request_id, idx, ts, previous_price_usd, actual_price_usd, reason)
                          VALUES (?, ?, ?, ?, ?, ?)"""  # noqa: S608  # nosec B608
 _ID_TAKEN = f"SELECT 1 FROM {PREDICTIONS} WHERE request_id = ? LIMIT 1"  # noqa: S608  # nosec B608
+_NEWEST = f"SELECT (SELECT MAX(id) FROM {PREDICTIONS}), (SELECT MAX(id) FROM {FEEDBACK})"  # noqa: S608  # nosec B608
 
 
 def connect(path: Path) -> sqlite_utils.Database:
@@ -209,6 +210,11 @@ class PredictionLog:
     def prediction(self, request_id: str, idx: int) -> dict[str, Any] | None:
         rows = list(self._reader()[PREDICTIONS].rows_where("request_id = ? AND idx = ?", [request_id, idx], limit=1))
         return rows[0] if rows else None
+
+    def newest(self) -> tuple[int, int]:
+        """The ids of the newest prediction and the newest feedback (0 when none): what a cached view depends on."""
+        row = self._reader().execute(_NEWEST).fetchone()
+        return int(row[0] or 0), int(row[1] or 0)
 
     def recent_inputs(self, rows: int) -> dict[str, list[Any]]:
         """The raw inputs of the latest ``rows`` priced houses, as columns."""

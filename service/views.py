@@ -1,7 +1,8 @@
 """The read-only views of the service: the model, its health, drift, accuracy, traffic and the dashboard.
 
 Each is cheap whatever the size of the log: /stats reads per-minute totals, /drift
-and /accuracy are reused for a few seconds (service.view_cache).
+reads the latest window, and /drift and /accuracy answers are reused for a few
+seconds (service.view_cache) while no new prediction or feedback came in.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def drift() -> dict[str, Any]:
     return cast(
         dict[str, Any],
         service.views.get(
-            ("drift", service.model.info.bento_tag), lambda: check_drift(service.model.reference, service.log)
+            ("drift", service.model.info.bento_tag, service.log.newest()[0]),
+            lambda: check_drift(service.model.reference, service.log),
         ),
     )
 
@@ -64,7 +66,8 @@ def accuracy(
 ) -> dict[str, Any]:
     """MAE and RMSE (USD) against received feedback, per model version; with ``bucket_s``, over time."""
     log = _service().log
-    rows = _service().views.get(("accuracy", bucket_s, since_ts), lambda: log.accuracy(since_ts, bucket_s))
+    key = ("accuracy", bucket_s, since_ts, log.newest()[1])
+    rows = _service().views.get(key, lambda: log.accuracy(since_ts, bucket_s))
     if bucket_s is None:
         for row in rows:
             prometheus_metrics.ACCURACY.labels("mae", row["model_version"]).set(row["mae"])

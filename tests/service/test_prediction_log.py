@@ -223,3 +223,12 @@ def test_recent_predictions_show_no_full_request_id(tmp_path: Path) -> None:
     assert log.flush()
     assert [r["request_id"] for r in log.recent(5)] == ["a…", "3f2b9c1e…"]
     log.close()
+
+
+def test_newest_ids_move_with_each_prediction_and_feedback(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path / "p.db", interval_s=0.01)
+    assert log.newest() == (0, 0)
+    log.add(PREDICTIONS, [row("a"), row("a", 1)])
+    give_feedback(log, [("a", 1, 200_000.0)])
+    assert log.newest() == (2, 1)
+    log.close()
