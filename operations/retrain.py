@@ -22,6 +22,7 @@ from typing import Any
 
 import bentoml
 
+from housing.model_format import ModelMetadata
 from housing.params import RetrainParams, load_params
 from housing.settings import settings, variable, without_secrets
 from service.drift_check import check_drift
@@ -38,8 +39,8 @@ def reasons_to_retrain(bento_model: bentoml.Model, log: PredictionLog, params: R
         report = check_drift(reference_of(bento_model), log)
         if report["drift_detected"]:
             reasons.append("drift in " + ", ".join(report["drifted_features"]))
-    meta: dict[str, Any] = dict(bento_model.info.metadata)
-    version, test_rmse = str(meta["mlflow_version"]), float(meta["test_metrics"]["rmse"])
+    meta = ModelMetadata.model_validate(bento_model.info.metadata)
+    version, test_rmse = meta.mlflow_version, meta.test_metrics["rmse"]
     for row in log.accuracy():
         enough = row["model_version"] == version and row["n"] >= params.min_feedback
         if enough and row["rmse"] > params.max_rmse_ratio * test_rmse:

@@ -19,6 +19,7 @@ import sys
 import threading
 from functools import lru_cache
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any, cast
 
 import bentoml
@@ -136,15 +137,21 @@ def _tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(settings().project_dir / 'mlflow.db').resolve()}"
 
 
+def _project_params(command: str) -> Path:
+    """The project's params.yaml; 503 where the service runs without its DVC project (an image)."""
+    params = settings().project_dir / "params.yaml"
+    if not params.is_file():
+        raise HTTPException(503, f"{command}: no DVC project (params.yaml) in the service's HOUSING_PROJECT_DIR")
+    return params
+
+
 def _read_history(limit: int) -> list[dict[str, Any]]:
     """The registry's decisions, read in process from the project's MLflow store."""
-    project = settings().project_dir
-    if not (project / "params.yaml").is_file():
-        raise HTTPException(503, "history: no DVC project (params.yaml) in the service's HOUSING_PROJECT_DIR")
+    params = _project_params("history")
     uri = _tracking_uri()
     with _REGISTRY_READS:
         try:
-            return decision_history(_client(uri), load_params(project / "params.yaml").register_, limit)
+            return decision_history(_client(uri), load_params(params).register_, limit)
         except Exception:  # an unreachable or broken store (MLflow, SQLAlchemy, the driver): the reader's problem
             log.exception("history: the model registry at %s is not readable", uri)
             raise HTTPException(503, "history: the model registry is not readable") from None
@@ -158,9 +165,8 @@ def _client(tracking_uri: str) -> MlflowClient:
 
 def _cli(*args: str) -> list[str]:
     """The argv of ``housing <args>`` for the project; 503 where the service runs without one (an image)."""
+    _project_params(args[0])
     config = settings()
-    if not (config.project_dir / "params.yaml").is_file():
-        raise HTTPException(503, f"{args[0]}: no DVC project (params.yaml) in the service's HOUSING_PROJECT_DIR")
     return [sys.executable, "-m", "operations.cli", *args, "--project-dir", str(config.project_dir.resolve()),
             "--db", str(config.prediction_db.resolve())]  # fmt: skip
 
