@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from housing.settings import HousingSettings
 
@@ -56,10 +56,27 @@ class FeatureParams(_Section):
 
 
 class FamilyParams(_Section):
-    search: Literal["grid", "random"]
+    """How one model family is searched.
+
+    ``grid`` tries every combination, ``random`` draws ``n_iter`` of them, and
+    ``optuna`` runs ``n_iter`` trials of Optuna's seeded TPE sampler over its one
+    candidate, whose values may also be ranges (``{low, high, log}``).
+    ``early_stopping_rounds`` (LightGBM) makes ``n_estimators`` a ceiling: each
+    candidate gets the tree count with the lowest mean CV RMSE, its folds stopping
+    once that many rounds brought no gain.
+    """
+
+    search: Literal["grid", "random", "optuna"]
     n_iter: int | None = Field(default=None, ge=1)
     # Each candidate names a model and maps hyperparameters to a value or a list of values.
     candidates: list[dict[str, Any]] = Field(min_length=1)
+    early_stopping_rounds: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _optuna_has_one_space(self) -> FamilyParams:
+        if self.search == "optuna" and (len(self.candidates) != 1 or self.n_iter is None):
+            raise ValueError("an optuna search needs exactly one candidate (its search space) and n_iter trials")
+        return self
 
 
 class TrainParams(_Section):

@@ -38,6 +38,10 @@ class HousingSettings(BaseSettings):
         default=Path("var/predictions.db"),
         description="SQLite prediction log; the pipeline's feedback stage reads its labeled houses.",
     )
+    compiled_dir: Path | None = Field(
+        default=Path("var/compiled"),
+        description="Cache of compiled LightGBM forests (housing.compiled_forest); empty serves the booster only.",
+    )
     log_dir: Path = Field(default=Path("var/log"), description="Folder of the rotating JSON request logs.")
     log_max_bytes: int = Field(default=10 * 1024 * 1024, gt=0, description="Size at which a log file rotates.")
     log_backups: int = Field(default=5, ge=0, description="Rotated log files kept.")
@@ -78,11 +82,11 @@ class HousingSettings(BaseSettings):
         default=10.0, gt=0, description="A worker silent for longer is taken for gone when waiting on a reload."
     )
 
-    @field_validator("admin_token", "feedback_token", mode="before")
+    @field_validator("admin_token", "feedback_token", "compiled_dir", mode="before")
     @classmethod
-    def _empty_is_unset(cls, token: object) -> object:
-        """An empty token (``HOUSING_ADMIN_TOKEN=``) disables its role, as an unset one does."""
-        return None if token == "" else token
+    def _empty_is_unset(cls, value: object) -> object:
+        """An empty value (``HOUSING_ADMIN_TOKEN=``) disables what it enables, as an unset one does."""
+        return None if value == "" else value
 
     @property
     def body_limit(self) -> int:

@@ -326,6 +326,8 @@ class Health(BaseModel):
                 "uptime_s": 3600.0,
                 "prediction_log_queue": 0,
                 "prediction_log_write_failures": 0,
+                "model_runtime": "lleaves",
+                "model_runtime_problem": None,
             }
         },
     )
@@ -336,6 +338,11 @@ class Health(BaseModel):
     uptime_s: float
     prediction_log_queue: int
     prediction_log_write_failures: int
+    model_runtime: Literal["lleaves", "lightgbm", "scikit-learn"] = Field(
+        description="What computes the forest's scores: compiled code (lleaves), the LightGBM booster (while "
+        "compiling, or when compiled code is missing or unusable) or the model's own predict (other families)."
+    )
+    model_runtime_problem: str | None = Field(description="Why compiled code is not serving, if it is not.")
 
 
 class RetrainRequest(BaseModel):

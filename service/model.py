@@ -6,6 +6,7 @@ import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -14,12 +15,19 @@ import mlflow.sklearn
 import numpy as np
 from lightgbm import LGBMModel
 from sklearn.base import BaseEstimator
-from sklearn.pipeline import Pipeline
+from sklearn.compose import TransformedTargetRegressor
 
+from housing.compiled_forest import ForestRuntime
 from housing.model_format import MLFLOW_MODEL_FOLDER, ModelLabels, ModelMetadata, fitted_pipeline
+from service import prometheus_metrics
 from service.api_models import EXAMPLE_HOUSE, House, ModelInfo, columns_of
 
 PARALLEL_ROWS = 1000
+# Probe houses on which a compiled forest must price as the booster does: the example house moved
+# across the state and through the income range (rows of every ocean_proximity value would not add much).
+PROBE_SHIFTS = [
+    (dlon, dlat, income) for dlon in (-1.5, 0.0, 4.0) for dlat in (-4.0, 0.0, 1.5) for income in (1.0, 8.3, 15.0)
+]
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,8 @@ class ServedModel:
     reference: dict[str, Any]
     # Predict-time arguments that let the model use every core on a large batch.
     parallel: dict[str, Any] = field(default_factory=dict)
+    # The forest's runtime (compiled code or the LightGBM booster); None for models of other families.
+    forest: ForestRuntime | None = None
 
     def identity(self) -> dict[str, str]:
         """The name and version a prediction response carries."""
@@ -51,22 +61,25 @@ class ServedModel:
         return np.asarray(self.predictor(columns, **params), dtype=float)
 
 
-def load_served_model(bento_model: bentoml.Model) -> ServedModel:
+def load_served_model(bento_model: bentoml.Model, compiled_dir: Path | None = None) -> ServedModel:
     """Load the MLflow model inside ``bento_model`` and warm it up.
 
     The sklearn flavour is loaded directly (not through pyfunc's per-call schema
     enforcement), which keeps single predictions fast; the request models already
-    validate every field, and a test proves both paths give the same prices.
+    validate every field, and a test proves both paths give the same prices. A
+    LightGBM forest runs as compiled code from ``compiled_dir`` once that is ready
+    (housing.compiled_forest), as the booster until then or if it cannot be.
     """
     estimator = mlflow.sklearn.load_model(bento_model.path_of(MLFLOW_MODEL_FOLDER))
     meta = ModelMetadata.model_validate(bento_model.info.metadata)
     labels = ModelLabels.model_validate(bento_model.info.labels)
-    regressor = fitted_pipeline(estimator).named_steps["model"]
+    forest = forest_runtime(estimator, compiled_dir, on_change=partial(_report_runtime, meta.mlflow_version))
     served = ServedModel(
         estimator=estimator,
-        predictor=fast_predict(estimator) or estimator.predict,
+        predictor=estimator.predict if forest is None else fast_predict(estimator, forest),
         reference=reference_of(bento_model),
-        parallel={"num_threads": os.cpu_count() or 1} if isinstance(regressor, LGBMModel) else {},
+        parallel={"num_threads": os.cpu_count() or 1} if forest is not None else {},
+        forest=forest,
         info=ModelInfo(
             model_name=meta.mlflow_model,
             model_version=meta.mlflow_version,
@@ -79,29 +92,53 @@ def load_served_model(bento_model: bentoml.Model) -> ServedModel:
             feature_schema=House.model_json_schema(),
         ),
     )
+    if forest is not None:
+        forest.start()
     # The first call builds the neighbour index; do it before traffic arrives.
     served.predict(columns_of([House(**EXAMPLE_HOUSE)]))
     return served
 
 
-def fast_predict(estimator: BaseEstimator) -> Callable[..., np.ndarray] | None:
-    """For a feature pipeline ending in LightGBM: its steps called directly, the booster on one thread.
+def forest_runtime(
+    estimator: BaseEstimator, compiled_dir: Path | None, on_change: Callable[[ForestRuntime], None] | None = None
+) -> ForestRuntime | None:
+    """The runtime of a pipeline ending in LightGBM, probed on houses across the state; None for other models."""
+    pipeline = fitted_pipeline(estimator)
+    if not isinstance(pipeline[-1], LGBMModel):
+        return None
+    probe = [
+        {**EXAMPLE_HOUSE, "longitude": EXAMPLE_HOUSE["longitude"] + dlon, "latitude": EXAMPLE_HOUSE["latitude"] + dlat,
+         "median_income": income}
+        for dlon, dlat, income in PROBE_SHIFTS
+    ]  # fmt: skip
+    features: Any = columns_of([House(**house) for house in probe])
+    for _, step in pipeline.steps[:-1]:
+        features = step.transform(features)
+    return ForestRuntime(pipeline[-1].booster_, compiled_dir, features, on_change)
+
+
+def _report_runtime(model_version: str, forest: ForestRuntime) -> None:
+    prometheus_metrics.FOREST_COMPILED.labels(model_version).set(int(forest.runtime == "lleaves"))
+
+
+def fast_predict(estimator: BaseEstimator, forest: ForestRuntime) -> Callable[..., np.ndarray]:
+    """A LightGBM pipeline's steps called directly, its forest on ``forest``, its target transform undone.
 
     LightGBM's scikit-learn wrapper re-derives its parameters (get_params,
     deepcopy, signature inspection) and re-validates the array on every call:
-    0.6 ms of a single record's 1.4 ms. The booster computes the same prices from
-    the same features; a test holds the two paths equal. None for other models.
+    0.6 ms of a single record's 1.4 ms. The forest computes the same prices from
+    the same features; a test holds the two paths equal.
     """
-    if not isinstance(estimator, Pipeline) or not isinstance(estimator[-1], LGBMModel):
-        return None
-    transforms = [step for _, step in estimator.steps[:-1]]
-    booster = estimator[-1].booster_
+    pipeline = fitted_pipeline(estimator)
+    transforms = [step for _, step in pipeline.steps[:-1]]
+    inverse = estimator.inverse_func if isinstance(estimator, TransformedTargetRegressor) else None
 
     def predict(columns: Mapping[str, Sequence[Any]], num_threads: int = 1) -> np.ndarray:
-        features = columns
+        features: Any = columns
         for step in transforms:
             features = step.transform(features)
-        return np.asarray(booster.predict(features, num_threads=num_threads))
+        scores = forest.predict(features, num_threads=num_threads)
+        return np.asarray(inverse(scores) if inverse is not None else scores)
 
     return predict
 

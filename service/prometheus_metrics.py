@@ -68,6 +68,13 @@ FEEDBACK_COUNT = Gauge(
     "housing_feedback_houses", "Priced houses with feedback, by model version.", ["model_version"],
     multiprocess_mode="mostrecent",
 )  # fmt: skip
+FOREST_COMPILED = Gauge(
+    "housing_model_forest_compiled",
+    "1 while the served forest runs as compiled code, 0 while the LightGBM booster serves it (compiling, "
+    "missing or unusable artefact: /health says which), by model version.",
+    ["model_version"],
+    multiprocess_mode="liveall",
+)
 MODEL_INFO = Gauge(
     "housing_model_info",
     "The served model (value 1), identified by its labels.",

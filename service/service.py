@@ -107,7 +107,7 @@ class HousePricer:
 
     def __init__(self) -> None:
         config = settings()
-        self.model: ServedModel = load_served_model(self.model_ref)
+        self.model: ServedModel = load_served_model(self.model_ref, config.compiled_dir)
         self.log = PredictionLog(
             config.prediction_db, config.writer_batch_size, config.writer_interval_s, config.writer_max_retries
         )
@@ -184,7 +184,7 @@ class HousePricer:
 
     def _switch(self, bento_tag: str) -> None:
         """Load ``bento_tag`` beside the served model, then swap: requests in flight finish on the old one."""
-        model = load_served_model(bentoml.models.get(bento_tag))
+        model = load_served_model(bentoml.models.get(bento_tag), settings().compiled_dir)
         old, self.model = self.model.info, model
         prometheus_metrics.MODEL_INFO.labels(old.model_name, old.model_version, old.family).set(0)
         prometheus_metrics.MODEL_INFO.labels(model.info.model_name, model.info.model_version, model.info.family).set(1)

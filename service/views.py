@@ -103,4 +103,6 @@ def health() -> Health:
         uptime_s=round(time.time() - service.started, 1),
         prediction_log_queue=service.log.pending,
         prediction_log_write_failures=service.log.write_failures,
+        model_runtime=forest.runtime if (forest := service.model.forest) else "scikit-learn",
+        model_runtime_problem=forest.problem if forest else None,
     )

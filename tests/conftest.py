@@ -29,6 +29,8 @@ from training.ingest import ingest
 
 ROOT = Path(__file__).resolve().parents[1]
 _BENTOML_HOME = tempfile.mkdtemp(prefix="housing-bentoml-")
+# Every server of the session shares one cache of compiled forests: each model compiles once.
+_COMPILED_DIR = tempfile.mkdtemp(prefix="housing-compiled-")
 # The store the user's own commands use; the demo test runs the real system against it.
 USER_BENTOML_HOME = os.environ.get("BENTOML_HOME")
 
@@ -42,6 +44,7 @@ REAL_FIXTURES = frozenset(
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ["BENTOML_HOME"] = _BENTOML_HOME
+    os.environ["HOUSING_COMPILED_DIR"] = _COMPILED_DIR
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -52,6 +55,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     shutil.rmtree(_BENTOML_HOME, ignore_errors=True)
+    shutil.rmtree(_COMPILED_DIR, ignore_errors=True)
 
 
 @contextmanager

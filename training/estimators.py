@@ -1,7 +1,8 @@
 """Model families and the full model pipeline built around them.
 
 A *candidate* is a mapping from ``params.yaml``: ``model`` names an entry of
-:data:`MODELS`, every other key is a hyperparameter of it. :func:`build_model`
+:data:`MODELS`, ``target_transform`` (optional) overrides the training section's,
+every other key is a hyperparameter of the model. :func:`build_model`
 turns it into one scikit-learn estimator that takes raw records (see
 :mod:`housing.features`) and predicts prices in USD.
 """
@@ -56,6 +57,9 @@ MODELS: dict[str, ModelSpec] = {
     "lightgbm": ModelSpec(_lightgbm),
 }
 
+# Candidate keys that say how to build the model rather than configure it.
+NOT_HYPERPARAMETERS = ("model", "target_transform")
+
 TARGET_TRANSFORMS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]] | None] = {
     "none": None,
     "log": (np.log, np.exp),
@@ -67,7 +71,8 @@ def build_model(
     candidate: Mapping[str, Any], features: FeatureParams, target_transform: str, seed: int
 ) -> BaseEstimator:
     """The full pipeline for one candidate: raw records in, USD out."""
-    hp = {key: value for key, value in candidate.items() if key != "model"}
+    hp = {key: value for key, value in candidate.items() if key not in NOT_HYPERPARAMETERS}
+    target_transform = candidate.get("target_transform", target_transform)
     spec = MODELS[candidate["model"]]
     steps: list[tuple[str, Any]] = [("features", housing_features(features, seed))]
     if spec.scale:
@@ -87,6 +92,8 @@ def housing_features(features: FeatureParams, seed: int) -> HousingFeatures:
 
 def expand_candidates(family: FamilyParams, seed: int) -> list[dict[str, Any]]:
     """Concrete candidates of a family: the whole grid, or ``n_iter`` seeded samples of it."""
+    if family.search == "optuna":
+        raise ValueError("an optuna family's candidates are drawn trial by trial (training.tuning)")
     grid = [{key: value if isinstance(value, list) else [value] for key, value in c.items()} for c in family.candidates]
     candidates: Iterable[dict[str, Any]] = ParameterGrid(grid)
     if family.search == "random":

@@ -54,7 +54,7 @@ def evaluate(params: Params) -> dict[str, Any]:
             "met": test["r2"] >= floor.min_r2 and test["rmse"] <= floor.max_rmse,
         },
         "families": {
-            family: {"cv": r["cv"], "best_params": r["best_params"], "run_id": r["run_id"]}
+            family: {"cv": r["cv"], "best_params": r["best_params"], "run_id": r["run_id"], "trials": r["trials"]}
             for family, r in cv_results["families"].items()
         },
         "top_features": dict(sorted(importance.items(), key=lambda item: -item[1])[:10]),
@@ -83,6 +83,10 @@ def render_report(metrics: dict[str, Any], figures_dir: Path, report_path: Path)
             f"{gap / max(families[winner]['cv']['rmse_std'], 1e-9):.1f} fold standard deviations"
         )
     floor = metrics["quality_floor"]
+    trials = sorted(families[winner].get("trials", []), key=lambda t: t["rmse"])
+    trial_rows = "\n".join(
+        f"| {rank} | {t['rmse']:,.0f} ± {t['rmse_std']:,.0f} | `{t['params']}` |" for rank, t in enumerate(trials, 1)
+    )
     rel = Path(os.path.relpath(figures_dir, report_path.parent)).as_posix()
     features = "\n".join(f"| {name} | {value:,.4g} |" for name, value in metrics["top_features"].items())
     return f"""# Model report
@@ -101,6 +105,15 @@ the winner was then scored once on {metrics["test_rows"]:,} held-out test rows.
 ## Why the winner won
 
 {why}.
+
+## The winner's search
+
+{len(trials)} candidates of **{winner}**, best first (CV RMSE in USD; where the family stops early, the
+tree count is the one with the lowest mean RMSE over the folds):
+
+| rank | CV RMSE ± std | params |
+|---|---|---|
+{trial_rows}
 
 ## Test set
 

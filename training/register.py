@@ -15,23 +15,29 @@ import argparse
 import hashlib
 import json
 import logging
+import subprocess
 import sys
+import time
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import bentoml
 import mlflow
+import mlflow.sklearn
 import numpy as np
 import pandas as pd
+from lightgbm import LGBMModel
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
 from housing.columns import CATEGORICAL_COLUMN, FEATURE_COLUMNS, NUMERIC_COLUMNS
+from housing.compiled_forest import compile_forest
 from housing.decisions import Decision, record
 from housing.drift_stats import reference_profile
-from housing.model_format import PROFILE_TAG, TRUSTED_TYPES, extra_file
+from housing.model_format import MLFLOW_MODEL_FOLDER, PROFILE_TAG, TRUSTED_TYPES, extra_file, fitted_pipeline
 from housing.params import Params, RegisterParams, load_params
 from housing.settings import HousingSettings
 from training.champion import champion_version, crown, is_served, served_model, tagged_metrics
@@ -232,6 +238,29 @@ def champion_available(params: Params) -> bool:
     return champion is not None and is_served(params.register_, str(champion.version))
 
 
+def compile_champion(bento_tag: str, cache_dir: Path | None) -> Path | None:
+    """Compile the champion's forest for this machine, so a service started here serves compiled code at once.
+
+    Returns the artefact, or None for a model that is not a LightGBM forest, with
+    compilation disabled, or when compiling failed (the service then serves the
+    booster and says why).
+    """
+    if cache_dir is None:
+        return None
+    bento_model = bentoml.models.get(bento_tag)
+    regressor = fitted_pipeline(mlflow.sklearn.load_model(bento_model.path_of(MLFLOW_MODEL_FOLDER)))[-1]
+    if not isinstance(regressor, LGBMModel):
+        return None
+    start = time.perf_counter()
+    try:
+        artefact = compile_forest(regressor.booster_.model_to_string(), cache_dir)
+    except (RuntimeError, subprocess.TimeoutExpired) as error:
+        log.warning("the champion's forest did not compile; services will serve the booster: %s", error)
+        return None
+    log.info("compiled forest %s ready in %.1f s", artefact, time.perf_counter() - start)
+    return artefact
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -253,6 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     path = params.register_.registration_path
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(registration, indent=2) + "\n")
+    compile_champion(registration["bento_model"], HousingSettings().compiled_dir)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
-"""Regression metrics in the target's units (USD)."""
+"""Regression metrics in the target's units (USD), and a candidate's scores across folds."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import pandas as pd
 from sklearn.metrics import mean_absolute_error, r2_score, root_mean_squared_error
 
 # Which way each metric improves: selection and comparisons go through this.
@@ -32,3 +35,29 @@ def best_index(metric: str, values: Sequence[float]) -> int:
         if is_better(metric, value, values[best]):
             best = index
     return best
+
+
+@dataclass
+class CandidateScore:
+    """One candidate's cross-validated figures and out-of-fold predictions, shape (n_samples,), in USD."""
+
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    oof_pred: np.ndarray = field(repr=False)
+
+
+def score_folds(
+    params: dict[str, Any], y: pd.Series, splits: list[tuple[np.ndarray, np.ndarray]], outcomes: list
+) -> CandidateScore:
+    """Fold-averaged metrics (mean and std), mean fit time and out-of-fold predictions of one candidate."""
+    oof = np.empty(len(y))
+    per_fold = []
+    for (_, held_idx), (pred, _) in zip(splits, outcomes, strict=True):
+        oof[held_idx] = pred
+        per_fold.append(regression_metrics(y.iloc[held_idx].to_numpy(), pred))
+    metrics = {}
+    for name in per_fold[0]:
+        values = [fold[name] for fold in per_fold]
+        metrics[name], metrics[f"{name}_std"] = float(np.mean(values)), float(np.std(values))
+    metrics["fit_seconds"] = float(np.mean([seconds for _, seconds in outcomes]))
+    return CandidateScore(params=params, metrics=metrics, oof_pred=oof)

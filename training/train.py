@@ -25,19 +25,12 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.model_selection import KFold
 
 from housing.params import Params, load_params
-from training import plots
+from training import plots, tuning
 from training.estimators import build_model, expand_candidates, feature_importance, save_model
 from training.prepare import load_split
-from training.scoring import best_index, regression_metrics
+from training.scoring import CandidateScore, best_index, score_folds
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class CandidateScore:
-    params: dict[str, Any]
-    metrics: dict[str, float]
-    oof_pred: np.ndarray = field(repr=False)
 
 
 @dataclass
@@ -46,17 +39,19 @@ class FamilyResult:
     run_id: str
     best_params: dict[str, Any]
     cv_metrics: dict[str, float]
-    n_candidates: int
     search_seconds: float
     model: BaseEstimator = field(repr=False)
+    # Every candidate tried: its params and CV RMSE ± std (USD), in the order tried.
+    trials: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         return {
             "run_id": self.run_id,
             "best_params": self.best_params,
             "cv": self.cv_metrics,
-            "n_candidates": self.n_candidates,
+            "n_candidates": len(self.trials),
             "search_seconds": round(self.search_seconds, 2),
+            "trials": self.trials,
         }
 
 
@@ -69,35 +64,18 @@ def _fit_predict(
     return estimator.predict(X.iloc[held_idx]), fit_seconds
 
 
-def score_folds(
-    params: dict[str, Any], y: pd.Series, splits: list[tuple[np.ndarray, np.ndarray]], outcomes: list
-) -> CandidateScore:
-    """Fold-averaged metrics (mean and std), mean fit time and out-of-fold predictions of one candidate."""
-    oof = np.empty(len(y))
-    per_fold = []
-    for (_, held_idx), (pred, _) in zip(splits, outcomes, strict=True):
-        oof[held_idx] = pred
-        per_fold.append(regression_metrics(y.iloc[held_idx].to_numpy(), pred))
-    metrics = {}
-    for name in per_fold[0]:
-        values = [fold[name] for fold in per_fold]
-        metrics[name], metrics[f"{name}_std"] = float(np.mean(values)), float(np.std(values))
-    metrics["fit_seconds"] = float(np.mean([seconds for _, seconds in outcomes]))
-    return CandidateScore(params=params, metrics=metrics, oof_pred=oof)
-
-
 def search_family(family: str, X: pd.DataFrame, y: pd.Series, params: Params, progress: Progress) -> FamilyResult:
     """Search one family's candidates under a parent MLflow run; refit the best."""
-    train = params.train
-    candidates = expand_candidates(train.families[family], train.seed)
+    train, spec = params.train, params.train.families[family]
     start = time.perf_counter()
     with mlflow.start_run(run_name=family) as parent:
         mlflow.set_tags({"family": family, "role": "family_search"})
         mlflow.log_params(
             {
                 "family": family,
-                "search": train.families[family].search,
-                "n_candidates": len(candidates),
+                "search": spec.search,
+                "n_candidates": spec.n_iter if spec.search == "optuna" else len(expand_candidates(spec, train.seed)),
+                "early_stopping_rounds": spec.early_stopping_rounds,
                 "cv_folds": train.cv_folds,
                 "target_transform": train.target_transform,
                 "neighbours": ",".join(map(str, params.features.neighbours)),
@@ -105,7 +83,10 @@ def search_family(family: str, X: pd.DataFrame, y: pd.Series, params: Params, pr
                 "seed": train.seed,
             }
         )
-        scores = score_candidates(family, candidates, X, y, params, progress)
+        if spec.search == "optuna":
+            scores = tuning.search(family, spec, X, y, params, progress)
+        else:
+            scores = score_candidates(family, expand_candidates(spec, train.seed), X, y, params, progress)
         best = scores[best_index(train.scoring, [s.metrics[train.scoring] for s in scores])]
         model = build_model(best.params, params.features, train.target_transform, train.seed).fit(X, y)
         mlflow.log_params({f"best_{key}": value for key, value in best.params.items()})
@@ -116,7 +97,7 @@ def search_family(family: str, X: pd.DataFrame, y: pd.Series, params: Params, pr
             run_id=parent.info.run_id,
             best_params=best.params,
             cv_metrics=best.metrics,
-            n_candidates=len(candidates),
+            trials=[{"params": s.params, "rmse": s.metrics["rmse"], "rmse_std": s.metrics["rmse_std"]} for s in scores],
             search_seconds=time.perf_counter() - start,
             model=model,
         )

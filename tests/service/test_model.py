@@ -7,23 +7,36 @@ import numpy as np
 import pandas as pd
 
 from housing.params import Params
+from housing.settings import HousingSettings
 from load_tests.benchmark import request_records
 from service.api_models import House, columns_of
-from service.model import PARALLEL_ROWS, fast_predict, load_served_model
+from service.model import PARALLEL_ROWS, fast_predict, forest_runtime, load_served_model
 from training.estimators import build_model
 
 
 def test_fast_path_equals_the_pipeline(champion: dict, test_rows: pd.DataFrame) -> None:
-    served = load_served_model(bentoml.models.get("housing-price-model:latest"))
-    assert fast_predict(served.estimator) is not None  # the champion is a LightGBM pipeline
+    served = load_served_model(bentoml.models.get("housing-price-model:latest"), HousingSettings().compiled_dir)
+    assert served.forest is not None  # the champion is a LightGBM pipeline
+    assert served.forest.wait(600)
+    assert (served.forest.runtime, served.forest.problem) == ("lleaves", None)
     one = columns_of([House(**request_records(test_rows.head(1))[0])])
-    np.testing.assert_array_equal(served.predict(one), served.estimator.predict(test_rows.head(1)))
+    np.testing.assert_allclose(served.predict(one), served.estimator.predict(test_rows.head(1)), rtol=1e-9)
     # A batch large enough to use every core, rows repeated past PARALLEL_ROWS.
     big = pd.concat([test_rows] * (PARALLEL_ROWS // len(test_rows) + 1), ignore_index=True)
     columns = {name: big[name].tolist() for name in big.columns}
-    np.testing.assert_array_equal(served.predict(columns), served.estimator.predict(big))
+    np.testing.assert_allclose(served.predict(columns), served.estimator.predict(big), rtol=1e-9)
 
 
 def test_other_models_keep_their_own_predict(params: Params, X_sample: pd.DataFrame, y_sample: pd.Series) -> None:
     linear = build_model({"model": "ridge", "alpha": 1.0}, params.features, "none", seed=0).fit(X_sample, y_sample)
-    assert fast_predict(linear) is None
+    assert forest_runtime(linear, None) is None
+
+
+def test_a_log_target_forest_prices_in_usd(params: Params, X_sample: pd.DataFrame, y_sample: pd.Series) -> None:
+    model = build_model({"model": "lightgbm", "n_estimators": 30}, params.features, "log", seed=0).fit(
+        X_sample, y_sample
+    )
+    forest = forest_runtime(model, None)
+    assert forest is not None
+    columns = {name: X_sample[name].tolist() for name in X_sample.columns}
+    np.testing.assert_allclose(fast_predict(model, forest)(columns), model.predict(X_sample), rtol=1e-12)

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pandas as pd
 import pytest
 import skops.io as sio
@@ -11,6 +12,7 @@ from sklearn.compose import TransformedTargetRegressor
 from housing.model_format import TRUSTED_TYPES
 from housing.params import FamilyParams, Params
 from training.estimators import MODELS, build_model, expand_candidates, feature_importance, load_model, save_model
+from training.tuning import suggest
 
 SMALL = {
     "ols": {},
@@ -90,7 +92,11 @@ def test_random_search_is_seeded_and_capped() -> None:
 
 def test_params_families_all_build(params: Params) -> None:
     for name, family in params.train.families.items():
-        candidates = expand_candidates(family, params.train.seed)
+        if family.search == "optuna":
+            study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+            candidates = [suggest(study.ask(), family.candidates[0]) for _ in range(3)]
+        else:
+            candidates = expand_candidates(family, params.train.seed)
         assert candidates, name
         for candidate in candidates:
             build_model(candidate, params.features, params.train.target_transform, params.train.seed)

@@ -1,0 +1,55 @@
+"""Optuna draws candidates from a declared space; early stopping inside CV picks the best tree count."""
+
+from __future__ import annotations
+
+import optuna
+import pandas as pd
+import pytest
+from sklearn.model_selection import KFold
+
+from housing.params import FamilyParams, Params
+from training.tuning import cross_validate, fold_features, suggest
+
+SPACE = {
+    "model": "lightgbm",
+    "n_estimators": 400,
+    "learning_rate": {"low": 0.01, "high": 0.3, "log": True},
+    "num_leaves": {"low": 7, "high": 63},
+    "target_transform": ["none", "log"],
+}
+
+
+def test_suggest_draws_ranges_choices_and_fixed_values() -> None:
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=5))
+    drawn = [suggest(study.ask(), SPACE) for _ in range(20)]
+    assert all(d["model"] == "lightgbm" and d["n_estimators"] == 400 for d in drawn)
+    assert all(0.01 <= d["learning_rate"] <= 0.3 and isinstance(d["learning_rate"], float) for d in drawn)
+    assert all(7 <= d["num_leaves"] <= 63 and isinstance(d["num_leaves"], int) for d in drawn)
+    assert {d["target_transform"] for d in drawn} == {"none", "log"}
+    again = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=5))
+    assert [suggest(again.ask(), SPACE) for _ in range(20)] == drawn  # seeded: a rerun repeats the trials
+
+
+def test_an_optuna_family_declares_one_space_and_a_budget() -> None:
+    with pytest.raises(ValueError, match="exactly one candidate"):
+        FamilyParams(search="optuna", candidates=[SPACE])
+    with pytest.raises(ValueError, match="exactly one candidate"):
+        FamilyParams(search="optuna", n_iter=3, candidates=[SPACE, SPACE])
+
+
+@pytest.mark.parametrize("transform", ["none", "log"])
+def test_early_stopping_picks_a_count_no_worse_than_the_ceiling(
+    params: Params, X_sample: pd.DataFrame, y_sample: pd.Series, transform: str
+) -> None:
+    splits = list(KFold(3, shuffle=True, random_state=0).split(X_sample))
+    folds = fold_features(X_sample, y_sample, splits, params, transform)
+    # A learning rate high enough that 400 trees overfit: the best count is well below the ceiling.
+    candidate = {"model": "lightgbm", "n_estimators": 400, "learning_rate": 0.3, "num_leaves": 31}
+    stopped = cross_validate(candidate, folds, y_sample, splits, transform, 30, params)
+    full = cross_validate(candidate, folds, y_sample, splits, transform, None, params)
+    assert stopped.params["n_estimators"] < 400
+    assert full.params["n_estimators"] == 400
+    assert stopped.metrics["rmse"] < full.metrics["rmse"]
+    assert stopped.oof_pred.shape == y_sample.shape
+    # Prices in USD whatever the target transform.
+    assert 0.5 < stopped.oof_pred.mean() / y_sample.mean() < 2
