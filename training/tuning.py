@@ -172,8 +172,9 @@ def _fit_fold(
     if stopping_rounds is not None:
         callbacks.append(lightgbm.early_stopping(stopping_rounds, verbose=False))
     start = time.perf_counter()
-    eval_set = [(fold.held, _forward(transform)(held_usd))]
-    model.fit(fold.train, fold.target, eval_set=eval_set, eval_metric=rmse_usd, callbacks=callbacks)
+    held = (fold.held,)
+    model.fit(fold.train, fold.target, eval_X=held, eval_y=(_forward(transform)(held_usd),), eval_metric=rmse_usd,
+              callbacks=callbacks)  # fmt: skip
     return model, list(curve["valid_0"]["rmse_usd"]), time.perf_counter() - start
 
 
