@@ -38,6 +38,22 @@ class HousingSettings(BaseSettings):
         default=Path("var/predictions.db"),
         description="SQLite prediction log; the pipeline's feedback stage reads its labeled houses.",
     )
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="PostgreSQL database of the prediction log, feedback and reload coordination, shared by every "
+        "replica (postgresql://user:password@host:port/db); unset, the SQLite file prediction_db.",
+    )
+    database_pool_size: int = Field(
+        default=4, gt=0, description="Most PostgreSQL connections each worker process keeps open."
+    )
+    log_retention_days: float | None = Field(
+        default=None,
+        gt=0,
+        description="Days a logged prediction is kept; those with feedback are kept for training. Unset: forever.",
+    )
+    log_prune_interval_s: float = Field(
+        default=600.0, gt=0, description="How often the background pruner removes predictions past retention."
+    )
     log_dir: Path = Field(default=Path("var/log"), description="Folder of the rotating JSON request logs.")
     log_max_bytes: int = Field(default=10 * 1024 * 1024, gt=0, description="Size at which a log file rotates.")
     log_backups: int = Field(default=5, ge=0, description="Rotated log files kept.")
@@ -78,11 +94,21 @@ class HousingSettings(BaseSettings):
         default=10.0, gt=0, description="A worker silent for longer is taken for gone when waiting on a reload."
     )
 
-    @field_validator("admin_token", "feedback_token", mode="before")
+    @field_validator("admin_token", "feedback_token", "database_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, token: object) -> object:
-        """An empty token (``HOUSING_ADMIN_TOKEN=``) disables its role, as an unset one does."""
+        """An empty token (``HOUSING_ADMIN_TOKEN=``) disables its role, and an empty URL means SQLite, as unset."""
         return None if token == "" else token
+
+    @property
+    def dead_letter_path(self) -> Path:
+        """Where log rows that no database took are kept (JSONL), beside the SQLite log whichever store is used."""
+        return self.prediction_db.with_name(self.prediction_db.name + ".deadletter.jsonl")
+
+    @property
+    def retention_s(self) -> float | None:
+        """The prediction log's retention in seconds (None: kept forever)."""
+        return None if self.log_retention_days is None else self.log_retention_days * 86_400
 
     @property
     def body_limit(self) -> int:

@@ -36,8 +36,8 @@ from housing.settings import settings
 from operations.retrain import retrain
 from service.drift_check import check_drift
 from service.model import reference_of
-from service.prediction_log import PredictionLog
-from service.reload import roll_out
+from service.prediction_log import open_log
+from service.reload import roll_out_from
 from service.retrain_jobs import AlreadyRunningError, retrain_lock
 from training import champion
 
@@ -61,7 +61,7 @@ def drift_command(args: argparse.Namespace) -> int:
     config = settings()
     bento_model = bentoml.models.get(config.model_tag)
     reference = reference_of(bento_model)
-    log = PredictionLog(args.db)
+    log = open_log(settings(), args.db)
     try:
         report = check_drift(reference, log)
     finally:
@@ -95,12 +95,12 @@ def rollback_command(args: argparse.Namespace) -> int:
         print(f"rollback refused: {exc}")
         return 1
     latest = bentoml.models.get(f"{reg.bento_model_name}:latest")
-    print(json.dumps({"decision": decision.as_dict(), "rollout": roll_out(args.db, str(latest.tag))}, indent=2))
+    print(json.dumps({"decision": decision.as_dict(), "rollout": roll_out_from(args.db, str(latest.tag))}, indent=2))
     return 0
 
 
 def reload_command(args: argparse.Namespace) -> int:
-    rollout = roll_out(args.db, str(bentoml.models.get(settings().model_tag).tag))
+    rollout = roll_out_from(args.db, str(bentoml.models.get(settings().model_tag).tag))
     print(json.dumps(rollout, indent=2))
     return 0 if rollout["switched"] or not rollout["workers"] else 1
 

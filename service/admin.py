@@ -59,8 +59,8 @@ history = APIRouter(tags=["model"])
 @admin.post("/reload")
 async def reload() -> dict[str, Any]:
     """Serve the BentoML store's latest model (the champion) on every worker, without a restart."""
-    config = settings()
-    rollout = await asyncio.to_thread(roll_out, config.prediction_db, str(bentoml.models.get(config.model_tag).tag))
+    store = cast(Any, bentoml.get_current_service()).log.store
+    rollout = await asyncio.to_thread(roll_out, store, str(bentoml.models.get(settings().model_tag).tag))
     return _rolled_out(rollout)
 
 

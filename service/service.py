@@ -33,8 +33,8 @@ from service.api_models import (
 from service.auth import bearer_refusal
 from service.middleware import RequestMiddleware, close_request_log, configure_request_log, request_state
 from service.model import ServedModel, load_served_model
-from service.prediction_log import PREDICTIONS, PredictionLog
-from service.reload import Watcher
+from service.prediction_log import PREDICTIONS, open_log
+from service.reload import Watcher, this_replica
 from service.view_cache import ViewCache
 from service.views import views
 
@@ -108,9 +108,7 @@ class HousePricer:
     def __init__(self) -> None:
         config = settings()
         self.model: ServedModel = load_served_model(self.model_ref)
-        self.log = PredictionLog(
-            config.prediction_db, config.writer_batch_size, config.writer_interval_s, config.writer_max_retries
-        )
+        self.log = open_log(config)
         self.views = ViewCache(config.view_cache_s)
         # Feedback whose prediction is not in the log yet waits for it; this many at once per worker.
         self.feedback_waiters = asyncio.Semaphore(config.feedback_waiters)
@@ -119,7 +117,9 @@ class HousePricer:
         worker = bentoml.server_context.worker_index
         configure_request_log(config.log_dir, worker, config.log_max_bytes, config.log_backups, config.log_to_stdout)
         self.started = time.time()
-        self.watcher = Watcher(config.prediction_db, worker or 0, self._serving, self._switch, config.reload_poll_s)
+        replica = this_replica()
+        self.watcher = Watcher(self.log.store, replica, f"{replica}#{worker or 0}", self._serving, self._switch,
+                               config.reload_poll_s)  # fmt: skip
         self.watcher.start()
         warm_registry_client()
         # Everything loaded so far lives as long as the worker: keep it out of the garbage
