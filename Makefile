@@ -57,10 +57,13 @@ image: build ## Build the image with `bentoml containerize` (docker, else podman
 
 # Debian/Ubuntu packages named after the command they provide (hadolint, actionlint, shellcheck come with `setup`).
 SYSTEM_TOOLS := wrk prometheus docker-compose ffmpeg nginx podman runc mmdebstrap iptables
+# Debian packages whose programs are not on PATH under the package's name: checked with dpkg.
+SYSTEM_PACKAGES := postgresql
 # Debian packages Chromium; Ubuntu's package is a snap stub, so there Playwright fetches its own build.
 UBUNTU := $(shell grep -qs '^ID=ubuntu' /etc/os-release && echo yes)
-tools: setup ## Install the system tools the tests and benchmarks use (wrk, Prometheus, Chromium, docker-compose, ffmpeg, nginx, podman)
+tools: setup ## Install the system tools the tests and benchmarks use (wrk, Prometheus, Chromium, docker-compose, ffmpeg, nginx, podman, PostgreSQL)
 	@missing=""; for tool in $(SYSTEM_TOOLS) $(if $(UBUNTU),,chromium); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	for package in $(SYSTEM_PACKAGES); do dpkg-query -W -f='$${Status}' $$package 2>/dev/null | grep -q "ok installed" || missing="$$missing $$package"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq && \

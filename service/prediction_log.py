@@ -261,13 +261,13 @@ class PredictionLog:
         return deleted
 
     def _prune_every(self, interval_s: float) -> None:
-        while not self._stop.is_set():
+        # The first pass waits one interval: a starting worker has better things to do.
+        while not self._stop.wait(interval_s):
             try:
                 if (deleted := self.prune()) > 0:
                     log.info("prediction log: pruned %d predictions past retention", deleted)
             except Exception:  # the pruner must outlive a database that is away for a while
                 log.exception("prediction log: pruning failed; trying again in %.0f s", interval_s)
-            self._stop.wait(interval_s)
 
     # -- writer thread --------------------------------------------------------
     def _run(self) -> None:

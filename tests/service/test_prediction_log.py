@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 
@@ -248,4 +249,43 @@ def test_newest_ids_move_with_each_prediction_and_feedback(log_db: LogDatabase) 
     log.add(PREDICTIONS, [row("a"), row("a", 1)])
     give_feedback(log, [("a", 1, 200_000.0)])
     assert log.newest() == (2, 1)
+    log.close()
+
+
+def test_pruning_deletes_old_predictions_but_keeps_those_with_feedback(log_db: LogDatabase) -> None:
+    now = 1_000_000.0
+    log = log_db.log(interval_s=0.01, retention_s=3600.0, prune_interval_s=3600.0, prune_chunk=7)
+    log.add(PREDICTIONS, [{**row(f"old{i}"), "ts": now - 7200} for i in range(20)])
+    log.add(PREDICTIONS, [{**row(f"new{i}"), "ts": now - 60} for i in range(5)])
+    give_feedback(log, [("old0", 0, 1.0), ("old1", 0, 2.0)])
+    log.record_feedback("old2", 0, 3.0, authenticated=False)  # any feedback keeps its prediction
+    assert log.prune(now) == 17  # in chunks of 7: 7, 7, 3
+    kept = {request_id for (request_id,) in log.store.query("SELECT request_id FROM predictions")}
+    assert kept == {"old0", "old1", "old2"} | {f"new{i}" for i in range(5)}
+    assert [r["n"] for r in log.accuracy()] == [2]  # the labels are still there to train on
+    hours = log.traffic(now, 3600, 3)  # covers the old request's hour too
+    assert (sum(h["requests"] for h in hours), sum(h["houses"] for h in hours)) == (1, 5)
+    assert log.prune(now) == 0
+    log.close()
+
+
+def test_the_pruner_runs_in_the_background(log_db: LogDatabase) -> None:
+    log = log_db.log(interval_s=0.01, retention_s=60.0, prune_interval_s=0.05)
+    log.add(PREDICTIONS, [{**row(f"old{i}"), "ts": time.time() - 3600} for i in range(10)])
+    log.add(PREDICTIONS, [row("new") | {"ts": time.time()}])
+    assert log.flush()
+    deadline = time.monotonic() + 10
+    while log_db.count(PREDICTIONS) > 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert log_db.count(PREDICTIONS) == 1
+    assert log.pruned == 10
+    log.close()
+
+
+def test_without_retention_nothing_is_pruned(log_db: LogDatabase) -> None:
+    log = log_db.log(interval_s=0.01)
+    log.add(PREDICTIONS, [{**row("ancient"), "ts": 1.0}])
+    assert log.flush()
+    assert log.prune() == 0
+    assert log_db.count(PREDICTIONS) == 1
     log.close()
