@@ -23,7 +23,8 @@ import pytest
 from housing.columns import FEATURE_COLUMNS, TARGET_COLUMN
 from housing.params import Params, load_params
 from housing.settings import HousingSettings
-from tests.stores.engines import LogDatabase, PostgresServer
+from operations.local_stores import PostgresServer
+from tests.stores.engines import LogDatabase
 from tests.synthetic import synthetic_housing
 from tests.workspace import BIN, Workspace, run_pipeline
 from training.ingest import ingest
@@ -85,7 +86,7 @@ def tracking_store(uri: str) -> Iterator[None]:
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
     """A PostgreSQL server for the whole session (about 3 s to start); tests take a schema each."""
-    server = PostgresServer()
+    server = PostgresServer(durable=False)
     try:
         server.start()
         yield server

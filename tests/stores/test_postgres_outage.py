@@ -8,9 +8,9 @@ from pathlib import Path
 
 from housing.log_schema import PREDICTIONS
 from housing.log_store import PostgresStore
+from operations.local_stores import PostgresServer
 from service.prediction_log import PredictionLog
 from tests.service.test_prediction_log import row
-from tests.stores.engines import PostgresServer
 
 
 def test_a_restart_mid_load_loses_no_row(postgres: PostgresServer, tmp_path: Path) -> None:

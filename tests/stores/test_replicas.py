@@ -17,10 +17,10 @@ import httpx
 import pytest
 
 from housing.log_schema import PREDICTIONS
+from operations.local_stores import PostgresServer
 from service.api_models import EXAMPLE_HOUSE
 from tests.service.conftest import FEEDBACK
 from tests.service.server import Server, start_server
-from tests.stores.engines import PostgresServer
 from tests.workspace import Workspace
 
 CLIENTS = 32
