@@ -54,6 +54,11 @@ class HousingSettings(BaseSettings):
     log_prune_interval_s: float = Field(
         default=600.0, gt=0, description="How often the background pruner removes predictions past retention."
     )
+    follow_champion: bool = Field(
+        default=False,
+        description="Each replica polls the registry's @champion and serves it when it moves (MLFLOW_TRACKING_URI).",
+    )
+    champion_poll_s: float = Field(default=10.0, gt=0, description="How often a replica polls the registry's champion.")
     log_dir: Path = Field(default=Path("var/log"), description="Folder of the rotating JSON request logs.")
     log_max_bytes: int = Field(default=10 * 1024 * 1024, gt=0, description="Size at which a log file rotates.")
     log_backups: int = Field(default=5, ge=0, description="Rotated log files kept.")

@@ -32,6 +32,7 @@ from mlflow.exceptions import MlflowException
 
 from housing.decisions import history
 from housing.params import RegisterParams, load_params
+from housing.registry import tracking_uri
 from housing.settings import settings
 from operations.retrain import retrain
 from service.drift_check import check_drift
@@ -90,7 +91,7 @@ def retrain_command(args: argparse.Namespace) -> int:
 def rollback_command(args: argparse.Namespace) -> int:
     reg = _in_project(args)
     try:
-        decision = champion.rollback(MlflowClient(), reg, to=args.to, reason=args.reason)
+        decision = champion.rollback(MlflowClient(tracking_uri(args.project_dir)), reg, to=args.to, reason=args.reason)
     except (LookupError, MlflowException) as exc:
         print(f"rollback refused: {exc}")
         return 1
@@ -107,7 +108,7 @@ def reload_command(args: argparse.Namespace) -> int:
 
 def history_command(args: argparse.Namespace) -> int:
     reg = _in_project(args)
-    entries = history(MlflowClient(), reg, limit=args.limit)
+    entries = history(MlflowClient(tracking_uri(args.project_dir)), reg, limit=args.limit)
     if args.json:
         print(json.dumps(entries, indent=2))
         return 0

@@ -336,6 +336,11 @@ class Health(BaseModel):
     uptime_s: float
     prediction_log_queue: int
     prediction_log_write_failures: int
+    model_errors: list[str] = Field(
+        default_factory=list,
+        description="Why a worker of this replica still serves its old model (a reload or the registry's champion "
+        "that did not load); empty when none.",
+    )
 
 
 class RetrainRequest(BaseModel):

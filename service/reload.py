@@ -90,12 +90,17 @@ class Watcher:
         # Requests older than this worker were made before it loaded the store's latest model.
         self._since = time.time()
         self._error = ""
+        self.note = ""
         self._report(loaded=True)
         self._stop = threading.Event()
         threading.Thread(target=self._run, name="model-watcher", daemon=True).start()
 
     def stop(self) -> None:
         self._stop.set()
+
+    def set_note(self, note: str) -> None:
+        """Report ``note`` (another source's error, such as the champion follower's; empty: none) from now on."""
+        self.note = note
 
     def _run(self) -> None:
         while not self._stop.wait(self.poll_s):
@@ -122,7 +127,7 @@ class Watcher:
         now = time.time()
         with self.store.transaction() as session:
             session.execute(_REPORT, [self.worker, self.replica, os.getpid(), self.serving(),
-                                      now if loaded else None, now, self._error])  # fmt: skip
+                                      now if loaded else None, now, self._error or self.note])  # fmt: skip
 
 
 def roll_out(store: LogStore, bento_tag: str, replica: str | None = None) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 
 from housing.columns import FEATURE_COLUMNS
+from housing.registry import tracking_uri
 from housing.settings import settings, variable
 from service import prometheus_metrics
 from service.admin import admin, history, warm_registry_client
@@ -31,10 +32,11 @@ from service.api_models import (
     columns_of,
 )
 from service.auth import bearer_refusal
+from service.champion_follower import ChampionFollower
 from service.middleware import RequestMiddleware, close_request_log, configure_request_log, request_state
 from service.model import ServedModel, load_served_model
 from service.prediction_log import PREDICTIONS, open_log
-from service.reload import Watcher, this_replica
+from service.reload import Watcher, request_model, this_replica
 from service.view_cache import ViewCache
 from service.views import views
 
@@ -121,6 +123,18 @@ class HousePricer:
         self.watcher = Watcher(self.log.store, replica, f"{replica}#{worker or 0}", self._serving, self._switch,
                                config.reload_poll_s)  # fmt: skip
         self.watcher.start()
+        self.replica = replica
+        # One follower per replica (its first worker) imports the registry's champion; every worker switches.
+        self.follower: ChampionFollower | None = None
+        if config.follow_champion and worker in (None, 1):
+            self.follower = ChampionFollower(
+                tracking_uri(config.project_dir),
+                self._serving,
+                lambda bento_tag: request_model(self.log.store, bento_tag, replica),
+                self.watcher.set_note,
+                config.champion_poll_s,
+            )
+            self.follower.start()
         warm_registry_client()
         # Everything loaded so far lives as long as the worker: keep it out of the garbage
         # collector's full passes, which otherwise stall a request now and then for tens of ms.
@@ -128,6 +142,8 @@ class HousePricer:
 
     @bentoml.on_shutdown
     def flush_logs(self) -> None:
+        if self.follower is not None:
+            self.follower.stop()
         self.watcher.stop()
         self.log.close()
         close_request_log()

@@ -33,8 +33,9 @@ from housing.decisions import Decision, record
 from housing.drift_stats import reference_profile
 from housing.model_format import PROFILE_TAG, TRUSTED_TYPES, extra_file
 from housing.params import Params, RegisterParams, load_params
+from housing.registry import champion_version, is_served, served_model, tagged_metrics
 from housing.settings import HousingSettings
-from training.champion import champion_version, crown, is_served, served_model, tagged_metrics
+from training.champion import crown
 from training.estimators import load_model
 from training.prepare import load_split
 from training.scoring import regression_metrics
