@@ -79,6 +79,10 @@ LOAD_TIME ?= 30s
 load: setup ## Headless Locust run against a fresh server; fails past the thresholds in the locustfile
 	python load_tests/run_load.py --users $(LOAD_USERS) --run-time $(LOAD_TIME)
 
+.PHONY: shared-stores
+shared-stores: setup tools ## PostgreSQL + SeaweedFS S3 + mlflow server in var/shared-stores, the pipeline into them, the service on PORT
+	python -m operations.local_stores --port $(PORT)
+
 .PHONY: demo demo-video summary
 demo: pipeline ## Walk through the system on the real data: serve, predict, bad input, feedback, drift, metrics
 	python -m scripts.demo
