@@ -57,10 +57,13 @@ image: build ## Build the image with `bentoml containerize` (docker, else podman
 
 # Debian/Ubuntu packages named after the command they provide (hadolint, actionlint, shellcheck come with `setup`).
 SYSTEM_TOOLS := wrk prometheus docker-compose ffmpeg nginx podman runc mmdebstrap iptables
+# Debian packages whose programs are not on PATH under the package's name: checked with dpkg.
+SYSTEM_PACKAGES := postgresql
 # Debian packages Chromium; Ubuntu's package is a snap stub, so there Playwright fetches its own build.
 UBUNTU := $(shell grep -qs '^ID=ubuntu' /etc/os-release && echo yes)
-tools: setup ## Install the system tools the tests and benchmarks use (wrk, Prometheus, Chromium, docker-compose, ffmpeg, nginx, podman)
+tools: setup ## Install the system tools the tests and benchmarks use (wrk, Prometheus, Chromium, docker-compose, ffmpeg, nginx, podman, PostgreSQL)
 	@missing=""; for tool in $(SYSTEM_TOOLS) $(if $(UBUNTU),,chromium); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	for package in $(SYSTEM_PACKAGES); do dpkg-query -W -f='$${Status}' $$package 2>/dev/null | grep -q "ok installed" || missing="$$missing $$package"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq && \
@@ -75,6 +78,10 @@ LOAD_USERS ?= 32
 LOAD_TIME ?= 30s
 load: setup ## Headless Locust run against a fresh server; fails past the thresholds in the locustfile
 	python load_tests/run_load.py --users $(LOAD_USERS) --run-time $(LOAD_TIME)
+
+.PHONY: shared-stores
+shared-stores: setup tools ## PostgreSQL + SeaweedFS S3 + mlflow server in var/shared-stores, the pipeline into them, the service on PORT
+	python -m operations.local_stores --port $(PORT)
 
 .PHONY: demo demo-video summary
 demo: pipeline ## Walk through the system on the real data: serve, predict, bad input, feedback, drift, metrics

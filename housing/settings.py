@@ -42,6 +42,27 @@ class HousingSettings(BaseSettings):
         default=Path("var/compiled"),
         description="Cache of compiled LightGBM forests (housing.compiled_forest); empty serves the booster only.",
     )
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="PostgreSQL database of the prediction log, feedback and reload coordination, shared by every "
+        "replica (postgresql://user:password@host:port/db); unset, the SQLite file prediction_db.",
+    )
+    database_pool_size: int = Field(
+        default=4, gt=0, description="Most PostgreSQL connections each worker process keeps open."
+    )
+    log_retention_days: float | None = Field(
+        default=None,
+        gt=0,
+        description="Days a logged prediction is kept; those with feedback are kept for training. Unset: forever.",
+    )
+    log_prune_interval_s: float = Field(
+        default=600.0, gt=0, description="How often the background pruner removes predictions past retention."
+    )
+    follow_champion: bool = Field(
+        default=False,
+        description="Each replica polls the registry's @champion and serves it when it moves (MLFLOW_TRACKING_URI).",
+    )
+    champion_poll_s: float = Field(default=10.0, gt=0, description="How often a replica polls the registry's champion.")
     log_dir: Path = Field(default=Path("var/log"), description="Folder of the rotating JSON request logs.")
     log_max_bytes: int = Field(default=10 * 1024 * 1024, gt=0, description="Size at which a log file rotates.")
     log_backups: int = Field(default=5, ge=0, description="Rotated log files kept.")
@@ -82,11 +103,22 @@ class HousingSettings(BaseSettings):
         default=10.0, gt=0, description="A worker silent for longer is taken for gone when waiting on a reload."
     )
 
-    @field_validator("admin_token", "feedback_token", "compiled_dir", mode="before")
+    @field_validator("admin_token", "feedback_token", "database_url", "compiled_dir", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
-        """An empty value (``HOUSING_ADMIN_TOKEN=``) disables what it enables, as an unset one does."""
+        """An empty value disables what it enables (a token its role, a cache dir compilation) and an empty
+        database URL means SQLite, as unset ones do."""
         return None if value == "" else value
+
+    @property
+    def dead_letter_path(self) -> Path:
+        """Where log rows that no database took are kept (JSONL), beside the SQLite log whichever store is used."""
+        return self.prediction_db.with_name(self.prediction_db.name + ".deadletter.jsonl")
+
+    @property
+    def retention_s(self) -> float | None:
+        """The prediction log's retention in seconds (None: kept forever)."""
+        return None if self.log_retention_days is None else self.log_retention_days * 86_400
 
     @property
     def body_limit(self) -> int:

@@ -32,12 +32,13 @@ from mlflow.exceptions import MlflowException
 
 from housing.decisions import history
 from housing.params import RegisterParams, load_params
+from housing.registry import tracking_uri
 from housing.settings import settings
 from operations.retrain import retrain
 from service.drift_check import check_drift
 from service.model import reference_of
-from service.prediction_log import PredictionLog
-from service.reload import roll_out
+from service.prediction_log import open_log
+from service.reload import roll_out_from
 from service.retrain_jobs import AlreadyRunningError, retrain_lock
 from training import champion
 
@@ -61,7 +62,7 @@ def drift_command(args: argparse.Namespace) -> int:
     config = settings()
     bento_model = bentoml.models.get(config.model_tag)
     reference = reference_of(bento_model)
-    log = PredictionLog(args.db)
+    log = open_log(settings(), args.db)
     try:
         report = check_drift(reference, log)
     finally:
@@ -90,24 +91,24 @@ def retrain_command(args: argparse.Namespace) -> int:
 def rollback_command(args: argparse.Namespace) -> int:
     reg = _in_project(args)
     try:
-        decision = champion.rollback(MlflowClient(), reg, to=args.to, reason=args.reason)
+        decision = champion.rollback(MlflowClient(tracking_uri(args.project_dir)), reg, to=args.to, reason=args.reason)
     except (LookupError, MlflowException) as exc:
         print(f"rollback refused: {exc}")
         return 1
     latest = bentoml.models.get(f"{reg.bento_model_name}:latest")
-    print(json.dumps({"decision": decision.as_dict(), "rollout": roll_out(args.db, str(latest.tag))}, indent=2))
+    print(json.dumps({"decision": decision.as_dict(), "rollout": roll_out_from(args.db, str(latest.tag))}, indent=2))
     return 0
 
 
 def reload_command(args: argparse.Namespace) -> int:
-    rollout = roll_out(args.db, str(bentoml.models.get(settings().model_tag).tag))
+    rollout = roll_out_from(args.db, str(bentoml.models.get(settings().model_tag).tag))
     print(json.dumps(rollout, indent=2))
     return 0 if rollout["switched"] or not rollout["workers"] else 1
 
 
 def history_command(args: argparse.Namespace) -> int:
     reg = _in_project(args)
-    entries = history(MlflowClient(), reg, limit=args.limit)
+    entries = history(MlflowClient(tracking_uri(args.project_dir)), reg, limit=args.limit)
     if args.json:
         print(json.dumps(entries, indent=2))
         return 0

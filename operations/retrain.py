@@ -27,8 +27,8 @@ from housing.params import RetrainParams, load_params
 from housing.settings import settings, variable, without_secrets
 from service.drift_check import check_drift
 from service.model import reference_of
-from service.prediction_log import PredictionLog
-from service.reload import roll_out
+from service.prediction_log import PredictionLog, open_log
+from service.reload import roll_out_from
 from service.retrain_jobs import write_status
 
 
@@ -71,7 +71,7 @@ def retrain(project: Path, db: Path, force: bool = False) -> dict[str, Any]:
 def _retrain(project: Path, db: Path, force: bool, started: float) -> dict[str, Any]:
     params = load_params(project / "params.yaml")
     served = bentoml.models.get(settings().model_tag)
-    log = PredictionLog(db)
+    log = open_log(settings(), db)
     try:
         reasons = reasons_to_retrain(served, log, params.retrain)
     finally:
@@ -94,5 +94,5 @@ def _retrain(project: Path, db: Path, force: bool, started: float) -> dict[str, 
         return outcome | {"message": "pipeline up to date: no new feedback, data, params or code"}
     outcome |= {"decision": decision, "message": f"{decision['action']} v{decision['version']}: {decision['reason']}"}
     if decision["action"] == "promote":
-        outcome["workers"] = roll_out(db, registration["bento_model"])
+        outcome["workers"] = roll_out_from(db, registration["bento_model"])
     return outcome

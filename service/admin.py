@@ -28,6 +28,7 @@ from mlflow import MlflowClient
 
 from housing.decisions import history as decision_history
 from housing.params import load_params
+from housing.registry import tracking_uri
 from housing.settings import settings, variable, without_secrets
 from service.api_models import FeedbackCorrected, FeedbackCorrection, RetrainRequest, RollbackRequest
 from service.auth import bearer_refusal
@@ -59,8 +60,8 @@ history = APIRouter(tags=["model"])
 @admin.post("/reload")
 async def reload() -> dict[str, Any]:
     """Serve the BentoML store's latest model (the champion) on every worker, without a restart."""
-    config = settings()
-    rollout = await asyncio.to_thread(roll_out, config.prediction_db, str(bentoml.models.get(config.model_tag).tag))
+    store = cast(Any, bentoml.get_current_service()).log.store
+    rollout = await asyncio.to_thread(roll_out, store, str(bentoml.models.get(settings().model_tag).tag))
     return _rolled_out(rollout)
 
 
@@ -133,8 +134,8 @@ def warm_registry_client() -> None:
 
 
 def _tracking_uri() -> str:
-    """MLflow's store: the environment's, else the project's own ``mlflow.db`` (MLflow's default in the project)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(settings().project_dir / 'mlflow.db').resolve()}"
+    """MLflow's store, as the pipeline in the service's project finds it (housing.registry)."""
+    return tracking_uri(settings().project_dir)
 
 
 def _project_params(command: str) -> Path:

@@ -343,6 +343,11 @@ class Health(BaseModel):
         "compiling, or when compiled code is missing or unusable) or the model's own predict (other families)."
     )
     model_runtime_problem: str | None = Field(description="Why compiled code is not serving, if it is not.")
+    model_errors: list[str] = Field(
+        default_factory=list,
+        description="Why a worker of this replica still serves its old model (a reload or the registry's champion "
+        "that did not load); empty when none.",
+    )
 
 
 class RetrainRequest(BaseModel):

@@ -46,6 +46,13 @@ DEAD_LETTER_ROWS = Counter(
     "housing_prediction_log_dead_letter_rows",
     "Rows the database refused after every retry, kept in the dead-letter file.",
 )
+CHAMPION_FOLLOW_FAILURES = Counter(
+    "housing_champion_follow_failures",
+    "Polls of the registry's champion that could not import or switch to it (the old model keeps serving).",
+)
+PRUNED_ROWS = Counter(
+    "housing_prediction_log_pruned_rows", "Predictions deleted past the log's retention (none with feedback)."
+)
 FEEDBACK_REFUSED = Counter(
     "housing_feedback_refused", "Feedback refused, by reason (unauthorized, duplicate, unknown, busy).", ["reason"]
 )

@@ -1,17 +1,20 @@
-"""Switching every worker to a new model without a restart.
+"""Switching every worker of a replica to a new model without a restart.
 
-A reload is a row in the ``model_requests`` table of the service's SQLite file
-(the one the prediction log uses, so every worker and the ``housing`` CLI see
-it). Each worker's watcher thread polls that table, loads the requested model
-beside the one it serves, swaps them between two requests, and reports what it
-serves in ``workers``, its heartbeat. Whoever asked can wait on those reports
-until every live worker has switched.
+A reload is a row in the log store's ``model_requests`` table (housing.log_store:
+the SQLite file of the prediction log, or the shared PostgreSQL database), so every
+worker and the ``housing`` CLI see it. A request names its replica (one BentoML
+store: a host and its ``BENTOML_HOME``), because a bento tag names a model within
+one store. Each worker's watcher thread polls the table, loads the requested
+model beside the one it serves, swaps them between two requests, and reports what
+it serves in ``workers``, its heartbeat. Whoever asked can wait on those reports
+until every live worker of the replica has switched.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -19,51 +22,52 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from housing.log_schema import RELOAD_REQUESTS, WORKERS
+from housing.log_store import LogStore, migrate, open_store
 from housing.settings import settings
-from service.prediction_log import connection
 
 log = logging.getLogger(__name__)
 
-REQUESTS = "model_requests"
-WORKERS = "workers"
+_LATEST_REQUEST = f"SELECT ts, bento_tag FROM {RELOAD_REQUESTS} WHERE replica = ? AND ts > ? ORDER BY id DESC LIMIT 1"  # noqa: S608  # nosec B608
+_LIVE = f"SELECT * FROM {WORKERS} WHERE replica = ? AND seen_ts >= ? ORDER BY worker"  # noqa: S608  # nosec B608
+_REPORT = f"""INSERT INTO {WORKERS} (worker, replica, pid, bento_tag, loaded_ts, seen_ts, error)
+              VALUES (?, ?, ?, ?, ?, ?, ?)
+              ON CONFLICT (worker) DO UPDATE SET pid = excluded.pid, bento_tag = excluded.bento_tag,
+                  loaded_ts = COALESCE(excluded.loaded_ts, {WORKERS}.loaded_ts), seen_ts = excluded.seen_ts,
+                  error = excluded.error"""  # noqa: S608  # nosec B608
 
 
-def create_tables(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with connection(path) as db:
-        db.enable_wal()
-        db.table(REQUESTS).create({"id": int, "ts": float, "bento_tag": str}, pk="id", if_not_exists=True)
-        db.table(WORKERS).create(
-            {"worker": int, "pid": int, "bento_tag": str, "loaded_ts": float, "seen_ts": float, "error": str},
-            pk="worker",
-            if_not_exists=True,
-        )
+def this_replica() -> str:
+    """This process's replica: its host and BentoML store."""
+    home = Path(os.environ.get("BENTOML_HOME", "~/bentoml")).expanduser().resolve()
+    return f"{socket.gethostname()}:{home}"
 
 
-def request_model(path: Path, bento_tag: str) -> float:
-    """Ask every worker to serve ``bento_tag``; returns the request's time."""
-    create_tables(path)
+def request_model(store: LogStore, bento_tag: str, replica: str) -> float:
+    """Ask every worker of ``replica`` to serve ``bento_tag``; returns the request's time."""
     now = time.time()
-    with connection(path) as db, db.conn:
-        db.table(REQUESTS).insert({"ts": now, "bento_tag": bento_tag})
+    with store.transaction() as session:
+        session.execute(f"INSERT INTO {RELOAD_REQUESTS} (ts, replica, bento_tag) VALUES (?, ?, ?)",  # noqa: S608  # nosec B608
+                        [now, replica, bento_tag])  # fmt: skip
     return now
 
 
-def live_workers(path: Path, max_age_s: float) -> list[dict[str, Any]]:
-    """Workers that reported within ``max_age_s``, with the model each serves (tables made by request_model)."""
-    with connection(path) as db:
-        return list(db[WORKERS].rows_where("seen_ts >= ?", [time.time() - max_age_s], order_by="worker"))
+def live_workers(store: LogStore, replica: str, max_age_s: float) -> list[dict[str, Any]]:
+    """The replica's workers that reported within ``max_age_s``, with the model each serves."""
+    return store.query_dicts(_LIVE, [replica, time.time() - max_age_s])
 
 
-def wait_for_workers(path: Path, bento_tag: str, timeout_s: float, max_age_s: float) -> tuple[bool, list[dict]]:
-    """Wait until every live worker serves ``bento_tag``; (all switched, the workers' last reports).
+def wait_for_workers(
+    store: LogStore, replica: str, bento_tag: str, timeout_s: float, max_age_s: float
+) -> tuple[bool, list[dict[str, Any]]]:
+    """Wait until every live worker of ``replica`` serves ``bento_tag``; (all switched, the workers' last reports).
 
     Returns at once when no worker is running (a starting service loads the store's latest
     model anyway), and early, unswitched, when a worker reports it could not load the model.
     """
     deadline = time.monotonic() + timeout_s
     while True:
-        workers = live_workers(path, max_age_s)
+        workers = live_workers(store, replica, max_age_s)
         done = bool(workers) and all(worker["bento_tag"] == bento_tag for worker in workers)
         failed = any(worker["error"].startswith(f"{bento_tag}:") for worker in workers)
         if not workers or done or failed or time.monotonic() >= deadline:
@@ -75,17 +79,18 @@ def wait_for_workers(path: Path, bento_tag: str, timeout_s: float, max_age_s: fl
 class Watcher:
     """One worker's thread that follows reload requests and reports what the worker serves."""
 
-    path: Path
-    worker: int
+    store: LogStore
+    replica: str
+    worker: str
     serving: Callable[[], str]
     switch: Callable[[str], None]
     poll_s: float
 
     def start(self) -> None:
-        create_tables(self.path)
         # Requests older than this worker were made before it loaded the store's latest model.
         self._since = time.time()
         self._error = ""
+        self.note = ""
         self._report(loaded=True)
         self._stop = threading.Event()
         threading.Thread(target=self._run, name="model-watcher", daemon=True).start()
@@ -93,17 +98,20 @@ class Watcher:
     def stop(self) -> None:
         self._stop.set()
 
+    def set_note(self, note: str) -> None:
+        """Report ``note`` (another source's error, such as the champion follower's; empty: none) from now on."""
+        self.note = note
+
     def _run(self) -> None:
         while not self._stop.wait(self.poll_s):
             try:
                 self._follow()
-            except Exception:  # the watcher must outlive a bad model or a locked file
+            except Exception:  # the watcher must outlive a bad model or a database that is away
                 log.exception("model watcher: poll failed")
 
     def _follow(self) -> None:
-        with connection(self.path) as db:
-            rows = list(db[REQUESTS].rows_where("ts > ?", [self._since], order_by="id DESC", limit=1))
-        wanted = rows[0]["bento_tag"] if rows else None
+        rows = self.store.query(_LATEST_REQUEST, [self.replica, self._since])
+        wanted = rows[0][1] if rows else None
         loaded = False
         if wanted and wanted != self.serving():
             try:
@@ -112,22 +120,29 @@ class Watcher:
             except Exception as exc:  # keep serving the old model; the error is reported to whoever waits
                 log.exception("model watcher: cannot switch to %s", wanted)
                 self._error = f"{wanted}: {type(exc).__name__}: {exc}"
-            self._since = rows[0]["ts"]
+            self._since = rows[0][0]
         self._report(loaded)
 
     def _report(self, loaded: bool) -> None:
         now = time.time()
-        row = {"worker": self.worker, "pid": os.getpid(), "bento_tag": self.serving(), "seen_ts": now,
-               "error": self._error}  # fmt: skip
-        if loaded:
-            row["loaded_ts"] = now
-        with connection(self.path) as db, db.conn:
-            db.table(WORKERS).upsert(row, pk="worker")
+        with self.store.transaction() as session:
+            session.execute(_REPORT, [self.worker, self.replica, os.getpid(), self.serving(),
+                                      now if loaded else None, now, self._error or self.note])  # fmt: skip
 
 
-def roll_out(db: Path, bento_tag: str) -> dict[str, Any]:
-    """Ask the running service's workers to serve ``bento_tag`` and wait for them to switch."""
-    config = settings()
-    request_model(db, bento_tag)
-    switched, workers = wait_for_workers(db, bento_tag, config.reload_timeout_s, config.worker_max_age_s)
+def roll_out(store: LogStore, bento_tag: str, replica: str | None = None) -> dict[str, Any]:
+    """Ask the running service's workers (of this replica) to serve ``bento_tag`` and wait for them to switch."""
+    config, replica = settings(), replica or this_replica()
+    request_model(store, bento_tag, replica)
+    switched, workers = wait_for_workers(store, replica, bento_tag, config.reload_timeout_s, config.worker_max_age_s)
     return {"bento_tag": bento_tag, "switched": switched, "workers": workers}
+
+
+def roll_out_from(db: Path, bento_tag: str) -> dict[str, Any]:
+    """:func:`roll_out` from outside the service (the CLI): through the store the settings name (or the file ``db``)."""
+    store = open_store(settings().model_copy(update={"prediction_db": db}))
+    try:
+        migrate(store)
+        return roll_out(store, bento_tag)
+    finally:
+        store.close()

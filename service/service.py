@@ -15,6 +15,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 
 from housing.columns import FEATURE_COLUMNS
+from housing.registry import tracking_uri
 from housing.settings import settings, variable
 from service import prometheus_metrics
 from service.admin import admin, history, warm_registry_client
@@ -31,10 +32,11 @@ from service.api_models import (
     columns_of,
 )
 from service.auth import bearer_refusal
+from service.champion_follower import ChampionFollower
 from service.middleware import RequestMiddleware, close_request_log, configure_request_log, request_state
 from service.model import ServedModel, load_served_model
-from service.prediction_log import PREDICTIONS, PredictionLog
-from service.reload import Watcher
+from service.prediction_log import PREDICTIONS, open_log
+from service.reload import Watcher, request_model, this_replica
 from service.view_cache import ViewCache
 from service.views import views
 
@@ -108,9 +110,7 @@ class HousePricer:
     def __init__(self) -> None:
         config = settings()
         self.model: ServedModel = load_served_model(self.model_ref, config.compiled_dir)
-        self.log = PredictionLog(
-            config.prediction_db, config.writer_batch_size, config.writer_interval_s, config.writer_max_retries
-        )
+        self.log = open_log(config)
         self.views = ViewCache(config.view_cache_s)
         # Feedback whose prediction is not in the log yet waits for it; this many at once per worker.
         self.feedback_waiters = asyncio.Semaphore(config.feedback_waiters)
@@ -119,8 +119,22 @@ class HousePricer:
         worker = bentoml.server_context.worker_index
         configure_request_log(config.log_dir, worker, config.log_max_bytes, config.log_backups, config.log_to_stdout)
         self.started = time.time()
-        self.watcher = Watcher(config.prediction_db, worker or 0, self._serving, self._switch, config.reload_poll_s)
+        replica = this_replica()
+        self.watcher = Watcher(self.log.store, replica, f"{replica}#{worker or 0}", self._serving, self._switch,
+                               config.reload_poll_s)  # fmt: skip
         self.watcher.start()
+        self.replica = replica
+        # One follower per replica (its first worker) imports the registry's champion; every worker switches.
+        self.follower: ChampionFollower | None = None
+        if config.follow_champion and worker in (None, 1):
+            self.follower = ChampionFollower(
+                tracking_uri(config.project_dir),
+                self._serving,
+                lambda bento_tag: request_model(self.log.store, bento_tag, replica),
+                self.watcher.set_note,
+                config.champion_poll_s,
+            )
+            self.follower.start()
         warm_registry_client()
         # Everything loaded so far lives as long as the worker: keep it out of the garbage
         # collector's full passes, which otherwise stall a request now and then for tens of ms.
@@ -128,6 +142,8 @@ class HousePricer:
 
     @bentoml.on_shutdown
     def flush_logs(self) -> None:
+        if self.follower is not None:
+            self.follower.stop()
         self.watcher.stop()
         self.log.close()
         close_request_log()

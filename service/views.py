@@ -15,9 +15,11 @@ import bentoml
 from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse
 
+from housing.settings import settings
 from service import prometheus_metrics
 from service.api_models import Health, ModelInfo
 from service.drift_check import check_drift
+from service.reload import live_workers
 
 # The longest a time bucket of /accuracy may be, and the latest time it takes (year 2286).
 MAX_BUCKET_S = 366 * 24 * 3600.0
@@ -95,9 +97,14 @@ def dashboard() -> str:
 @views.get("/health", response_model=Health)
 def health() -> Health:
     """A one-look summary: model, uptime and the prediction log's backlog."""
-    service = _service()
+    service, config = _service(), settings()
+    # Any worker of the replica that could not load a model (a reload, or the registry's champion) says so.
+    workers = live_workers(service.log.store, service.replica, config.worker_max_age_s)
+    errors = sorted({worker["error"] for worker in workers if worker["error"]})
+    healthy = service.log.write_failures == service.log.dead_letters == 0 and not errors
     return Health(
-        status="ok" if service.log.write_failures == service.log.dead_letters == 0 else "degraded",
+        status="ok" if healthy else "degraded",
+        model_errors=errors,
         model_name=service.model.info.model_name,
         model_version=service.model.info.model_version,
         uptime_s=round(time.time() - service.started, 1),

@@ -23,6 +23,8 @@ import pytest
 from housing.columns import FEATURE_COLUMNS, TARGET_COLUMN
 from housing.params import Params, load_params
 from housing.settings import HousingSettings
+from operations.local_stores import PostgresServer
+from tests.stores.engines import LogDatabase
 from tests.synthetic import synthetic_housing
 from tests.workspace import BIN, Workspace, run_pipeline
 from training.ingest import ingest
@@ -38,7 +40,18 @@ USER_BENTOML_HOME = os.environ.get("BENTOML_HOME")
 # Fixtures that run the real pipeline, read the real data, or start a server or a system tool: a test that
 # uses one is an integration test, whatever its module says (`make test-fast` runs the others).
 REAL_FIXTURES = frozenset(
-    {"housing_csv", "housing", "workspace", "champion", "test_rows", "bento", "service_env", "client", "stack"}
+    {
+        "housing_csv",
+        "housing",
+        "workspace",
+        "champion",
+        "test_rows",
+        "bento",
+        "service_env",
+        "client",
+        "stack",
+        "postgres",
+    }
 )
 
 
@@ -72,6 +85,30 @@ def tracking_store(uri: str) -> Iterator[None]:
         yield
     finally:
         mlflow.set_tracking_uri(before)  # None unsets the variable
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for the whole session (about 3 s to start); tests take a schema each."""
+    server = PostgresServer(durable=False)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
+
+
+# Every prediction-log engine; PostgreSQL's runs are integration tests (they start a server).
+LOG_ENGINES = ["sqlite", pytest.param("postgres", marks=pytest.mark.integration)]
+
+
+@pytest.fixture(params=LOG_ENGINES)
+def log_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LogDatabase]:
+    """An empty prediction-log database of its own on each engine: SQLite, then PostgreSQL."""
+    server = request.getfixturevalue("postgres") if request.param == "postgres" else None
+    database = LogDatabase(request.param, tmp_path, server)
+    yield database
+    database.close()
 
 
 @pytest.fixture(scope="session")

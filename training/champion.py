@@ -5,7 +5,8 @@ recorded as a run of the decisions experiment, tagged with the versions, the
 reason and the metrics before and after, so the history is queryable from
 MLflow alone. The BentoML store follows the registry: after each change the
 champion is the store's latest model, which is what a starting (or reloading)
-service picks up.
+service picks up. Reading the registry and importing a version are housing.registry's, which a
+replica that follows the champion uses too.
 """
 
 from __future__ import annotations
@@ -13,83 +14,14 @@ from __future__ import annotations
 import logging
 
 import bentoml
-import mlflow
-from bentoml.exceptions import NotFound
 from mlflow import MlflowClient
-from mlflow.entities.model_registry import ModelVersion
 
-from housing.columns import FEATURE_COLUMNS
 from housing.decisions import Decision, history, record
-from housing.model_format import PROFILE_TAG, ModelLabels, ModelMetadata
 from housing.params import RegisterParams
+from housing.registry import champion_version, import_version, tagged_metrics
 from housing.settings import HousingSettings
 
 log = logging.getLogger(__name__)
-
-
-def champion_version(client: MlflowClient, reg: RegisterParams) -> ModelVersion | None:
-    """The version the ``@champion`` alias points at, or None before the first promotion."""
-    try:
-        return client.get_model_version_by_alias(reg.model_name, reg.alias)
-    except mlflow.exceptions.MlflowException:
-        return None
-
-
-def tagged_metrics(version: ModelVersion, prefix: str = "test_") -> dict[str, float]:
-    """The metrics register.py tagged the version with, e.g. ``test_rmse`` -> ``{"rmse": ...}``."""
-    return {key.removeprefix(prefix): float(value) for key, value in version.tags.items() if key.startswith(prefix)}
-
-
-def import_version(client: MlflowClient, reg: RegisterParams, version: str) -> bentoml.Model:
-    """Copy a registered version into the BentoML store, labelled with its MLflow identity.
-
-    The import is always a new BentoML model, so the champion is the store's
-    ``latest`` even when an older version comes back by rollback.
-    """
-    mv = client.get_model_version(reg.model_name, version)
-    return bentoml.mlflow.import_model(
-        reg.bento_model_name,
-        model_uri=f"models:/{reg.model_name}/{version}",
-        labels=ModelLabels(
-            mlflow_model=reg.model_name,
-            mlflow_version=version,
-            mlflow_alias=reg.alias,
-            family=mv.tags.get("family", ""),
-        ).model_dump(),
-        metadata=ModelMetadata(
-            mlflow_model=reg.model_name,
-            mlflow_version=version,
-            mlflow_run_id=str(mv.run_id),
-            tracking_uri=mlflow.get_tracking_uri(),
-            data_version=mv.tags.get("data_version", ""),
-            test_metrics=tagged_metrics(mv),
-            cv_metrics=tagged_metrics(mv, "cv_"),
-            feature_columns=list(FEATURE_COLUMNS),
-            reference_profile=mv.tags[PROFILE_TAG],
-        ).model_dump(),
-    )
-
-
-def served_model(client: MlflowClient, reg: RegisterParams, version: str) -> bentoml.Model:
-    """The BentoML store's latest model, made to be ``version`` (imported when it is not)."""
-    latest = _latest(reg)
-    if latest is not None and latest.info.labels.get("mlflow_version") == version:
-        return latest
-    return import_version(client, reg, version)
-
-
-def is_served(reg: RegisterParams, version: str) -> bool:
-    """Whether the BentoML store's latest model is ``version``."""
-    latest = _latest(reg)
-    return latest is not None and latest.info.labels.get("mlflow_version") == version
-
-
-def _latest(reg: RegisterParams) -> bentoml.Model | None:
-    """The BentoML store's latest model of the name; None in a store that never held it."""
-    try:
-        return bentoml.models.get(f"{reg.bento_model_name}:latest")
-    except NotFound:
-        return None
 
 
 def crown(client: MlflowClient, reg: RegisterParams, decision: Decision) -> bentoml.Model:

@@ -1,24 +1,24 @@
 """Feedback: the houses the service priced whose sale price came back, as labeled training rows.
 
-Reads the service's SQLite prediction log (``HOUSING_PREDICTION_DB``, see
-service/prediction_log.py) read-only and writes ``prepare.feedback_path``: the
-raw feature columns, the actual price as the target, and a ``feedback_id``
-(request id and index) that keeps each row on the same side of the train/test
-split in every later run. Only authenticated feedback (sent with the feedback
-token, or corrected by an admin) becomes a label: anonymous answers could
-poison the next model. With no log, the file has the header only.
+Reads the service's prediction log (housing.log_store: the PostgreSQL database
+``HOUSING_DATABASE_URL`` when set, else the SQLite file ``HOUSING_PREDICTION_DB``,
+read-only) and writes ``prepare.feedback_path``: the raw feature columns, the
+actual price as the target, and a ``feedback_id`` (request id and index) that
+keeps each row on the same side of the train/test split in every later run. Only
+authenticated feedback (sent with the feedback token, or corrected by an admin)
+becomes a label: anonymous answers could poison the next model. With no log, the
+file has the header only.
 """
 
 from __future__ import annotations
 
 import logging
-import sqlite3
-from pathlib import Path
 
 import pandas as pd
 
 from housing.columns import FEATURE_COLUMNS, TARGET_BOUNDS, TARGET_COLUMN
 from housing.log_schema import AUTHENTICATED, FEEDBACK, PREDICTIONS
+from housing.log_store import LogStore, SQLiteStore, open_store
 from housing.params import load_params
 from housing.settings import HousingSettings
 
@@ -37,22 +37,17 @@ _QUERY = f"""
 """  # noqa: S608 - column names are the project's own  # nosec B608
 
 
-def labeled_feedback(db_path: Path) -> pd.DataFrame:
+def labeled_feedback(store: LogStore) -> pd.DataFrame:
     """Every priced house with feedback, shape (n, 11): features, target (USD) and ``feedback_id``."""
-    if not db_path.exists():
+    if isinstance(store, SQLiteStore) and not store.path.exists():
         return pd.DataFrame(columns=COLUMNS)
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
-    try:
-        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    with store.reading() as session:
         # A log from before feedback was authenticated has no such column, and no trusted feedback.
-        trusted = FEEDBACK in tables and AUTHENTICATED in {
-            row[1] for row in conn.execute(f"PRAGMA table_info({FEEDBACK})")
-        }
-        if not (PREDICTIONS in tables and trusted):
+        trusted = AUTHENTICATED in store.table_columns(session, FEEDBACK)
+        if not (store.table_columns(session, PREDICTIONS) and trusted):
             return pd.DataFrame(columns=COLUMNS)
-        df = pd.read_sql_query(_QUERY, conn)
-    finally:
-        conn.close()
+        rows = session.execute(_QUERY).fetchall()
+    df = pd.DataFrame(rows, columns=COLUMNS)
     # The training data caps prices at 500,001 USD; a higher sale price is censored the same way,
     # or the model would learn two meanings of the top value.
     df[TARGET_COLUMN] = df[TARGET_COLUMN].clip(TARGET_BOUNDS.low, TARGET_BOUNDS.high)
@@ -62,12 +57,15 @@ def labeled_feedback(db_path: Path) -> pd.DataFrame:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params()
-    db_path = HousingSettings().prediction_db
-    df = labeled_feedback(db_path)
+    store = open_store(HousingSettings(), read_only=True)
+    try:
+        df = labeled_feedback(store)
+    finally:
+        store.close()
     out = params.prepare.feedback_path
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False)
-    log.info("%d labeled houses from %s -> %s", len(df), db_path, out)
+    log.info("%d labeled houses from %s -> %s", len(df), store.describe(), out)
 
 
 if __name__ == "__main__":

@@ -39,8 +39,9 @@ from housing.decisions import Decision, record
 from housing.drift_stats import reference_profile
 from housing.model_format import MLFLOW_MODEL_FOLDER, PROFILE_TAG, TRUSTED_TYPES, extra_file, fitted_pipeline
 from housing.params import Params, RegisterParams, load_params
+from housing.registry import champion_version, is_served, served_model, tagged_metrics
 from housing.settings import HousingSettings
-from training.champion import champion_version, crown, is_served, served_model, tagged_metrics
+from training.champion import crown
 from training.estimators import load_model
 from training.prepare import load_split
 from training.scoring import regression_metrics

@@ -1,15 +1,19 @@
+"""The prediction log on each engine (``log_db``: SQLite, then PostgreSQL), and what only SQLite has."""
+
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
-from pathlib import Path
+import time
 
 import pytest
 
+from housing.log_schema import CORRECTIONS, FEEDBACK, MIGRATIONS, PREDICTIONS
+from housing.log_store import migrate
 from service import prediction_log
 from service.api_models import EXAMPLE_HOUSE
-from service.prediction_log import CORRECTIONS, PREDICTIONS, PredictionLog
+from service.prediction_log import PredictionLog
+from tests.stores.engines import LogDatabase
 
 
 def row(request_id: str, idx: int = 0) -> dict:
@@ -24,82 +28,74 @@ def give_feedback(log: PredictionLog, answers: list[tuple[str, int, float]]) -> 
         assert log.record_feedback(request_id, idx, price, authenticated=True)
 
 
-def count(db: Path, table: str) -> int:
-    with sqlite3.connect(db) as conn:
-        return conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]  # noqa: S608 - test constant
-
-
-def test_rows_are_written_in_batches_and_read_back(tmp_path: Path) -> None:
-    log = PredictionLog(tmp_path / "p.db", batch_size=50, interval_s=0.01)
+def test_rows_are_written_in_batches_and_read_back(log_db: LogDatabase) -> None:
+    log = log_db.log(batch_size=50, interval_s=0.01)
     for i in range(300):
         log.add(PREDICTIONS, [row(f"r{i}")])
     assert log.flush()
-    assert count(tmp_path / "p.db", PREDICTIONS) == 300
+    assert log_db.count(PREDICTIONS) == 300
     assert log.prediction("r17", 0)["price_usd"] == 123456.0
     assert log.prediction("r17", 1) is None
     assert log.pending == 0
     log.close()
 
 
-def test_missing_bedrooms_are_stored_as_null(tmp_path: Path) -> None:
-    log = PredictionLog(tmp_path / "p.db")
+def test_missing_bedrooms_are_stored_as_null(log_db: LogDatabase) -> None:
+    log = log_db.log()
     log.add(PREDICTIONS, [{**row("a"), "total_bedrooms": None}])
     log.close()
-    with sqlite3.connect(tmp_path / "p.db") as conn:
-        assert conn.execute("SELECT total_bedrooms FROM predictions").fetchone() == (None,)
+    assert log.store.query("SELECT total_bedrooms FROM predictions") == [(None,)]
 
 
-def test_close_flushes_everything_queued(tmp_path: Path) -> None:
-    log = PredictionLog(tmp_path / "p.db", interval_s=1.0)
+def test_close_flushes_everything_queued(log_db: LogDatabase) -> None:
+    log = log_db.log(interval_s=1.0)
     log.add(PREDICTIONS, [row(f"r{i}", i) for i in range(1000)])
     log.close()
-    assert count(tmp_path / "p.db", PREDICTIONS) == 1000
+    assert log_db.count(PREDICTIONS) == 1000
 
 
-def test_the_first_feedback_is_kept_and_a_correction_is_on_record(tmp_path: Path) -> None:
-    log = PredictionLog(tmp_path / "p.db")
+def test_the_first_feedback_is_kept_and_a_correction_is_on_record(log_db: LogDatabase) -> None:
+    log = log_db.log()
     assert log.record_feedback("x", 0, 100_000.0, authenticated=True)
     assert not log.record_feedback("x", 0, 10_000_000.0, authenticated=True)
     assert log.correct_feedback("x", 0, 120_000.0, reason="typo") == 100_000.0
     assert log.correct_feedback("y", 0, 1.0, reason="none there") is None
     log.close()
-    with sqlite3.connect(tmp_path / "p.db") as conn:
-        assert conn.execute("SELECT actual_price_usd FROM feedback").fetchall() == [(120_000.0,)]
-        corrections = f"SELECT request_id, previous_price_usd, actual_price_usd, reason FROM {CORRECTIONS}"  # noqa: S608
-        assert conn.execute(corrections).fetchall() == [("x", 100_000.0, 120_000.0, "typo")]
+    assert log.store.query(f"SELECT actual_price_usd FROM {FEEDBACK}") == [(120_000.0,)]  # noqa: S608
+    corrections = f"SELECT request_id, previous_price_usd, actual_price_usd, reason FROM {CORRECTIONS}"  # noqa: S608
+    assert log.store.query(corrections) == [("x", 100_000.0, 120_000.0, "typo")]
 
 
-def test_a_failed_write_is_retried_not_dropped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_write_is_retried_not_dropped(log_db: LogDatabase, monkeypatch: pytest.MonkeyPatch) -> None:
     real_insert = prediction_log._insert
     failures = iter([True, True, False])
+    log = log_db.log()
 
-    def flaky(db, table, rows):
+    def flaky(session, table, rows):
         if next(failures, False):
-            raise sqlite3.OperationalError("disk I/O error")
-        real_insert(db, table, rows)
+            raise log.store.error("disk I/O error")
+        real_insert(session, table, rows)
 
     monkeypatch.setattr(prediction_log, "_insert", flaky)
-    log = PredictionLog(tmp_path / "p.db")
     log.add(PREDICTIONS, [row("kept")])
     assert log.flush(timeout_s=10)
     assert log.write_failures == 2
-    assert count(tmp_path / "p.db", PREDICTIONS) == 1
+    assert log_db.count(PREDICTIONS) == 1
     log.close()
 
 
-def test_duplicate_rows_are_refused(tmp_path: Path) -> None:
+def test_duplicate_rows_are_refused(log_db: LogDatabase) -> None:
     # (request_id, idx) is unique: a row can never be logged twice.
-    log = PredictionLog(tmp_path / "p.db")
+    log = log_db.log()
     log.add(PREDICTIONS, [row("dup")])
     log.flush()
-    db = prediction_log.connect(tmp_path / "p.db")
-    with pytest.raises(sqlite3.IntegrityError):
-        prediction_log._insert(db, PREDICTIONS, [row("dup")])
+    with pytest.raises(log.store.integrity_error), log.store.transaction() as session:
+        prediction_log._insert(session, PREDICTIONS, [row("dup")])
     log.close()
 
 
-def test_two_processes_worth_of_writers_share_one_file(tmp_path: Path) -> None:
-    logs = [PredictionLog(tmp_path / "p.db", batch_size=10, interval_s=0.001) for _ in range(2)]
+def test_two_processes_worth_of_writers_share_one_database(log_db: LogDatabase) -> None:
+    logs = [log_db.log(batch_size=10, interval_s=0.001) for _ in range(2)]
 
     def write(log: PredictionLog, prefix: str) -> None:
         for i in range(200):
@@ -112,11 +108,11 @@ def test_two_processes_worth_of_writers_share_one_file(tmp_path: Path) -> None:
         thread.join()
     for log in logs:
         log.close()
-    assert count(tmp_path / "p.db", PREDICTIONS) == 400
+    assert log_db.count(PREDICTIONS) == 400
 
 
-def test_accuracy_per_model_version_and_over_time(tmp_path: Path) -> None:
-    log = PredictionLog(tmp_path / "p.db")
+def test_accuracy_per_model_version_and_over_time(log_db: LogDatabase) -> None:
+    log = log_db.log()
     predictions = [
         {**row("a"), "model_version": "1", "ts": 100.0, "price_usd": 100_000.0},
         {**row("b"), "model_version": "1", "ts": 200.0, "price_usd": 200_000.0},
@@ -138,8 +134,8 @@ def test_accuracy_per_model_version_and_over_time(tmp_path: Path) -> None:
     log.close()
 
 
-def test_a_reused_request_id_keeps_its_rows_under_a_fresh_id(tmp_path: Path) -> None:
-    log = PredictionLog(tmp_path / "p.db", interval_s=0.01)
+def test_a_reused_request_id_keeps_its_rows_under_a_fresh_id(log_db: LogDatabase) -> None:
+    log = log_db.log(interval_s=0.01)
     log.add(PREDICTIONS, [row("dup")])
     assert log.flush()
     # Again in a later batch, twice within one batch, and beside a request that is fine.
@@ -148,8 +144,7 @@ def test_a_reused_request_id_keeps_its_rows_under_a_fresh_id(tmp_path: Path) -> 
     log.add(PREDICTIONS, [row("fresh")])
     assert log.flush()
     log.close()
-    with sqlite3.connect(tmp_path / "p.db") as conn:
-        ids = [rid for (rid,) in conn.execute("SELECT request_id FROM predictions ORDER BY id")]
+    ids = [rid for (rid,) in log.store.query("SELECT request_id FROM predictions ORDER BY id")]
     assert len(ids) == 5
     assert ids[0] == "dup"
     assert "fresh" in ids
@@ -161,13 +156,14 @@ def test_a_reused_request_id_keeps_its_rows_under_a_fresh_id(tmp_path: Path) -> 
 
 
 def test_a_write_that_keeps_failing_goes_to_the_dead_letter_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    log_db: LogDatabase, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(db, table, rows):
-        raise sqlite3.OperationalError("disk I/O error")
+    log = log_db.log(interval_s=0.01, max_retries=2)
+
+    def broken(session, table, rows):
+        raise log.store.error("disk I/O error")
 
     monkeypatch.setattr(prediction_log, "_insert", broken)
-    log = PredictionLog(tmp_path / "p.db", interval_s=0.01, max_retries=2)
     log.add(PREDICTIONS, [row("a"), row("a", 1)])
     assert log.flush(timeout_s=10)
     monkeypatch.undo()
@@ -178,11 +174,11 @@ def test_a_write_that_keeps_failing_goes_to_the_dead_letter_file(
     assert log.dead_letters == 2
     kept = [json.loads(line) for line in log.dead_letter_path.read_text().splitlines()]
     assert [(item["table"], [r["idx"] for r in item["rows"]]) for item in kept] == [(PREDICTIONS, [0, 1])]
-    assert count(tmp_path / "p.db", PREDICTIONS) == 1
+    assert log_db.count(PREDICTIONS) == 1
 
 
-def test_traffic_comes_from_per_minute_totals(tmp_path: Path) -> None:
-    log = PredictionLog(tmp_path / "p.db", interval_s=0.01)
+def test_traffic_comes_from_per_minute_totals(log_db: LogDatabase) -> None:
+    log = log_db.log(interval_s=0.01)
     now = 10_000 * 60.0 + 45  # 45 s into a minute
     log.add(PREDICTIONS, [{**row("a", i), "ts": now - 30, "latency_ms": 4.0} for i in range(3)])
     log.add(PREDICTIONS, [{**row("b"), "ts": now - 30, "latency_ms": 40.0}])
@@ -201,34 +197,95 @@ def test_traffic_comes_from_per_minute_totals(tmp_path: Path) -> None:
     log.close()
 
 
-def test_a_log_from_before_the_traffic_table_is_upgraded(tmp_path: Path) -> None:
-    log = PredictionLog(tmp_path / "p.db", interval_s=0.01)
+def test_a_log_from_before_the_traffic_table_is_upgraded(log_db: LogDatabase) -> None:
+    log = log_db.log(interval_s=0.01)
     log.add(PREDICTIONS, [{**row("a", i), "ts": 600.0} for i in range(2)])
     log.add(PREDICTIONS, [{**row("b"), "ts": 610.0}])
     log.close()
-    with sqlite3.connect(tmp_path / "p.db") as conn:
-        conn.execute("DROP TABLE traffic")
-        conn.execute("ALTER TABLE feedback DROP COLUMN authenticated")
-        conn.execute("INSERT INTO feedback (request_id, idx, ts, actual_price_usd) VALUES ('a', 0, 1.0, 2.0)")
-    again = PredictionLog(tmp_path / "p.db")
+    # The log as the releases before versioned migrations left it.
+    with log.store.transaction() as session:
+        for statement in [
+            "DROP TABLE traffic",
+            "DROP TABLE schema_migrations",
+            "DROP TABLE workers",
+            "CREATE TABLE workers (worker INTEGER PRIMARY KEY, pid INTEGER, bento_tag TEXT)",
+            "ALTER TABLE feedback DROP COLUMN authenticated",
+            "INSERT INTO feedback (request_id, idx, ts, actual_price_usd) VALUES ('a', 0, 1.0, 2.0)",
+        ]:
+            session.execute(statement)
+    again = log_db.log()
     (minute,) = again.traffic(659.0, 60, 1)
     assert (minute["requests"], minute["houses"]) == (2, 3)
     assert again.accuracy() == []  # feedback from before authentication is not trusted
+    assert again.store.query("SELECT version FROM schema_migrations ORDER BY version") == [
+        (m.version,) for m in MIGRATIONS
+    ]
     again.close()
 
 
-def test_recent_predictions_show_no_full_request_id(tmp_path: Path) -> None:
-    log = PredictionLog(tmp_path / "p.db")
+def test_migrations_run_once_however_many_workers_start(log_db: LogDatabase) -> None:
+    stores = [log_db.store() for _ in range(4)]
+    applied: list[list[int]] = []
+    threads = [threading.Thread(target=lambda store=store: applied.append(migrate(store))) for store in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(applied) == [[], [], [], [m.version for m in MIGRATIONS]]
+    assert migrate(log_db.store()) == []
+
+
+def test_recent_predictions_show_no_full_request_id(log_db: LogDatabase) -> None:
+    log = log_db.log()
     log.add(PREDICTIONS, [row("3f2b9c1e6a7d4e21"), row("ab")])
     assert log.flush()
     assert [r["request_id"] for r in log.recent(5)] == ["a…", "3f2b9c1e…"]
     log.close()
 
 
-def test_newest_ids_move_with_each_prediction_and_feedback(tmp_path: Path) -> None:
-    log = PredictionLog(tmp_path / "p.db", interval_s=0.01)
+def test_newest_ids_move_with_each_prediction_and_feedback(log_db: LogDatabase) -> None:
+    log = log_db.log(interval_s=0.01)
     assert log.newest() == (0, 0)
     log.add(PREDICTIONS, [row("a"), row("a", 1)])
     give_feedback(log, [("a", 1, 200_000.0)])
     assert log.newest() == (2, 1)
+    log.close()
+
+
+def test_pruning_deletes_old_predictions_but_keeps_those_with_feedback(log_db: LogDatabase) -> None:
+    now = 1_000_000.0
+    log = log_db.log(interval_s=0.01, retention_s=3600.0, prune_interval_s=3600.0, prune_chunk=7)
+    log.add(PREDICTIONS, [{**row(f"old{i}"), "ts": now - 7200} for i in range(20)])
+    log.add(PREDICTIONS, [{**row(f"new{i}"), "ts": now - 60} for i in range(5)])
+    give_feedback(log, [("old0", 0, 1.0), ("old1", 0, 2.0)])
+    log.record_feedback("old2", 0, 3.0, authenticated=False)  # any feedback keeps its prediction
+    assert log.prune(now) == 17  # in chunks of 7: 7, 7, 3
+    kept = {request_id for (request_id,) in log.store.query("SELECT request_id FROM predictions")}
+    assert kept == {"old0", "old1", "old2"} | {f"new{i}" for i in range(5)}
+    assert [r["n"] for r in log.accuracy()] == [2]  # the labels are still there to train on
+    hours = log.traffic(now, 3600, 3)  # covers the old request's hour too
+    assert (sum(h["requests"] for h in hours), sum(h["houses"] for h in hours)) == (1, 5)
+    assert log.prune(now) == 0
+    log.close()
+
+
+def test_the_pruner_runs_in_the_background(log_db: LogDatabase) -> None:
+    log = log_db.log(interval_s=0.01, retention_s=60.0, prune_interval_s=0.05)
+    log.add(PREDICTIONS, [{**row(f"old{i}"), "ts": time.time() - 3600} for i in range(10)])
+    log.add(PREDICTIONS, [row("new") | {"ts": time.time()}])
+    assert log.flush()
+    deadline = time.monotonic() + 10
+    while log_db.count(PREDICTIONS) > 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert log_db.count(PREDICTIONS) == 1
+    assert log.pruned == 10
+    log.close()
+
+
+def test_without_retention_nothing_is_pruned(log_db: LogDatabase) -> None:
+    log = log_db.log(interval_s=0.01)
+    log.add(PREDICTIONS, [{**row("ancient"), "ts": 1.0}])
+    assert log.flush()
+    assert log.prune() == 0
+    assert log_db.count(PREDICTIONS) == 1
     log.close()

