@@ -33,6 +33,7 @@ from service.api_models import (
 from service.auth import bearer_refusal
 from service.middleware import RequestMiddleware, close_request_log, configure_request_log, request_state
 from service.model import ServedModel, load_served_model
+from service.openapi import OpenAPIDocument, served_document
 from service.prediction_log import PREDICTIONS, PredictionLog
 from service.reload import Watcher
 from service.view_cache import ViewCache
@@ -250,4 +251,9 @@ cast(Any, HousePricer).add_asgi_middleware(
         "/predict_batch": lambda: settings().max_batch_size * VALUES_PER_HOUSE + SMALL_REQUEST_VALUES,
         "/invocations": lambda: settings().max_batch_size * VALUES_PER_HOUSE + SMALL_REQUEST_VALUES,
     },
+)
+# /docs.json as valid OpenAPI 3.0 (BentoML's own mixes in 3.1): see service.openapi.
+cast(Any, HousePricer).add_asgi_middleware(
+    OpenAPIDocument,
+    build=lambda: served_document(cast(Any, HousePricer).openapi_spec.asdict(), settings().max_batch_size),
 )
