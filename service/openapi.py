@@ -147,7 +147,8 @@ def limit_batches(document: dict[str, Any], max_houses: int) -> dict[str, Any]:
         elif isinstance(node, dict):
             if node.get("type") == "array" and _refers_to_house(node.get("items")):
                 node["maxItems"] = max_houses
-            if node.get("title") == "DataFrameSplit" and isinstance(rows := node.get("properties", {}).get("data"), dict):
+            rows = node.get("properties", {}).get("data") if node.get("title") == "DataFrameSplit" else None
+            if isinstance(rows, dict):
                 rows["maxItems"] = max_houses
             for value in node.values():
                 visit(value)
