@@ -31,6 +31,7 @@ from service.api_models import (
     columns_of,
 )
 from service.auth import bearer_refusal
+from service.balance import ConnectionBalancer, worker_board
 from service.middleware import RequestMiddleware, close_request_log, configure_request_log, request_state
 from service.model import ServedModel, load_served_model
 from service.openapi import OpenAPIDocument, served_document
@@ -257,3 +258,5 @@ cast(Any, HousePricer).add_asgi_middleware(
     OpenAPIDocument,
     build=lambda: served_document(cast(Any, HousePricer).openapi_spec.asdict(), settings().max_batch_size),
 )
+# Keep-alive connections spread across the workers, however they arrive: see service.balance.
+cast(Any, HousePricer).add_asgi_middleware(ConnectionBalancer, board=worker_board)
