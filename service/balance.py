@@ -22,6 +22,7 @@ the requests queued on its other connections.)
 
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 import struct
@@ -47,6 +48,7 @@ SURPLUS = 2
 # still moves a burst within a fraction of a second under load.
 CLOSE_EVERY = 8
 CLOSE = (b"connection", b"close")
+log = logging.getLogger(__name__)
 
 
 class LoadBoard:
@@ -107,7 +109,11 @@ def worker_board() -> LoadBoard | None:
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if worker is None or not directory:
         return None
-    return LoadBoard(Path(directory) / f"housing-worker-load-{os.getppid()}.bin", worker)
+    try:
+        return LoadBoard(Path(directory) / f"housing-worker-load-{os.getppid()}.bin", worker)
+    except OSError as exc:  # a worker without the board still serves; it only no longer hands connections on
+        log.warning("connection balancing off in worker %s: %s", worker, exc)
+        return None
 
 
 class ConnectionBalancer:

@@ -8,7 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from service.balance import ACTIVE_S, CLOSE, CLOSE_EVERY, ConnectionBalancer, LoadBoard
+import bentoml
+import pytest
+
+from service.balance import ACTIVE_S, CLOSE, CLOSE_EVERY, ConnectionBalancer, LoadBoard, worker_board
 
 PEER = ("127.0.0.1", 40000)
 
@@ -94,3 +97,15 @@ def test_the_board_opens_at_startup_so_an_idle_worker_is_seen(tmp_path: Path) ->
     asyncio.run(balancer({"type": "lifespan"}, None, None))
     assert len(opened) == 1
     assert LoadBoard(opened[0], 1).least_loaded_other() == 0
+
+
+def test_a_worker_that_cannot_open_the_board_serves_without_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bentoml.server_context, "worker_index", 1)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "missing"))
+    assert worker_board() is None
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    board = worker_board()
+    assert board is not None
+    assert board.worker == 1
+    monkeypatch.setattr(bentoml.server_context, "worker_index", None)  # in process: one worker, no board
+    assert worker_board() is None
