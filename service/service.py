@@ -32,9 +32,11 @@ from service.api_models import (
     columns_of,
 )
 from service.auth import bearer_refusal
+from service.balance import ConnectionBalancer, worker_board
 from service.champion_follower import ChampionFollower
 from service.middleware import RequestMiddleware, close_request_log, configure_request_log, request_state
 from service.model import ServedModel, load_served_model
+from service.openapi import OpenAPIDocument, served_document
 from service.prediction_log import PREDICTIONS, open_log
 from service.reload import Watcher, request_model, this_replica
 from service.view_cache import ViewCache
@@ -267,3 +269,10 @@ cast(Any, HousePricer).add_asgi_middleware(
         "/invocations": lambda: settings().max_batch_size * VALUES_PER_HOUSE + SMALL_REQUEST_VALUES,
     },
 )
+# /docs.json as valid OpenAPI 3.0 (BentoML's own mixes in 3.1): see service.openapi.
+cast(Any, HousePricer).add_asgi_middleware(
+    OpenAPIDocument,
+    build=lambda: served_document(cast(Any, HousePricer).openapi_spec.asdict(), settings().max_batch_size),
+)
+# Keep-alive connections spread across the workers, however they arrive: see service.balance.
+cast(Any, HousePricer).add_asgi_middleware(ConnectionBalancer, board=worker_board)

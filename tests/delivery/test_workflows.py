@@ -46,23 +46,104 @@ def test_ci_runs_the_makefile_gates_on_every_python_with_pinned_dependencies() -
         assert (ROOT / "requirements" / f"constraints-py{version}.txt").is_file(), version
 
 
-def test_release_pushes_only_from_main_or_a_version_tag_after_the_scan() -> None:
-    release = workflow("release.yml")
-    job = release["jobs"]["image"]
+def release_steps() -> list[dict]:
+    return workflow("release.yml")["jobs"]["image"]["steps"]
+
+
+def step_named(steps: list[dict], name: str) -> int:
+    (index,) = [i for i, step in enumerate(steps) if step.get("name") == name]
+    return index
+
+
+def test_release_pushes_only_from_main_or_a_version_tag() -> None:
+    job = workflow("release.yml")["jobs"]["image"]
     assert job["env"]["PUSH"] == (
         "${{ github.event_name == 'push' && "
         "(github.ref == 'refs/heads/main' || startsWith(github.ref, 'refs/tags/v')) }}"
     )
     steps = job["steps"]
-    names = [step.get("name", step.get("uses")) for step in steps]
-    scan = next(i for i, step in enumerate(steps) if step.get("uses", "").startswith("aquasecurity/trivy-action"))
-    assert steps[scan]["with"]["severity"] == "HIGH,CRITICAL"
-    assert steps[scan]["with"]["exit-code"] == "1"
-    pushing = [i for i, step in enumerate(steps) if "secrets." in str(step) or "--opt push" in step.get("run", "")]
-    assert pushing, names
-    assert all(i > scan and steps[i]["if"] == "env.PUSH == 'true'" for i in pushing), names
-    push = steps[pushing[-1]]["run"]
-    assert "--opt platform=linux/amd64 --opt platform=linux/arm64" in push
+    pushing = [
+        i for i, step in enumerate(steps)
+        if "DOCKERHUB" in str(step) or "--opt push" in step.get("run", "") or "imagetools create" in step.get("run", "")
+    ]  # fmt: skip
+    assert len(pushing) == 4, pushing  # tags, login, candidate push, release tags
+    assert all(steps[i]["if"] == "env.PUSH == 'true'" for i in pushing)
+
+
+def test_a_pull_request_scans_its_image_and_pushes_nothing() -> None:
+    steps = release_steps()
+    local = [step for step in steps if step.get("if") == "env.PUSH != 'true'"]
+    build, scan = local
+    assert "--opt load" in build["run"]
+    assert "--opt push" not in build["run"]
+    assert scan["uses"].startswith("aquasecurity/trivy-action@")
+    assert scan["with"]["image-ref"] == "${{ env.SCAN_IMAGE }}"
+    assert (scan["with"]["severity"], scan["with"]["exit-code"]) == ("HIGH,CRITICAL", "1")
+
+
+def test_a_release_scans_exactly_the_pushed_image_of_each_platform_before_tagging_it() -> None:
+    """Pushed under a candidate tag, each platform scanned by its digest in the registry, then that same index
+    tagged without a rebuild: what users pull is what Trivy read."""
+    steps = release_steps()
+    candidate = steps[step_named(steps, "Containerize for linux/amd64 and linux/arm64 and push the candidate")]
+    platforms = re.findall(r"--opt platform=linux/(\w+)", candidate["run"])
+    assert platforms == ["amd64", "arm64"]
+    assert "--opt push" in candidate["run"]
+    assert "metadata-file=" in candidate["run"]
+    assert re.findall(r"--image-tag (\S+)", candidate["run"]) == ['"$REPOSITORY:candidate-$GITHUB_SHA"']
+    assert candidate["id"] == "candidate"
+    assert "index=$REPOSITORY@$digest" in candidate["run"]
+    digests = steps[step_named(steps, "Digests of the pushed platform images")]
+    assert digests["env"]["INDEX"] == "${{ steps.candidate.outputs.index }}"
+    assert f"for platform in {' '.join(platforms)}" in digests["run"]
+    scans = [
+        (i, step) for i, step in enumerate(steps)
+        if step.get("uses", "").startswith("aquasecurity/trivy-action") and step["if"] == "env.PUSH == 'true'"
+    ]  # fmt: skip
+    assert [step["with"]["image-ref"] for _, step in scans] == [
+        f"${{{{ steps.{digests['id']}.outputs.{platform} }}}}" for platform in platforms
+    ]
+    for _, scan in scans:
+        assert scan["env"] == {"TRIVY_IMAGE_SRC": "remote"}  # the registry's bytes, not a local copy
+        assert (scan["with"]["severity"], scan["with"]["exit-code"]) == ("HIGH,CRITICAL", "1")
+    tag = step_named(steps, "Tag the scanned index")
+    assert steps[tag]["env"]["INDEX"] == digests["env"]["INDEX"]  # the index whose images were scanned
+    assert "docker buildx imagetools create" in steps[tag]["run"]
+    assert max(i for i, _ in scans) < tag == len(steps) - 1
+    later = steps[step_named(steps, "Digests of the pushed platform images") :]
+    assert not [step for step in later if "containerize" in step.get("run", "") or "build" in step.get("uses", "")]
+
+
+def test_a_release_packages_the_model_source_it_is_told() -> None:
+    release = workflow("release.yml")
+    model_source = triggers(release)["workflow_dispatch"]["inputs"]["model_source"]
+    assert (model_source["options"], model_source["default"]) == (["train", "registry"], "train")
+    job = release["jobs"]["image"]
+    assert job["env"]["MODEL_SOURCE"] == "${{ inputs.model_source || vars.RELEASE_MODEL_SOURCE || 'train' }}"
+    steps = job["steps"]
+    train = steps[step_named(steps, "Train the champion and build the bento")]
+    registry = steps[step_named(steps, "Import the registry's champion and build the bento")]
+    assert (train["if"], train["run"]) == ("env.MODEL_SOURCE == 'train'", "make pipeline build")
+    assert registry["if"] == "env.MODEL_SOURCE == 'registry'"
+    assert registry["env"]["MLFLOW_TRACKING_URI"] == "${{ secrets.MLFLOW_TRACKING_URI }}"
+    commands = [line.strip() for line in registry["run"].splitlines()]
+    assert ".venv/bin/python -m training.register --check" in commands
+    assert "make pipeline" not in registry["run"]
+    assert "dvc" not in registry["run"]
+    assert commands.index(".venv/bin/python -m training.register --check") < commands.index("make build")
+
+
+def test_a_registry_release_imports_exactly_the_promoted_champion(workspace, champion: dict, tmp_path: Path) -> None:
+    """The registry step's commands against the session's MLflow store, into an empty BentoML store."""
+    env = {**workspace.env, "MLFLOW_TRACKING_URI": champion["tracking_uri"], "BENTOML_HOME": str(tmp_path / "bentoml")}
+    imported = subprocess.run(
+        [str(BIN / "python"), "-m", "scripts.import_champion", "--project-dir", str(workspace.path)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert imported.returncode == 0, imported.stderr[-3000:]
+    assert json.loads(imported.stdout.splitlines()[-1])["version"] == champion["version"]
+    # The champion, and the (empty until now) BentoML store's latest model: what `make build` pins.
+    workspace.run(str(BIN / "python"), "-m", "training.register", "--check", env=env)
 
 
 def test_deploy_uses_the_compose_stack_and_skips_slack_without_its_secret() -> None:

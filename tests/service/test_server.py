@@ -6,9 +6,12 @@ import json
 import random
 import re
 import sqlite3
+import subprocess
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
@@ -78,6 +81,51 @@ def test_no_worker_died_and_nothing_failed(http: httpx.Client, server: Server) -
     lines = [json.loads(line) for path in files for line in path.read_text().splitlines()]
     assert {line["status"] for line in lines} >= {200, 400, 404, 413}
     assert not [line for line in lines if line["status"] >= 500]
+
+
+# wrk's script: a POST of one house, and the count of answers that closed their connection.
+BURST_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["X-Request-ID"] = "burst"
+wrk.body = [==[%s]==]
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) closes = 0 end
+function response(status, headers, body)
+  if headers["connection"] == "close" then closes = closes + 1 end
+end
+function done(summary, latency, requests)
+  local total = 0
+  for _, thread in ipairs(threads) do total = total + thread:get("closes") end
+  io.write(string.format('{"requests": %%d, "closes": %%d, "non_2xx": %%d}\\n',
+    summary.requests, total, summary.errors.status))
+end
+"""
+
+
+def test_one_burst_of_keep_alive_connections_spreads_across_the_workers(server: Server, tmp_path: Path) -> None:
+    """wrk opens 32 keep-alive connections at once and keeps them busy: once the first second has moved them
+    (service.balance), both workers serve a fair share, at the cost of a few connections closed and reopened."""
+    script = tmp_path / "burst.lua"
+    script.write_text(BURST_SCRIPT % json.dumps(EXAMPLE_HOUSE))
+    command = ["wrk", "-t", "2", "-c", "32", "-d", "5s", "-s", str(script), f"{server.url}/predict"]
+    settled = time.time() + 1.0
+    run = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+    time.sleep(0.5)  # request lines reach the files within 100 ms
+    lines = [(path.name, json.loads(line)) for path in server.log_dir.glob("requests-*.log") for line in path.open()]
+    burst = [(worker, logged_at(line["ts"])) for worker, line in lines if line["request_id"] == "burst"]
+    served = Counter(worker for worker, at in burst if at >= settled)
+    assert run["non_2xx"] == 0
+    assert len(burst) >= run["requests"]  # wrk counts only the answers that came before its time was up
+    assert len(served) == 2, served
+    assert min(served.values()) >= sum(served.values()) * 0.3, served
+    assert run["closes"] <= run["requests"] * 0.1, run
+
+
+def logged_at(ts: str) -> float:
+    """A request log line's time (``2026-11-30T02:23:37.883Z``) as a Unix time."""
+    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
 
 
 def test_metrics_endpoint(http: httpx.Client, champion: dict) -> None:
