@@ -63,7 +63,8 @@ class FamilyParams(_Section):
     candidate, whose values may also be ranges (``{low, high, log}``).
     ``early_stopping_rounds`` (LightGBM) makes ``n_estimators`` a ceiling: each
     candidate gets the tree count with the lowest mean CV RMSE, its folds stopping
-    once that many rounds brought no gain.
+    once that many rounds brought no gain. ``first_trial`` (optuna) is the first
+    point Optuna evaluates, the best one known, so a small budget cannot end below it.
     """
 
     search: Literal["grid", "random", "optuna"]
@@ -71,6 +72,7 @@ class FamilyParams(_Section):
     # Each candidate names a model and maps hyperparameters to a value or a list of values.
     candidates: list[dict[str, Any]] = Field(min_length=1)
     early_stopping_rounds: int | None = Field(default=None, ge=1)
+    first_trial: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _optuna_has_one_space(self) -> FamilyParams:

@@ -84,6 +84,8 @@ def search(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.TPESampler(seed=train.seed)
     study = optuna.create_study(direction="maximize" if train.scoring == "r2" else "minimize", sampler=sampler)
+    if spec.first_trial:
+        study.enqueue_trial(spec.first_trial)
     study.optimize(objective, n_trials=spec.n_iter)
     return scores
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import mlflow
 import optuna
 import pandas as pd
 import pytest
+from rich.progress import Progress
 from sklearn.model_selection import KFold
 
 from housing.params import FamilyParams, Params
-from training.tuning import cross_validate, fold_features, suggest
+from training.tuning import cross_validate, fold_features, search, suggest
 
 SPACE = {
     "model": "lightgbm",
@@ -53,3 +57,22 @@ def test_early_stopping_picks_a_count_no_worse_than_the_ceiling(
     assert stopped.oof_pred.shape == y_sample.shape
     # Prices in USD whatever the target transform.
     assert 0.5 < stopped.oof_pred.mean() / y_sample.mean() < 2
+
+
+def test_search_logs_each_trial_as_a_child_run_starting_from_the_first_trial(
+    params: Params, X_sample: pd.DataFrame, y_sample: pd.Series, tmp_path: Path
+) -> None:
+    space = {"model": "lightgbm", "n_estimators": 60, "learning_rate": {"low": 0.05, "high": 0.3}, "num_leaves": 15}
+    spec = FamilyParams(search="optuna", n_iter=3, candidates=[space], early_stopping_rounds=10,
+                        first_trial={"learning_rate": 0.123})  # fmt: skip
+    small = params.model_copy(update={"train": params.train.model_copy(update={"cv_folds": 3})})
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    try:
+        with mlflow.start_run() as parent, Progress() as progress:
+            scores = search("boosting", spec, X_sample, y_sample, small, progress)
+        children = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert len(scores) == len(children) == 3
+    assert scores[0].params["learning_rate"] == 0.123
+    assert sorted(children["params.learning_rate"].astype(float)) == sorted(s.params["learning_rate"] for s in scores)
