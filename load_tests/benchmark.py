@@ -6,6 +6,8 @@ Measures, on this machine and in this order:
   3. the latency of one 10,000-record batch,
   4. `mlflow models serve` with the same registered model, the same record and the same 32 clients,
      in rounds that alternate with (2) so both see the same machine,
+  5. (1) to (3) again on the same service with its forest on LightGBM's booster instead of compiled
+     code (HOUSING_COMPILED_DIR empty): what compiling the forest buys, in the same run,
 and writes reports/benchmark.json plus the table between the markers in README.md.
 
 MLflow runs twice: as `pip install mlflow` ships it (uvicorn on asyncio and h11: MLflow does not
@@ -40,12 +42,17 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TARGETS = {
-    "single_p50_ms": 5.0,
+    "single_p50_ms": 1.5,
     "throughput_ratio": 4.0,
+    "throughput_vs_booster": 1.0,
     "p99_32_ms": 50.0,
-    "batch_10k_ms": 250.0,
+    "batch_10k_ms": 100.0,
     "invalid_vs_batch": 1.0,
 }
+# Targets met from above (ratios); the others are ceilings.
+AT_LEAST = {"throughput_ratio", "throughput_vs_booster"}
+# Longest the compiled forest may take to be ready when the pipeline did not leave it cached.
+COMPILE_WAIT_S = 1800
 README_START, README_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
 
 WRK_REPORT = """
@@ -198,17 +205,31 @@ LOCAL_FEEDBACK_TOKEN = "local-feedback-token"  # noqa: S105  # nosec B105
 FEEDBACK_AUTH = {"Authorization": f"Bearer {LOCAL_FEEDBACK_TOKEN}"}
 
 
-def serve_bentoml(port: int, workdir: Path) -> subprocess.Popen:
+def serve_bentoml(port: int, workdir: Path, **env_extra: str) -> subprocess.Popen:
+    workdir.mkdir(parents=True, exist_ok=True)
     env = {
         **os.environ,
         "HOUSING_PREDICTION_DB": str(workdir / "predictions.db"),
         "HOUSING_LOG_DIR": str(workdir / "log"),
         "HOUSING_FEEDBACK_TOKEN": LOCAL_FEEDBACK_TOKEN,
+        **env_extra,
     }
     return subprocess.Popen(
         [str(BIN / "bentoml"), "serve", "service.service:HousePricer", "--host", "127.0.0.1", "--port", str(port)],
         cwd=ROOT, env=env, stdout=(workdir / "bentoml.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
+
+
+def wait_runtime(url: str, runtime: str, timeout_s: float) -> float:
+    """Seconds until ``/health`` says the forest runs on ``runtime`` (the compiled one may still be compiling)."""
+    start = time.perf_counter()
+    while (health := httpx.get(f"{url}/health", timeout=10).json())["model_runtime"] != runtime:
+        if time.perf_counter() - start > timeout_s:
+            raise SystemExit(
+                f"{url} serves {health['model_runtime']}, not {runtime}: {health['model_runtime_problem']}"
+            )
+        time.sleep(2)
+    return time.perf_counter() - start
 
 
 def serve_mlflow(port: int, workers: int, workdir: Path, stock: bool = True) -> subprocess.Popen:
@@ -229,30 +250,37 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     test_csv = ROOT / "data" / "processed" / "test.csv"
     one = houses_from(test_csv, 1)[0]
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
-    ports = {"single_c32": free_port(), "mlflow_c32": free_port(), "mlflow_fast_c32": free_port()}
+    ports = {name: free_port() for name in ("single_c32", "booster_c32", "mlflow_c32", "mlflow_fast_c32")}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     # Every server stays up for the whole run (an idle one costs next to nothing), so the
     # throughput rounds can alternate between them and share whatever else the machine is doing.
     servers = {
         "single_c32": serve_bentoml(ports["single_c32"], workdir),
+        # The same service and model on LightGBM's own booster (no compiled forest): the speed before compiling.
+        "booster_c32": serve_bentoml(ports["booster_c32"], workdir / "booster", HOUSING_COMPILED_DIR=""),
         "mlflow_c32": serve_mlflow(ports["mlflow_c32"], args.mlflow_workers, workdir, stock=True),
         "mlflow_fast_c32": serve_mlflow(ports["mlflow_fast_c32"], args.mlflow_workers, workdir, stock=False),
     }
     try:
-        ours = urls["single_c32"]
-        wait_ready(f"{ours}/readyz", servers["single_c32"])
+        ours, booster = urls["single_c32"], urls["booster_c32"]
+        for name in ("single_c32", "booster_c32"):
+            wait_ready(f"{urls[name]}/readyz", servers[name])
+        results["compile_wait_s"] = wait_runtime(ours, "lleaves", COMPILE_WAIT_S)
+        wait_runtime(booster, "lightgbm", 0)
         for name in ("mlflow_c32", "mlflow_fast_c32"):
             wait_ready(f"{urls[name]}/ping", servers[name])
         info = httpx.get(f"{ours}/model").json()
         results["model"] = {"name": info["model_name"], "version": info["model_version"], "family": info["family"]}
         calls = {name: (f"{url}/invocations", json.dumps({"dataframe_records": [one]})) for name, url in urls.items()}
         calls["single_c32"] = (f"{ours}/predict", json.dumps(one))
+        calls["booster_c32"] = (f"{booster}/predict", json.dumps(one))
         for url, body in calls.values():  # warm-up
             wrk(url, body, 8, 3, workdir)
         results["single_c1"] = wrk(*calls["single_c32"], 1, args.seconds, workdir)
-        results["batch_10k"] = batch_latency(
-            f"{ours}/predict_batch", houses_from(test_csv, args.batch), args.batch_runs
-        )
+        results["booster_c1"] = wrk(*calls["booster_c32"], 1, args.seconds, workdir)
+        batch = houses_from(test_csv, args.batch)
+        results["batch_10k"] = batch_latency(f"{ours}/predict_batch", batch, args.batch_runs)
+        results["booster_batch_10k"] = batch_latency(f"{booster}/predict_batch", batch, args.batch_runs)
         results["invalid_bodies"] = invalid_body_latency(ours, invalid_bodies(one, args.batch), args.batch_runs)
         rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in calls}
         for _ in range(args.rounds):
@@ -281,6 +309,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "worst_invalid_ms": max(r["median_ms"] for r in results["invalid_bodies"].values()),
         "invalid_vs_batch": max(r["median_ms"] for r in results["invalid_bodies"].values())
         / results["batch_10k"]["median_ms"],
+        "booster_single_p50_ms": results["booster_c1"]["p50_ms"],
+        "booster_batch_10k_ms": results["booster_batch_10k"]["median_ms"],
+        "booster_throughput_rps": results["booster_c32"]["requests_per_s"],
+        "throughput_vs_booster": results["single_c32"]["requests_per_s"] / results["booster_c32"]["requests_per_s"],
         "mlflow_throughput_rps": results["mlflow_c32"]["requests_per_s"],
         "throughput_ratio": results["single_c32"]["requests_per_s"] / results["mlflow_c32"]["requests_per_s"],
         "mlflow_fast_throughput_rps": results["mlflow_fast_c32"]["requests_per_s"],
@@ -288,7 +320,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     summary = results["summary"]
     results["targets"] = {
-        name: {"target": target, "value": summary[name], "met": summary[name] >= target if name == "throughput_ratio" else summary[name] <= target}
+        name: {"target": target, "value": summary[name], "met": summary[name] >= target if name in AT_LEAST else summary[name] <= target}
         for name, target in TARGETS.items()
     }  # fmt: skip
     shutil.rmtree(workdir, ignore_errors=True)
@@ -308,11 +340,13 @@ def table(results: dict[str, Any]) -> str:
             "",
             "| measure | value | target | |",
             "|---|---|---|---|",
-            f"| single record, concurrency 1: p50 / p99 | {s['single_p50_ms']:.2f} / {s['single_p99_ms']:.2f} ms | p50 ≤ 5 ms | {mark('single_p50_ms')} |",
+            f"| single record, concurrency 1: p50 / p99 | {s['single_p50_ms']:.2f} / {s['single_p99_ms']:.2f} ms | p50 ≤ 1.5 ms | {mark('single_p50_ms')} |",
             f"| 32 clients: throughput | {s['throughput_rps']:,.0f} req/s | | |",
+            f"| the same model on LightGBM's booster (not compiled): p50 / 10,000-record batch / 32 clients | {s['booster_single_p50_ms']:.2f} ms / {s['booster_batch_10k_ms']:.0f} ms / {s['booster_throughput_rps']:,.0f} req/s | | |",
+            f"| throughput ratio (compiled / booster) | {s['throughput_vs_booster']:.2f}× | ≥ 1× | {mark('throughput_vs_booster')} |",
             f"| 32 clients (one burst of keep-alive connections): requests per worker | {' / '.join(f'{n:,}' for n in s['per_worker_32'].values())} (least served: {s['least_worker_share']:.0%}) | | |",
             f"| 32 clients: p99 | {s['p99_32_ms']:.1f} ms | ≤ 50 ms | {mark('p99_32_ms')} |",
-            f"| one 10,000-record batch | {s['batch_10k_ms']:.0f} ms | ≤ 250 ms | {mark('batch_10k_ms')} |",
+            f"| one 10,000-record batch | {s['batch_10k_ms']:.0f} ms | ≤ 100 ms | {mark('batch_10k_ms')} |",
             f"| costliest invalid body (of {len(results['invalid_bodies'])}, `reports/benchmark.json`) | {s['worst_invalid_ms']:.0f} ms: {s['invalid_vs_batch']:.2f}× the batch | ≤ 1× the largest legal batch | {mark('invalid_vs_batch')} |",
             f"| `mlflow models serve` as installed (uvicorn on asyncio + h11), same model and load | {s['mlflow_throughput_rps']:,.0f} req/s | | |",
             f"| throughput ratio (this service / MLflow as installed) | {s['throughput_ratio']:.1f}× | ≥ 4× | {mark('throughput_ratio')} |",
