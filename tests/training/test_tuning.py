@@ -67,6 +67,7 @@ def test_search_logs_each_trial_as_a_child_run_starting_from_the_first_trial(
                         first_trial={"learning_rate": 0.123})  # fmt: skip
     small = params.model_copy(update={"train": params.train.model_copy(update={"cv_folds": 3})})
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.set_experiment("tuning")  # not whichever experiment an earlier test left active
     try:
         with mlflow.start_run() as parent, Progress() as progress:
             scores = search("boosting", spec, X_sample, y_sample, small, progress)
