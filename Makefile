@@ -56,9 +56,10 @@ image: build ## Build the image with `bentoml containerize` (docker, else podman
 	python -m scripts.image --bento housing-price-service:latest
 
 # Debian/Ubuntu packages named after the command they provide (hadolint, actionlint, shellcheck come with `setup`).
-SYSTEM_TOOLS := wrk prometheus docker-compose ffmpeg nginx podman runc mmdebstrap iptables
-# Debian packages whose programs are not on PATH under the package's name: checked with dpkg.
-SYSTEM_PACKAGES := postgresql
+SYSTEM_TOOLS := wrk prometheus docker-compose ffmpeg nginx podman runc mmdebstrap iptables haproxy
+# Debian packages whose programs are not on PATH under the package's name: checked with dpkg
+# (prometheus-alertmanager ships amtool, which checks monitoring/alertmanager.yml).
+SYSTEM_PACKAGES := postgresql prometheus-alertmanager
 # Debian packages Chromium; Ubuntu's package is a snap stub, so there Playwright fetches its own build.
 UBUNTU := $(shell grep -qs '^ID=ubuntu' /etc/os-release && echo yes)
 tools: setup ## Install the system tools the tests and benchmarks use (wrk, Prometheus, Chromium, docker-compose, ffmpeg, nginx, podman, PostgreSQL)
@@ -92,6 +93,18 @@ demo-video: pipeline ## Record the walkthrough as reports/demo/demo.mp4 (headles
 
 summary: setup ## Regenerate docs/summary.md from the figures in reports/
 	python -m scripts.summary
+
+# checkov pins packages the project pins differently (packaging, networkx, boto3): it lives in its own venv,
+# pinned per Python by requirements/checkov-py<X.Y>.txt. tests/delivery/test_k8s.py runs this target first.
+CHECKOV_VENV := $(VENV)/checkov
+CHECKOV_PINS := requirements/checkov-py$(PY_VERSION).txt
+.PHONY: checkov
+checkov: $(CHECKOV_VENV)/.installed ## checkov (Kubernetes policies) in its own venv, .venv/checkov
+
+$(CHECKOV_VENV)/.installed: $(CHECKOV_PINS)
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet -c $(CHECKOV_PINS) checkov
+	touch $@
 
 .PHONY: diagram retrain serving-lock
 serving-lock: setup ## Lock requirements/serving.in (+ the 3.12 constraints) into requirements/serving.txt for the image

