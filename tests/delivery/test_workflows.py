@@ -158,9 +158,16 @@ def test_deploy_uses_the_compose_stack_and_skips_slack_without_its_secret() -> N
     (notify,) = [step for step in job["steps"] if step.get("name") == "Notify Slack"]
     assert notify["if"] == "always() && env.SLACK_WEBHOOK_URL != ''"
     assert job["env"]["SLACK_WEBHOOK_URL"] == "${{ secrets.SLACK_WEBHOOK_URL }}"
-    # The compose file has no default Grafana password: the run sets one before the stack starts.
+    # The compose file has no default password or token: the run sets every one it requires before the stack
+    # starts, and builds the images the stack does not pull.
+    required = set(re.findall(r"\$\{(\w+):\?", (ROOT / "deploy" / "docker-compose.yml").read_text()))
     names = [step.get("name") for step in job["steps"]]
-    assert names.index("Grafana password for this run") < names.index("Start the stack")
+    before = " ".join(step.get("run", "") for step in job["steps"][: names.index("Start the stack")])
+    assert required >= {"POSTGRES_PASSWORD", "HOUSING_ADMIN_TOKEN", "GRAFANA_ADMIN_PASSWORD"}
+    for name in required:
+        assert name in before, name
+    assert "OPERATIONS_IMAGE=" in before
+    assert "build mlflow" in before
 
 
 def test_every_action_is_pinned_to_a_full_commit_sha_with_its_version() -> None:
