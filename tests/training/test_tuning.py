@@ -41,18 +41,18 @@ def test_an_optuna_family_declares_one_space_and_a_budget() -> None:
         FamilyParams(search="optuna", n_iter=3, candidates=[SPACE, SPACE])
 
 
-@pytest.mark.parametrize("transform", ["none", "log"])
 def test_early_stopping_picks_a_count_no_worse_than_the_ceiling(
-    params: Params, X_sample: pd.DataFrame, y_sample: pd.Series, transform: str
+    params: Params, X_sample: pd.DataFrame, y_sample: pd.Series
 ) -> None:
+    transform = "log"  # the inverse transform is on the path: curves and predictions in USD
     splits = list(KFold(3, shuffle=True, random_state=0).split(X_sample))
     folds = fold_features(X_sample, y_sample, splits, params, transform)
-    # A learning rate high enough that 400 trees overfit: the best count is well below the ceiling.
-    candidate = {"model": "lightgbm", "n_estimators": 400, "learning_rate": 0.3, "num_leaves": 31}
+    # A learning rate high enough that 300 trees overfit: the best count is well below the ceiling.
+    candidate = {"model": "lightgbm", "n_estimators": 300, "learning_rate": 0.3, "num_leaves": 31}
     stopped = cross_validate(candidate, folds, y_sample, splits, transform, 30, params)
     full = cross_validate(candidate, folds, y_sample, splits, transform, None, params)
-    assert stopped.params["n_estimators"] < 400
-    assert full.params["n_estimators"] == 400
+    assert stopped.params["n_estimators"] < 300
+    assert full.params["n_estimators"] == 300
     assert stopped.metrics["rmse"] < full.metrics["rmse"]
     assert stopped.oof_pred.shape == y_sample.shape
     # Prices in USD whatever the target transform.
