@@ -231,6 +231,8 @@ def test_service_prices_equal_mlflow_pyfunc(
     client: TestClient, champion: dict, workspace: Workspace, test_rows: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rows = test_rows.head(200)
+    # The register stage compiled the champion's forest where the service looks: it prices with compiled code.
+    assert client.get("/health").json()["model_runtime"] == "lleaves"
     served = client.post("/predict_batch", json=request_records(rows)).json()
     monkeypatch.chdir(workspace.path)  # the workspace's default store: sqlite:///mlflow.db
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
