@@ -189,9 +189,19 @@ def mlflow_server(folder: Path, backend: str, artifacts: str, s3: SeaweedS3, por
     return process
 
 
+@dataclass
+class SharedStores:
+    """The running stores and the environment that points a service, the pipeline or a client at them."""
+
+    postgres: PostgresServer
+    s3: SeaweedS3
+    env: dict[str, str]
+    dvc_bucket: str
+
+
 @contextlib.contextmanager
-def shared_stores(folder: Path, mlflow_port: int, postgres_port: int) -> Iterator[dict[str, str]]:
-    """PostgreSQL, SeaweedFS and MLflow's server in ``folder``; yields the environment that points at them.
+def shared_stores(folder: Path, mlflow_port: int, postgres_port: int) -> Iterator[SharedStores]:
+    """PostgreSQL, SeaweedFS and MLflow's server in ``folder``, stopped on leaving the block.
 
     ``folder`` must be one the postgres user may enter (its parents world-searchable).
     """
@@ -203,13 +213,13 @@ def shared_stores(folder: Path, mlflow_port: int, postgres_port: int) -> Iterato
         processes.append(s3.start())
         artifacts = s3.bucket("mlflow")
         processes.append(mlflow_server(folder, postgres.database("mlflow"), artifacts, s3, mlflow_port))
-        yield {
+        env = {
             "HOUSING_DATABASE_URL": postgres.database("housing"),
             "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
             "MLFLOW_S3_ENDPOINT_URL": s3.endpoint,
             **S3_KEYS,
-            "HOUSING_DVC_S3": s3.bucket("dvc"),
         }
+        yield SharedStores(postgres, s3, env, s3.bucket("dvc"))
     finally:
         for process in reversed(processes):
             stop_process(process)
@@ -224,8 +234,8 @@ def main() -> None:
     parser.add_argument("--postgres-port", type=int, default=5433)
     parser.add_argument("--port", type=int, default=3000, help="the service's port")
     args = parser.parse_args()
-    with shared_stores(args.folder.resolve(), args.mlflow_port, args.postgres_port) as env:
-        bucket = env.pop("HOUSING_DVC_S3")
+    with shared_stores(args.folder.resolve(), args.mlflow_port, args.postgres_port) as stores:
+        env, bucket = stores.env, stores.dvc_bucket
         run = {**os.environ, **env, "HOUSING_FOLLOW_CHAMPION": "true"}
         print("shared stores up:\n" + "\n".join(f"  {k}={v}" for k, v in env.items() if "SECRET" not in k), flush=True)
         bin_dir = Path(sys.executable).parent
