@@ -208,15 +208,22 @@ def test_a_promotion_mid_load_reaches_every_replica_once(fleet: Fleet) -> None:
 
 
 def test_a_database_restart_mid_load_costs_no_answer_and_no_row(fleet: Fleet) -> None:
+    url = fleet.servers[0].url
+    while_down: dict[str, int] = {}
+
     def restart() -> None:
         time.sleep(2)
         fleet.stores.postgres.stop()
-        time.sleep(1.5)
+        # What reads the log answers 503 (retry) while the database is away; pricing goes on.
+        while_down["stats"] = httpx.get(f"{url}/stats", timeout=30).status_code
+        feedback = {"request_id": load.ok()[0], "index": 0, "actual_price_usd": 1.0}
+        while_down["feedback"] = httpx.post(f"{url}/feedback", json=feedback, headers=FEEDBACK, timeout=30).status_code
         fleet.stores.postgres.start()
         time.sleep(2)
 
     load = Load([server.url for server in fleet.servers])
     load.run(restart)
+    assert while_down == {"stats": 503, "feedback": 503}
     assert load.statuses() == {200}
     assert not load.errors
     ok = load.ok()
