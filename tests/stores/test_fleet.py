@@ -216,7 +216,7 @@ def test_a_database_restart_mid_load_costs_no_answer_and_no_row(fleet: Fleet) ->
         fleet.stores.postgres.stop()
         # What reads the log answers 503 (retry) while the database is away; pricing goes on.
         while_down["stats"] = httpx.get(f"{url}/stats", timeout=30).status_code
-        feedback = {"request_id": load.ok()[0], "index": 0, "actual_price_usd": 1.0}
+        feedback = {"request_id": load.ok()[0], "index": 0, "actual_price_usd": 250_000.0}
         while_down["feedback"] = httpx.post(f"{url}/feedback", json=feedback, headers=FEEDBACK, timeout=30).status_code
         fleet.stores.postgres.start()
         time.sleep(2)
