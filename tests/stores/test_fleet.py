@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,13 +106,21 @@ def fleet(workspace: Workspace, champion: dict) -> Iterator[Fleet]:
         with shared_stores(folder, free_port(), free_port()) as stores:
             publish(workspace, stores.env["MLFLOW_TRACKING_URI"])
             homes = [folder / "home-a", folder / "home-b"]
-            for home in homes:
-                import_champion(home, stores.env)
+            import_champion(homes[0], stores.env)
+            shutil.copytree(homes[0], homes[1])  # the second host's store, set up the same way
+
+            def serve(home: Path) -> Server:
                 env = {**stores.env, "BENTOML_HOME": str(home), "HOUSING_FOLLOW_CHAMPION": "true",
                        "HOUSING_CHAMPION_POLL_S": str(CHAMPION_POLL_S), "HOUSING_RELOAD_POLL_S": str(RELOAD_POLL_S),
                        "HOUSING_WRITER_INTERVAL_S": str(WRITER_INTERVAL_S), "HOUSING_VIEW_CACHE_S": "0",
                        "HOUSING_PROJECT_DIR": str(workspace.path)}  # fmt: skip
-                servers.append(start_server(folder / home.name.replace("home", "serve"), env, timeout_s=180))
+                return start_server(folder / home.name.replace("home", "serve"), env, timeout_s=240)
+
+            with ThreadPoolExecutor(len(homes)) as starting:  # the two replicas start at once, as in a fleet
+                futures = [starting.submit(serve, home) for home in homes]
+            servers.extend(future.result() for future in futures if future.exception() is None)
+            for future in futures:
+                future.result()  # the first failure, once every started server is in ``servers`` to be stopped
             yield Fleet(stores, servers, homes)
             for server in servers:
                 server.stop(30.0)
