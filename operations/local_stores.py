@@ -158,7 +158,12 @@ class SeaweedS3:
         weed = shutil.which("weed", path=str(Path(sys.executable).parent)) or "weed"
         argv = [weed, "server", f"-dir={self.folder}", "-ip=127.0.0.1", "-s3", f"-s3.port={self.ports['s3']}",
                 f"-master.port={self.ports['master']}", f"-volume.port={self.ports['volume']}",
-                f"-filer.port={self.ports['filer']}"]  # fmt: skip
+                f"-filer.port={self.ports['filer']}",
+                # Each bucket is a collection with volumes of its own: small volumes, and room for many of them
+                # (the default 8 fill up with the first bucket).
+                "-master.volumeSizeLimitMB=64", "-volume.max=200",
+                # Its Iceberg and Lance catalogs would take fixed ports (8181, 9101) that another server may hold.
+                "-s3.port.iceberg=0", "-s3.port.lance=0"]  # fmt: skip
         log = (self.folder / "weed.log").open("ab")
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # noqa: S603  # nosec B603
         wait_for(lambda: httpx.get(self.endpoint, timeout=2).status_code < 500, "SeaweedFS S3", process, 60)
