@@ -158,7 +158,12 @@ class SeaweedS3:
         weed = shutil.which("weed", path=str(Path(sys.executable).parent)) or "weed"
         argv = [weed, "server", f"-dir={self.folder}", "-ip=127.0.0.1", "-s3", f"-s3.port={self.ports['s3']}",
                 f"-master.port={self.ports['master']}", f"-volume.port={self.ports['volume']}",
-                f"-filer.port={self.ports['filer']}"]  # fmt: skip
+                f"-filer.port={self.ports['filer']}",
+                # Each bucket is a collection with volumes of its own: small volumes, and room for many of them
+                # (the default 8 fill up with the first bucket).
+                "-master.volumeSizeLimitMB=64", "-volume.max=200",
+                # Its Iceberg and Lance catalogs would take fixed ports (8181, 9101) that another server may hold.
+                "-s3.port.iceberg=0", "-s3.port.lance=0"]  # fmt: skip
         log = (self.folder / "weed.log").open("ab")
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # noqa: S603  # nosec B603
         wait_for(lambda: httpx.get(self.endpoint, timeout=2).status_code < 500, "SeaweedFS S3", process, 60)
@@ -189,9 +194,19 @@ def mlflow_server(folder: Path, backend: str, artifacts: str, s3: SeaweedS3, por
     return process
 
 
+@dataclass
+class SharedStores:
+    """The running stores and the environment that points a service, the pipeline or a client at them."""
+
+    postgres: PostgresServer
+    s3: SeaweedS3
+    env: dict[str, str]
+    dvc_bucket: str
+
+
 @contextlib.contextmanager
-def shared_stores(folder: Path, mlflow_port: int, postgres_port: int) -> Iterator[dict[str, str]]:
-    """PostgreSQL, SeaweedFS and MLflow's server in ``folder``; yields the environment that points at them.
+def shared_stores(folder: Path, mlflow_port: int, postgres_port: int) -> Iterator[SharedStores]:
+    """PostgreSQL, SeaweedFS and MLflow's server in ``folder``, stopped on leaving the block.
 
     ``folder`` must be one the postgres user may enter (its parents world-searchable).
     """
@@ -203,13 +218,13 @@ def shared_stores(folder: Path, mlflow_port: int, postgres_port: int) -> Iterato
         processes.append(s3.start())
         artifacts = s3.bucket("mlflow")
         processes.append(mlflow_server(folder, postgres.database("mlflow"), artifacts, s3, mlflow_port))
-        yield {
+        env = {
             "HOUSING_DATABASE_URL": postgres.database("housing"),
             "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
             "MLFLOW_S3_ENDPOINT_URL": s3.endpoint,
             **S3_KEYS,
-            "HOUSING_DVC_S3": s3.bucket("dvc"),
         }
+        yield SharedStores(postgres, s3, env, s3.bucket("dvc"))
     finally:
         for process in reversed(processes):
             stop_process(process)
@@ -224,8 +239,8 @@ def main() -> None:
     parser.add_argument("--postgres-port", type=int, default=5433)
     parser.add_argument("--port", type=int, default=3000, help="the service's port")
     args = parser.parse_args()
-    with shared_stores(args.folder.resolve(), args.mlflow_port, args.postgres_port) as env:
-        bucket = env.pop("HOUSING_DVC_S3")
+    with shared_stores(args.folder.resolve(), args.mlflow_port, args.postgres_port) as stores:
+        env, bucket = stores.env, stores.dvc_bucket
         run = {**os.environ, **env, "HOUSING_FOLLOW_CHAMPION": "true"}
         print("shared stores up:\n" + "\n".join(f"  {k}={v}" for k, v in env.items() if "SECRET" not in k), flush=True)
         bin_dir = Path(sys.executable).parent

@@ -9,10 +9,11 @@ from http import HTTPStatus
 from typing import Any, cast
 
 import bentoml
+import psycopg
 from bentoml.exceptions import BentoMLException
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from housing.columns import FEATURE_COLUMNS
 from housing.registry import tracking_uri
@@ -81,6 +82,20 @@ class Conflict(BentoMLException):
 
 class TooManyRequests(BentoMLException):
     error_code = HTTPStatus.TOO_MANY_REQUESTS
+
+
+class Unavailable(BentoMLException):
+    error_code = HTTPStatus.SERVICE_UNAVAILABLE
+
+
+LOG_UNREACHABLE = "the prediction log's database is unreachable; retry in a few seconds"
+
+
+@info_app.exception_handler(psycopg.OperationalError)
+async def log_unreachable(request: Request, exc: psycopg.OperationalError) -> JSONResponse:
+    """A view that reads the shared log while PostgreSQL restarts: 503 (retry), not an error of the service."""
+    return JSONResponse({"detail": f"{request.url.path}: {LOG_UNREACHABLE}"}, status_code=503,
+                        headers={"Retry-After": "2"})  # fmt: skip
 
 
 def feedback_guard(authorization: str | None) -> tuple[int, str] | None:
@@ -176,12 +191,18 @@ class HousePricer:
         is read). The first answer for a house is kept: a second one gets 409, and a correction is an admin's
         call (``PUT /admin/feedback``).
         """
-        prediction = await self._find_prediction(feedback.request_id, feedback.index)
-        if prediction is None:
-            prometheus_metrics.FEEDBACK_REFUSED.labels("unknown").inc()
-            raise NotFound(f"request_id: no prediction {feedback.request_id!r} (index {feedback.index}) in the log")
-        args = (feedback.request_id, feedback.index, feedback.actual_price_usd)
-        if not await asyncio.to_thread(self.log.record_feedback, *args, authenticated=True):
+        try:
+            prediction = await self._find_prediction(feedback.request_id, feedback.index)
+            if prediction is None:
+                prometheus_metrics.FEEDBACK_REFUSED.labels("unknown").inc()
+                raise NotFound(f"request_id: no prediction {feedback.request_id!r} (index {feedback.index}) in the log")
+            args = (feedback.request_id, feedback.index, feedback.actual_price_usd)
+            recorded = await asyncio.to_thread(self.log.record_feedback, *args, authenticated=True)
+        except self.log.store.error as exc:
+            if not self.log.store.is_outage(exc):
+                raise
+            raise Unavailable(f"feedback: {LOG_UNREACHABLE}") from None
+        if not recorded:
             prometheus_metrics.FEEDBACK_REFUSED.labels("duplicate").inc()
             raise Conflict(f"request_id: feedback for {feedback.request_id!r} (index {feedback.index}) is recorded "
                            "already; an admin corrects it with PUT /admin/feedback")  # fmt: skip

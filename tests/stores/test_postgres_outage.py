@@ -50,7 +50,7 @@ def test_a_restart_mid_load_loses_no_row(postgres: PostgresServer, tmp_path: Pat
 
 
 def test_feedback_and_reads_work_again_after_a_restart(postgres: PostgresServer, tmp_path: Path) -> None:
-    store = PostgresStore(postgres.new_schema(), timeout_s=1.0)
+    store = PostgresStore(postgres.new_schema())
     log = PredictionLog(store, interval_s=0.01, dead_letter_path=tmp_path / "dead.jsonl")
     log.add(PREDICTIONS, [row("a")])
     assert log.flush()

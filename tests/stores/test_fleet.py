@@ -1,0 +1,297 @@
+"""The shared-store setup end to end: two `bentoml serve` replicas, each with its own BentoML store, the
+prediction log in PostgreSQL and the registry on an `mlflow server` backed by PostgreSQL with its artifacts in
+SeaweedFS's S3 (operations.local_stores, as `make shared-stores` runs them), under 32 clients.
+
+In order, on the same fleet: a promotion mid-load reaches both replicas; PostgreSQL restarted mid-load costs no
+answer and no row; feedback and views are shared; SIGTERM on a replica loses no row; SIGKILL's loss is measured.
+The figures are printed for the report (run with -s).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import boto3
+import httpx
+import mlflow
+import psycopg
+import pytest
+from mlflow import MlflowClient
+
+from housing.log_schema import PREDICTIONS
+from operations.local_stores import S3_KEYS, SharedStores, free_port, shared_stores
+from service.api_models import EXAMPLE_HOUSE
+from tests.conftest import tracking_store
+from tests.service.conftest import FEEDBACK
+from tests.service.server import Server, start_server
+from tests.workspace import BIN, ROOT, Workspace
+
+CLIENTS = 32
+MODEL = "housing-price-model"
+CHAMPION_POLL_S = 1.0
+RELOAD_POLL_S = 0.5
+WRITER_INTERVAL_S = 0.05
+
+
+@dataclass
+class Fleet:
+    stores: SharedStores
+    servers: list[Server]
+    homes: list[Path]
+
+    @property
+    def registry(self) -> MlflowClient:
+        return MlflowClient(self.stores.env["MLFLOW_TRACKING_URI"])
+
+    def logged(self, request_ids: list[str]) -> set[str]:
+        """Which of ``request_ids`` have their row in the shared log."""
+        with psycopg.connect(self.stores.env["HOUSING_DATABASE_URL"]) as conn:
+            rows = conn.execute(
+                f"SELECT DISTINCT request_id FROM {PREDICTIONS} WHERE request_id = ANY(%s)",  # noqa: S608
+                [request_ids],
+            ).fetchall()
+        return {request_id for (request_id,) in rows}
+
+    def wait_logged(self, request_ids: list[str], timeout_s: float = 30.0) -> set[str]:
+        deadline = time.monotonic() + timeout_s
+        while len(found := self.logged(request_ids)) < len(request_ids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return found
+
+
+def publish(workspace: Workspace, tracking_uri: str) -> None:
+    """The session pipeline's champion registered twice in the shared registry: v1 @champion, v2 to promote."""
+    local = MlflowClient(f"sqlite:///{workspace.path / 'mlflow.db'}")
+    champion = local.get_model_version_by_alias(MODEL, "champion")
+    with tempfile.TemporaryDirectory() as tmp:
+        with tracking_store(f"sqlite:///{workspace.path / 'mlflow.db'}"):
+            model_dir = mlflow.artifacts.download_artifacts(f"models:/{MODEL}/{champion.version}", dst_path=tmp)
+        with tracking_store(tracking_uri):
+            with mlflow.start_run() as run:
+                mlflow.log_artifacts(model_dir, "model")
+            client = MlflowClient()
+            client.create_registered_model(MODEL)
+            for _ in range(2):
+                client.create_model_version(MODEL, f"runs:/{run.info.run_id}/model", run.info.run_id,
+                                            tags=dict(champion.tags))  # fmt: skip
+            client.set_registered_model_alias(MODEL, "champion", "1")
+
+
+def import_champion(home: Path, env: dict[str, str]) -> None:
+    """Put the registry's champion into the BentoML store at ``home``, as a replica's host is set up."""
+    code = ("from mlflow import MlflowClient; from housing.registry import champion_version, import_version\n"
+            "from service.champion_follower import Registered\n"
+            f"reg = Registered({MODEL!r}, 'champion', {MODEL!r}); client = MlflowClient()\n"
+            "import_version(client, reg, str(champion_version(client, reg).version))")  # fmt: skip
+    env = {**env, "BENTOML_HOME": str(home), "PATH": f"{BIN}:/usr/bin:/bin"}
+    subprocess.run([str(BIN / "python"), "-c", code], cwd=ROOT, env=env, check=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def fleet(workspace: Workspace, champion: dict) -> Iterator[Fleet]:
+    folder = Path(tempfile.mkdtemp(prefix="housing-fleet-"))
+    folder.chmod(0o755)  # the postgres user works inside
+    servers: list[Server] = []
+    try:
+        with shared_stores(folder, free_port(), free_port()) as stores:
+            publish(workspace, stores.env["MLFLOW_TRACKING_URI"])
+            homes = [folder / "home-a", folder / "home-b"]
+            import_champion(homes[0], stores.env)
+            shutil.copytree(homes[0], homes[1])  # the second host's store, set up the same way
+
+            def serve(home: Path) -> Server:
+                env = {**stores.env, "BENTOML_HOME": str(home), "HOUSING_FOLLOW_CHAMPION": "true",
+                       "HOUSING_CHAMPION_POLL_S": str(CHAMPION_POLL_S), "HOUSING_RELOAD_POLL_S": str(RELOAD_POLL_S),
+                       "HOUSING_WRITER_INTERVAL_S": str(WRITER_INTERVAL_S), "HOUSING_VIEW_CACHE_S": "0",
+                       "HOUSING_PROJECT_DIR": str(workspace.path)}  # fmt: skip
+                return start_server(folder / home.name.replace("home", "serve"), env, timeout_s=240)
+
+            with ThreadPoolExecutor(len(homes)) as starting:  # the two replicas start at once, as in a fleet
+                futures = [starting.submit(serve, home) for home in homes]
+            servers.extend(future.result() for future in futures if future.exception() is None)
+            for future in futures:
+                future.result()  # the first failure, once every started server is in ``servers`` to be stopped
+            yield Fleet(stores, servers, homes)
+            for server in servers:
+                server.stop(30.0)
+    finally:
+        for server in servers:
+            server.stop(30.0)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@dataclass
+class Load:
+    """Clients pricing one house a request, round robin over ``urls``, until stopped."""
+
+    urls: list[str]
+    # (time answered, which url, status, request id, model version)
+    answers: list[tuple[float, int, int, str, str]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def _client(self, n: int) -> None:
+        with httpx.Client(timeout=30) as http:
+            i = n
+            while not self._stop.is_set():
+                target = i % len(self.urls)
+                i += 1
+                try:
+                    response = http.post(f"{self.urls[target]}/predict", json=EXAMPLE_HOUSE)
+                except httpx.TransportError as exc:  # a replica that was stopped refuses connections
+                    self.errors.append(f"{self.urls[target]}: {type(exc).__name__}")
+                    time.sleep(0.05)
+                    continue
+                body = response.json() if response.status_code == 200 else {}
+                self.answers.append((time.time(), target, response.status_code, body.get("request_id", ""),
+                                     body.get("model_version", "")))  # fmt: skip
+
+    def run(self, during: Callable[[], None]) -> None:
+        threads = [threading.Thread(target=self._client, args=(n,)) for n in range(CLIENTS)]
+        for thread in threads:
+            thread.start()
+        try:
+            during()
+        finally:
+            self._stop.set()
+            for thread in threads:
+                thread.join()
+
+    def statuses(self) -> set[int]:
+        return {answer[2] for answer in self.answers}
+
+    def ok(self) -> list[str]:
+        return [answer[3] for answer in self.answers if answer[2] == 200]
+
+
+def test_a_promotion_mid_load_reaches_every_replica_once(fleet: Fleet) -> None:
+    load = Load([server.url for server in fleet.servers])
+    promoted: list[float] = []
+
+    def switched(replica: int) -> bool:
+        recent = [a for a in load.answers[-300:] if a[1] == replica and a[0] > time.time() - 1]
+        return len(recent) >= 10 and all(a[4] == "2" for a in recent)
+
+    def promote() -> None:
+        time.sleep(2)
+        promoted.append(time.time())
+        fleet.registry.set_registered_model_alias(MODEL, "champion", "2")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (switched(0) and switched(1)):
+            time.sleep(0.2)
+        time.sleep(2)  # and it stays switched
+
+    load.run(promote)
+    assert load.statuses() == {200}
+    bounds = []
+    for replica in range(2):
+        mine = [a for a in load.answers if a[1] == replica]
+        assert {a[4] for a in mine} == {"1", "2"}
+        first_new = min(a[0] for a in mine if a[4] == "2")
+        last_old = max(a[0] for a in mine if a[4] == "1")
+        assert first_new > promoted[0]
+        # Its two workers switch within about a reload poll of each other, and none goes back.
+        assert last_old - first_new < RELOAD_POLL_S + 1.0
+        assert all(a[4] == "2" for a in mine if a[0] > last_old)
+        bounds.append(last_old - promoted[0])
+    seconds = ", ".join(f"{bound:.1f}" for bound in bounds)
+    print(f"\n@champion v1 -> v2: the replicas served only v2 {seconds} s after the promotion "
+          f"({len(load.answers)} answers, all 200)")  # fmt: skip
+    for home in fleet.homes:  # each replica imported the new version once, from S3 through the registry
+        assert len([path for path in (home / "models" / MODEL).iterdir() if path.is_dir()]) == 2
+    s3 = boto3.client("s3", endpoint_url=fleet.stores.s3.endpoint, region_name="us-east-1",
+                      aws_access_key_id=S3_KEYS["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=S3_KEYS["AWS_SECRET_ACCESS_KEY"])  # fmt: skip
+    keys = [item["Key"] for item in s3.list_objects_v2(Bucket="mlflow").get("Contents", [])]
+    assert any(key.endswith("artifacts/model/MLmodel") for key in keys), keys
+
+
+def test_a_database_restart_mid_load_costs_no_answer_and_no_row(fleet: Fleet) -> None:
+    url = fleet.servers[0].url
+    while_down: dict[str, int] = {}
+
+    def restart() -> None:
+        time.sleep(2)
+        fleet.stores.postgres.stop()
+        # What reads the log answers 503 (retry) while the database is away; pricing goes on.
+        while_down["stats"] = httpx.get(f"{url}/stats", timeout=30).status_code
+        feedback = {"request_id": load.ok()[0], "index": 0, "actual_price_usd": 250_000.0}
+        while_down["feedback"] = httpx.post(f"{url}/feedback", json=feedback, headers=FEEDBACK, timeout=30).status_code
+        fleet.stores.postgres.start()
+        time.sleep(2)
+
+    load = Load([server.url for server in fleet.servers])
+    load.run(restart)
+    assert while_down == {"stats": 503, "feedback": 503}
+    assert load.statuses() == {200}
+    assert not load.errors
+    ok = load.ok()
+    missing = set(ok) - fleet.wait_logged(ok)
+    print(f"\n{len(ok)} answers from 2 replicas across a PostgreSQL restart; {len(missing)} rows missing")
+    assert not missing
+
+
+def test_feedback_and_views_are_shared_by_the_replicas(fleet: Fleet) -> None:
+    a, b = (server.url for server in fleet.servers)
+    priced = httpx.post(f"{a}/predict", json=EXAMPLE_HOUSE, timeout=30).json()
+    fleet.wait_logged([priced["request_id"]])
+    feedback = {"request_id": priced["request_id"], "index": 0, "actual_price_usd": 300_000.0}
+    assert httpx.post(f"{b}/feedback", json=feedback, headers=FEEDBACK, timeout=30).status_code == 200
+    assert httpx.post(f"{a}/feedback", json=feedback, headers=FEEDBACK, timeout=30).status_code == 409
+    accuracy = [httpx.get(f"{url}/accuracy", timeout=30).json()["accuracy"] for url in (a, b)]
+    assert accuracy[0] == accuracy[1]
+    assert accuracy[0][0]["n"] >= 1
+    stats = [httpx.get(f"{url}/stats", timeout=30).json() for url in (a, b)]
+    assert stats[0]["per_hour"] == stats[1]["per_hour"]
+    assert stats[0]["recent"] == stats[1]["recent"]
+
+
+def test_sigterm_loses_no_row(fleet: Fleet) -> None:
+    victim = fleet.servers[1]
+    load = Load([victim.url])
+
+    def terminate() -> None:
+        time.sleep(4)
+        os.killpg(victim.process.pid, signal.SIGTERM)
+        victim.process.wait(60)
+
+    load.run(terminate)
+    ok = load.ok()
+    assert load.statuses() == {200}
+    missing = set(ok) - fleet.wait_logged(ok, timeout_s=5)
+    print(f"\nSIGTERM: {len(ok)} answers, {len(missing)} rows missing")
+    assert ok
+    assert not missing
+
+
+def test_sigkill_loses_at_most_the_rows_of_the_last_writes(fleet: Fleet) -> None:
+    victim = fleet.servers[0]
+    load = Load([victim.url])
+    killed: list[float] = []
+
+    def kill() -> None:
+        time.sleep(4)
+        killed.append(time.time())
+        os.killpg(victim.process.pid, signal.SIGKILL)
+        victim.process.wait(60)
+
+    load.run(kill)
+    ok = load.ok()
+    logged = fleet.wait_logged(ok, timeout_s=5)
+    lost = [a[0] for a in load.answers if a[2] == 200 and a[3] not in logged]
+    window_ms = (killed[0] - min(lost)) * 1000 if lost else 0.0
+    rate = len(ok) / max(1e-9, killed[0] - min(a[0] for a in load.answers))
+    print(f"\nSIGKILL: {len(ok)} answers ({rate:.0f}/s), {len(lost)} rows lost, answered in the last "
+          f"{window_ms:.0f} ms before the kill (writer interval {WRITER_INTERVAL_S * 1000:.0f} ms)")  # fmt: skip
+    # Only rows answered just before the kill can be lost: those queued, or in the transaction being written.
+    assert window_ms <= 1000 * 10 * WRITER_INTERVAL_S
