@@ -72,8 +72,9 @@ tools: setup ## Install the system tools the tests and benchmarks use (wrk, Prom
 	fi
 	$(if $(UBUNTU),command -v chromium >/dev/null || python -m playwright install --with-deps chromium)
 
-bench: setup tools ## Benchmark against `mlflow models serve`: reports/benchmark.json and the README table
+bench: setup tools ## Benchmark against `mlflow models serve` and the booster, then the log stores: reports/benchmark.json, log_stores.json
 	python load_tests/benchmark.py
+	python load_tests/log_stores.py
 
 LOAD_USERS ?= 32
 LOAD_TIME ?= 30s

@@ -51,6 +51,7 @@ REAL_FIXTURES = frozenset(
         "client",
         "stack",
         "postgres",
+        "stores",
     }
 )
 
