@@ -58,10 +58,13 @@ class ChampionFollower:
     def start(self) -> None:
         self._stop = threading.Event()
         self._client = MlflowClient(self.tracking_uri)
-        threading.Thread(target=self._run, name="champion-follower", daemon=True).start()
+        self._thread = threading.Thread(target=self._run, name="champion-follower", daemon=True)
+        self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop polling and wait for a poll in progress (it may write to the log's store, closed next)."""
         self._stop.set()
+        self._thread.join(timeout_s)
 
     def _run(self) -> None:
         while not self._stop.wait(self.poll_s):

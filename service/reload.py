@@ -93,10 +93,13 @@ class Watcher:
         self.note = ""
         self._report(loaded=True)
         self._stop = threading.Event()
-        threading.Thread(target=self._run, name="model-watcher", daemon=True).start()
+        self._thread = threading.Thread(target=self._run, name="model-watcher", daemon=True)
+        self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop polling and wait for a poll in progress: the store may be closed next, under its feet."""
         self._stop.set()
+        self._thread.join(timeout_s)
 
     def set_note(self, note: str) -> None:
         """Report ``note`` (another source's error, such as the champion follower's; empty: none) from now on."""
