@@ -20,10 +20,10 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import boto3
 import httpx
-import mlflow
 import psycopg
 import pytest
 from mlflow import MlflowClient
@@ -31,7 +31,6 @@ from mlflow import MlflowClient
 from housing.log_schema import PREDICTIONS
 from operations.local_stores import S3_KEYS, SharedStores, free_port, shared_stores
 from service.api_models import EXAMPLE_HOUSE
-from tests.conftest import tracking_store
 from tests.service.conftest import FEEDBACK
 from tests.service.server import Server, start_server
 from tests.workspace import BIN, ROOT, Workspace
@@ -48,6 +47,12 @@ class Fleet:
     stores: SharedStores
     servers: list[Server]
     homes: list[Path]
+
+    def s3(self) -> Any:
+        """A client of the fleet's S3 store."""
+        return boto3.client("s3", endpoint_url=self.stores.s3.endpoint, region_name="us-east-1",
+                            aws_access_key_id=S3_KEYS["AWS_ACCESS_KEY_ID"],
+                            aws_secret_access_key=S3_KEYS["AWS_SECRET_ACCESS_KEY"])  # fmt: skip
 
     @property
     def registry(self) -> MlflowClient:
@@ -69,22 +74,22 @@ class Fleet:
         return found
 
 
-def publish(workspace: Workspace, tracking_uri: str) -> None:
-    """The session pipeline's champion registered twice in the shared registry: v1 @champion, v2 to promote."""
-    local = MlflowClient(f"sqlite:///{workspace.path / 'mlflow.db'}")
-    champion = local.get_model_version_by_alias(MODEL, "champion")
-    with tempfile.TemporaryDirectory() as tmp:
-        with tracking_store(f"sqlite:///{workspace.path / 'mlflow.db'}"):
-            model_dir = mlflow.artifacts.download_artifacts(f"models:/{MODEL}/{champion.version}", dst_path=tmp)
-        with tracking_store(tracking_uri):
-            with mlflow.start_run() as run:
-                mlflow.log_artifacts(model_dir, "model")
-            client = MlflowClient()
-            client.create_registered_model(MODEL)
-            for _ in range(2):
-                client.create_model_version(MODEL, f"runs:/{run.info.run_id}/model", run.info.run_id,
-                                            tags=dict(champion.tags))  # fmt: skip
-            client.set_registered_model_alias(MODEL, "champion", "1")
+def register_with_the_pipeline(workspace: Workspace, stores: SharedStores, folder: Path) -> Workspace:
+    """The real pipeline's register stage, run twice against the shared stores from a copy of the session's project.
+
+    The first run makes v1 ``@champion`` (its model and reports go to the S3 artifact store through the MLflow
+    server); the second registers the same model as v2, which is refused as not better: the version the tests
+    promote by hand. Then ``dvc push`` sends the project's data and models to a DVC remote in the same S3.
+    """
+    repo = Workspace(folder / "repo", {**workspace.env, **stores.env, "BENTOML_HOME": str(folder / "pipeline-home")},
+                     "")  # fmt: skip
+    shutil.copytree(workspace.path, repo.path, ignore=shutil.ignore_patterns("mlflow.db", "mlruns", "mlartifacts"))
+    for _ in range(2):
+        repo.run("dvc", "repro", "--force", "--single-item", "register")
+    repo.run("dvc", "remote", "add", "--local", "--force", "shared-s3", f"{stores.dvc_bucket}/cache")
+    repo.run("dvc", "remote", "modify", "--local", "shared-s3", "endpointurl", stores.env["MLFLOW_S3_ENDPOINT_URL"])
+    repo.run("dvc", "push", "-r", "shared-s3")
+    return repo
 
 
 def import_champion(home: Path, env: dict[str, str]) -> None:
@@ -104,7 +109,7 @@ def fleet(workspace: Workspace, champion: dict) -> Iterator[Fleet]:
     servers: list[Server] = []
     try:
         with shared_stores(folder, free_port(), free_port()) as stores:
-            publish(workspace, stores.env["MLFLOW_TRACKING_URI"])
+            register_with_the_pipeline(workspace, stores, folder)
             homes = [folder / "home-a", folder / "home-b"]
             import_champion(homes[0], stores.env)
             shutil.copytree(homes[0], homes[1])  # the second host's store, set up the same way
@@ -174,6 +179,19 @@ class Load:
         return [answer[3] for answer in self.answers if answer[2] == 200]
 
 
+def test_the_pipeline_registers_into_the_shared_stores(fleet: Fleet) -> None:
+    registry = fleet.registry
+    assert registry.get_model_version_by_alias(MODEL, "champion").version == "1"
+    second = registry.get_model_version(MODEL, "2")  # the same model again: registered, not promoted
+    assert second.tags["data_version"] == registry.get_model_version(MODEL, "1").tags["data_version"]
+    s3 = fleet.s3()
+    artifacts = [item["Key"] for item in s3.list_objects_v2(Bucket="mlflow").get("Contents", [])]
+    assert any(key.endswith("/MLmodel") for key in artifacts), artifacts
+    bucket = fleet.stores.dvc_bucket.removeprefix("s3://")
+    pushed = s3.list_objects_v2(Bucket=bucket).get("KeyCount", 0)
+    assert pushed >= 5  # the raw data, the split, the model and its profile, in DVC's content-addressed cache
+
+
 def test_a_promotion_mid_load_reaches_every_replica_once(fleet: Fleet) -> None:
     load = Load([server.url for server in fleet.servers])
     promoted: list[float] = []
@@ -209,11 +227,8 @@ def test_a_promotion_mid_load_reaches_every_replica_once(fleet: Fleet) -> None:
           f"({len(load.answers)} answers, all 200)")  # fmt: skip
     for home in fleet.homes:  # each replica imported the new version once, from S3 through the registry
         assert len([path for path in (home / "models" / MODEL).iterdir() if path.is_dir()]) == 2
-    s3 = boto3.client("s3", endpoint_url=fleet.stores.s3.endpoint, region_name="us-east-1",
-                      aws_access_key_id=S3_KEYS["AWS_ACCESS_KEY_ID"],
-                      aws_secret_access_key=S3_KEYS["AWS_SECRET_ACCESS_KEY"])  # fmt: skip
-    keys = [item["Key"] for item in s3.list_objects_v2(Bucket="mlflow").get("Contents", [])]
-    assert any(key.endswith("artifacts/model/MLmodel") for key in keys), keys
+    keys = [item["Key"] for item in fleet.s3().list_objects_v2(Bucket="mlflow").get("Contents", [])]
+    assert any(key.endswith("/MLmodel") for key in keys), keys
 
 
 def test_a_database_restart_mid_load_costs_no_answer_and_no_row(fleet: Fleet) -> None:
