@@ -4,7 +4,7 @@
 
 The registry is the one MLflow's environment names (MLFLOW_TRACKING_URI and its credentials); the model
 and alias names come from the project's params.yaml. The champion is imported through
-training.champion (the labels and metadata the service reads) and becomes the store's latest model,
+housing.registry (the labels and metadata the service reads) and becomes the store's latest model,
 which `bentoml build` pins. Prints the version and the BentoML tag; exits 1 when there is no champion.
 """
 
@@ -19,7 +19,7 @@ import mlflow
 from mlflow import MlflowClient
 
 from housing.params import load_params
-from training.champion import champion_version, served_model
+from housing.registry import champion_version, served_model
 
 
 def main(argv: list[str] | None = None) -> int:

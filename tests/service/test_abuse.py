@@ -348,7 +348,11 @@ def test_training_uses_only_authenticated_feedback(server: Server, http: httpx.C
             "INSERT INTO feedback (request_id, idx, ts, actual_price_usd, authenticated) VALUES (?, 1, ?, ?, 0)",
             (request_id, time.time(), 100_000.0),
         )
-    exported = set(labeled_feedback(copy)["feedback_id"])
+    store = SQLiteStore(copy, read_only=True)
+    try:
+        exported = set(labeled_feedback(store)["feedback_id"])
+    finally:
+        store.close()
     assert f"{request_id}:0" in exported, "authenticated feedback is missing from the training rows"
     assert f"{request_id}:1" not in exported, "unauthenticated feedback became a training label"
 
