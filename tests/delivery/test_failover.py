@@ -94,7 +94,11 @@ def replicas(tmp_path_factory: pytest.TempPathFactory, workspace) -> Iterator[li
     """Two replicas, each with its own SQLite log, started side by side."""
     root = tmp_path_factory.mktemp("failover")
     with ThreadPoolExecutor(2) as pool:
-        started = list(pool.map(lambda i: start_server(root / f"replica-{i}"), (1, 2)))
+        # Each replica's own project folder: a replica killed while it opens the checkout's mlflow.db could leave
+        # a half-done MLflow migration there for the next pipeline run.
+        started = list(
+            pool.map(lambda i: start_server(root / f"replica-{i}", {"HOUSING_PROJECT_DIR": str(root)}), (1, 2))
+        )
     yield started
     for server in started:
         server.stop()
