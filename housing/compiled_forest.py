@@ -113,12 +113,16 @@ def compile_forest(model_text: str, cache_dir: Path, timeout_s: float = COMPILE_
     return target
 
 
-def _compile_in_this_process(model_file: Path, out: Path) -> None:
+def _compiled(model_file: Path, cache: Path) -> Any:
+    """The lleaves model of ``model_file``, compiled into ``cache`` or, when that exists, loaded from it.
+
+    Compiling and loading share these options: object code cached under one set is only valid under the same.
+    """
     import lleaves
 
-    lleaves.Model(model_file=str(model_file)).compile(
-        cache=str(out), finline=INLINE, target_cpu=portable_cpu(), target_cpu_features=""
-    )
+    model = lleaves.Model(model_file=str(model_file))
+    model.compile(cache=str(cache), finline=INLINE, target_cpu=portable_cpu(), target_cpu_features="")
+    return model
 
 
 class ForestRuntime:
@@ -201,15 +205,10 @@ class ForestRuntime:
 
     @staticmethod
     def _load(artefact: Path, model_text: str) -> Any:
-        import lleaves
-
         with tempfile.NamedTemporaryFile("w", suffix=".txt") as model_file:
             model_file.write(model_text)
             model_file.flush()
-            model = lleaves.Model(model_file=model_file.name)
-            # With a cache file lleaves loads the object code instead of compiling.
-            model.compile(cache=str(artefact), finline=INLINE, target_cpu=portable_cpu(), target_cpu_features="")
-        return model
+            return _compiled(Path(model_file.name), artefact)
 
     def _equal(self, compiled: Any) -> bool:
         expected = np.asarray(self.booster.predict(self.probe, num_threads=1))
@@ -228,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("model_file", type=Path, help="LightGBM model as text (Booster.save_model)")
     parser.add_argument("out", type=Path, help="where to write the compiled object code")
     args = parser.parse_args(argv)
-    _compile_in_this_process(args.model_file, args.out)
+    _compiled(args.model_file, args.out)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import numpy as np
 from lightgbm import LGBMModel
 from sklearn.base import BaseEstimator
 from sklearn.compose import TransformedTargetRegressor
+from sklearn.pipeline import Pipeline
 
 from housing.compiled_forest import ForestRuntime
 from housing.model_format import MLFLOW_MODEL_FOLDER, ModelLabels, ModelMetadata, fitted_pipeline
@@ -111,10 +112,16 @@ def forest_runtime(
          "median_income": income}
         for dlon, dlat, income in PROBE_SHIFTS
     ]  # fmt: skip
-    features: Any = columns_of([House(**house) for house in probe])
+    features = _features(pipeline, columns_of([House(**house) for house in probe]))
+    return ForestRuntime(pipeline[-1].booster_, compiled_dir, features, on_change)
+
+
+def _features(pipeline: Pipeline, columns: Mapping[str, Sequence[Any]]) -> Any:
+    """The model's inputs: ``columns`` through every step of ``pipeline`` but its last (the regressor)."""
+    features: Any = columns
     for _, step in pipeline.steps[:-1]:
         features = step.transform(features)
-    return ForestRuntime(pipeline[-1].booster_, compiled_dir, features, on_change)
+    return features
 
 
 def _report_runtime(model_version: str, forest: ForestRuntime) -> None:
@@ -130,14 +137,10 @@ def fast_predict(estimator: BaseEstimator, forest: ForestRuntime) -> Callable[..
     the same features; a test holds the two paths equal.
     """
     pipeline = fitted_pipeline(estimator)
-    transforms = [step for _, step in pipeline.steps[:-1]]
     inverse = estimator.inverse_func if isinstance(estimator, TransformedTargetRegressor) else None
 
     def predict(columns: Mapping[str, Sequence[Any]], num_threads: int = 1) -> np.ndarray:
-        features: Any = columns
-        for step in transforms:
-            features = step.transform(features)
-        scores = forest.predict(features, num_threads=num_threads)
+        scores = forest.predict(_features(pipeline, columns), num_threads=num_threads)
         return np.asarray(inverse(scores) if inverse is not None else scores)
 
     return predict
