@@ -8,8 +8,11 @@ the typed classes below, so a key is named once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import PurePath, PurePosixPath
+from typing import cast
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict
 from sklearn.base import BaseEstimator
 from sklearn.compose import TransformedTargetRegressor
@@ -76,3 +79,12 @@ def extra_file(path: str | PurePath) -> str:
 def fitted_pipeline(model: BaseEstimator) -> Pipeline:
     """The inner feature+model pipeline of a fitted model, target transform unwrapped."""
     return model.regressor_ if isinstance(model, TransformedTargetRegressor) else model
+
+
+def target_inverse(model: BaseEstimator) -> Callable[[np.ndarray], np.ndarray] | None:
+    """What takes the pipeline's output back to USD: the target transform's inverse, None without one."""
+    return (
+        cast(Callable[[np.ndarray], np.ndarray], model.inverse_func)
+        if isinstance(model, TransformedTargetRegressor)
+        else None
+    )

@@ -15,11 +15,16 @@ import mlflow.sklearn
 import numpy as np
 from lightgbm import LGBMModel
 from sklearn.base import BaseEstimator
-from sklearn.compose import TransformedTargetRegressor
 from sklearn.pipeline import Pipeline
 
 from housing.compiled_forest import ForestRuntime
-from housing.model_format import MLFLOW_MODEL_FOLDER, ModelLabels, ModelMetadata, fitted_pipeline
+from housing.model_format import (
+    MLFLOW_MODEL_FOLDER,
+    ModelLabels,
+    ModelMetadata,
+    fitted_pipeline,
+    target_inverse,
+)
 from service import prometheus_metrics
 from service.api_models import EXAMPLE_HOUSE, House, ModelInfo, columns_of
 
@@ -137,7 +142,7 @@ def fast_predict(estimator: BaseEstimator, forest: ForestRuntime) -> Callable[..
     the same features; a test holds the two paths equal.
     """
     pipeline = fitted_pipeline(estimator)
-    inverse = estimator.inverse_func if isinstance(estimator, TransformedTargetRegressor) else None
+    inverse = target_inverse(estimator)
 
     def predict(columns: Mapping[str, Sequence[Any]], num_threads: int = 1) -> np.ndarray:
         scores = forest.predict(_features(pipeline, columns), num_threads=num_threads)
