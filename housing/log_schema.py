@@ -46,6 +46,9 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "model_version": str,
         "latency_ms": float,
         "price_usd": float,
+        # The price's conformal interval (housing.conformal); NULL for a model without one.
+        "lower_usd": float,
+        "upper_usd": float,
         **dict.fromkeys(NUMERIC_COLUMNS, float),
         CATEGORICAL_COLUMN: str,
     },
@@ -74,8 +77,8 @@ SCHEMAS: dict[str, dict[str, type]] = {
 }
 # The primary key of each table; "id" keys are numbered by the database.
 PRIMARY_KEYS = {TRAFFIC: "slot", WORKERS: "worker"}
-# Columns that may be NULL (a house without a bedroom count; a worker that never loaded a model).
-NULLABLE = {PREDICTIONS: {"total_bedrooms"}, WORKERS: {"loaded_ts"}}
+# Columns that may be NULL (a house without a bedroom count or interval; a worker that never loaded a model).
+NULLABLE = {PREDICTIONS: {"total_bedrooms", "lower_usd", "upper_usd"}, WORKERS: {"loaded_ts"}}
 # The value a NOT NULL column takes when an insert leaves it out.
 DEFAULTS: dict[str, dict[str, object]] = {TRAFFIC: dict.fromkeys(["requests", "houses", *LATENCY_COLUMNS], 0)}
 INDEXES: dict[str, list[tuple[list[str], bool]]] = {
@@ -97,7 +100,7 @@ class Migration:
     Attributes
     ----------
     create : tables made (with their indexes) if missing, from :data:`SCHEMAS`.
-    add_columns : per table, columns added if missing, with the value existing rows get.
+    add_columns : per table, columns of :data:`SCHEMAS` added if missing, with the value existing rows get.
     recreate : tables of transient state dropped first, to be made anew (a changed key).
     fill_traffic : whether the traffic table is filled from the logged predictions (a log from before it).
     """
@@ -116,4 +119,5 @@ MIGRATIONS = (
     Migration(3, "per-minute traffic totals, made from the logged predictions", create=(TRAFFIC,), fill_traffic=True),
     # Workers were numbered per host; on a shared database they are named by host, process and index.
     Migration(4, "reload requests and the workers' reports", create=(RELOAD_REQUESTS, WORKERS), recreate=(WORKERS,)),
+    Migration(5, "each price's interval", add_columns={PREDICTIONS: {"lower_usd": None, "upper_usd": None}}),
 )

@@ -351,7 +351,8 @@ def _apply(store: LogStore, session: Session, migration: Migration) -> None:
         existing = store.table_columns(session, table)
         for column, value in added.items():
             if column not in existing:
-                column_sql = store.column_sql(column, type(value), True, value)
+                not_null = column not in NULLABLE.get(table, set())
+                column_sql = store.column_sql(column, SCHEMAS[table][column], not_null, value)
                 session.execute(f"ALTER TABLE {table} ADD COLUMN {column_sql}")
 
 
