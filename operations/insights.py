@@ -23,6 +23,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -179,9 +180,7 @@ def _percentiles(latencies: np.ndarray) -> dict[str, Any]:
     return {"requests": len(latencies), **ranks, "mean_ms": float(np.mean(latencies))}
 
 
-def inputs_against_training(
-    profile: Mapping[str, Any], inputs: pd.DataFrame, options: ReportOptions
-) -> dict[str, Any]:
+def inputs_against_training(profile: Mapping[str, Any], inputs: pd.DataFrame, options: ReportOptions) -> dict[str, Any]:
     """Per feature: PSI, test p-value and verdict (housing.drift_stats), and the log's deciles and median
     beside the training sample's; category shares side by side."""
     rows = len(inputs)
@@ -221,7 +220,7 @@ def _columns(inputs: pd.DataFrame) -> dict[str, list[Any]]:
 
 def band_labels(edges: Sequence[float]) -> list[str]:
     """Readable names of the median-income bands (tens of thousands of USD), the last one open-ended."""
-    return [f"{low:g}–{high:g}" for low, high in zip(edges, edges[1:], strict=False)] + [f"{edges[-1]:g}+"]
+    return [f"{low:g}-{high:g}" for low, high in pairwise(edges)] + [f"{edges[-1]:g}+"]
 
 
 def feedback_slices(feedback: pd.DataFrame, income_edges: Sequence[float]) -> dict[str, Any]:
@@ -246,7 +245,8 @@ def feedback_slices(feedback: pd.DataFrame, income_edges: Sequence[float]) -> di
 def _slice(rows: pd.DataFrame) -> dict[str, Any]:
     error = rows["price_usd"] - rows["actual_price_usd"]
     bounded = rows.dropna(subset=["lower_usd", "upper_usd"])
-    covered = (bounded["lower_usd"] <= bounded["actual_price_usd"]) & (bounded["actual_price_usd"] <= bounded["upper_usd"])
+    actual = bounded["actual_price_usd"]
+    covered = (bounded["lower_usd"] <= actual) & (actual <= bounded["upper_usd"])
     n = len(rows)
     return {
         "n": n,
@@ -337,7 +337,8 @@ def _inputs_finding(report: Mapping[str, Any]) -> str:
         if "log_median" in figures
         else ""
     )
-    return f"Over {inputs['rows']:,} priced houses, {verdict}; the largest PSI is {name}'s, {figures['psi']:.3f}{shift}."
+    largest = f"the largest PSI is {name}'s, {figures['psi']:.3f}{shift}"
+    return f"Over {inputs['rows']:,} priced houses, {verdict}; {largest}."
 
 
 def _error_finding(report: Mapping[str, Any]) -> str:
@@ -390,11 +391,12 @@ def _coverage_finding(report: Mapping[str, Any]) -> str:
 
 
 def _drift_findings(report: Mapping[str, Any]) -> list[str]:
-    scored = [w for w in report["drift_over_time"]["windows"] if "psi" in w]
+    windows = report["drift_over_time"]["windows"]
+    scored = [w for w in windows if "psi" in w]
     if len(scored) < 2:
         return [
-            f"{len(scored)} time window(s) had the {report['drift_over_time']['min_rows']:,} houses a drift score "
-            "needs: too few to follow drift over time."
+            f"{len(scored)} of the {len(windows)} time windows had the {report['drift_over_time']['min_rows']:,} "
+            "houses a drift score needs: too few to follow drift over time."
         ]
     first, last = scored[0], scored[-1]
     name = max(first["psi"], key=lambda feature: abs(last["psi"][feature] - first["psi"][feature]))
@@ -499,7 +501,8 @@ def _latency_figure(report: Mapping[str, Any]) -> Any:
     names = list(by_endpoint)
     for offset, (key, color) in enumerate(zip(PERCENTILES, ("tab:blue", "tab:orange", "tab:red"), strict=True)):
         positions = np.arange(len(names)) + (offset - 1) * 0.27
-        ax.barh(positions, [by_endpoint[n][key] for n in names], height=0.25, color=color, label=key.removesuffix("_ms"))
+        values = [by_endpoint[n][key] for n in names]
+        ax.barh(positions, values, height=0.25, color=color, label=key.removesuffix("_ms"))
     ax.set_yticks(np.arange(len(names)), [f"/{n}" for n in names])
     ax.set(xlabel="request latency (ms)", title="Latency percentiles per endpoint")
     ax.legend()
@@ -613,7 +616,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def _number(value: float | None, spec: str = ",.0f") -> str:
-    return "–" if value is None else format(value, spec)
+    return "n/a" if value is None else format(value, spec)
 
 
 def _traffic_section(report: Mapping[str, Any]) -> str:
@@ -669,7 +672,8 @@ def _feedback_section(report: Mapping[str, Any]) -> str:
             *((s, label, f) for s, groups in feedback["by"].items() for label, f in groups.items()),
         ]
     ]  # fmt: skip
-    table = _table(["slice", "value", "houses", "MAE USD", "RMSE USD", "mean error USD", "with bounds", "coverage"], rows)
+    header = ["slice", "value", "houses", "MAE USD", "RMSE USD", "mean error USD", "with bounds", "coverage"]
+    table = _table(header, rows)
     untrusted = feedback["untrusted_left_out"]
     note = f" {untrusted:,} answers sent without the feedback token are left out." if untrusted else ""
     if feedback["overall"]["n"] and not feedback["overall"]["with_bounds"]:
@@ -692,7 +696,7 @@ def _drift_section(report: Mapping[str, Any]) -> str:
         return head + "Nothing to score.\n"
     names = next((list(w["psi"]) for w in drift["windows"] if "psi" in w), [])
     rows = [
-        (utc(w["start"]), w["rows"], *(f"{w['psi'][n]:.3f}" if "psi" in w else "–" for n in names))
+        (utc(w["start"]), w["rows"], *(f"{w['psi'][n]:.3f}" if "psi" in w else "n/a" for n in names))
         for w in drift["windows"]
     ]
     return (

@@ -1,4 +1,5 @@
-"""The figures of an insights report recomputed with plain SQL over the log, to hold the report to.
+"""The figures of an insights report recomputed with plain SQL over the log, to hold the report to;
+and `housing report` run in process.
 
 Independent of operations.insights: aggregates are the database's own (COUNT, SUM,
 AVG, CASE), percentiles are read off the sorted latencies by nearest rank, and
@@ -8,8 +9,10 @@ fed with rows these queries select.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +20,8 @@ import pytest
 from housing.columns import CATEGORICAL_COLUMN, FEATURE_COLUMNS
 from housing.drift_stats import drift_report
 from housing.log_store import LogStore
+from operations.cli import main
+from operations.insights import band_labels
 
 _JOIN = "FROM feedback f JOIN predictions p ON p.request_id = f.request_id AND p.idx = f.idx"
 _SLICE = f"""
@@ -28,6 +33,15 @@ _SLICE = f"""
 """
 
 
+def housing_report(*args: str) -> dict[str, Any]:
+    """Run `housing report` in process (``--out`` among ``args``); its report.json."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["report", *args])
+    assert exit_.value.code == 0
+    out = Path(args[args.index("--out") + 1])
+    return json.loads((out / "report.json").read_text())
+
+
 def nearest_rank(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
@@ -35,22 +49,27 @@ def nearest_rank(values: Sequence[float], q: float) -> float:
 
 def band_case(edges: Sequence[float], labels: Sequence[str]) -> str:
     """The income band of ``p.median_income`` as a SQL CASE: bands closed on the right, the first on both sides."""
-    whens = " ".join(f"WHEN p.median_income <= {high!r} THEN '{label}'" for high, label in zip(edges[1:], labels))
+    whens = " ".join(
+        f"WHEN p.median_income <= {high!r} THEN '{label}'" for high, label in zip(edges[1:], labels[:-1], strict=True)
+    )
     return f"CASE WHEN p.median_income < {edges[0]!r} THEN NULL {whens} ELSE '{labels[-1]}' END"
 
 
-def assert_report_matches_sql(report: dict[str, Any], store: LogStore, edges: Sequence[float], labels: list[str]) -> None:
-    """Every number of ``report`` equals the same figure computed by SQL over ``store``."""
+def assert_report_matches_sql(report: dict[str, Any], store: LogStore, edges: Sequence[float]) -> None:
+    """Every number of ``report`` equals the same figure computed by SQL over ``store`` (income bands ``edges``)."""
+    labels = band_labels(edges)
     since = report["period"]["since"]
-    houses, requests = store.query("SELECT COUNT(*), COUNT(DISTINCT request_id) FROM predictions WHERE ts >= ?", [since])[0]
+    sql = "SELECT COUNT(*), COUNT(DISTINCT request_id) FROM predictions WHERE ts >= ?"
+    houses, requests = store.query(sql, [since])[0]
     assert report["totals"] == {"houses": houses, "requests": requests}
 
     traffic = report["traffic"]
     width = traffic["bucket_s"]
-    sql = "SELECT slot * 60 / ? AS bucket, SUM(requests), SUM(houses) FROM traffic WHERE slot >= ? GROUP BY 1 ORDER BY 1"
+    sql = "SELECT slot * 60 / ? AS bucket, SUM(requests), SUM(houses) FROM traffic WHERE slot >= ? GROUP BY 1"
     per_bucket = {int(b) * width: (int(r), int(h)) for b, r, h in store.query(sql, [width, int(since // 60)])}
     assert {b["start"]: (b["requests"], b["houses"]) for b in traffic["buckets"] if b["requests"]} == per_bucket
-    assert (traffic["requests"], traffic["houses"]) == tuple(map(sum, zip(*per_bucket.values())))
+    assert traffic["requests"] == sum(r for r, _ in per_bucket.values())
+    assert traffic["houses"] == sum(h for _, h in per_bucket.values())
     busiest = store.query(
         "SELECT slot * 60 / ? AS bucket FROM traffic WHERE slot >= ? GROUP BY 1 "
         "ORDER BY SUM(houses) DESC, SUM(requests) DESC, 1 LIMIT 1",
@@ -75,7 +94,8 @@ def assert_report_matches_sql(report: dict[str, Any], store: LogStore, edges: Se
     assert set(latency["by_endpoint"]) == set(groups) - {"overall"}
 
     feedback = report["feedback"]
-    for key, name in [("'all'", None), (f"p.{CATEGORICAL_COLUMN}", CATEGORICAL_COLUMN), (band_case(edges, labels), "income_band")]:
+    keys = [("'all'", None), (f"p.{CATEGORICAL_COLUMN}", CATEGORICAL_COLUMN), (band_case(edges, labels), "income_band")]
+    for key, name in keys:
         slices = {row[0]: row[1:] for row in store.query(_SLICE.format(key=key), [since])}
         figures = {"all": feedback["overall"]} if name is None else feedback["by"][name]
         assert set(figures) == set(slices)
@@ -95,7 +115,8 @@ def assert_drift_matches_sql(report: dict[str, Any], store: LogStore, profile: d
     inputs = report["inputs"]
     columns = ", ".join(FEATURE_COLUMNS)
     rows = store.query(f"SELECT {columns} FROM predictions WHERE ts >= ? ORDER BY id", [report["period"]["since"]])  # noqa: S608
-    expected = drift_report(profile, _as_columns(rows), inputs["thresholds"]["psi"], inputs["thresholds"]["p_value"])
+    thresholds = inputs["thresholds"]["psi"], inputs["thresholds"]["p_value"]
+    expected = drift_report(profile, _as_columns(rows), *thresholds)
     assert {name: f["psi"] for name, f in inputs["features"].items()} == {
         name: f["psi"] for name, f in expected["features"].items()
     }
@@ -107,7 +128,7 @@ def assert_drift_matches_sql(report: dict[str, Any], store: LogStore, profile: d
         selected = store.query(sql, [window["start"], window["end"]])
         assert window["rows"] == len(selected)
         if "psi" in window:
-            scores = drift_report(profile, _as_columns(selected), inputs["thresholds"]["psi"], inputs["thresholds"]["p_value"])
+            scores = drift_report(profile, _as_columns(selected), *thresholds)
             assert window["psi"] == {name: f["psi"] for name, f in scores["features"].items()}
 
 

@@ -17,10 +17,9 @@ import pytest
 
 from housing.columns import FEATURE_COLUMNS, TARGET_COLUMN
 from housing.drift_stats import reference_profile
-from housing.log_schema import FEEDBACK, PREDICTIONS
+from housing.log_schema import PREDICTIONS
 from housing.params import Params
 from housing.settings import settings
-from operations.cli import main
 from operations.insights import (
     ReportOptions,
     band_labels,
@@ -30,7 +29,7 @@ from operations.insights import (
     latency_percentiles,
     traffic_over_time,
 )
-from tests.operations.insights_sql import assert_drift_matches_sql, assert_report_matches_sql
+from tests.operations.insights_sql import assert_drift_matches_sql, assert_report_matches_sql, housing_report
 from tests.stores.engines import LogDatabase
 from tests.synthetic import synthetic_housing
 from tests.workspace import ROOT
@@ -47,15 +46,6 @@ def options(**changes: Any) -> ReportOptions:
 @pytest.fixture(scope="module")
 def profile() -> dict[str, Any]:
     return reference_profile(synthetic_housing(2000, seed=0), seed=0)
-
-
-def housing_report(*args: str) -> dict[str, Any]:
-    """Run `housing report` in process; its report.json."""
-    with pytest.raises(SystemExit) as exit_:
-        main(["report", *args])
-    assert exit_.value.code == 0
-    out = Path(args[args.index("--out") + 1])
-    return json.loads((out / "report.json").read_text())
 
 
 # -- the computations ---------------------------------------------------------
@@ -109,10 +99,10 @@ def test_error_and_coverage_per_slice_count_only_houses_with_bounds() -> None:
     assert (near_bay["with_bounds"], near_bay["coverage"]) == (1, 1.0)
     # Bands are closed on the right, as the split's: 1.5 is in the first band, 3.0 in the second.
     bands = slices["by"]["income_band"]
-    assert list(bands) == ["0–1.5", "1.5–3", "6+"]
-    assert (bands["0–1.5"]["n"], bands["1.5–3"]["n"], bands["6+"]["n"]) == (2, 2, 1)
+    assert list(bands) == ["0-1.5", "1.5-3", "6+"]
+    assert (bands["0-1.5"]["n"], bands["1.5-3"]["n"], bands["6+"]["n"]) == (2, 2, 1)
     assert bands["6+"]["coverage"] is None
-    assert band_labels(EDGES) == ["0–1.5", "1.5–3", "3–4.5", "4.5–6", "6+"]
+    assert band_labels(EDGES) == ["0-1.5", "1.5-3", "3-4.5", "4.5-6", "6+"]
 
 
 def test_drift_windows_score_only_when_full_enough(profile: dict[str, Any]) -> None:
@@ -124,10 +114,10 @@ def test_drift_windows_score_only_when_full_enough(profile: dict[str, Any]) -> N
     drift = drift_over_time(profile, inputs, options(windows=4, min_rows=50))
     windows = drift["windows"]
     assert [w["rows"] for w in windows] == [400, 400, 0, 10]
-    assert windows[0]["start"] == 0.0 and windows[-1]["end"] == 400.0
+    assert (windows[0]["start"], windows[-1]["end"]) == (0.0, 400.0)
     assert windows[0]["psi"]["median_income"] < 0.1 < 0.2 < windows[1]["psi"]["median_income"]
     assert windows[1]["drifted_features"] == ["median_income"]
-    assert "psi" not in windows[2] and "psi" not in windows[3]
+    assert ["psi" in w for w in windows] == [True, True, False, False]
 
 
 # -- the report ---------------------------------------------------------------
@@ -186,7 +176,7 @@ def test_report_equals_sql_with_intervals(
     report = housing_report(*report_env, "--out", str(tmp_path / "out"))
     edges = params.prepare.income_bands
     store = log_db.store()
-    assert_report_matches_sql(report, store, edges, band_labels(edges))
+    assert_report_matches_sql(report, store, edges)
     assert_drift_matches_sql(report, store, profile)
     overall = report["feedback"]["overall"]
     # Prices 5% off with +-10% intervals on two requests of three and +-3% on the rest: some covered, some not.
@@ -207,7 +197,7 @@ def test_report_equals_sql_with_intervals(
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - 2.5 * 3600))
     later = housing_report(*report_env, "--out", str(tmp_path / "later"), "--since", since)
     assert 0 < later["totals"]["houses"] < report["totals"]["houses"]
-    assert_report_matches_sql(later, store, edges, band_labels(edges))
+    assert_report_matches_sql(later, store, edges)
 
 
 def test_without_bounds_coverage_is_not_measured_and_the_report_says_so(
