@@ -39,7 +39,7 @@ from housing.log_store import open_store
 from housing.params import RegisterParams, load_params
 from housing.registry import tracking_uri
 from housing.settings import settings
-from operations.insights import ReportOptions, build_report, write_report
+from operations.insights import OutdatedLogError, ReportOptions, build_report, write_report
 from operations.retrain import retrain
 from service.drift_check import check_drift
 from service.model import reference_of
@@ -147,6 +147,9 @@ def report_command(args: argparse.Namespace) -> int:
     store = open_store(settings().model_copy(update={"prediction_db": args.db}), read_only=True)
     try:
         report = build_report(store, json.loads(profile_path.read_text()) if profile_path.exists() else None, options)
+    except OutdatedLogError as exc:
+        print(f"no report: {exc}")
+        return 1
     finally:
         store.close()
     write_report(report, args.out)

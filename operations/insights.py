@@ -33,8 +33,16 @@ import pandas as pd
 
 from housing.columns import CATEGORICAL_COLUMN, NUMERIC_COLUMNS
 from housing.drift_stats import drift_report
-from housing.log_schema import AUTHENTICATED, FEEDBACK, PREDICTIONS, TRAFFIC, TRAFFIC_SLOT_S
-from housing.log_store import LogStore, SQLiteStore
+from housing.log_schema import (
+    AUTHENTICATED,
+    FEEDBACK,
+    MIGRATIONS,
+    MIGRATIONS_TABLE,
+    PREDICTIONS,
+    TRAFFIC,
+    TRAFFIC_SLOT_S,
+)
+from housing.log_store import LogStore, Session, SQLiteStore
 from training import plots
 from training.prepare import income_band
 
@@ -84,6 +92,10 @@ class ReportOptions:
     min_slice: int = 20
 
 
+class OutdatedLogError(Exception):
+    """The log has not had every migration this code reads: the service, when it starts, applies them."""
+
+
 @dataclass(frozen=True)
 class LogData:
     """The part of the log a report reads."""
@@ -107,6 +119,7 @@ def read_log(store: LogStore, since: float, until: float) -> LogData:
     with store.reading() as session:
         if not store.table_columns(session, PREDICTIONS):
             return empty
+        _check_schema(store, session)
         window = [since, until]
         predictions = pd.DataFrame(session.dicts(_PREDICTIONS_SQL, window), columns=empty.predictions.columns)
         feedback = pd.DataFrame(session.dicts(_FEEDBACK_SQL, window), columns=empty.feedback.columns)
@@ -117,9 +130,21 @@ def read_log(store: LogStore, since: float, until: float) -> LogData:
     predictions[numeric] = predictions[numeric].astype(float)
     money = ["ts", "price_usd", "lower_usd", "upper_usd", "median_income", "actual_price_usd"]
     feedback[money] = feedback[money].astype(float)
-    # PostgreSQL sums and counts come back as Decimal or int64: plain ints for JSON.
-    traffic = traffic.astype(int)
+    traffic = traffic.astype(int)  # an empty frame's columns are objects
     return LogData(predictions, feedback, untrusted, traffic)
+
+
+def _check_schema(store: LogStore, session: Session) -> None:
+    """Refuse a log older than this code: a report only reads, so it cannot migrate the log itself."""
+    latest = MIGRATIONS[-1].version
+    applied = 0
+    if store.table_columns(session, MIGRATIONS_TABLE):
+        applied = session.execute(f"SELECT MAX(version) FROM {MIGRATIONS_TABLE}").fetchone()[0] or 0  # noqa: S608  # nosec B608
+    if applied < latest:
+        raise OutdatedLogError(
+            f"the log {store.describe()} has schema version {applied}, this report reads version {latest}: "
+            "start the service once on it (it migrates the log), then run the report again"
+        )
 
 
 # -- the sections -------------------------------------------------------------

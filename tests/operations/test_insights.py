@@ -17,9 +17,11 @@ import pytest
 
 from housing.columns import FEATURE_COLUMNS, TARGET_COLUMN
 from housing.drift_stats import reference_profile
-from housing.log_schema import PREDICTIONS
+from housing.log_schema import MIGRATIONS, PREDICTIONS
+from housing.log_store import SQLiteStore, migrate
 from housing.params import Params
 from housing.settings import settings
+from operations.cli import main
 from operations.insights import (
     ReportOptions,
     band_labels,
@@ -238,3 +240,19 @@ def test_the_findings_follow_the_data(profile: dict[str, Any], tmp_path: Path) -
         error = next(s for s in report["findings"] if s.startswith("On "))
         figures = report["feedback"]["by"]["ocean_proximity"][worst]
         assert f"error is highest for ocean_proximity = {worst} (MAE {figures['mae_usd']:,.0f} USD" in error
+
+
+def test_a_log_older_than_the_code_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A log the service wrote before the latest migration: the report, read-only, cannot read it.
+    latest = MIGRATIONS[-1].version
+    store = SQLiteStore(tmp_path / "old.db")
+    migrate(store)
+    with store.transaction() as session:
+        session.execute("DELETE FROM schema_migrations WHERE version = ?", [latest])
+    store.close()
+    args = ["report", "--db", str(tmp_path / "old.db"), "--out", str(tmp_path / "out"), "--project-dir", str(ROOT)]
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 1
+    expected = f"has schema version {latest - 1}, this report reads version {latest}: start the service once"
+    assert expected in capsys.readouterr().out
