@@ -219,9 +219,10 @@ def inputs_against_training(profile: Mapping[str, Any], inputs: pd.DataFrame, op
         features[name] = {
             **report["features"][name],
             "training_median": float(np.median(training)),
-            "log_median": float(np.median(logged)),
+            # None when the log holds no value of the feature (every total_bedrooms left out).
+            "log_median": float(np.median(logged)) if len(logged) else None,
             "training_deciles": np.quantile(training, DECILES).tolist(),
-            "log_deciles": np.quantile(logged, DECILES).tolist(),
+            "log_deciles": np.quantile(logged, DECILES).tolist() if len(logged) else None,
         }
     training_shares = profile["categorical"][CATEGORICAL_COLUMN]
     logged_shares = inputs[CATEGORICAL_COLUMN].value_counts(normalize=True)
@@ -359,7 +360,7 @@ def _inputs_finding(report: Mapping[str, Any]) -> str:
     )
     shift = (
         f", median {figures['log_median']:,.4g} in the log against {figures['training_median']:,.4g} in training"
-        if "log_median" in figures
+        if figures.get("log_median") is not None
         else ""
     )
     largest = f"the largest PSI is {name}'s, {figures['psi']:.3f}{shift}"
@@ -462,8 +463,18 @@ def build_report(store: LogStore, profile: Mapping[str, Any] | None, options: Re
     else:
         report["inputs"] = inputs_against_training(profile, inputs, options)
         report["drift_over_time"] = drift_over_time(profile, inputs, options)
+    report = _json_ready(report)
     report["findings"] = findings(report)
     return report
+
+
+def _json_ready(value: Any) -> Any:
+    """``value`` with every NaN (a test's p-value over no values) as None: report.json is strict JSON."""
+    if isinstance(value, dict):
+        return {key: _json_ready(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_ready(item) for item in value]
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def write_report(report: Mapping[str, Any], out: Path) -> list[Path]:
@@ -477,7 +488,7 @@ def write_report(report: Mapping[str, Any], out: Path) -> list[Path]:
         if (fig := draw(report)) is not None:
             plots.save(fig, figures_dir / f"{name}.png")
             written.append(figures_dir / f"{name}.png")
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
     (out / "report.md").write_text(render_markdown(report, {path.stem for path in written}))
     return [out / "report.json", out / "report.md", *written]
 
@@ -543,6 +554,9 @@ def _inputs_figure(report: Mapping[str, Any]) -> Any:
     for ax, name in zip(axes.flat, NUMERIC_COLUMNS, strict=False):
         figures = inputs["features"][name]
         training, logged = figures["training_deciles"], figures["log_deciles"]
+        if logged is None:
+            ax.set(title=f"{name}: no value logged")
+            continue
         ax.plot(training, logged, marker="o")
         low, high = min(*training, *logged), max(*training, *logged)
         ax.plot([low, high], [low, high], color="black", linewidth=1)
@@ -674,7 +688,7 @@ def _inputs_section(report: Mapping[str, Any]) -> str:
     if inputs["status"] != "ok":
         return head + f"Only {inputs['rows']:,} priced houses; a comparison needs {inputs['min_rows']:,}.\n"
     rows = [
-        (name, f"{f['psi']:.3f}", f"{f['p_value']:.2g}", _number(f.get("training_median"), ",.4g"),
+        (name, f"{f['psi']:.3f}", _number(f["p_value"], ".2g"), _number(f.get("training_median"), ",.4g"),
          _number(f.get("log_median"), ",.4g"), "**drift**" if f["drifted"] else "ok")
         for name, f in inputs["features"].items()
     ]  # fmt: skip

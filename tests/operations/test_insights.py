@@ -30,6 +30,7 @@ from operations.insights import (
     feedback_slices,
     latency_percentiles,
     traffic_over_time,
+    write_report,
 )
 from tests.operations.insights_sql import assert_drift_matches_sql, assert_report_matches_sql, housing_report
 from tests.stores.engines import LogDatabase
@@ -256,3 +257,17 @@ def test_a_log_older_than_the_code_is_refused(tmp_path: Path, capsys: pytest.Cap
     assert exit_.value.code == 1
     expected = f"has schema version {latest - 1}, this report reads version {latest}: start the service once"
     assert expected in capsys.readouterr().out
+
+
+def test_a_feature_never_logged_leaves_its_figures_empty_not_broken(profile: dict[str, Any], tmp_path: Path) -> None:
+    houses = synthetic_housing(330, seed=9).assign(total_bedrooms=np.nan)  # clients that never send it
+    database = LogDatabase("sqlite", tmp_path, None)
+    fill(database, time.time() - 3600, houses, bounds=False)
+    report = build_report(database.store(), profile, options())
+    database.close()
+    bedrooms = report["inputs"]["features"]["total_bedrooms"]
+    assert (bedrooms["log_median"], bedrooms["log_deciles"], bedrooms["p_value"]) == (None, None, None)
+    assert bedrooms["drifted"] is True  # PSI: every logged house falls outside the training bins
+    written = write_report(report, tmp_path / "out")
+    json.loads((tmp_path / "out" / "report.json").read_text())
+    assert tmp_path / "out" / "figures" / "inputs.png" in written
