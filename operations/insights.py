@@ -23,7 +23,6 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +42,8 @@ from housing.log_schema import (
     TRAFFIC_SLOT_S,
 )
 from housing.log_store import LogStore, Session, SQLiteStore
+from housing.slices import INCOME_BAND, band_names, income_band
 from training import plots
-from training.prepare import income_band
 
 INPUTS = [*NUMERIC_COLUMNS, CATEGORICAL_COLUMN]
 # Traffic bucket widths (s) to choose from: the first that draws the period in at most MAX_BUCKETS bars.
@@ -244,11 +243,6 @@ def _columns(inputs: pd.DataFrame) -> dict[str, list[Any]]:
     return {name: inputs[name].tolist() for name in INPUTS}
 
 
-def band_labels(edges: Sequence[float]) -> list[str]:
-    """Readable names of the median-income bands (tens of thousands of USD), the last one open-ended."""
-    return [f"{low:g}-{high:g}" for low, high in pairwise(edges)] + [f"{edges[-1]:g}+"]
-
-
 def feedback_slices(feedback: pd.DataFrame, income_edges: Sequence[float]) -> dict[str, Any]:
     """Error and interval coverage on feedback: overall, per ``ocean_proximity`` and per income band.
 
@@ -256,14 +250,14 @@ def feedback_slices(feedback: pd.DataFrame, income_edges: Sequence[float]) -> di
     interval bounds whose actual price lies within them; houses without bounds
     (a model without intervals) are left out of it, and counted.
     """
-    labels = band_labels(income_edges)
+    labels = band_names(income_edges)
     bands = income_band(feedback["median_income"], income_edges)
     by_band = {labels[int(band)]: _slice(group) for band, group in feedback.groupby(bands)}
     return {
         "overall": _slice(feedback),
         "by": {
             CATEGORICAL_COLUMN: {str(c): _slice(group) for c, group in feedback.groupby(CATEGORICAL_COLUMN)},
-            "income_band": {label: by_band[label] for label in labels if label in by_band},
+            INCOME_BAND: {label: by_band[label] for label in labels if label in by_band},
         },
     }
 

@@ -20,8 +20,8 @@ import pytest
 from housing.columns import CATEGORICAL_COLUMN, FEATURE_COLUMNS
 from housing.drift_stats import drift_report
 from housing.log_store import LogStore
+from housing.slices import band_names
 from operations.cli import main
-from operations.insights import band_labels
 
 _JOIN = "FROM feedback f JOIN predictions p ON p.request_id = f.request_id AND p.idx = f.idx"
 _SLICE = f"""
@@ -57,7 +57,7 @@ def band_case(edges: Sequence[float], labels: Sequence[str]) -> str:
 
 def assert_report_matches_sql(report: dict[str, Any], store: LogStore, edges: Sequence[float]) -> None:
     """Every number of ``report`` equals the same figure computed by SQL over ``store`` (income bands ``edges``)."""
-    labels = band_labels(edges)
+    labels = band_names(edges)
     since = report["period"]["since"]
     sql = "SELECT COUNT(*), COUNT(DISTINCT request_id) FROM predictions WHERE ts >= ?"
     houses, requests = store.query(sql, [since])[0]

@@ -24,7 +24,6 @@ from housing.settings import settings
 from operations.cli import main
 from operations.insights import (
     ReportOptions,
-    band_labels,
     build_report,
     drift_over_time,
     feedback_slices,
@@ -105,7 +104,6 @@ def test_error_and_coverage_per_slice_count_only_houses_with_bounds() -> None:
     assert list(bands) == ["0-1.5", "1.5-3", "6+"]
     assert (bands["0-1.5"]["n"], bands["1.5-3"]["n"], bands["6+"]["n"]) == (2, 2, 1)
     assert bands["6+"]["coverage"] is None
-    assert band_labels(EDGES) == ["0-1.5", "1.5-3", "3-4.5", "4.5-6", "6+"]
 
 
 def test_drift_windows_score_only_when_full_enough(profile: dict[str, Any]) -> None:

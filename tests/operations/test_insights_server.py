@@ -87,6 +87,9 @@ def test_report_on_a_served_log_equals_sql(served: tuple[Path, int], workspace: 
     assert report["totals"] == {"houses": SINGLES + 2 * BATCH + INVOCATIONS, "requests": SINGLES + 3}
     assert set(report["latency"]["by_endpoint"]) == {"predict", "predict_batch", "invocations"}
     assert report["feedback"]["overall"]["n"] == answers
+    # The service logged each price's interval: coverage is measured on every house with feedback.
+    assert report["feedback"]["overall"]["with_bounds"] == answers
+    assert 0 <= report["feedback"]["overall"]["coverage"] <= 1
     # The raised incomes are seen: against the training data, and in the findings.
     assert "median_income" in report["inputs"]["drifted_features"]
     assert any("median_income" in sentence and "drifted" in sentence for sentence in report["findings"])
