@@ -18,6 +18,7 @@ from sklearn.base import BaseEstimator
 from sklearn.pipeline import Pipeline
 
 from housing.compiled_forest import ForestRuntime
+from housing.explain import Explanation, explain_forest
 from housing.model_format import (
     MLFLOW_MODEL_FOLDER,
     ModelLabels,
@@ -65,6 +66,26 @@ class ServedModel:
         rows = len(next(iter(columns.values())))
         params = self.parallel if rows >= PARALLEL_ROWS else {}
         return np.asarray(self.predictor(columns, **params), dtype=float)
+
+    def explain(self, columns: Mapping[str, Sequence[Any]]) -> Explanation:
+        """Each raw input's contribution (USD) to the prices :meth:`predict` gives these houses (housing.explain).
+
+        The prices come from :meth:`predict` itself, the exact TreeSHAP values from the forest's
+        LightGBM booster. Raises :class:`NotExplainableError` for a model of another family.
+        """
+        if self.forest is None:
+            raise NotExplainableError(
+                f"model: explanations need a LightGBM model; the served model {self.info.model_name} "
+                f"v{self.info.model_version} is of the {self.info.family or 'unknown'} family"
+            )
+        pipeline = fitted_pipeline(self.estimator)
+        sources = pipeline.named_steps["features"].get_feature_sources_out()
+        features, prices = _features(pipeline, columns), self.predict(columns)
+        return explain_forest(self.forest.booster, features, sources, prices, target_inverse(self.estimator))
+
+
+class NotExplainableError(ValueError):
+    """The served model has no exact per-input explanation (only LightGBM forests do)."""
 
 
 def load_served_model(bento_model: bentoml.Model, compiled_dir: Path | None = None) -> ServedModel:
