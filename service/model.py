@@ -74,10 +74,7 @@ class ServedModel:
         LightGBM booster. Raises :class:`NotExplainableError` for a model of another family.
         """
         if self.forest is None:
-            raise NotExplainableError(
-                f"model: explanations need a LightGBM model; the served model {self.info.model_name} "
-                f"v{self.info.model_version} is of the {self.info.family or 'unknown'} family"
-            )
+            raise NotExplainableError(not_explainable(self))
         pipeline = fitted_pipeline(self.estimator)
         sources = pipeline.named_steps["features"].get_feature_sources_out()
         features, prices = _features(pipeline, columns), self.predict(columns)
@@ -86,6 +83,14 @@ class ServedModel:
 
 class NotExplainableError(ValueError):
     """The served model has no exact per-input explanation (only LightGBM forests do)."""
+
+
+def not_explainable(model: ServedModel) -> str:
+    """Why ``model`` cannot explain its prices: the error a client gets."""
+    return (
+        f"model: explanations need a LightGBM model; the served model {model.info.model_name} "
+        f"v{model.info.model_version} is of the {model.info.family or 'unknown'} family"
+    )
 
 
 def load_served_model(bento_model: bentoml.Model, compiled_dir: Path | None = None) -> ServedModel:

@@ -199,7 +199,8 @@ class HousePricer:
         check_batch_size(len(houses), "houses")
         model = self.model  # one model for the whole request, as for a prediction
         try:
-            explanation = model.explain(columns_of(houses))
+            # LightGBM computes the values without the GIL: the worker keeps serving meanwhile.
+            explanation = await asyncio.to_thread(model.explain, columns_of(houses))
         except NotExplainableError as exc:
             raise Conflict(str(exc)) from None
         state = request_state(ctx.request.state)

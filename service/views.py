@@ -22,7 +22,7 @@ from housing.settings import settings
 from service import prometheus_metrics
 from service.api_models import Health, ModelInfo
 from service.drift_check import check_drift
-from service.model import NotExplainableError, ServedModel
+from service.model import ServedModel, not_explainable
 from service.reload import live_workers
 
 # The longest a time bucket of /accuracy may be, and the latest time it takes (year 2286).
@@ -31,6 +31,9 @@ MAX_TS = 1e10
 # The most recent predictions /explain/recent explains at once, and the reasons it gives for each.
 MAX_EXPLAINED = 100
 TOP_REASONS = 3
+# The global importance's sample (the latest priced houses) and how often it is recomputed.
+IMPORTANCE_HOUSES = 200
+IMPORTANCE_REFRESH_S = 60.0
 DASHBOARD_HTML = (Path(__file__).parent / "static" / "dashboard.html").read_text()
 
 views = APIRouter(tags=["views"])
@@ -105,7 +108,7 @@ def explain_recent(
     differ from the logged one. 409 when the served model is not a LightGBM forest.
     """
     service = _service()
-    model, log = service.model, service.log
+    model, log = _explainable(service.model), service.log
     key = ("explain_recent", model.info.bento_tag, limit, log.newest()[0])
     return cast(dict[str, Any], service.views.get(key, lambda: _recent_reasons(model, log.recent(limit))))
 
@@ -113,27 +116,33 @@ def explain_recent(
 @views.get("/explain/importance")
 def explain_importance() -> dict[str, Any]:
     """The model's global importance: each raw input's mean absolute contribution (USD) over the latest
-    window of priced houses, the window /drift scores. 409 when the served model is not a LightGBM forest."""
+    ``IMPORTANCE_HOUSES`` priced houses, recomputed at most every ``IMPORTANCE_REFRESH_S`` seconds (an exact
+    explanation of a large forest costs milliseconds a house). 409 when the served model is not a LightGBM forest.
+    """
     service = _service()
-    model, log = service.model, service.log
-    window = int(model.reference["window"]["rows"])
-    key = ("explain_importance", model.info.bento_tag, log.newest()[0])
-    return cast(dict[str, Any], service.views.get(key, lambda: _importance(model, log.recent_inputs(window), window)))
+    model, log = _explainable(service.model), service.log
+    return cast(
+        dict[str, Any],
+        service.views.get(
+            ("explain_importance", model.info.bento_tag),
+            lambda: _importance(model, log.recent_inputs(IMPORTANCE_HOUSES)),
+            ttl_s=IMPORTANCE_REFRESH_S,
+        ),
+    )
 
 
-def _explained(model: ServedModel, columns: dict[str, list[Any]]) -> Any:
-    """``model.explain(columns)``, a model that cannot explain answered with 409."""
-    try:
-        return model.explain(columns)
-    except NotExplainableError as exc:
-        raise HTTPException(status_code=409, detail=str(exc)) from None
+def _explainable(model: ServedModel) -> ServedModel:
+    """``model``, or 409 when it cannot explain its prices (checked before any cached answer is reused)."""
+    if model.forest is None:
+        raise HTTPException(status_code=409, detail=not_explainable(model))
+    return model
 
 
 def _recent_reasons(model: ServedModel, rows: list[dict[str, Any]]) -> dict[str, Any]:
     answer: dict[str, Any] = {**model.identity(), "predictions": []}
     if not rows:
         return answer
-    explanation = _explained(model, {name: [row[name] for row in rows] for name in FEATURE_COLUMNS})
+    explanation = model.explain({name: [row[name] for row in rows] for name in FEATURE_COLUMNS})
     for i, row in enumerate(rows):
         answer["predictions"].append({
             "request_id": row["request_id"], "idx": row["idx"], "ts": row["ts"],
@@ -144,16 +153,17 @@ def _recent_reasons(model: ServedModel, rows: list[dict[str, Any]]) -> dict[str,
     return answer
 
 
-def _importance(model: ServedModel, columns: dict[str, list[Any]], window: int) -> dict[str, Any]:
+def _importance(model: ServedModel, columns: dict[str, list[Any]]) -> dict[str, Any]:
     houses = len(columns[FEATURE_COLUMNS[0]])
-    contributions = _explained(model, columns).contributions_usd if houses else np.empty((0, len(FEATURE_COLUMNS)))
+    contributions = model.explain(columns).contributions_usd if houses else np.empty((0, len(FEATURE_COLUMNS)))
     importance = mean_abs_contribution(contributions, FEATURE_COLUMNS)
-    return {**model.identity(), "window": window, "houses": houses, "mean_abs_contribution_usd": importance}
+    return {**model.identity(), "houses": houses, "computed_at": time.time(), "mean_abs_contribution_usd": importance}
 
 
 @views.get("/dashboard", response_class=HTMLResponse)
 def dashboard() -> str:
-    """A live page: traffic, latency, drift, accuracy, recent predictions and the current model."""
+    """A live page: traffic, latency, drift, accuracy, recent predictions with their top reasons, the model's
+    global importance and the current model."""
     return DASHBOARD_HTML
 
 
