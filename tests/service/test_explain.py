@@ -111,3 +111,15 @@ def test_a_model_of_another_family_gets_409(
         assert response.status_code == 409, response.text  # ...but cannot explain them
         assert "explanations need a LightGBM model" in response.text
         assert "linear family" in response.text
+
+
+def test_the_document_describes_one_house_or_a_bounded_list(client: TestClient) -> None:
+    doc = client.get("/docs.json").json()
+    body = doc["paths"]["/explain"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    ref = next((sub["$ref"] for sub in body.get("allOf", [body]) if "$ref" in sub), None)
+    schema = doc["components"]["schemas"][ref.rsplit("/", 1)[1]] if ref else body
+    assert schema["example"] == EXAMPLE_HOUSE
+    forms = schema.get("oneOf") or schema.get("anyOf")
+    assert {"$ref": "#/components/schemas/House"} in forms
+    (array,) = [form for form in forms if form.get("type") == "array"]
+    assert (array["minItems"], array["maxItems"]) == (1, 500)
