@@ -107,7 +107,7 @@ $(CHECKOV_VENV)/.installed: $(CHECKOV_PINS)
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet -c $(CHECKOV_PINS) checkov
 	touch $@
 
-.PHONY: diagram retrain serving-lock
+.PHONY: diagram retrain report serving-lock
 serving-lock: setup ## Lock requirements/serving.in (+ the 3.12 constraints) into requirements/serving.txt for the image
 	python -m uv pip compile requirements/serving.in -c requirements/constraints-py3.12.txt --universal \
 		--python-version 3.12 --no-annotate --custom-compile-command "make serving-lock" -o requirements/serving.txt
@@ -117,6 +117,9 @@ diagram: setup ## Render docs/architecture.mmd (the README's diagram) to docs/ar
 
 retrain: setup ## Retrain if drift or feedback accuracy demand it, promote only if better, reload the service
 	housing retrain
+
+report: setup ## Insights from the prediction log: reports/insights/report.md with figures, and report.json
+	housing report
 
 test: setup tools ## Run the whole test suite with coverage (real pipeline, servers, system tools)
 	python -m pytest --cov --cov-report=term --cov-report=xml $(PYTEST_ARGS)

@@ -9,19 +9,27 @@ the typed classes below, so a key is named once.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import PurePath, PurePosixPath
+from pathlib import Path, PurePath, PurePosixPath
 from typing import cast
 
+import mlflow.sklearn
 import numpy as np
+import skops.io as sio
+from mlflow.models import Model
+from mlflow.pyfunc import FLAVOR_NAME as PYFUNC_FLAVOR
 from pydantic import BaseModel, ConfigDict
 from sklearn.base import BaseEstimator
 from sklearn.compose import TransformedTargetRegressor
 from sklearn.pipeline import Pipeline
 
+from housing.conformal import ConformalRegressor
+
 # Where bentoml.mlflow.import_model puts the MLflow model inside a BentoML model.
 MLFLOW_MODEL_FOLDER = "mlflow_model"
-# Where MLflow puts a model's extra files, such as the drift profile, inside the MLflow model.
-EXTRA_FILES_FOLDER = "extra_files"
+# The pyfunc flavour's data inside the MLflow model (training.register logs a folder of that name): the
+# model file and the files logged beside it, such as the drift profile.
+MODEL_DATA_FOLDER = "data/model"
+MODEL_FILE = "model.skops"
 # The registered version's tag that says where its drift profile is inside the MLflow model.
 PROFILE_TAG = "reference_profile"
 # The types skops may load from a model file besides scikit-learn's and NumPy's own.
@@ -30,6 +38,7 @@ TRUSTED_TYPES: tuple[str, ...] = (
     "lightgbm.basic.Booster",
     "lightgbm.sklearn.LGBMRegressor",
     "sklearn.tree._tree.Tree",
+    "housing.conformal.ConformalRegressor",
     "housing.features.FeatureEngineer",
     "housing.features.HousingFeatures",
     "housing.features.NeighbourFeatures",
@@ -72,17 +81,44 @@ class ModelMetadata(BaseModel):
 
 
 def extra_file(path: str | PurePath) -> str:
-    """Where a file logged with ``extra_files=[path]`` is inside the MLflow model."""
-    return f"{EXTRA_FILES_FOLDER}/{PurePosixPath(path).name}"
+    """Where a file logged beside the model file is inside the MLflow model."""
+    return f"{MODEL_DATA_FOLDER}/{PurePosixPath(path).name}"
+
+
+def load_model(path: str | PurePath) -> BaseEstimator:
+    """Load a model file (skops), trusting only :data:`TRUSTED_TYPES`.
+
+    Loading refuses any other type, so a tampered or unexpected file cannot run code.
+    """
+    return sio.load(path, trusted=list(TRUSTED_TYPES))
+
+
+def load_mlflow_model(model_dir: str | PurePath) -> BaseEstimator:
+    """The fitted model inside an MLflow model folder logged by training.register (its pyfunc flavour's data).
+
+    Versions registered before the intervals were logged in MLflow's sklearn flavour: they load as such,
+    so a rollback to one still serves.
+    """
+    flavor = Model.load(str(model_dir)).flavors[PYFUNC_FLAVOR]
+    if "data" not in flavor:
+        return mlflow.sklearn.load_model(str(model_dir))
+    return load_model(Path(model_dir) / flavor["data"] / MODEL_FILE)
+
+
+def price_model(model: BaseEstimator) -> BaseEstimator:
+    """The price model of a fitted model, its interval wrapper (housing.conformal) unwrapped."""
+    return model.estimator if isinstance(model, ConformalRegressor) else model
 
 
 def fitted_pipeline(model: BaseEstimator) -> Pipeline:
-    """The inner feature+model pipeline of a fitted model, target transform unwrapped."""
+    """The inner feature+model pipeline of a fitted model, interval wrapper and target transform unwrapped."""
+    model = price_model(model)
     return model.regressor_ if isinstance(model, TransformedTargetRegressor) else model
 
 
 def target_inverse(model: BaseEstimator) -> Callable[[np.ndarray], np.ndarray] | None:
     """What takes the pipeline's output back to USD: the target transform's inverse, None without one."""
+    model = price_model(model)
     return (
         cast(Callable[[np.ndarray], np.ndarray], model.inverse_func)
         if isinstance(model, TransformedTargetRegressor)

@@ -92,6 +92,14 @@ class TrainParams(_Section):
     families: dict[str, FamilyParams] = Field(min_length=1)
 
 
+class IntervalParams(_Section):
+    """The conformal intervals of the winning model (housing.conformal)."""
+
+    coverage: float = Field(gt=0, lt=1)
+    # Parameters of the LightGBM model of each house's absolute error.
+    scale_model: dict[str, Any] = Field(default_factory=dict)
+
+
 class QualityFloor(_Section):
     min_r2: float
     max_rmse: float = Field(gt=0)
@@ -127,6 +135,7 @@ class RegisterParams(_Section):
     # The MLflow experiment that records every promotion, refusal and rollback.
     decisions_experiment: str
     registration_path: Path
+    model_card_path: Path
 
 
 class RetrainParams(_Section):
@@ -148,6 +157,7 @@ class Params(_Section):
     prepare: PrepareParams
     features: FeatureParams
     train: TrainParams
+    intervals: IntervalParams
     evaluate: EvaluateParams
     register_: RegisterParams = Field(alias="register")
     drift: DriftParams

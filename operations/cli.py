@@ -11,6 +11,9 @@
         make every worker of the running service serve the BentoML store's latest model.
     housing history [--project-dir DIR] [--json]
         every promotion, refusal and rollback, newest first.
+    housing report [--out DIR] [--since TIME | --days N] [--db PATH] [--project-dir DIR]
+        insights from the prediction log (operations.insights): ``report.md`` with PNG figures and
+        ``report.json`` in ``reports/insights``.
 
 The commands that touch MLflow work from the project directory, whose
 ``params.yaml`` names the model and whose ``mlflow.db`` is the default store.
@@ -22,6 +25,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -31,9 +35,11 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from housing.decisions import history
+from housing.log_store import open_store
 from housing.params import RegisterParams, load_params
 from housing.registry import tracking_uri
 from housing.settings import settings
+from operations.insights import OutdatedLogError, ReportOptions, build_report, write_report
 from operations.retrain import retrain
 from service.drift_check import check_drift
 from service.model import reference_of
@@ -123,6 +129,47 @@ def history_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def report_command(args: argparse.Namespace) -> int:
+    params = load_params(args.project_dir / "params.yaml")
+    profile_path = args.profile or args.project_dir / params.drift.profile_path
+    now = time.time()
+    options = ReportOptions(
+        since=args.since.timestamp() if args.since else now - args.days * 86_400 if args.days else 0.0,
+        until=now,
+        income_bands=params.prepare.income_bands,
+        psi_threshold=params.drift.psi_threshold,
+        p_value=params.drift.p_value,
+        min_rows=args.min_rows or params.drift.min_rows,
+        windows=args.windows,
+        bucket_s=args.bucket_minutes * 60 if args.bucket_minutes else None,
+        min_slice=args.min_slice,
+    )
+    store = open_store(settings().model_copy(update={"prediction_db": args.db}), read_only=True)
+    try:
+        report = build_report(store, json.loads(profile_path.read_text()) if profile_path.exists() else None, options)
+    except OutdatedLogError as exc:
+        print(f"no report: {exc}")
+        return 1
+    finally:
+        store.close()
+    write_report(report, args.out)
+    print("\n".join([f"insights report: {args.out / 'report.md'}", *report["findings"]]))
+    return 0
+
+
+def _utc_time(text: str) -> datetime:
+    """An ISO 8601 time; without a zone, UTC."""
+    moment = datetime.fromisoformat(text.removesuffix("Z"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive whole number")
+    return value
+
+
 def _in_project(args: argparse.Namespace) -> RegisterParams:
     """The project's registry names, from the project directory, which MLflow's default store is relative to."""
     reg = load_params(args.project_dir / "params.yaml").register_
@@ -155,7 +202,18 @@ def main(argv: list[str] | None = None) -> None:
     history.add_argument("--json", action="store_true", help="print JSON")
     history.add_argument("--limit", type=int, default=100)
     history.set_defaults(run=history_command)
-    for command in (retrain_parser, rollback, reload, history):
+    report = commands.add_parser("report", help="insights from the prediction log: Markdown, figures and JSON")
+    report.add_argument("--out", type=Path, default=Path("reports/insights"), help="folder for report.md and figures")
+    period = report.add_mutually_exclusive_group()
+    period.add_argument("--since", type=_utc_time, help="only houses priced since this ISO time (UTC unless given)")
+    period.add_argument("--days", type=float, help="only houses priced in the last DAYS days")
+    report.add_argument("--profile", type=Path, help="training profile (default: params.yaml drift.profile_path)")
+    report.add_argument("--windows", type=_positive, default=6, help="time windows of the drift-over-time section")
+    report.add_argument("--min-rows", type=_positive, help="houses a drift score needs (default: drift.min_rows)")
+    report.add_argument("--bucket-minutes", type=_positive, help="traffic bucket width (default: fits the period)")
+    report.add_argument("--min-slice", type=_positive, default=20, help="houses a slice needs to be named in findings")
+    report.set_defaults(run=report_command)
+    for command in (retrain_parser, rollback, reload, history, report):
         command.add_argument("--db", type=Path, help="prediction log (default: HOUSING_PREDICTION_DB)")
         command.add_argument("--project-dir", type=Path, default=Path(), help="the DVC project (default: .)")
     args = parser.parse_args(argv)

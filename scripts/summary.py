@@ -51,9 +51,21 @@ def figures(reports: Path) -> dict[str, str]:
         "floor_rmse": f"{floor['max_rmse']:,.0f}",
         "floor_r2": f"{floor['min_r2']:g}",
         "floor_verdict": "met" if floor["met"] else "**missed**",
+        "intervals": interval_sentence(metrics.get("intervals")),
         # The README's benchmark table, from the same function and the same file.
         "benchmark": table(read(reports, "benchmark.json")),
     }
+
+
+def interval_sentence(intervals: dict | None) -> str:
+    """How the price intervals did on the test split, or that the model has none."""
+    if intervals is None:
+        return "The model gives no price intervals."
+    return (
+        f"Every price comes with a conformal interval at {intervals['nominal']:.0%} nominal coverage:\n"
+        f"{intervals['coverage']:.1%} of test prices fell inside theirs, median width "
+        f"{intervals['median_width']:,.0f} USD."
+    )
 
 
 def render(reports: Path = REPORTS, template: Path = TEMPLATE) -> str:

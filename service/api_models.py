@@ -179,13 +179,25 @@ class ModelIdentity(BaseModel):
     model_version: str = Field(description="Registered MLflow model version.")
 
 
+INTERVAL_DESCRIPTION = (
+    "Conformal interval: the sale price falls between the bounds for `interval_coverage` of houses like the "
+    "calibration houses; wider where prices are harder to predict. Null for a model registered without intervals."
+)
+
+
 class Prediction(ModelIdentity):
     price_usd: float = Field(description="Predicted median house value, USD.")
+    lower_usd: float | None = Field(default=None, description=f"Lower bound, USD. {INTERVAL_DESCRIPTION}")
+    upper_usd: float | None = Field(default=None, description="Upper bound, USD.")
+    interval_coverage: float | None = Field(default=None, description="Nominal coverage of the bounds (0.9: 90%).")
     request_id: str = Field(description="Echoes X-Request-ID, or a generated id; quote it in /feedback.")
 
 
 class BatchPrediction(ModelIdentity):
     prices_usd: list[float] = Field(description="One predicted price per house, in request order.")
+    lower_usd: list[float] | None = Field(default=None, description=f"Lower bounds, USD. {INTERVAL_DESCRIPTION}")
+    upper_usd: list[float] | None = Field(default=None, description="Upper bounds, USD.")
+    interval_coverage: float | None = Field(default=None, description="Nominal coverage of the bounds (0.9: 90%).")
     count: int
     request_id: str
 
@@ -244,8 +256,22 @@ class DataFrameSplit(BaseModel):
     index: list[Any] | None = None
 
 
+class InvocationParams(BaseModel):
+    """The registered model's inference parameters (housing.pyfunc_flavor), as MLflow's protocol passes them."""
+
+    model_config = ConfigDict(extra="forbid")
+    intervals: bool = Field(default=False, strict=True, description="Answer each price with its bounds.")
+    coverage: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        allow_inf_nan=False,
+        description="Nominal coverage of the bounds (default: the model's).",
+    )
+
+
 class Invocation(BaseModel):
-    """MLflow's scoring protocol: exactly one of ``dataframe_split`` or ``dataframe_records``."""
+    """MLflow's scoring protocol: exactly one of ``dataframe_split`` or ``dataframe_records``, and ``params``."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -256,6 +282,7 @@ class Invocation(BaseModel):
 
     dataframe_split: DataFrameSplit | None = None
     dataframe_records: Houses | None = None
+    params: InvocationParams | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -278,15 +305,24 @@ class Invocation(BaseModel):
                         f"dataframe_split.data[{i}] must be a list of {len(columns)} values, one per column"
                     )
             # Validate the rows as records, so errors name the row and the field.
-            return {"dataframe_records": [dict(zip(columns, row, strict=True)) for row in rows]}
+            records = [dict(zip(columns, row, strict=True)) for row in rows]
+            return {**{k: v for k, v in data.items() if k != "dataframe_split"}, "dataframe_records": records}
         return data
 
     def houses(self) -> list[House]:
         return self.dataframe_records or []
 
 
+class PricedRecord(BaseModel):
+    price_usd: float
+    lower_usd: float
+    upper_usd: float
+
+
 class InvocationResponse(BaseModel):
-    predictions: list[float]
+    """MLflow's answer: a price per record, or with ``params.intervals`` a record of price and bounds."""
+
+    predictions: list[float] | list[PricedRecord]
 
 
 class Feedback(BaseModel):

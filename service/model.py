@@ -11,19 +11,22 @@ from pathlib import Path
 from typing import Any, cast
 
 import bentoml
-import mlflow.sklearn
 import numpy as np
 from lightgbm import LGBMModel
 from sklearn.base import BaseEstimator
 from sklearn.pipeline import Pipeline
 
 from housing.compiled_forest import ForestRuntime
+from housing.conformal import ConformalRegressor
 from housing.explain import Explanation, explain_forest
+from housing.model_card import CARD_FILE, ModelCard
 from housing.model_format import (
     MLFLOW_MODEL_FOLDER,
     ModelLabels,
     ModelMetadata,
+    extra_file,
     fitted_pipeline,
+    load_mlflow_model,
     target_inverse,
 )
 from service import prometheus_metrics
@@ -51,6 +54,10 @@ class ServedModel:
     parallel: dict[str, Any] = field(default_factory=dict)
     # The forest's runtime (compiled code or the LightGBM booster); None for models of other families.
     forest: ForestRuntime | None = None
+    # The prices' conformal intervals (housing.conformal); None for a version registered without them.
+    intervals: ConformalRegressor | None = None
+    # The version's model card (housing.model_card); None for a version registered without one.
+    card: ModelCard | None = None
 
     def identity(self) -> dict[str, str]:
         """The name and version a prediction response carries."""
@@ -63,9 +70,24 @@ class ServedModel:
         ``PARALLEL_ROWS`` or more use all cores; small requests stay on one, so
         concurrent requests do not fight over threads.
         """
+        return np.asarray(self.predictor(columns, **self._threads(columns)), dtype=float)
+
+    def predict_interval(
+        self, columns: Mapping[str, Sequence[Any]], coverage: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Prices (n_houses,) and their bounds (n_houses, 2) in USD at ``coverage`` (default: the model's).
+
+        The bounds are None for a model registered without intervals.
+        """
+        prices = self.predict(columns)
+        if self.intervals is None:
+            return prices, None
+        threads = self._threads(columns).get("num_threads", 1)
+        return prices, self.intervals.interval(columns, prices, coverage, num_threads=threads)
+
+    def _threads(self, columns: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
         rows = len(next(iter(columns.values())))
-        params = self.parallel if rows >= PARALLEL_ROWS else {}
-        return np.asarray(self.predictor(columns, **params), dtype=float)
+        return self.parallel if rows >= PARALLEL_ROWS else {}
 
     def explain(self, columns: Mapping[str, Sequence[Any]]) -> Explanation:
         """Each raw input's contribution (USD) to the prices :meth:`predict` gives these houses (housing.explain).
@@ -96,13 +118,13 @@ def not_explainable(model: ServedModel) -> str:
 def load_served_model(bento_model: bentoml.Model, compiled_dir: Path | None = None) -> ServedModel:
     """Load the MLflow model inside ``bento_model`` and warm it up.
 
-    The sklearn flavour is loaded directly (not through pyfunc's per-call schema
+    The model file is loaded directly (not through pyfunc's per-call schema
     enforcement), which keeps single predictions fast; the request models already
     validate every field, and a test proves both paths give the same prices. A
     LightGBM forest runs as compiled code from ``compiled_dir`` once that is ready
     (housing.compiled_forest), as the booster until then or if it cannot be.
     """
-    estimator = mlflow.sklearn.load_model(bento_model.path_of(MLFLOW_MODEL_FOLDER))
+    estimator = load_mlflow_model(bento_model.path_of(MLFLOW_MODEL_FOLDER))
     meta = ModelMetadata.model_validate(bento_model.info.metadata)
     labels = ModelLabels.model_validate(bento_model.info.labels)
     forest = forest_runtime(estimator, compiled_dir, on_change=partial(_report_runtime, meta.mlflow_version))
@@ -112,6 +134,8 @@ def load_served_model(bento_model: bentoml.Model, compiled_dir: Path | None = No
         reference=reference_of(bento_model),
         parallel={"num_threads": os.cpu_count() or 1} if forest is not None else {},
         forest=forest,
+        intervals=estimator if isinstance(estimator, ConformalRegressor) else None,
+        card=card_of(bento_model, meta),
         info=ModelInfo(
             model_name=meta.mlflow_model,
             model_version=meta.mlflow_version,
@@ -175,6 +199,14 @@ def fast_predict(estimator: BaseEstimator, forest: ForestRuntime) -> Callable[..
         return np.asarray(inverse(scores) if inverse is not None else scores)
 
     return predict
+
+
+def card_of(bento_model: bentoml.Model, meta: ModelMetadata) -> ModelCard | None:
+    """The model card logged beside the model file, naming its registered version; None if it has none."""
+    path = Path(bento_model.path_of(MLFLOW_MODEL_FOLDER)) / extra_file(CARD_FILE)
+    if not path.is_file():
+        return None
+    return ModelCard.model_validate_json(path.read_text()).with_version(meta.mlflow_model, meta.mlflow_version)
 
 
 def reference_of(bento_model: bentoml.Model) -> dict[str, Any]:

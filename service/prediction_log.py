@@ -189,13 +189,17 @@ class PredictionLog:
     def accuracy(self, since_ts: float = 0.0, bucket_s: float | None = None) -> list[dict[str, Any]]:
         """MAE and RMSE (USD) of priced houses that received authenticated feedback, per model version.
 
-        With ``bucket_s`` the figures are split into time buckets of that many
-        seconds (by prediction time), oldest first: accuracy over time.
+        ``coverage`` is the share of those sale prices inside their logged interval,
+        over the ``n_interval`` houses that have one (None without any). With
+        ``bucket_s`` the figures are split into time buckets of that many seconds
+        (by prediction time), oldest first: accuracy over time.
         """
         sql = f"""
             SELECT p.model_version, {self.store.trunc.format("p.ts / ?")} * ? AS bucket_start, COUNT(*) AS n,
                    AVG(ABS(f.actual_price_usd - p.price_usd)) AS mae,
-                   AVG((f.actual_price_usd - p.price_usd) * (f.actual_price_usd - p.price_usd)) AS mse
+                   AVG((f.actual_price_usd - p.price_usd) * (f.actual_price_usd - p.price_usd)) AS mse,
+                   COUNT(p.lower_usd) AS n_interval,
+                   SUM(CASE WHEN f.actual_price_usd BETWEEN p.lower_usd AND p.upper_usd THEN 1 ELSE 0 END) AS covered
             FROM {FEEDBACK} f JOIN {PREDICTIONS} p ON p.request_id = f.request_id AND p.idx = f.idx
             WHERE p.ts >= ? AND f.authenticated = 1
             GROUP BY p.model_version, bucket_start
@@ -206,9 +210,11 @@ class PredictionLog:
         rows = self.store.query_dicts(sql, [width, 0.0 if width == math.inf else width, since_ts])
         # SQLite builds without math functions have no SQRT.
         return [
-            {**row, "bucket_start": float(row["bucket_start"]), "n": int(row["n"]), "rmse": math.sqrt(row.pop("mse"))}
+            {**row, "bucket_start": float(row["bucket_start"]), "n": int(row["n"]), "rmse": math.sqrt(row.pop("mse")),
+             "n_interval": int(row["n_interval"]),
+             "coverage": int(row.pop("covered")) / int(row["n_interval"]) if row["n_interval"] else None}
             for row in rows
-        ]
+        ]  # fmt: skip
 
     def traffic(self, now: float, bucket_s: int, buckets: int) -> list[dict[str, Any]]:
         """Requests, houses and request latency (p50/p95 in ms) per time bucket, oldest first.

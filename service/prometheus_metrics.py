@@ -15,6 +15,8 @@ import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
 
 from housing.columns import FEATURE_COLUMNS
+from housing.conformal import ConformalRegressor
+from service.api_models import ModelInfo
 
 PRICED_HOUSES = Counter(
     "housing_predictions", "Houses priced, by endpoint and model version.", ["endpoint", "model_version"]
@@ -75,6 +77,20 @@ FEEDBACK_COUNT = Gauge(
     "housing_feedback_houses", "Priced houses with feedback, by model version.", ["model_version"],
     multiprocess_mode="mostrecent",
 )  # fmt: skip
+INTERVAL_COVERAGE = Gauge(
+    "housing_interval_coverage",
+    "Share of sale prices (feedback) inside their logged interval, by model version.",
+    ["model_version"],
+    multiprocess_mode="mostrecent",
+)
+INTERVAL_FEEDBACK = Gauge(
+    "housing_interval_feedback_houses", "Priced houses with an interval and feedback, by model version.",
+    ["model_version"], multiprocess_mode="mostrecent",
+)  # fmt: skip
+INTERVAL_NOMINAL = Gauge(
+    "housing_interval_nominal_coverage", "The coverage the served model's intervals promise, by model version.",
+    ["model_version"], multiprocess_mode="mostrecent",
+)  # fmt: skip
 FOREST_COMPILED = Gauge(
     "housing_model_forest_compiled",
     "1 while the served forest runs as compiled code, 0 while the LightGBM booster serves it (compiling, "
@@ -130,3 +146,10 @@ def failed_fields(error_body: bytes) -> list[str]:
         field = names[-1] if names else "body"
         fields.append(field if field in KNOWN_FIELDS or field == "body" else "other")
     return fields or ["body"]
+
+
+def publish_model(info: ModelInfo, intervals: ConformalRegressor | None, serving: bool) -> None:
+    """Say which model serves (``housing_model_info`` 1) or no longer does (0), and its intervals' promise."""
+    MODEL_INFO.labels(info.model_name, info.model_version, info.family).set(int(serving))
+    if intervals is not None and serving:
+        INTERVAL_NOMINAL.labels(info.model_version).set(intervals.coverage)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, cast
 
 import bentoml
+import numpy as np
 import psycopg
 from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI, Request
@@ -29,8 +31,10 @@ from service.api_models import (
     House,
     HouseBatch,
     Invocation,
+    InvocationParams,
     InvocationResponse,
     Prediction,
+    PricedRecord,
     check_batch_size,
     columns_of,
     house_explanations,
@@ -73,6 +77,29 @@ def docs() -> HTMLResponse:
         swagger_css_url="/static_content/swagger-ui.css",
         swagger_favicon_url="/static_content/favicon-light-32x32.png",
     )
+
+
+@dataclass(frozen=True)
+class Priced:
+    """One request's prices (USD), their bounds (n_houses, 2) or None, its id and the model that priced it."""
+
+    prices: list[float]
+    intervals: np.ndarray | None
+    request_id: str
+    model: ServedModel
+
+    @property
+    def lower(self) -> list[float] | None:
+        return None if self.intervals is None else self.intervals[:, 0].tolist()
+
+    @property
+    def upper(self) -> list[float] | None:
+        return None if self.intervals is None else self.intervals[:, 1].tolist()
+
+    def identity(self) -> dict[str, Any]:
+        """What every prediction answer carries besides prices: request id, model and nominal coverage."""
+        coverage = self.model.intervals.coverage if self.model.intervals is not None else None
+        return {"request_id": self.request_id, "interval_coverage": coverage, **self.model.identity()}
 
 
 class NotFound(BentoMLException):
@@ -134,8 +161,7 @@ class HousePricer:
         self.views = ViewCache(config.view_cache_s)
         # Feedback whose prediction is not in the log yet waits for it; this many at once per worker.
         self.feedback_waiters = asyncio.Semaphore(config.feedback_waiters)
-        info = self.model.info
-        prometheus_metrics.MODEL_INFO.labels(info.model_name, info.model_version, info.family).set(1)
+        prometheus_metrics.publish_model(self.model.info, self.model.intervals, serving=True)
         worker = bentoml.server_context.worker_index
         configure_request_log(config.log_dir, worker, config.log_max_bytes, config.log_backups, config.log_to_stdout)
         self.started = time.time()
@@ -170,21 +196,30 @@ class HousePricer:
 
     @bentoml.api(route="/predict")
     async def predict(self, house: House, /, ctx: bentoml.Context) -> Prediction:
-        """Price one house."""
-        (price,), request_id, model = self._price("predict", [house], ctx)
-        return Prediction(price_usd=price, request_id=request_id, **model.identity())
+        """Price one house, with its interval."""
+        priced = self._price("predict", [house], ctx)
+        lower, upper = (None, None) if priced.intervals is None else priced.intervals[0].tolist()
+        return Prediction(price_usd=priced.prices[0], lower_usd=lower, upper_usd=upper, **priced.identity())
 
     @bentoml.api(route="/predict_batch")
     async def predict_batch(self, houses: HouseBatch, /, ctx: bentoml.Context) -> BatchPrediction:
-        """Price a list of houses; prices come back in the same order."""
-        prices, request_id, model = self._price("predict_batch", houses.root, ctx, field="houses")
-        return BatchPrediction(prices_usd=prices, count=len(prices), request_id=request_id, **model.identity())
+        """Price a list of houses, with their intervals; prices come back in the same order."""
+        priced = self._price("predict_batch", houses.root, ctx, field="houses")
+        return BatchPrediction(prices_usd=priced.prices, lower_usd=priced.lower, upper_usd=priced.upper,
+                               count=len(priced.prices), **priced.identity())  # fmt: skip
 
     @bentoml.api(route="/invocations")
     async def invocations(self, request: Invocation, /, ctx: bentoml.Context) -> InvocationResponse:
-        """MLflow's scoring protocol, for clients of `mlflow models serve`."""
-        prices, _, _ = self._price("invocations", request.houses(), ctx, field="dataframe")
-        return InvocationResponse(predictions=prices)
+        """MLflow's scoring protocol, for clients of `mlflow models serve`; ``params.intervals`` adds bounds."""
+        params = request.params or InvocationParams()
+        priced = self._price("invocations", request.houses(), ctx, field="dataframe", coverage=params.coverage)
+        if not params.intervals:
+            return InvocationResponse(predictions=priced.prices)
+        if priced.lower is None or priced.upper is None:
+            raise Conflict("params.intervals: the served model version was registered without intervals")
+        records = zip(priced.prices, priced.lower, priced.upper, strict=True)
+        return InvocationResponse(predictions=[PricedRecord(price_usd=p, lower_usd=lo, upper_usd=up)
+                                               for p, lo, up in records])  # fmt: skip
 
     @bentoml.api(route="/explain")
     async def explain(self, request: ExplainRequest, /, ctx: bentoml.Context) -> Explanations:
@@ -250,20 +285,25 @@ class HousePricer:
     def _switch(self, bento_tag: str) -> None:
         """Load ``bento_tag`` beside the served model, then swap: requests in flight finish on the old one."""
         model = load_served_model(bentoml.models.get(bento_tag), settings().compiled_dir)
-        old, self.model = self.model.info, model
-        prometheus_metrics.MODEL_INFO.labels(old.model_name, old.model_version, old.family).set(0)
-        prometheus_metrics.MODEL_INFO.labels(model.info.model_name, model.info.model_version, model.info.family).set(1)
+        old, self.model = self.model, model
+        prometheus_metrics.publish_model(old.info, old.intervals, serving=False)
+        prometheus_metrics.publish_model(model.info, model.intervals, serving=True)
         gc.freeze()  # the new model lives as long as the old one did (see __init__)
 
     def _price(
-        self, endpoint: str, houses: list[House], ctx: bentoml.Context, field: str = "house"
-    ) -> tuple[list[float], str, ServedModel]:
-        """Prices, the request id and the model that priced them; queues one log row per house."""
+        self, endpoint: str, houses: list[House], ctx: bentoml.Context, field: str = "house",
+        coverage: float | None = None,
+    ) -> Priced:  # fmt: skip
+        """Prices and bounds, the request id and the model that priced them; queues one log row per house.
+
+        The log keeps the bounds at the model's nominal coverage, whatever ``coverage`` the answer has.
+        """
         check_batch_size(len(houses), field)
         state = request_state(ctx.request.state)
         columns = columns_of(houses)
         model = self.model  # one model for the whole request, even if a reload swaps it meanwhile
-        prices = model.predict(columns).tolist()
+        prices, intervals = model.predict_interval(columns)
+        logged = intervals if intervals is not None else np.full((len(houses), 2), None)
         version = model.info.model_version
         shared = {"request_id": state["request_id"], "endpoint": endpoint, "ts": time.time(), "model_version": version,
                   "latency_ms": (time.perf_counter() - state["start"]) * 1000}  # fmt: skip
@@ -271,15 +311,19 @@ class HousePricer:
         self.log.add(
             PREDICTIONS,
             [
-                {**shared, "idx": i, "price_usd": price, **dict(zip(names, values, strict=True))}
-                for i, (price, *values) in enumerate(zip(prices, *columns.values(), strict=True))
+                {**shared, "idx": i, "price_usd": price, "lower_usd": lower, "upper_usd": upper,
+                 **dict(zip(names, values, strict=True))}
+                for i, (price, (lower, upper), *values) in enumerate(zip(prices.tolist(), logged.tolist(),
+                                                                         *columns.values(), strict=True))
             ],
-        )
+        )  # fmt: skip
+        if coverage is not None and intervals is not None:
+            intervals = model.intervals.interval(columns, prices, coverage)  # type: ignore[union-attr]
         state.update(model_version=version, records=len(houses))
         prometheus_metrics.PRICED_HOUSES.labels(endpoint, version).inc(len(houses))
         prometheus_metrics.BATCH_SIZE.labels(endpoint).observe(len(houses))
-        prometheus_metrics.observe_many(prometheus_metrics.PREDICTED_PRICE, prices)
-        return prices, state["request_id"], model
+        prometheus_metrics.observe_many(prometheus_metrics.PREDICTED_PRICE, prices.tolist())
+        return Priced(prices.tolist(), intervals, state["request_id"], model)
 
     async def _find_prediction(self, request_id: str, index: int) -> dict[str, Any] | None:
         """The logged prediction, waiting briefly with growing pauses: it may still be on a writer's queue.

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import bentoml
 import numpy as np
 from fastapi import APIRouter, HTTPException, Query
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, PlainTextResponse
 
 from housing.columns import FEATURE_COLUMNS
 from housing.explain import mean_abs_contribution, top_contributions
+from housing.model_card import ModelCard
 from housing.settings import settings
 from service import prometheus_metrics
 from service.api_models import Health, ModelInfo
@@ -50,6 +51,19 @@ def model_info() -> ModelInfo:
     return _service().model.info
 
 
+@views.get("/model/card", response_model=ModelCard)
+def model_card(
+    format: Literal["json", "markdown"] = Query(default="json", description="`markdown` for the readable card."),
+) -> ModelCard | PlainTextResponse:
+    """The served version's model card (Mitchell et al. 2019): use, data, metrics per slice, coverage, limits."""
+    model = _service().model
+    if model.card is None:
+        raise HTTPException(404, f"model: version {model.info.model_version} was registered without a model card")
+    if format == "markdown":
+        return PlainTextResponse(model.card.to_markdown(), media_type="text/markdown; charset=utf-8")
+    return cast(ModelCard, model.card)
+
+
 @views.get("/drift")
 def drift() -> dict[str, Any]:
     """Drift of the latest priced houses against the training data, per feature (also on /metrics)."""
@@ -76,7 +90,8 @@ def accuracy(
         default=0.0, ge=0, le=MAX_TS, allow_inf_nan=False, description="Only predictions made after this Unix time."
     ),
 ) -> dict[str, Any]:
-    """MAE and RMSE (USD) against received feedback, per model version; with ``bucket_s``, over time."""
+    """MAE and RMSE (USD), and interval coverage, against received feedback, per model version; with ``bucket_s``,
+    over time."""
     log = _service().log
     key = ("accuracy", bucket_s, since_ts, log.newest()[1])
     rows = _service().views.get(key, lambda: log.accuracy(since_ts, bucket_s))
@@ -85,6 +100,9 @@ def accuracy(
             prometheus_metrics.ACCURACY.labels("mae", row["model_version"]).set(row["mae"])
             prometheus_metrics.ACCURACY.labels("rmse", row["model_version"]).set(row["rmse"])
             prometheus_metrics.FEEDBACK_COUNT.labels(row["model_version"]).set(row["n"])
+            if row["coverage"] is not None:
+                prometheus_metrics.INTERVAL_COVERAGE.labels(row["model_version"]).set(row["coverage"])
+                prometheus_metrics.INTERVAL_FEEDBACK.labels(row["model_version"]).set(row["n_interval"])
     return {"bucket_s": bucket_s, "since_ts": since_ts, "accuracy": rows}
 
 

@@ -28,7 +28,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeRegressor
 
 from housing.features import HousingFeatures
-from housing.model_format import TRUSTED_TYPES, fitted_pipeline
+from housing.model_format import fitted_pipeline
 from housing.params import FamilyParams, FeatureParams
 
 
@@ -124,11 +124,3 @@ def feature_importance(model: BaseEstimator) -> dict[str, float] | None:
 def save_model(model: BaseEstimator, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     sio.dump(model, path)
-
-
-def load_model(path: Path) -> BaseEstimator:
-    """Load a model saved by :func:`save_model`, trusting only :data:`housing.model_format.TRUSTED_TYPES`.
-
-    Loading refuses any other type, so a tampered or unexpected file cannot run code.
-    """
-    return sio.load(path, trusted=list(TRUSTED_TYPES))

@@ -13,11 +13,18 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
+from housing.columns import CATEGORICAL_COLUMN, OCEAN_PROXIMITY_CATEGORIES
+from housing.conformal import ConformalRegressor
+from housing.model_format import load_model
 from housing.params import Params, load_params
+from housing.slices import slice_masks
 from training import plots
-from training.estimators import feature_importance, load_model
+from training.estimators import feature_importance
 from training.prepare import load_split
-from training.scoring import regression_metrics
+from training.scoring import interval_metrics, regression_metrics
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +49,8 @@ def evaluate(params: Params) -> dict[str, Any]:
     for name, fig in figures.items():
         plots.save(fig, figures_dir / f"{name}.png")
     importance = feature_importance(model) or {}
+    bounds = model.predict_interval(X_test) if isinstance(model, ConformalRegressor) else None
+    y = y_test.to_numpy()
     return {
         "winner": winner,
         "scoring": cv_results["scoring"],
@@ -58,6 +67,30 @@ def evaluate(params: Params) -> dict[str, Any]:
             for family, r in cv_results["families"].items()
         },
         "top_features": dict(sorted(importance.items(), key=lambda item: -item[1])[:10]),
+        "intervals": None
+        if bounds is None
+        else {"nominal": model.coverage, **interval_metrics(y_test.to_numpy(), bounds)},
+        "slices": slice_metrics(X_test, y, pred, bounds, params.prepare.income_bands),
+    }
+
+
+def slice_metrics(
+    X: pd.DataFrame, y: np.ndarray, pred: np.ndarray, bounds: np.ndarray | None, edges: list[float]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Rows, RMSE and MAE (USD), and interval coverage and width, per value of each slicing column.
+
+    R² is left out: a slice's prices vary less than the whole split's, so its R² says little.
+    """
+    return {
+        column: {
+            value: {
+                "rows": int(mask.sum()),
+                **{name: figure for name, figure in regression_metrics(y[mask], pred[mask]).items() if name != "r2"},
+                **({} if bounds is None else interval_metrics(y[mask], bounds[mask])),
+            }
+            for value, mask in masks.items()
+        }
+        for column, masks in slice_masks(X, edges).items()
     }
 
 
@@ -128,6 +161,8 @@ Quality floor {"met" if floor["met"] else "**NOT met**"}.
 ![test predictions]({rel}/test/predicted_vs_actual.png)
 ![test residuals]({rel}/test/residuals.png)
 
+{interval_section(metrics)}
+
 ## Most important features of the winner
 
 | feature | importance |
@@ -136,6 +171,56 @@ Quality floor {"met" if floor["met"] else "**NOT met**"}.
 
 Out-of-fold plots of every family are in `{figures_dir}/cv/` and on each family's MLflow run.
 """
+
+
+# A slice's coverage is judged against nominal minus this many points; below it, the report says which and why.
+COVERAGE_TOLERANCE = 0.05
+
+
+def interval_section(metrics: dict[str, Any]) -> str:
+    """The report's intervals and slices: coverage, widths, error and coverage per slice, and what falls short."""
+    intervals, slices = metrics.get("intervals"), metrics.get("slices", {})
+    lines = ["## Test set by slice", ""]
+    if intervals is not None:
+        nominal = intervals["nominal"]
+        lines = [
+            "## Price intervals",
+            "",
+            f"Nominal coverage {nominal:.0%}: on the test split {intervals['coverage']:.1%} of sale prices fell "
+            f"inside their interval; mean width {intervals['mean_width']:,.0f} USD, "
+            f"median {intervals['median_width']:,.0f} USD.",
+            "",
+            *lines,
+        ]
+    head = "| slice | houses | RMSE | MAE |" + (" coverage | mean width |" if intervals else "")
+    lines += [head, "|" + "---|" * (head.count("|") - 1)]
+    short = []
+    for column, values in slices.items():
+        for value, m in values.items():
+            row = f"| {column} = {value} | {m['rows']:,} | {m['rmse']:,.0f} | {m['mae']:,.0f} |"
+            if intervals:
+                row += f" {m['coverage']:.1%} | {m['mean_width']:,.0f} |"
+                if m["coverage"] < intervals["nominal"] - COVERAGE_TOLERANCE:
+                    short.append(coverage_shortfall(f"{column} = {value}", m, intervals["nominal"]))
+            lines.append(row)
+    if intervals:
+        lines += ["", *(short or [f"No slice is below nominal minus {COVERAGE_TOLERANCE * 100:g} points."])]
+    absent = [value for value in OCEAN_PROXIMITY_CATEGORIES if value not in slices.get(CATEGORICAL_COLUMN, {})]
+    if absent:
+        lines.append(f"Not in the test split, so not measured: {CATEGORICAL_COLUMN} = {', '.join(absent)}.")
+    return "\n".join(lines)
+
+
+def coverage_shortfall(name: str, figures: dict[str, float], nominal: float) -> str:
+    """Why a slice's coverage is short: too few houses to tell (its 95% sampling margin), or a real gap."""
+    margin = 1.96 * (nominal * (1 - nominal) / figures["rows"]) ** 0.5
+    gap = nominal - figures["coverage"]
+    verdict = (
+        f"within its sampling margin of ±{margin:.0%} for {figures['rows']:,} houses: too few to tell"
+        if gap <= margin
+        else f"beyond its sampling margin of ±{margin:.0%}: the intervals are too narrow there"
+    )
+    return f"- **{name}**: {figures['coverage']:.1%} covered, {gap:.1%} below nominal, {verdict}."
 
 
 def main() -> None:

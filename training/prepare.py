@@ -11,23 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from housing.columns import FEATURE_COLUMNS, TARGET_COLUMN
 from housing.params import PrepareParams, load_params
+from housing.slices import income_band
 from training.feedback import FEEDBACK_ID
 
 log = logging.getLogger(__name__)
-
-
-def income_band(income: pd.Series, edges: Sequence[float]) -> pd.Series:
-    """Band index of each median income; the last band is open-ended."""
-    return pd.cut(income, [*edges, np.inf], labels=False, include_lowest=True)
 
 
 def split(df: pd.DataFrame, params: PrepareParams) -> tuple[pd.DataFrame, pd.DataFrame]:

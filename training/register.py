@@ -1,9 +1,12 @@
 """Register: log the trained model to MLflow and promote it to ``@champion`` only if it is better.
 
 The model is logged on the winning family's parent run (so the version links to
-the search that produced it) in the skops format with an explicit trust list,
-with a signature and an input example of raw records. The registered version is
-tagged with its metrics and the data version (the DVC/MD5 hash of the raw CSV).
+the search that produced it): its skops file (loaded with an explicit trust
+list) as a pyfunc model of housing.pyfunc_flavor, with a signature, interval
+parameters and an input example of raw records. The registered version is
+tagged with its metrics and the data version (the DVC/MD5 hash of the raw CSV),
+and its model card (training.model_card) is logged beside the model file and is
+the version's description.
 It then challenges the champion on the current test split (training.champion
 records the decision); the champion, new or kept, is the BentoML store's latest
 model, which the service loads.
@@ -15,34 +18,48 @@ import argparse
 import hashlib
 import json
 import logging
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Sequence
 from importlib.metadata import version
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import bentoml
 import mlflow
-import mlflow.sklearn
+import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 from lightgbm import LGBMModel
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import ModelSignature
+from mlflow.models.model import ModelInfo
 from mlflow.types import ColSpec, Schema
 
+from housing import pyfunc_flavor
 from housing.columns import CATEGORICAL_COLUMN, FEATURE_COLUMNS, NUMERIC_COLUMNS
 from housing.compiled_forest import compile_forest
 from housing.decisions import Decision, record
 from housing.drift_stats import reference_profile
-from housing.model_format import MLFLOW_MODEL_FOLDER, PROFILE_TAG, TRUSTED_TYPES, extra_file, fitted_pipeline
+from housing.model_format import (
+    MLFLOW_MODEL_FOLDER,
+    MODEL_DATA_FOLDER,
+    MODEL_FILE,
+    PROFILE_TAG,
+    extra_file,
+    fitted_pipeline,
+    load_mlflow_model,
+    load_model,
+)
 from housing.params import Params, RegisterParams, load_params
 from housing.registry import champion_version, is_served, served_model, tagged_metrics
 from housing.settings import HousingSettings
 from training.champion import crown
-from training.estimators import load_model
+from training.model_card import build_card, write_card
 from training.prepare import load_split
 from training.scoring import regression_metrics
 
@@ -51,10 +68,14 @@ log = logging.getLogger(__name__)
 # What the logged model needs to load, beyond the project's own package.
 RUNTIME_PACKAGES = ("scikit-learn", "lightgbm", "numpy", "pandas", "scipy", "skops")
 
-SIGNATURE = ModelSignature(
-    inputs=Schema([*(ColSpec("double", name) for name in NUMERIC_COLUMNS), ColSpec("string", CATEGORICAL_COLUMN)]),
-    outputs=Schema([ColSpec("double", "median_house_value")]),
-)
+
+def signature(coverage: float | None) -> ModelSignature:
+    """Raw records in, a price per record out; with a nominal ``coverage``, the interval parameters too."""
+    inputs = Schema([*(ColSpec("double", name) for name in NUMERIC_COLUMNS), ColSpec("string", CATEGORICAL_COLUMN)])
+    outputs = Schema([ColSpec("double", "median_house_value")])
+    if coverage is None:
+        return ModelSignature(inputs=inputs, outputs=outputs)
+    return ModelSignature(inputs=inputs, outputs=outputs, params=pyfunc_flavor.params_schema(coverage))
 
 
 class NoChampionError(RuntimeError):
@@ -146,20 +167,42 @@ def log_version(client: MlflowClient, params: Params, metrics: dict[str, Any]) -
         mlflow.set_tags({"data_version": data_version, "role": "challenger"})
         for report in (params.evaluate.metrics_path, params.evaluate.report_path, params.validate_.report_path):
             mlflow.log_artifact(str(report), artifact_path="reports")
-        info = mlflow.sklearn.log_model(
-            load_model(params.train.model_path),
-            name="model",
-            signature=SIGNATURE,
+        card = build_card(params, metrics, data_version)
+        info = log_model_file(
+            params.train.model_path,
+            reg.model_name,
+            beside=[write_reference_profile(params), write_card(card, reg.model_card_path)],
             input_example=input_example(params.prepare.test_path),
-            registered_model_name=reg.model_name,
-            skops_trusted_types=list(TRUSTED_TYPES),
             pip_requirements=[f"{package}=={version(package)}" for package in RUNTIME_PACKAGES],
-            extra_files=[str(write_reference_profile(params))],
         )
     model_version = str(info.registered_model_version)
+    client.update_model_version(
+        reg.model_name, model_version, description=card.with_version(reg.model_name, model_version).to_markdown()
+    )
     for key, value in version_tags(metrics, data_version, params.drift.profile_path).items():
         client.set_model_version_tag(reg.model_name, model_version, key, value)
     return model_version
+
+
+def log_model_file(path: Path, model_name: str, beside: Sequence[Path] = (), **extra: Any) -> ModelInfo:
+    """Log the model file at ``path`` in the active run as a pyfunc model of housing.pyfunc_flavor; register it.
+
+    The files ``beside`` go in the model's folder with it (see housing.model_format.extra_file); ``extra`` goes
+    to ``mlflow.pyfunc.log_model`` (input example, requirements).
+    """
+    with tempfile.TemporaryDirectory() as staging:
+        folder = Path(staging) / PurePosixPath(MODEL_DATA_FOLDER).name
+        folder.mkdir()
+        for source, name in [(path, MODEL_FILE), *((file, file.name) for file in beside)]:
+            shutil.copyfile(source, folder / name)
+        return mlflow.pyfunc.log_model(
+            name="model",
+            loader_module=pyfunc_flavor.__name__,
+            data_path=str(folder),
+            signature=signature(getattr(load_model(path), "coverage", None)),
+            registered_model_name=model_name,
+            **extra,
+        )
 
 
 def score_version(reg: RegisterParams, version: str, X: pd.DataFrame, y: np.ndarray) -> dict[str, float]:
@@ -167,7 +210,7 @@ def score_version(reg: RegisterParams, version: str, X: pd.DataFrame, y: np.ndar
 
     Raises when the version does not load or prices any house with a non-finite value.
     """
-    model = mlflow.sklearn.load_model(f"models:/{reg.model_name}/{version}")
+    model = mlflow.pyfunc.load_model(f"models:/{reg.model_name}/{version}")
     pred = np.asarray(model.predict(X), dtype=float)
     if pred.shape != y.shape or not np.isfinite(pred).all():
         raise ValueError(f"{int((~np.isfinite(pred)).sum())} non-finite prices of {len(pred)}")
@@ -204,8 +247,17 @@ def challenge(
     if gain > reg.min_improvement_usd:
         return Decision("promote", version, f"better: {compared}", before, version, before_metrics, after_metrics,
                         trigger)  # fmt: skip
+    if gain >= 0 and gives_intervals(reg, version) and not gives_intervals(reg, str(champion.version)):
+        return Decision("promote", version, f"as accurate, and gives price intervals the champion lacks: {compared}",
+                        before, version, before_metrics, after_metrics, trigger)  # fmt: skip
     reason = f"not better: {compared} (needs more than {reg.min_improvement_usd:,.0f} USD lower)"
     return Decision("reject", version, reason, before, before, before_metrics, after_metrics, trigger)
+
+
+def gives_intervals(reg: RegisterParams, version: str) -> bool:
+    """Whether a registered version prices with intervals (its signature takes the interval parameters)."""
+    params = mlflow.models.get_model_info(f"models:/{reg.model_name}/{version}").signature.params
+    return params is not None and pyfunc_flavor.INTERVALS_PARAM in {param.name for param in params.params}
 
 
 def _below_floor(metrics: dict[str, Any], champion: ModelVersion | None, trigger: str) -> Decision:
@@ -249,7 +301,7 @@ def compile_champion(bento_tag: str, cache_dir: Path | None) -> Path | None:
     if cache_dir is None:
         return None
     bento_model = bentoml.models.get(bento_tag)
-    regressor = fitted_pipeline(mlflow.sklearn.load_model(bento_model.path_of(MLFLOW_MODEL_FOLDER)))[-1]
+    regressor = fitted_pipeline(load_mlflow_model(bento_model.path_of(MLFLOW_MODEL_FOLDER)))[-1]
     if not isinstance(regressor, LGBMModel):
         return None
     start = time.perf_counter()

@@ -23,6 +23,17 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
     }
 
 
+def interval_metrics(y_true: np.ndarray, bounds: np.ndarray) -> dict[str, float]:
+    """Share of prices inside their bounds (shape (n_samples, 2)), and the mean and median width in USD."""
+    width = bounds[:, 1] - bounds[:, 0]
+    inside = (bounds[:, 0] <= y_true) & (y_true <= bounds[:, 1])
+    return {
+        "coverage": float(inside.mean()),
+        "mean_width": float(width.mean()),
+        "median_width": float(np.median(width)),
+    }
+
+
 def is_better(metric: str, candidate: float, incumbent: float) -> bool:
     """Whether ``candidate`` beats ``incumbent`` on ``metric``."""
     return candidate > incumbent if GREATER_IS_BETTER[metric] else candidate < incumbent

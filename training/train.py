@@ -4,7 +4,9 @@ Each family gets a parent run with one child run per candidate (params, CV
 RMSE/MAE/R² in USD, fit time). The family's best candidate is refitted on the
 whole training split; its out-of-fold residuals, predicted-vs-actual plot and
 feature importances are logged on the parent run. The family with the best CV
-score wins and is saved to ``models/model.skops`` for the evaluate stage.
+score wins; its prices get conformal intervals calibrated on its out-of-fold
+predictions (housing.conformal), and it is saved to ``models/model.skops`` for
+the evaluate stage.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sklearn.base import BaseEstimator, clone
 from sklearn.model_selection import KFold
 
+from housing.conformal import ConformalRegressor
 from housing.params import Params, load_params
 from training import plots, tuning
 from training.estimators import build_model, expand_candidates, feature_importance, save_model
@@ -41,6 +44,8 @@ class FamilyResult:
     cv_metrics: dict[str, float]
     search_seconds: float
     model: BaseEstimator = field(repr=False)
+    # The best candidate's out-of-fold predictions (USD), shape (n_samples,): its calibration data.
+    oof_pred: np.ndarray = field(repr=False)
     # Every candidate tried: its params and CV RMSE ± std (USD), in the order tried.
     trials: list[dict[str, Any]] = field(default_factory=list)
 
@@ -100,6 +105,7 @@ def search_family(family: str, X: pd.DataFrame, y: pd.Series, params: Params, pr
             trials=[{"params": s.params, "rmse": s.metrics["rmse"], "rmse_std": s.metrics["rmse_std"]} for s in scores],
             search_seconds=time.perf_counter() - start,
             model=model,
+            oof_pred=best.oof_pred,
         )
 
 
@@ -155,7 +161,10 @@ def run(params: Params) -> dict[str, Any]:
         results = [search_family(family, X, y, params, progress) for family in params.train.families]
     scoring = params.train.scoring
     winner = results[best_index(scoring, [result.cv_metrics[scoring] for result in results])]
-    save_model(winner.model, params.train.model_path)
+    model = ConformalRegressor(
+        winner.model, params.intervals.coverage, params.intervals.scale_model, params.train.cv_folds, params.train.seed
+    ).fit(X, y, winner.oof_pred)
+    save_model(model, params.train.model_path)
     summary = {
         "scoring": scoring,
         "winner": winner.family,

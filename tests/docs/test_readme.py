@@ -20,7 +20,7 @@ def knobs(tree: dict, prefix: str = "") -> list[str]:
     names = []
     for key, value in tree.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict) and key not in ("families", "quality_floor", "max_missing_fraction"):
+        if isinstance(value, dict) and key not in ("families", "quality_floor", "max_missing_fraction", "scale_model"):
             names += knobs(value, f"{name}.")
         else:
             names.append(name)

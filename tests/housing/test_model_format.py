@@ -16,12 +16,12 @@ META = {
     "test_metrics": {"rmse": 41300.0},
     "cv_metrics": {"rmse": 41142.0},
     "feature_columns": ["longitude"],
-    "reference_profile": "extra_files/reference_profile.json",
+    "reference_profile": "data/model/reference_profile.json",
 }
 
 
-def test_extra_files_land_under_their_name() -> None:
-    assert extra_file(Path("models/reference_profile.json")) == "extra_files/reference_profile.json"
+def test_files_logged_beside_the_model_land_in_its_folder() -> None:
+    assert extra_file(Path("models/reference_profile.json")) == "data/model/reference_profile.json"
 
 
 def test_metadata_round_trips_and_names_every_key() -> None:

@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from housing.columns import FEATURE_COLUMNS
+from housing.model_format import load_model
 from tests.workspace import Workspace, make_workspace, small_params
-from training.estimators import load_model
 
 pytestmark = pytest.mark.integration
 
@@ -122,18 +122,25 @@ df = pd.read_csv("data/processed/test.csv").head(5)
 X = df.drop(columns="median_house_value")
 X.loc[1, "total_bedrooms"] = np.nan
 print(json.dumps({"pred": model.predict(X).tolist(),
+                  "bounds": model.predict(X, params={"intervals": True, "coverage": 0.8}).to_dict("list"),
                   "inputs": [c["name"] for c in model.metadata.get_input_schema().to_dict()]}))
 """
     out = json.loads(workspace.python(code))
     assert out["inputs"] == list(FEATURE_COLUMNS)
     assert len(out["pred"]) == 5
     assert all(10_000 < p < 800_000 for p in out["pred"])
-    expected = load_model(workspace.path / "models" / "model.skops").predict(
+    X = (
         pd.read_csv(workspace.path / "data" / "processed" / "test.csv")
         .head(5)
         .assign(total_bedrooms=lambda d: d["total_bedrooms"].where(d.index != 1))
     )
-    np.testing.assert_allclose(out["pred"], expected)
+    model = load_model(workspace.path / "models" / "model.skops")
+    np.testing.assert_allclose(out["pred"], model.predict(X))
+    # On request, the registered model answers the interval the trained one gives (here at 80%), price inside.
+    np.testing.assert_allclose(out["bounds"]["price_usd"], out["pred"])
+    lower, upper = model.predict_interval(X, 0.8).T
+    np.testing.assert_allclose([out["bounds"]["lower_usd"], out["bounds"]["upper_usd"]], [lower, upper])
+    assert (lower < np.asarray(out["pred"])).all()
 
 
 def test_bentoml_store_holds_the_champion(workspace: Workspace) -> None:

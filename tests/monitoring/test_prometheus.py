@@ -44,6 +44,10 @@ def test_alert_rules_unit_tests() -> None:
         'housing_model_info{model_name="housing-price-model"} == 1',
         'housing_accuracy_usd{metric="rmse"} > 0',
         "housing_feedback_houses >= 1",
+        # One house with feedback: its price is inside its interval or not.
+        "housing_interval_coverage == 0 or housing_interval_coverage == 1",
+        "housing_interval_feedback_houses == 1",
+        "housing_interval_nominal_coverage == 0.9",
     ],
 )
 def test_prometheus_scrapes_the_service(scraped: tuple[Server, str], promql: str) -> None:
@@ -57,6 +61,6 @@ def test_prometheus_loads_the_alert_rules(scraped: tuple[Server, str]) -> None:
     rules = {rule["name"]: rule for group in groups for rule in group["rules"]}
     assert set(rules) == {
         "HousingHighErrorRate", "HousingHighLatencyP99", "HousingDriftDetected",
-        "HousingAccuracyDegraded", "HousingNoTraffic", "HousingPredictionLogFailing",
+        "HousingAccuracyDegraded", "HousingIntervalCoverageLow", "HousingNoTraffic", "HousingPredictionLogFailing",
     }  # fmt: skip
     assert all(rule["health"] == "ok" for rule in rules.values())

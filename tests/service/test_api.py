@@ -37,6 +37,8 @@ def test_predict_one_house(client: TestClient, champion: dict) -> None:
     assert body["model_name"] == "housing-price-model"
     assert body["model_version"] == champion["version"]
     assert 50_000 < body["price_usd"] < 600_000
+    assert 0 <= body["lower_usd"] < body["price_usd"] < body["upper_usd"]
+    assert body["interval_coverage"] == 0.9
 
 
 def test_request_id_is_generated_or_replaced(client: TestClient) -> None:
@@ -117,7 +119,7 @@ def test_feedback_is_matched_to_its_prediction(client: TestClient, service_env: 
     assert wrong_index.status_code == 404
 
 
-def test_accuracy_against_feedback(client: TestClient, champion: dict) -> None:
+def test_accuracy_against_feedback(client: TestClient, champion: dict, service_env: dict) -> None:
     priced = client.post("/predict_batch", json=[EXAMPLE_HOUSE, {**EXAMPLE_HOUSE, "median_income": 3.0}]).json()
     for index, actual in enumerate((400_000.0, 150_000.0)):
         feedback = {"request_id": priced["request_id"], "index": index, "actual_price_usd": actual}
@@ -129,6 +131,15 @@ def test_accuracy_against_feedback(client: TestClient, champion: dict) -> None:
     (row,) = [r for r in rows if r["model_version"] == champion["version"]]
     assert row["mae"] > 0
     assert row["rmse"] >= row["mae"]
+    # Every logged price has its interval; coverage is the share of sale prices inside, as SQL over the log says.
+    with sqlite3.connect(service_env["HOUSING_PREDICTION_DB"]) as db:
+        logged = db.execute(
+            "SELECT COUNT(*), SUM(f.actual_price_usd BETWEEN p.lower_usd AND p.upper_usd) FROM feedback f "
+            "JOIN predictions p USING (request_id, idx) WHERE f.authenticated = 1 AND p.model_version = ?",
+            [champion["version"]],
+        ).fetchone()
+    assert (row["n_interval"], row["coverage"]) == (row["n"], pytest.approx(logged[1] / logged[0]))
+    assert row["n"] == logged[0]
     over_time = client.get("/accuracy", params={"bucket_s": 3600}).json()
     assert over_time["accuracy"][0]["bucket_start"] % 3600 == 0
     assert client.get("/accuracy", params={"bucket_s": 0}).status_code == 422
@@ -192,6 +203,27 @@ def test_model_info(client: TestClient, champion: dict) -> None:
     assert set(info["feature_schema"]["properties"]) == set(EXAMPLE_HOUSE)
 
 
+def test_model_card_is_the_served_version_s_with_the_registry_s_figures(client: TestClient, champion: dict) -> None:
+    card = client.get("/model/card").json()
+    assert card["model_details"]["version"] == champion["version"]
+    # champion["test"] holds the registered version's tags (6 significant figures).
+    for name, value in champion["test"].items():
+        assert card["metrics"]["test"][name] == pytest.approx(value, rel=1e-5)
+    assert (
+        card["metrics"]["intervals"]["nominal"]
+        == client.post("/predict", json=EXAMPLE_HOUSE).json()["interval_coverage"]
+    )
+    assert set(card["slices"]) == {"ocean_proximity", "income_band"}
+    markdown = client.get("/model/card?format=markdown")
+    assert markdown.headers["content-type"].startswith("text/markdown")
+    assert markdown.text.startswith(f"# Model card: {champion['model_name']} v{champion['version']}")
+    for section in ("Intended use", "Training data", "Quantitative analyses", "Ethical considerations"):
+        assert f"## {section}" in markdown.text
+    refused = client.get("/model/card?format=pdf")
+    assert refused.status_code == 422
+    assert "format" in refused.text
+
+
 def test_health_and_probes(client: TestClient, champion: dict) -> None:
     health = client.get("/health").json()
     assert health["status"] == "ok"
@@ -240,6 +272,20 @@ def test_service_prices_equal_mlflow_pyfunc(
     pyfunc = mlflow.pyfunc.load_model(f"models:/housing-price-model/{champion['version']}")
     assert served["model_version"] == champion["version"]
     np.testing.assert_allclose(served["prices_usd"], pyfunc.predict(rows), rtol=1e-10)
+    # The bounds too: the interval logic is part of the registered model.
+    bounds = pyfunc.predict(rows, params={"intervals": True})
+    np.testing.assert_allclose(served["lower_usd"], bounds["lower_usd"], rtol=1e-10)
+    np.testing.assert_allclose(served["upper_usd"], bounds["upper_usd"], rtol=1e-10)
+    assert served["interval_coverage"] == pyfunc.metadata.get_params_schema().to_dict()[1]["default"]
+    # /invocations keeps MLflow's answer unless asked, then answers as `mlflow models serve` would.
+    split = {"columns": list(rows.columns), "data": json.loads(rows.to_json(orient="values"))}
+    plain = client.post("/invocations", json={"dataframe_split": split}).json()
+    np.testing.assert_allclose(plain["predictions"], served["prices_usd"], rtol=1e-12)
+    asked = client.post("/invocations", json={"dataframe_split": split, "params": {"intervals": True, "coverage": 0.5}})
+    narrower = pyfunc.predict(rows, params={"intervals": True, "coverage": 0.5})
+    answered = pd.DataFrame(asked.json()["predictions"])[list(narrower.columns)]
+    np.testing.assert_allclose(answered.to_numpy(), narrower.to_numpy(), rtol=1e-10)
+    assert (narrower["upper_usd"] - narrower["lower_usd"] < bounds["upper_usd"] - bounds["lower_usd"]).all()
 
 
 def test_service_and_training_compute_the_same_features(test_rows: pd.DataFrame) -> None:

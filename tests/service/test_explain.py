@@ -101,7 +101,7 @@ def test_a_model_of_another_family_gets_409(
     linear = build_model({"model": "ridge", "alpha": 1.0}, params.features, "none", seed=0).fit(X_sample, y_sample)
     service = bentoml.get_current_service()
     served = dataclasses.replace(
-        service.model, estimator=linear, predictor=linear.predict, forest=None,
+        service.model, estimator=linear, predictor=linear.predict, forest=None, intervals=None,
         info=service.model.info.model_copy(update={"family": "linear"}),
     )  # fmt: skip
     monkeypatch.setattr(service, "model", served)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
@@ -16,13 +17,13 @@ from sklearn.base import BaseEstimator
 
 from housing.columns import FEATURE_COLUMNS, TARGET_COLUMN
 from housing.decisions import history, record
-from housing.model_format import PROFILE_TAG, TRUSTED_TYPES
+from housing.model_format import PROFILE_TAG
 from housing.params import Params, RegisterParams
 from housing.registry import champion_version, is_served, served_model
 from tests.conftest import tracking_store
 from training.champion import crown, rollback, rollback_target
-from training.estimators import build_model
-from training.register import NoChampionError, challenge, register
+from training.estimators import build_model, save_model
+from training.register import NoChampionError, challenge, log_model_file, register
 
 
 @pytest.fixture(scope="module")
@@ -55,19 +56,18 @@ def split(sample: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series, pd.DataFrame, 
 
 def log_version(reg: RegisterParams, model: BaseEstimator, rmse: float = 50_000.0, corrupt: bool = False) -> str:
     mlflow.set_experiment(reg.experiment)
-    with mlflow.start_run():
-        info = mlflow.sklearn.log_model(
-            model, name="model", registered_model_name=reg.model_name, skops_trusted_types=list(TRUSTED_TYPES)
-        )
+    with tempfile.TemporaryDirectory() as folder, mlflow.start_run():
+        save_model(model, Path(folder) / "model.skops")
+        info = log_model_file(Path(folder) / "model.skops", reg.model_name)
     if corrupt:  # a truncated upload: the serialized model is no longer readable
-        (model_file,) = Path(urlparse(mlflow.get_logged_model(info.model_id).artifact_location).path).glob("*.skops")
+        (model_file,) = Path(urlparse(mlflow.get_logged_model(info.model_id).artifact_location).path).rglob("*.skops")
         model_file.write_bytes(model_file.read_bytes()[:100])
     version = str(info.registered_model_version)
     client = MlflowClient()
     client.set_model_version_tag(reg.model_name, version, "test_rmse", str(rmse))
     client.set_model_version_tag(reg.model_name, version, "family", "test")
     client.set_model_version_tag(reg.model_name, version, "data_version", "abc")
-    client.set_model_version_tag(reg.model_name, version, PROFILE_TAG, "extra_files/reference_profile.json")
+    client.set_model_version_tag(reg.model_name, version, PROFILE_TAG, "data/model/reference_profile.json")
     return version
 
 

@@ -9,9 +9,9 @@ import pytest
 import skops.io as sio
 from sklearn.compose import TransformedTargetRegressor
 
-from housing.model_format import TRUSTED_TYPES
+from housing.model_format import TRUSTED_TYPES, load_model
 from housing.params import FamilyParams, Params
-from training.estimators import MODELS, build_model, expand_candidates, feature_importance, load_model, save_model
+from training.estimators import MODELS, build_model, expand_candidates, feature_importance, save_model
 from training.tuning import suggest
 
 SMALL = {

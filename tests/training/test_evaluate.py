@@ -2,7 +2,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from training.evaluate import render_report
+import numpy as np
+import pandas as pd
+
+from training.evaluate import render_report, slice_metrics
 
 
 def metrics(met: bool = True) -> dict:
@@ -37,3 +40,28 @@ def test_report_ranks_families_and_explains_the_winner() -> None:
 def test_report_flags_a_missed_floor() -> None:
     text = render_report(metrics(met=False), Path("reports/figures"), Path("reports/model_report.md"))
     assert "Quality floor **NOT met**." in text
+
+
+def test_slices_report_error_and_coverage_and_name_the_short_ones() -> None:
+    X = pd.DataFrame({"median_income": [1.0] * 4 + [7.0] * 400, "ocean_proximity": ["INLAND"] * 404})
+    y = np.full(404, 100_000.0)
+    pred = y + 1_000.0
+    # Every low-income price is outside its interval; 70% of the high-income ones are inside.
+    inside = np.r_[np.zeros(4, bool), np.arange(400) < 280]
+    bounds = np.column_stack([np.where(inside, 90_000.0, 120_000.0), np.full(404, 130_000.0)])
+    slices = slice_metrics(X, y, pred, bounds, [0.0, 1.5, 3.0, 4.5, 6.0])
+    assert slices["income_band"]["0-1.5"] == {"rows": 4, "rmse": 1_000.0, "mae": 1_000.0, "coverage": 0.0,
+                                               "mean_width": 10_000.0, "median_width": 10_000.0}  # fmt: skip
+    assert slices["income_band"]["6+"]["coverage"] == 0.7
+    assert slices["ocean_proximity"]["INLAND"]["rows"] == 404
+    text = render_report(
+        {**metrics(), "intervals": {"nominal": 0.9, "coverage": 0.69, "mean_width": 30_000.0, "median_width": 40_000.0},
+         "slices": slices},
+        Path("reports/figures"), Path("reports/model_report.md"),
+    )  # fmt: skip
+    assert "on the test split 69.0% of sale prices fell inside their interval" in text
+    assert "| income_band = 6+ | 400 | 1,000 | 1,000 | 70.0% | 31,000 |" in text
+    # Four houses cannot show a shortfall; four hundred can.
+    assert "**income_band = 0-1.5**: 0.0% covered, 90.0% below nominal, beyond its sampling margin of ±29%" in text
+    assert "**income_band = 6+**: 70.0% covered, 20.0% below nominal, beyond its sampling margin of ±3%" in text
+    assert "Not in the test split, so not measured: ocean_proximity = <1H OCEAN, ISLAND, NEAR BAY, NEAR OCEAN." in text

@@ -26,5 +26,5 @@ def test_version_tags_carry_metrics_data_version_and_the_profile() -> None:
         "cv_r2": "0.87",
         "family": "gradient_boosting",
         "data_version": "abc123",
-        "reference_profile": "extra_files/reference_profile.json",
+        "reference_profile": "data/model/reference_profile.json",
     }

@@ -14,6 +14,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from housing.model_card import CARD_FILE, ModelCard
+from housing.model_format import extra_file
 from housing.params import Params
 from tests.workspace import small_params
 from training import evaluate, register, train
@@ -67,6 +69,17 @@ def test_train_evaluate_register(small: Params) -> None:
     assert register.champion_available(small)
     assert registration["decision"]["action"] == "promote"
     assert registration["decision"]["reason"] == "first champion"
+    # The version's card travels in its model folder; its figures are the registry's, and it is the description.
+    folder = Path(mlflow.artifacts.download_artifacts(f"models:/housing-price-model/{version.version}"))
+    card = ModelCard.model_validate_json((folder / extra_file(CARD_FILE)).read_text())
+    for name in ("rmse", "mae", "r2"):
+        assert f"{card.metrics['test'][name]:.6g}" == version.tags[f"test_{name}"]
+    slices = {column: {value: figures.model_dump() for value, figures in values.items()}
+              for column, values in card.slices.items()}  # fmt: skip
+    assert slices == metrics["slices"]
+    assert card.metrics["intervals"] == metrics["intervals"]
+    assert version.description == card.with_version("housing-price-model", str(version.version)).to_markdown()
+    assert f"# Model card: housing-price-model v{version.version}" in version.description
     # Registering the same model again (the store kept the run) makes a new version, which is no
     # better than the champion it equals: refused, and the alias stays.
     again = register.register(small)

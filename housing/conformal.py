@@ -1,0 +1,155 @@
+"""Prices with intervals: normalised conformal prediction, calibrated on out-of-fold residuals.
+
+A price model is wrapped with a second, small model of how large its error is
+at each house (the *scale*, in USD). The interval is ``price ± q · scale``,
+where ``q`` is a quantile of the calibration scores ``|y - ŷ| / scale`` of
+houses the price model did not train on. Intervals are therefore wide where
+prices are hard to predict and narrow where they are not, and cover the nominal
+share of new houses as long as those resemble the calibration houses (the
+exchangeability assumption of conformal prediction).
+
+The calibration houses are the training split itself, priced out of fold by
+the cross-validation that chose the model (``ŷ`` of each house from a model
+that did not see it). The scale model is cross-fitted the same way, so no
+calibration score comes from a model that saw its house. This is the
+"cross-conformal" shortcut of Vovk (2015) and Lei et al. (2018, §5.2): MAPIE's
+normalised score needs a held-out calibration split, which would cost the price
+model a fifth of its training rows, and its CV+ intervals need every fold's
+model at serving time. Coverage on the untouched test split is reported by the
+evaluate stage.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from lightgbm import LGBMRegressor
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.model_selection import KFold
+from sklearn.utils.validation import check_is_fitted
+
+from housing.columns import CATEGORICAL_COLUMN, NUMERIC_COLUMNS, OCEAN_PROXIMITY_CATEGORIES
+from housing.features import Records, column, one_hot
+
+# The lowest scale, as a share of the typical absolute residual: a scale model that predicts almost no error
+# for some house must not give it a zero-width interval.
+SCALE_FLOOR_QUANTILE = 0.05
+
+
+class ConformalRegressor(RegressorMixin, BaseEstimator):
+    """A fitted price model and the normalised conformal intervals of its prices.
+
+    :meth:`predict` is the price model's own prediction, so the wrapper changes
+    no price; :meth:`predict_interval` adds the bounds.
+
+    Parameters
+    ----------
+    estimator : fitted regressor
+        Raw records (see housing.features) in, prices in USD out, shape (n_samples,).
+    coverage : float, default 0.9
+        Nominal share of new houses whose price falls inside the interval, when none is asked for.
+    scale_params : dict, optional
+        Parameters of the scale model (a LightGBM regressor of the absolute residual; LightGBM's defaults if None).
+    cv : int, default 5
+        Folds for cross-fitting the scale model on the calibration houses.
+    random_state : int, default 42
+        Seed of those folds and of the scale model.
+
+    Attributes
+    ----------
+    scale_ : LGBMRegressor
+        Predicts a house's absolute error in USD from its raw inputs and its price, fitted on every calibration
+        house. Raw inputs, not the price model's engineered features: as narrow intervals at the same coverage
+        (reports/model_search.md), for a fraction of a millisecond less per request.
+    scale_floor_ : float
+        The lowest scale used, in USD.
+    scores_ : ndarray of shape (n_calibration,)
+        Sorted calibration scores ``|y - ŷ| / scale`` (unitless).
+    """
+
+    def __init__(
+        self,
+        estimator: BaseEstimator,
+        coverage: float = 0.9,
+        scale_params: Mapping[str, Any] | None = None,
+        cv: int = 5,
+        random_state: int = 42,
+    ) -> None:
+        self.estimator = estimator
+        self.coverage = coverage
+        self.scale_params = scale_params
+        self.cv = cv
+        self.random_state = random_state
+
+    def fit(self, X: Records, y: Any, oof_pred: Any) -> ConformalRegressor:
+        """Calibrate on houses ``X`` (n_samples rows), their prices ``y`` and out-of-fold prices ``oof_pred`` (USD).
+
+        ``oof_pred`` must come from models that did not train on the house they
+        price (cross-validation's held-out predictions); ``estimator`` is not refitted.
+        """
+        y_true, oof = np.asarray(y, dtype=float).reshape(-1), np.asarray(oof_pred, dtype=float).reshape(-1)
+        if y_true.shape != oof.shape or not np.isfinite(oof).all():
+            raise ValueError(f"oof_pred: need {len(y_true)} finite out-of-fold prices, got shape {oof.shape}")
+        if not 0 < self.coverage < 1:
+            raise ValueError(f"coverage: must be between 0 and 1, got {self.coverage}")
+        inputs, error = self._scale_inputs(X, oof), np.abs(y_true - oof)
+        self.scale_floor_ = float(np.quantile(error, SCALE_FLOOR_QUANTILE))
+        held_scale = np.empty_like(error)
+        for train_idx, held_idx in KFold(self.cv, shuffle=True, random_state=self.random_state).split(inputs):
+            model = self._scale_model().fit(inputs[train_idx], error[train_idx])
+            held_scale[held_idx] = model.predict(inputs[held_idx])
+        self.scores_ = np.sort(error / np.maximum(held_scale, self.scale_floor_))
+        self.scale_ = self._scale_model().fit(inputs, error)
+        self.n_features_in_ = getattr(self.estimator, "n_features_in_", None)
+        return self
+
+    def predict(self, X: Records) -> np.ndarray:
+        """Prices in USD, shape (n_samples,): the price model's own."""
+        return np.asarray(self.estimator.predict(X), dtype=float)
+
+    def predict_interval(self, X: Records, coverage: float | None = None) -> np.ndarray:
+        """Lower and upper bounds in USD, shape (n_samples, 2), at ``coverage`` (default: :attr:`coverage`)."""
+        return self.interval(X, self.predict(X), coverage)
+
+    def interval(
+        self, X: Records, price: np.ndarray, coverage: float | None = None, num_threads: int = 0
+    ) -> np.ndarray:
+        """Bounds, shape (n_samples, 2), around ``price`` (the price model's prices of ``X``, USD).
+
+        For callers that computed the prices another way (a compiled forest): the
+        bounds need the price but not the price model. Lower bounds stop at 0 USD.
+        ``num_threads`` is the scale model's (0: LightGBM's default, every core).
+        """
+        half_width = self.quantile(coverage) * self.scale(X, price, num_threads)
+        return np.column_stack([np.maximum(price - half_width, 0.0), price + half_width])
+
+    def scale(self, X: Records, price: np.ndarray, num_threads: int = 0) -> np.ndarray:
+        """Each house's expected absolute error in USD, shape (n_samples,), at least :attr:`scale_floor_`."""
+        check_is_fitted(self, "scale_")
+        predicted = self.scale_.booster_.predict(self._scale_inputs(X, price), num_threads=num_threads)
+        return np.maximum(predicted, self.scale_floor_)
+
+    def quantile(self, coverage: float | None = None) -> float:
+        """The conformal quantile of the scores for ``coverage``: the ⌈(n+1)·coverage⌉-th smallest score.
+
+        Infinite when there are too few calibration houses to promise ``coverage``.
+        """
+        check_is_fitted(self, "scores_")
+        level = self.coverage if coverage is None else coverage
+        if not 0 < level < 1:
+            raise ValueError(f"coverage: must be between 0 and 1, got {level}")
+        rank = math.ceil((len(self.scores_) + 1) * level)
+        return float(self.scores_[rank - 1]) if rank <= len(self.scores_) else math.inf
+
+    @staticmethod
+    def _scale_inputs(X: Records, price: np.ndarray) -> np.ndarray:
+        """The scale model's inputs, shape (n_samples, 15): numeric inputs, ocean one-hot, price (USD)."""
+        numeric = [column(X, name) for name in NUMERIC_COLUMNS]
+        ocean = one_hot(X[CATEGORICAL_COLUMN], OCEAN_PROXIMITY_CATEGORIES)
+        return np.column_stack([*numeric, ocean, np.asarray(price, dtype=float).reshape(-1)])
+
+    def _scale_model(self) -> LGBMRegressor:
+        return LGBMRegressor(**(self.scale_params or {}), random_state=self.random_state, verbose=-1)

@@ -1,0 +1,116 @@
+"""A registered version's model card, after Mitchell et al., "Model Cards for Model Reporting" (FAT* 2019).
+
+The register stage writes the card (training.model_card) beside the model file,
+so it travels with the version into the registry, the BentoML store and the
+image; the registered version's description in MLflow is its Markdown. The
+service answers it at ``GET /model/card``. Its sections are the paper's nine:
+model details, intended use, factors, metrics, evaluation data, training data,
+quantitative analyses, ethical considerations, caveats and recommendations.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# The card's file in the model's folder (housing.model_format.extra_file gives its path in the MLflow model).
+CARD_FILE = "model_card.json"
+
+
+class SliceFigures(BaseModel):
+    """Error and interval figures of the test houses in one slice (USD; coverage is a share)."""
+
+    rows: int
+    rmse: float
+    mae: float
+    coverage: float | None = None
+    mean_width: float | None = None
+    median_width: float | None = None
+
+
+class ModelCard(BaseModel):
+    """What a version is, what it is for, how well it does, and where it should not be trusted.
+
+    Attributes
+    ----------
+    metrics : test figures (``rmse``, ``mae`` in USD, ``r2``), their CV means, and the intervals' coverage and widths.
+    slices : per slicing column (``ocean_proximity``, ``income_band``), each value's test figures.
+    """
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model_details: dict[str, Any]
+    intended_use: dict[str, list[str]]
+    factors: dict[str, list[str]]
+    metrics: dict[str, dict[str, float] | None]
+    evaluation_data: dict[str, Any]
+    training_data: dict[str, Any]
+    slices: dict[str, dict[str, SliceFigures]] = Field(description="Quantitative analyses: the figures per slice.")
+    ethical_considerations: list[str]
+    caveats_and_recommendations: list[str]
+
+    def with_version(self, name: str, version: str) -> ModelCard:
+        """The card naming the registered version it describes (the version is known only after registering)."""
+        return self.model_copy(update={"model_details": {**self.model_details, "name": name, "version": version}})
+
+    def to_markdown(self) -> str:
+        """The card as Markdown: the registered version's description in MLflow."""
+        details = self.model_details
+        title = f"# Model card: {details.get('name', 'unregistered model')} v{details.get('version', '?')}"
+        sections = [
+            title,
+            _section("Model details", _pairs(details)),
+            _section("Intended use", _lists(self.intended_use)),
+            _section("Factors", _lists(self.factors)),
+            _section("Metrics", _metrics(self.metrics)),
+            _section("Evaluation data", _pairs(self.evaluation_data)),
+            _section("Training data", _pairs(self.training_data)),
+            _section("Quantitative analyses", _slices(self.slices)),
+            _section("Ethical considerations", _bullets(self.ethical_considerations)),
+            _section("Caveats and recommendations", _bullets(self.caveats_and_recommendations)),
+        ]
+        return "\n\n".join(sections) + "\n"
+
+
+def _section(title: str, body: str) -> str:
+    return f"## {title}\n\n{body}"
+
+
+def _pairs(values: dict[str, Any]) -> str:
+    return "\n".join(f"- **{key.replace('_', ' ')}**: {value}" for key, value in values.items())
+
+
+def _bullets(items: list[str]) -> str:
+    return "\n".join(f"- {item}" for item in items)
+
+
+def _lists(groups: dict[str, list[str]]) -> str:
+    return "\n\n".join(f"**{name.replace('_', ' ')}**\n\n{_bullets(items)}" for name, items in groups.items())
+
+
+def _metrics(metrics: dict[str, dict[str, float] | None]) -> str:
+    lines = ["| figures | " + " | ".join(["RMSE (USD)", "MAE (USD)", "R²"]) + " |", "|---|---|---|---|"]
+    for name in ("test", "cv"):
+        figures = metrics.get(name) or {}
+        if figures:
+            lines.append(f"| {name} | {figures['rmse']:,.0f} | {figures['mae']:,.0f} | {figures['r2']:.4f} |")
+    intervals = metrics.get("intervals")
+    if intervals:
+        lines += [
+            "",
+            f"Price intervals at {intervals['nominal']:.0%} nominal coverage: {intervals['coverage']:.1%} of test "
+            f"prices inside; width mean {intervals['mean_width']:,.0f} USD, "
+            f"median {intervals['median_width']:,.0f} USD.",
+        ]
+    return "\n".join(lines)
+
+
+def _slices(slices: dict[str, dict[str, SliceFigures]]) -> str:
+    lines = ["| slice | houses | RMSE (USD) | MAE (USD) | coverage | mean width (USD) |", "|---|---|---|---|---|---|"]
+    for column, values in slices.items():
+        for value, f in values.items():
+            coverage = "" if f.coverage is None else f"{f.coverage:.1%}"
+            width = "" if f.mean_width is None else f"{f.mean_width:,.0f}"
+            lines.append(f"| {column} = {value} | {f.rows:,} | {f.rmse:,.0f} | {f.mae:,.0f} | {coverage} | {width} |")
+    return "\n".join(lines)
