@@ -1,4 +1,5 @@
-"""POST /explain and the explanation views, in process (real champion, real SQLite log, BentoML's own ASGI app)."""
+"""POST /explain and the explanation views, in process (real champion, real SQLite log, BentoML's own ASGI app),
+and the served model's explanations of a log-target forest (a unit test: `make test-fast` runs it)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sqlite3
 from pathlib import Path
 
 import bentoml
+import numpy as np
 import pandas as pd
 import pytest
 from starlette.testclient import TestClient
@@ -16,11 +18,10 @@ from starlette.testclient import TestClient
 from housing.columns import FEATURE_COLUMNS
 from housing.params import Params
 from load_tests.benchmark import request_records
-from service.api_models import EXAMPLE_HOUSE
+from service.api_models import EXAMPLE_HOUSE, ModelInfo
+from service.model import ServedModel, fast_predict, forest_runtime
 from service.prediction_log import short_id
 from training.estimators import build_model
-
-pytestmark = pytest.mark.integration
 
 
 def assert_sums_to_price(explanation: dict) -> None:
@@ -123,3 +124,22 @@ def test_the_document_describes_one_house_or_a_bounded_list(client: TestClient) 
     assert {"$ref": "#/components/schemas/House"} in forms
     (array,) = [form for form in forms if form.get("type") == "array"]
     assert (array["minItems"], array["maxItems"]) == (1, 500)
+
+
+def test_the_served_path_explains_a_log_target_forest(
+    params: Params, X_sample: pd.DataFrame, y_sample: pd.Series
+) -> None:
+    model = build_model({"model": "lightgbm", "n_estimators": 40}, params.features, "log", seed=0).fit(
+        X_sample, y_sample
+    )
+    forest = forest_runtime(model, None)
+    assert forest is not None
+    info = ModelInfo(model_name="m", model_version="1", run_id="r", bento_tag="m:1", family="gradient_boosting",
+                     data_version="d", test_metrics={}, cv_metrics={}, feature_schema={})  # fmt: skip
+    served = ServedModel(estimator=model, predictor=fast_predict(model, forest), info=info, reference={}, forest=forest)
+    houses = X_sample.head(100)
+    explanation = served.explain({name: houses[name].tolist() for name in houses.columns})
+    np.testing.assert_allclose(explanation.price_usd, model.predict(houses), rtol=1e-9)
+    total = explanation.base_usd + explanation.contributions_usd.sum(axis=1)
+    assert np.abs(total - explanation.price_usd).max() < 1.0
+    assert (explanation.base_usd > 10_000).all()  # the base in USD, not the forest's log-space score
