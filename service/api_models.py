@@ -19,8 +19,10 @@ from bentoml.exceptions import BentoMLException
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     RootModel,
+    Tag,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -29,6 +31,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError, from_json
 
 from housing.columns import FEATURE_COLUMNS, NUMERIC_BOUNDS, OCEAN_PROXIMITY_CATEGORIES, TARGET_BOUNDS
+from housing.explain import Explanation
 from housing.settings import settings
 
 OceanProximity = Literal["<1H OCEAN", "INLAND", "ISLAND", "NEAR BAY", "NEAR OCEAN"]
@@ -197,6 +200,53 @@ class BatchPrediction(ModelIdentity):
     interval_coverage: float | None = Field(default=None, description="Nominal coverage of the bounds (0.9: 90%).")
     count: int
     request_id: str
+
+
+def _house_or_houses(body: Any) -> str:
+    return "houses" if isinstance(body, list) else "house"
+
+
+class ExplainRequest(RootModel[Annotated[Annotated[House, Tag("house")] | Annotated[Houses, Tag("houses")],
+                                         Discriminator(_house_or_houses)]]):  # fmt: skip
+    """One house, or a JSON array of houses (up to ``HOUSING_MAX_BATCH_SIZE``).
+
+    A JSON array is validated as a list and anything else as a house, so an error
+    names the field (``house.latitude``, ``houses.2.latitude``) and not every form it failed.
+    """
+
+    model_config = ConfigDict(json_schema_extra={"example": EXAMPLE_HOUSE})
+
+    def houses(self) -> list[House]:
+        return self.root if isinstance(self.root, list) else [self.root]
+
+
+class HouseExplanation(BaseModel):
+    price_usd: float = Field(description="The price /predict gives this house, USD.")
+    base_usd: float = Field(description="The model's base value: its average price over the training data, USD.")
+    contributions_usd: dict[str, float] = Field(
+        description="Each raw input's contribution to the price, USD: base_usd plus their sum is price_usd "
+        "(within 1 USD). Engineered features count for the inputs they are computed from, in equal shares."
+    )
+
+
+class Explanations(ModelIdentity):
+    explanations: list[HouseExplanation] = Field(description="One per house, in request order.")
+    count: int
+    request_id: str
+
+
+def house_explanations(explanation: Explanation) -> list[HouseExplanation]:
+    """The response's form of ``explanation`` (housing.explain): one object per house."""
+    inputs = explanation.inputs
+    return [
+        HouseExplanation(price_usd=price, base_usd=base, contributions_usd=dict(zip(inputs, values, strict=True)))
+        for price, base, values in zip(
+            explanation.price_usd.tolist(),
+            explanation.base_usd.tolist(),
+            explanation.contributions_usd.tolist(),
+            strict=True,
+        )
+    ]
 
 
 class DataFrameSplit(BaseModel):

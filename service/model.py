@@ -18,6 +18,7 @@ from sklearn.pipeline import Pipeline
 
 from housing.compiled_forest import ForestRuntime
 from housing.conformal import ConformalRegressor
+from housing.explain import Explanation, explain_forest
 from housing.model_card import CARD_FILE, ModelCard
 from housing.model_format import (
     MLFLOW_MODEL_FOLDER,
@@ -87,6 +88,31 @@ class ServedModel:
     def _threads(self, columns: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
         rows = len(next(iter(columns.values())))
         return self.parallel if rows >= PARALLEL_ROWS else {}
+
+    def explain(self, columns: Mapping[str, Sequence[Any]]) -> Explanation:
+        """Each raw input's contribution (USD) to the prices :meth:`predict` gives these houses (housing.explain).
+
+        The prices come from :meth:`predict` itself, the exact TreeSHAP values from the forest's
+        LightGBM booster. Raises :class:`NotExplainableError` for a model of another family.
+        """
+        if self.forest is None:
+            raise NotExplainableError(not_explainable(self))
+        pipeline = fitted_pipeline(self.estimator)
+        sources = pipeline.named_steps["features"].get_feature_sources_out()
+        features, prices = _features(pipeline, columns), self.predict(columns)
+        return explain_forest(self.forest.booster, features, sources, prices, target_inverse(self.estimator))
+
+
+class NotExplainableError(ValueError):
+    """The served model has no exact per-input explanation (only LightGBM forests do)."""
+
+
+def not_explainable(model: ServedModel) -> str:
+    """Why ``model`` cannot explain its prices: the error a client gets."""
+    return (
+        f"model: explanations need a LightGBM model; the served model {model.info.model_name} "
+        f"v{model.info.model_version} is of the {model.info.family or 'unknown'} family"
+    )
 
 
 def load_served_model(bento_model: bentoml.Model, compiled_dir: Path | None = None) -> ServedModel:

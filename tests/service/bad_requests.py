@@ -85,6 +85,12 @@ BAD_REQUESTS = [
     BadRequest("invocations: empty split", "/invocations", _json({"dataframe_split": {"columns": [], "data": [[]] * 300}}), 400, "dataframe_records", "missing"),
     BadRequest("invocations: more rows than a batch", "/invocations", _json({"dataframe_split": {"columns": [], "data": [[]] * 3000}}), 413, "dataframe_split.data", "at most 500 houses"),
     BadRequest("not JSON", "/predict", b"longitude=1", 400, "", "json_invalid"),
+    BadRequest("explain: bad field", "/explain", _json(house(latitude=48.85)), 400, "latitude", "less_than_equal"),
+    BadRequest("explain: unknown field", "/explain", _json(house(owner="me")), 400, "owner", "extra_forbidden"),
+    BadRequest("explain: bad house in a list", "/explain", _json([house(), house(households=0.0)]), 400, "households", "greater_than_equal"),
+    BadRequest("explain: empty list", "/explain", b"[]", 400, "houses", "too_short"),
+    BadRequest("explain: string body", "/explain", _json("house"), 400, "", "model_type"),
+    BadRequest("explain: more houses than a batch", "/explain", _json([house()] * 501), 413, "houses", "at most 500 houses"),
 ]  # fmt: skip
 
 
