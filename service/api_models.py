@@ -399,6 +399,9 @@ class ModelInfo(ModelIdentity):
     test_metrics: dict[str, float]
     cv_metrics: dict[str, float]
     feature_schema: dict[str, Any] = Field(description="JSON schema of one house.")
+    interval_coverage: float | None = Field(
+        default=None, description="Nominal coverage of the price intervals; null for a model without them."
+    )
 
 
 class Health(BaseModel):
@@ -414,6 +417,8 @@ class Health(BaseModel):
                 "prediction_log_write_failures": 0,
                 "model_runtime": "lleaves",
                 "model_runtime_problem": None,
+                "interval_runtime": "lleaves",
+                "interval_runtime_problem": None,
             }
         },
     )
@@ -429,6 +434,12 @@ class Health(BaseModel):
         "compiling, or when compiled code is missing or unusable) or the model's own predict (other families)."
     )
     model_runtime_problem: str | None = Field(description="Why compiled code is not serving, if it is not.")
+    interval_runtime: Literal["lleaves", "lightgbm"] | None = Field(
+        default=None, description="What computes the intervals' scale model (null: a model without intervals)."
+    )
+    interval_runtime_problem: str | None = Field(
+        default=None, description="Why compiled code is not serving the scale model, if it is not."
+    )
     model_errors: list[str] = Field(
         default_factory=list,
         description="Why a worker of this replica still serves its old model (a reload or the registry's champion "

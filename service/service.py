@@ -317,8 +317,8 @@ class HousePricer:
                                                                          *columns.values(), strict=True))
             ],
         )  # fmt: skip
-        if coverage is not None and intervals is not None:
-            intervals = model.intervals.interval(columns, prices, coverage)  # type: ignore[union-attr]
+        if coverage is not None and model.intervals is not None:
+            intervals = model.intervals.bounds(prices, model.scale(columns, prices), coverage)
         state.update(model_version=version, records=len(houses))
         prometheus_metrics.PRICED_HOUSES.labels(endpoint, version).inc(len(houses))
         prometheus_metrics.BATCH_SIZE.labels(endpoint).observe(len(houses))

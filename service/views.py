@@ -203,4 +203,6 @@ def health() -> Health:
         prediction_log_write_failures=service.log.write_failures,
         model_runtime=forest.runtime if (forest := service.model.forest) else "scikit-learn",
         model_runtime_problem=forest.problem if forest else None,
+        interval_runtime=scale.runtime if (scale := service.model.scale_forest) else None,
+        interval_runtime_problem=scale.problem if scale else None,
     )

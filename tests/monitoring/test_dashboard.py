@@ -36,6 +36,9 @@ def test_dashboard_shows_the_api_numbers_and_refreshes(scraped: tuple[Server, st
         accuracy = api.get("/accuracy").json()["accuracy"]
         cells = page.locator("#accuracy tr").nth(1).locator("td").all_text_contents()
         assert cells[:2] == [f"v{accuracy[0]['model_version']}", str(accuracy[0]["n"])]
+        coverage = f"{accuracy[0]['coverage'] * 100:.1f}% of {accuracy[0]['n_interval']}"
+        assert cells[4] == coverage
+        assert "interval coverage (90.0% promised)" in page.locator("#accuracy tr").first.inner_text()
         hourly = api.get("/accuracy", params={"bucket_s": 3600}).json()["accuracy"]
         assert page.locator("#accuracy-hourly tr").count() == min(len(hourly), 12) + 1
         stats = api.get("/stats").json()
