@@ -50,8 +50,9 @@ def test_a_short_load_run_passes_and_ends_cleanly(
         rows = {row["Name"]: row for row in csv.DictReader(file)}
     assert set(rows) == ENDPOINTS | {"Aggregated"}
     assert all(int(row["Request Count"]) > 0 and row["Failure Count"] == "0" for row in rows.values()), rows
-    with (tmp_path / "locust_failures.csv").open() as file:
-        assert list(csv.DictReader(file)) == []
+    for empty in ("locust_failures.csv", "locust_exceptions.csv"):
+        with (tmp_path / empty).open() as file:
+            assert list(csv.DictReader(file)) == [], empty
     html = (tmp_path / "locust.html").read_text()
     assert all(name in html for name in ENDPOINTS)
     assert scraped[0].process.poll() is None
