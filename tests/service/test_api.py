@@ -21,6 +21,7 @@ from load_tests.benchmark import request_records
 from service.api_models import EXAMPLE_HOUSE, House, columns_of
 from service.middleware import MAX_ERROR_BYTES, MAX_ERRORS, capped_error
 from service.model import load_served_model
+from tests.docs.readme import request_log_fields
 from tests.service.bad_requests import BAD_REQUESTS, BadRequest, error_text
 from tests.service.conftest import ADMIN, FEEDBACK
 from tests.workspace import Workspace
@@ -191,6 +192,10 @@ def test_json_request_log(client: TestClient, service_env: dict) -> None:
     assert ok["latency_ms"] > 0
     assert ok["ts"].endswith("Z")
     assert bad["status"] == 400
+    # Exactly the fields the README documents: every line's, and those of a line that priced houses.
+    every, priced = request_log_fields()
+    assert set(ok) == every | priced
+    assert set(bad) == every
 
 
 def test_model_info(client: TestClient, champion: dict) -> None:
