@@ -1,8 +1,7 @@
 """`make load`'s run (load_tests/run_load.py and its locustfile), short and headless, against a real service.
 
 It drives the monitoring tests' service (conftest.scraped) rather than starting one: a `bentoml serve` costs more
-than the whole run. Its traffic includes feedback, which moves the interval-coverage figures the Prometheus tests
-pin, so this module must stay the last user of that service (pytest runs a folder's modules by name).
+than the whole run. The other tests of that service check figures that more traffic and feedback only add to.
 """
 
 from __future__ import annotations
