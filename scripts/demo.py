@@ -29,6 +29,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from housing.columns import NUMERIC_BOUNDS, TARGET_COLUMN
 from load_tests.benchmark import BIN, FEEDBACK_AUTH, ROOT, free_port, request_records, serve_bentoml, stop, wait_ready
 
+# The admin token of the demo's throwaway server on loopback (the video reloads its workers).
+LOCAL_ADMIN_TOKEN = "local-admin-token"  # noqa: S105  # nosec B105
+ADMIN_AUTH = {"Authorization": f"Bearer {LOCAL_ADMIN_TOKEN}"}
+
 MODEL_NAME = "housing-price-model"
 TEST_CSV = ROOT / "data" / "processed" / "test.csv"
 RULE = "━" * 78
@@ -120,7 +124,7 @@ class Walkthrough:
     def steps(self) -> list[tuple[str, Callable[[Transcript], None]]]:
         return [
             ("Serve: bentoml serve service.service:HousePricer", self.serve),
-            ("Price one house: POST /predict", self.predict),
+            ("Price one house: POST /predict, with its interval", self.predict),
             (f"Price a batch of {BATCH} houses: POST /predict_batch", self.predict_batch),
             ("MLflow's scoring protocol: POST /invocations", self.invocations),
             ("Bad input: a 400 naming the field and the rule", self.bad_input),
@@ -148,9 +152,12 @@ class Walkthrough:
         response = out.call(self.client, "POST", "/predict", body, headers={"X-Request-ID": "demo-predict-1"})
         self.priced = expect(response)
         check(self.priced["request_id"] == "demo-predict-1", "the request id was not echoed")
-        check(self.priced["price_usd"] > 0, "the price is not positive")
+        price, low, high = (self.priced[key] for key in ("price_usd", "lower_usd", "upper_usd"))
+        check(0 < low <= price <= high, f"the price {price:,.0f} is not within its bounds {low:,.0f} to {high:,.0f}")
         self.houses_priced += 1
-        out.say(f"✓ {self.priced['price_usd']:,.0f} USD; the census says {house[TARGET_COLUMN]:,.0f} USD")
+        coverage = self.priced["interval_coverage"]
+        out.say(f"✓ {price:,.0f} USD, between {low:,.0f} and {high:,.0f} USD for {coverage:.0%} of houses like it")
+        out.say(f"  the census says {house[TARGET_COLUMN]:,.0f} USD")
 
     def predict_batch(self, out: Transcript) -> None:
         self.batch = expect(out.call(self.client, "POST", "/predict_batch", self.records(self.houses)))
@@ -295,7 +302,7 @@ def step(title: str, number: int, action: Callable[[Transcript], Any], on_step: 
 def serving(workdir: Path) -> Iterator[str]:
     """The real `bentoml serve` on a free port, stopped however the walkthrough ends."""
     port = free_port()
-    server = serve_bentoml(port, workdir)
+    server = serve_bentoml(port, workdir, HOUSING_ADMIN_TOKEN=LOCAL_ADMIN_TOKEN)
     url = f"http://127.0.0.1:{port}"
     try:
         print(f"\nstarting bentoml serve on port {port} …", flush=True)
