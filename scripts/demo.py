@@ -1,7 +1,8 @@
 """`make demo`: a scripted walkthrough of the whole system on the real data.
 
 `make demo` first runs the pipeline (`make pipeline`: `dvc repro` and the registry check),
-then this script shows that the pipeline is up to date and what it registered, starts
+then this script runs `dvc repro` again (stages whose inputs did not change are skipped), shows
+that the pipeline is up to date and what it registered, starts
 the real `bentoml serve` on a free port and walks through the API: one prediction, a
 batch, MLflow's /invocations, bad input, feedback, drift (endpoint and CLI), /metrics,
 the dashboard and /model. Each step prints its request and a trimmed response and
@@ -12,6 +13,7 @@ exit status 1. The server is always stopped.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -96,7 +98,11 @@ def expect(response: httpx.Response, status: int = 200) -> Any:
 def run_command(out: Transcript, *args: str) -> subprocess.CompletedProcess[str]:
     """Run a project command from the repository root and print it with its output."""
     out.say("$ " + " ".join(args))
-    result = subprocess.run([str(BIN / args[0]), *args[1:]], cwd=ROOT, capture_output=True, text=True, check=False)
+    # The venv's tools first on PATH: DVC's stages run `python -m ...`, as under make.
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    result = subprocess.run(
+        [str(BIN / args[0]), *args[1:]], cwd=ROOT, env=env, capture_output=True, text=True, check=False
+    )
     for line in (result.stdout + result.stderr).strip().splitlines()[-12:]:
         out.say(f"  {line}")
     out.say(f"  (exit status {result.returncode})")
@@ -269,7 +275,9 @@ class Walkthrough:
 
 
 def pipeline(out: Transcript) -> str:
-    """Show that the pipeline is up to date and what it registered; returns the champion's version."""
+    """Run the pipeline (each stage skipped when its inputs did not change), show that it is up to date and what
+    it registered; returns the champion's version."""
+    check(run_command(out, "dvc", "repro").returncode == 0, "dvc repro failed")
     result = run_command(out, "dvc", "status", "--json")
     check(result.returncode == 0, "dvc status failed")
     # A stage marked always_changed (its input lives outside DVC) is never reported up to date.
@@ -298,11 +306,26 @@ def step(title: str, number: int, action: Callable[[Transcript], Any], on_step: 
     return result
 
 
+def private_home(workdir: Path) -> str:
+    """A BentoML home of the demo's own that sees the user's model store.
+
+    Every `bentoml serve` empties its home's prometheus_multiproc_dir when it starts: another server started
+    from the user's home during the demo would wipe the demo's counters (and the demo would wipe its).
+    """
+    user = Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml"))
+    home = workdir / "bentoml-home"
+    home.mkdir(exist_ok=True)
+    for store in ("models", "bentos"):
+        if not (home / store).exists():
+            (home / store).symlink_to(user / store, target_is_directory=True)
+    return str(home)
+
+
 @contextmanager
 def serving(workdir: Path) -> Iterator[str]:
     """The real `bentoml serve` on a free port, stopped however the walkthrough ends."""
     port = free_port()
-    server = serve_bentoml(port, workdir, HOUSING_ADMIN_TOKEN=LOCAL_ADMIN_TOKEN)
+    server = serve_bentoml(port, workdir, BENTOML_HOME=private_home(workdir), HOUSING_ADMIN_TOKEN=LOCAL_ADMIN_TOKEN)
     url = f"http://127.0.0.1:{port}"
     try:
         print(f"\nstarting bentoml serve on port {port} …", flush=True)

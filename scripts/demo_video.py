@@ -302,7 +302,7 @@ def container(out: Transcript) -> Iterator[str]:
     for path in ("bentos", "models", "envs", "tmp", "prometheus_multiproc_dir"):
         command += ["--tmpfs", f"{home}/{path}:size=256m"]
     command += ["--tmpfs", "/tmp:size=256m", IMAGE]  # noqa: S108  # nosec B108
-    out.say("$ " + " ".join(command))
+    out.say("$ podman " + " ".join(command[1:]))
     started = time.monotonic()
     subprocess.run(command, env=engine_env(), capture_output=True, text=True, check=True, timeout=120)
     url = f"http://127.0.0.1:{port}"
@@ -315,6 +315,7 @@ def container(out: Transcript) -> Iterator[str]:
         yield url
     finally:
         subprocess.run([podman, "rm", "-f", name], env=engine_env(), capture_output=True, check=False)
+        shutil.rmtree(volume, ignore_errors=True)
 
 
 def ready(url: str) -> bool:
@@ -521,12 +522,12 @@ class Recording:
     def container(self) -> None:
         self.frames.scene(
             "The same service in a container. The image that make image built starts with a read only root "
-            "file system, no capabilities, as a user who is not root, and answers ready within seconds."
+            "file system, no capabilities, as a user who is not root, and its readiness probe says when it serves."
         )
         out = Transcript("The image starting")
         with container(out) as url:
             health = httpx.get(f"{url}/health", timeout=30).json()
-            out.say(f"$ GET /health\n→ 200  {health}")
+            out.say(f"$ GET /health\n→ 200  {json.dumps(health)}")
             check(health["status"] == "ok", f"the container's health is {health['status']}")
             out.say(f"✓ the container serves {MODEL_NAME} v{health['model_version']}")
         self.frames.text(f"The container: {IMAGE} under podman", "make image builds it; /readyz says it serves",
