@@ -438,10 +438,11 @@ class Recording:
         with prometheus_ui(service_url, self.workdir) as url:
             pending = wait_query(url, 'ALERTS{alertname="HousingDriftDetected",alertstate="pending"}')
             check(bool(pending), "the drift alert is not pending")
-            self.frames.screenshot(f"{url}/alerts", "Prometheus: the project's alert rules (monitoring/alerts.yml)",
+            # Debian's Prometheus (make tools) ships the classic UI only, under /classic.
+            self.frames.screenshot(f"{url}/classic/alerts", "Prometheus: the alert rules of monitoring/alerts.yml",
                                    "HousingDriftDetected is pending: the service flags drift",
                                    ready=showing("HousingDriftDetected"))  # fmt: skip
-            self.frames.screenshot(f"{url}/graph?g0.expr=sum%20by%20(instance)%20(housing_predictions_total)"
+            self.frames.screenshot(f"{url}/classic/graph?g0.expr=sum%20by%20(instance)%20(housing_predictions_total)"
                                    "&g0.tab=0&g0.range_input=5m", "Prometheus: houses priced",
                                    "housing_predictions_total, scraped from the service every second",
                                    ready=showing("housing_predictions_total"))  # fmt: skip
@@ -476,7 +477,7 @@ class Recording:
                          "Version")  # fmt: skip
         self.mlflow_page(f"models/{MODEL_NAME}/versions/{champion}",
                          f"MLflow registry: version {champion} is @champion, its description the model card",
-                         "the version the service loads from the BentoML store", "champion")  # fmt: skip
+                         "the version the service loads from the BentoML store", "Model card:")  # fmt: skip
 
     def mlflow_page(self, route: str, title: str, subtitle: str, text: str) -> None:
         # MLflow's UI keeps polling, so the page never goes idle: wait for what it must show.
