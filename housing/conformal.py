@@ -95,7 +95,7 @@ class ConformalRegressor(RegressorMixin, BaseEstimator):
             raise ValueError(f"oof_pred: need {len(y_true)} finite out-of-fold prices, got shape {oof.shape}")
         if not 0 < self.coverage < 1:
             raise ValueError(f"coverage: must be between 0 and 1, got {self.coverage}")
-        inputs, error = self._scale_inputs(X, oof), np.abs(y_true - oof)
+        inputs, error = self.scale_inputs(X, oof), np.abs(y_true - oof)
         self.scale_floor_ = float(np.quantile(error, SCALE_FLOOR_QUANTILE))
         held_scale = np.empty_like(error)
         for train_idx, held_idx in KFold(self.cv, shuffle=True, random_state=self.random_state).split(inputs):
@@ -120,17 +120,19 @@ class ConformalRegressor(RegressorMixin, BaseEstimator):
         """Bounds, shape (n_samples, 2), around ``price`` (the price model's prices of ``X``, USD).
 
         For callers that computed the prices another way (a compiled forest): the
-        bounds need the price but not the price model. Lower bounds stop at 0 USD.
-        ``num_threads`` is the scale model's (0: LightGBM's default, every core).
+        bounds need the price but not the price model. ``num_threads`` is the scale
+        model's (0: LightGBM's default, every core).
         """
-        half_width = self.quantile(coverage) * self.scale(X, price, num_threads)
-        return np.column_stack([np.maximum(price - half_width, 0.0), price + half_width])
+        scale = self.scale_.booster_.predict(self.scale_inputs(X, price), num_threads=num_threads)
+        return self.bounds(price, np.asarray(scale, dtype=float), coverage)
 
-    def scale(self, X: Records, price: np.ndarray, num_threads: int = 0) -> np.ndarray:
-        """Each house's expected absolute error in USD, shape (n_samples,), at least :attr:`scale_floor_`."""
-        check_is_fitted(self, "scale_")
-        predicted = self.scale_.booster_.predict(self._scale_inputs(X, price), num_threads=num_threads)
-        return np.maximum(predicted, self.scale_floor_)
+    def bounds(self, price: np.ndarray, scale: np.ndarray, coverage: float | None = None) -> np.ndarray:
+        """Bounds, shape (n_samples, 2), from prices and the scale model's raw output (USD, shape (n_samples,)).
+
+        The scale is floored at :attr:`scale_floor_`; lower bounds stop at 0 USD.
+        """
+        half_width = self.quantile(coverage) * np.maximum(scale, self.scale_floor_)
+        return np.column_stack([np.maximum(price - half_width, 0.0), price + half_width])
 
     def quantile(self, coverage: float | None = None) -> float:
         """The conformal quantile of the scores for ``coverage``: the ⌈(n+1)·coverage⌉-th smallest score.
@@ -145,7 +147,7 @@ class ConformalRegressor(RegressorMixin, BaseEstimator):
         return float(self.scores_[rank - 1]) if rank <= len(self.scores_) else math.inf
 
     @staticmethod
-    def _scale_inputs(X: Records, price: np.ndarray) -> np.ndarray:
+    def scale_inputs(X: Records, price: np.ndarray) -> np.ndarray:
         """The scale model's inputs, shape (n_samples, 15): numeric inputs, ocean one-hot, price (USD)."""
         numeric = [column(X, name) for name in NUMERIC_COLUMNS]
         ocean = one_hot(X[CATEGORICAL_COLUMN], OCEAN_PROXIMITY_CATEGORIES)

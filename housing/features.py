@@ -120,20 +120,34 @@ class FeatureEngineer(TransformerMixin, BaseEstimator):
         return np.column_stack([*numeric, one_hot(X[CATEGORICAL_COLUMN], OCEAN_PROXIMITY_CATEGORIES)])
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
-        names = [
-            *NUMERIC_COLUMNS,
-            "log_median_income",
-            "rooms_per_household",
-            "bedrooms_per_room",
-            "population_per_household",
-            "log_population",
-            "log_households",
-            *(f"km_to_{city}" for city in CITY_CENTRES),
-            "km_to_nearest_city",
-            *(f"rot{deg:g}_{axis}" for deg in ROTATIONS_DEG for axis in ("x", "y")),
-            *(f"ocean_proximity_{c}" for c in OCEAN_PROXIMITY_CATEGORIES),
+        return np.asarray([name for name, _ in self._outputs()], dtype=object)
+
+    def get_feature_sources_out(self) -> list[tuple[str, ...]]:
+        """The raw columns each output feature is computed from, parallel to :meth:`get_feature_names_out`.
+
+        A missing ``total_bedrooms`` is imputed from ``total_rooms``, yet the
+        feature stays credited to ``total_bedrooms``: the mapping is per feature,
+        not per house, and it is that input's value (or absence) that is explained.
+        """
+        return [sources for _, sources in self._outputs()]
+
+    @staticmethod
+    def _outputs() -> list[tuple[str, tuple[str, ...]]]:
+        """(name, raw source columns) of each output column, in :meth:`transform`'s order: one list for both."""
+        location = ("longitude", "latitude")
+        return [
+            *((name, (name,)) for name in NUMERIC_COLUMNS),
+            ("log_median_income", ("median_income",)),
+            ("rooms_per_household", ("total_rooms", "households")),
+            ("bedrooms_per_room", ("total_bedrooms", "total_rooms")),
+            ("population_per_household", ("population", "households")),
+            ("log_population", ("population",)),
+            ("log_households", ("households",)),
+            *((f"km_to_{city}", location) for city in CITY_CENTRES),
+            ("km_to_nearest_city", location),
+            *((f"rot{deg:g}_{axis}", location) for deg in ROTATIONS_DEG for axis in ("x", "y")),
+            *((f"ocean_proximity_{c}", (CATEGORICAL_COLUMN,)) for c in OCEAN_PROXIMITY_CATEGORIES),
         ]
-        return np.asarray(names, dtype=object)
 
 
 class NeighbourFeatures(TransformerMixin, BaseEstimator):
@@ -199,6 +213,16 @@ class NeighbourFeatures(TransformerMixin, BaseEstimator):
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         names = [f"neighbours{k}_{stat}" for k in self.n_neighbors for stat in ("target", "income")]
         return np.asarray([*names, "km_to_nearest_neighbour", "income_vs_neighbours"], dtype=object)
+
+    def get_feature_sources_out(self) -> list[tuple[str, ...]]:
+        """The raw columns each output feature is computed from, parallel to :meth:`get_feature_names_out`.
+
+        Which block groups are the neighbours depends on the location alone, so
+        their mean target and mean income come from ``longitude`` and ``latitude``;
+        ``income_vs_neighbours`` divides the house's own ``median_income`` by theirs.
+        """
+        location = ("longitude", "latitude")
+        return [*[location] * (2 * len(self.n_neighbors)), location, ("median_income", *location)]
 
     def _lookup(
         self,
@@ -272,3 +296,8 @@ class HousingFeatures(TransformerMixin, BaseEstimator):
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         check_is_fitted(self, "neighbours_")
         return np.concatenate([self.engineer_.get_feature_names_out(), self.neighbours_.get_feature_names_out()])
+
+    def get_feature_sources_out(self) -> list[tuple[str, ...]]:
+        """The raw columns each output feature is computed from, parallel to :meth:`get_feature_names_out`."""
+        check_is_fitted(self, "neighbours_")
+        return [*self.engineer_.get_feature_sources_out(), *self.neighbours_.get_feature_sources_out()]

@@ -8,7 +8,9 @@ Measures, on this machine and in this order:
      in rounds that alternate with (2) so both see the same machine,
   5. (1) to (3) again on the same service with its forest on LightGBM's booster instead of compiled
      code (HOUSING_COMPILED_DIR empty): what compiling the forest buys, in the same run,
-and writes reports/benchmark.json plus the table between the markers in README.md.
+  6. the latency of explaining one house (POST /explain) at concurrency 1, and of (1) right after it,
+and writes reports/benchmark.json plus the table between the markers in README.md. ``--explain-only``
+measures (6) alone on one service and prints it (no files written).
 
 MLflow runs twice: as `pip install mlflow` ships it (uvicorn on asyncio and h11: MLflow does not
 install uvloop or httptools), which is the baseline of the throughput target, and with the uvloop and
@@ -48,6 +50,7 @@ TARGETS = {
     "p99_32_ms": 50.0,
     "batch_10k_ms": 100.0,
     "invalid_vs_batch": 1.0,
+    "explain_p50_ms": 5.0,
 }
 # Targets met from above (ratios); the others are ceilings.
 AT_LEAST = {"throughput_ratio", "throughput_vs_booster"}
@@ -245,6 +248,33 @@ def serve_mlflow(port: int, workers: int, workdir: Path, stock: bool = True) -> 
     )  # fmt: skip
 
 
+def explain_latency(url: str, one: dict[str, Any], seconds: int, workdir: Path) -> dict[str, Any]:
+    """Explaining one house at concurrency 1 (wrk on POST /explain) after a short warm-up, then predicting its
+    price the same way: the two side by side, with the 1-minute load average (the machine may be shared)."""
+    load = os.getloadavg()[0]
+    wrk(f"{url}/explain", json.dumps(one), 2, 2, workdir)
+    explained = wrk(f"{url}/explain", json.dumps(one), 1, seconds, workdir)
+    predicted = wrk(f"{url}/predict", json.dumps(one), 1, seconds, workdir)
+    return {**explained, "predict_p50_ms": predicted["p50_ms"], "load_avg_1m": round(load, 2)}
+
+
+def explain_only(args: argparse.Namespace) -> dict[str, Any]:
+    """Only (6), on one service: a quick check of the explanation's latency."""
+    workdir = Path(tempfile.mkdtemp(prefix="housing-bench-explain-"))
+    one = houses_from(ROOT / "data" / "processed" / "test.csv", 1)[0]
+    port = free_port()
+    url, server = f"http://127.0.0.1:{port}", serve_bentoml(port, workdir)
+    try:
+        wait_ready(f"{url}/readyz", server)
+        wait_runtime(url, "lleaves", COMPILE_WAIT_S)
+        results = {"model_version": httpx.get(f"{url}/model").json()["model_version"]}
+        results["explain_c1"] = explain_latency(url, one, args.seconds, workdir)
+    finally:
+        stop(server)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return results
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="housing-bench-"))
     test_csv = ROOT / "data" / "processed" / "test.csv"
@@ -277,6 +307,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for url, body in calls.values():  # warm-up
             wrk(url, body, 8, 3, workdir)
         results["single_c1"] = wrk(*calls["single_c32"], 1, args.seconds, workdir)
+        results["explain_c1"] = explain_latency(ours, one, args.seconds, workdir)
         results["booster_c1"] = wrk(*calls["booster_c32"], 1, args.seconds, workdir)
         batch = houses_from(test_csv, args.batch)
         results["batch_10k"] = batch_latency(f"{ours}/predict_batch", batch, args.batch_runs)
@@ -300,6 +331,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results["summary"] = {
         "single_p50_ms": results["single_c1"]["p50_ms"],
         "single_p99_ms": results["single_c1"]["p99_ms"],
+        "explain_p50_ms": results["explain_c1"]["p50_ms"],
+        "explain_p99_ms": results["explain_c1"]["p99_ms"],
         "throughput_rps": results["single_c32"]["requests_per_s"],
         "p99_32_ms": results["single_c32"]["p99_ms"],
         "per_worker_32": results["single_c32"]["per_worker"],
@@ -328,7 +361,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def table(results: dict[str, Any]) -> str:
-    s, t = results["summary"], results["targets"]
+    s, t, e = results["summary"], results["targets"], results["explain_c1"]
 
     def mark(name: str) -> str:
         return "met" if t[name]["met"] else "**missed**"
@@ -341,6 +374,7 @@ def table(results: dict[str, Any]) -> str:
             "| measure | value | target | |",
             "|---|---|---|---|",
             f"| single record, concurrency 1: p50 / p99 | {s['single_p50_ms']:.2f} / {s['single_p99_ms']:.2f} ms | p50 ≤ 1.5 ms | {mark('single_p50_ms')} |",
+            f"| explaining one house (`POST /explain`), concurrency 1: p50 / p99 | {s['explain_p50_ms']:.2f} / {s['explain_p99_ms']:.2f} ms (`/predict` right after it: p50 {e['predict_p50_ms']:.2f} ms; load average {e['load_avg_1m']}) | p50 ≤ 5 ms | {mark('explain_p50_ms')} |",
             f"| 32 clients: throughput | {s['throughput_rps']:,.0f} req/s | | |",
             f"| the same model on LightGBM's booster (not compiled): p50 / 10,000-record batch / 32 clients | {s['booster_single_p50_ms']:.2f} ms / {s['booster_batch_10k_ms']:.0f} ms / {s['booster_throughput_rps']:,.0f} req/s | | |",
             f"| throughput ratio (compiled / booster) | {s['throughput_vs_booster']:.2f}× | ≥ 1× | {mark('throughput_vs_booster')} |",
@@ -373,9 +407,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating throughput rounds per server")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "benchmark.json")
     parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    parser.add_argument("--explain-only", action="store_true", help="measure (6) only and print it")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (make bench installs it: apt-get install wrk)")
+    if args.explain_only:
+        print(json.dumps(explain_only(args), indent=2))
+        return
     results = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

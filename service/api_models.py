@@ -19,8 +19,10 @@ from bentoml.exceptions import BentoMLException
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     RootModel,
+    Tag,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -29,6 +31,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError, from_json
 
 from housing.columns import FEATURE_COLUMNS, NUMERIC_BOUNDS, OCEAN_PROXIMITY_CATEGORIES, TARGET_BOUNDS
+from housing.explain import Explanation
 from housing.settings import settings
 
 OceanProximity = Literal["<1H OCEAN", "INLAND", "ISLAND", "NEAR BAY", "NEAR OCEAN"]
@@ -199,6 +202,53 @@ class BatchPrediction(ModelIdentity):
     request_id: str
 
 
+def _house_or_houses(body: Any) -> str:
+    return "houses" if isinstance(body, list) else "house"
+
+
+class ExplainRequest(RootModel[Annotated[Annotated[House, Tag("house")] | Annotated[Houses, Tag("houses")],
+                                         Discriminator(_house_or_houses)]]):  # fmt: skip
+    """One house, or a JSON array of houses (up to ``HOUSING_MAX_BATCH_SIZE``).
+
+    A JSON array is validated as a list and anything else as a house, so an error
+    names the field (``house.latitude``, ``houses.2.latitude``) and not every form it failed.
+    """
+
+    model_config = ConfigDict(json_schema_extra={"example": EXAMPLE_HOUSE})
+
+    def houses(self) -> list[House]:
+        return self.root if isinstance(self.root, list) else [self.root]
+
+
+class HouseExplanation(BaseModel):
+    price_usd: float = Field(description="The price /predict gives this house, USD.")
+    base_usd: float = Field(description="The model's base value: its average price over the training data, USD.")
+    contributions_usd: dict[str, float] = Field(
+        description="Each raw input's contribution to the price, USD: base_usd plus their sum is price_usd "
+        "(within 1 USD). Engineered features count for the inputs they are computed from, in equal shares."
+    )
+
+
+class Explanations(ModelIdentity):
+    explanations: list[HouseExplanation] = Field(description="One per house, in request order.")
+    count: int
+    request_id: str
+
+
+def house_explanations(explanation: Explanation) -> list[HouseExplanation]:
+    """The response's form of ``explanation`` (housing.explain): one object per house."""
+    inputs = explanation.inputs
+    return [
+        HouseExplanation(price_usd=price, base_usd=base, contributions_usd=dict(zip(inputs, values, strict=True)))
+        for price, base, values in zip(
+            explanation.price_usd.tolist(),
+            explanation.base_usd.tolist(),
+            explanation.contributions_usd.tolist(),
+            strict=True,
+        )
+    ]
+
+
 class DataFrameSplit(BaseModel):
     model_config = ConfigDict(extra="forbid")
     columns: list[str]
@@ -349,6 +399,9 @@ class ModelInfo(ModelIdentity):
     test_metrics: dict[str, float]
     cv_metrics: dict[str, float]
     feature_schema: dict[str, Any] = Field(description="JSON schema of one house.")
+    interval_coverage: float | None = Field(
+        default=None, description="Nominal coverage of the price intervals; null for a model without them."
+    )
 
 
 class Health(BaseModel):
@@ -364,6 +417,8 @@ class Health(BaseModel):
                 "prediction_log_write_failures": 0,
                 "model_runtime": "lleaves",
                 "model_runtime_problem": None,
+                "interval_runtime": "lleaves",
+                "interval_runtime_problem": None,
             }
         },
     )
@@ -379,6 +434,12 @@ class Health(BaseModel):
         "compiling, or when compiled code is missing or unusable) or the model's own predict (other families)."
     )
     model_runtime_problem: str | None = Field(description="Why compiled code is not serving, if it is not.")
+    interval_runtime: Literal["lleaves", "lightgbm"] | None = Field(
+        default=None, description="What computes the intervals' scale model (null: a model without intervals)."
+    )
+    interval_runtime_problem: str | None = Field(
+        default=None, description="Why compiled code is not serving the scale model, if it is not."
+    )
     model_errors: list[str] = Field(
         default_factory=list,
         description="Why a worker of this replica still serves its old model (a reload or the registry's champion "

@@ -18,6 +18,7 @@ from sklearn.pipeline import Pipeline
 
 from housing.compiled_forest import ForestRuntime
 from housing.conformal import ConformalRegressor
+from housing.explain import Explanation, explain_forest
 from housing.model_card import CARD_FILE, ModelCard
 from housing.model_format import (
     MLFLOW_MODEL_FOLDER,
@@ -55,6 +56,8 @@ class ServedModel:
     forest: ForestRuntime | None = None
     # The prices' conformal intervals (housing.conformal); None for a version registered without them.
     intervals: ConformalRegressor | None = None
+    # The intervals' scale model, compiled like the forest (None without intervals).
+    scale_forest: ForestRuntime | None = None
     # The version's model card (housing.model_card); None for a version registered without one.
     card: ModelCard | None = None
 
@@ -81,12 +84,43 @@ class ServedModel:
         prices = self.predict(columns)
         if self.intervals is None:
             return prices, None
-        threads = self._threads(columns).get("num_threads", 1)
-        return prices, self.intervals.interval(columns, prices, coverage, num_threads=threads)
+        return prices, self.intervals.bounds(prices, self.scale(columns, prices), coverage)
+
+    def scale(self, columns: Mapping[str, Sequence[Any]], prices: np.ndarray) -> np.ndarray:
+        """The intervals' scale model's output for houses priced ``prices`` (USD, shape (n_houses,))."""
+        if self.intervals is None or self.scale_forest is None:
+            raise ValueError("model: this version was registered without intervals")
+        inputs = self.intervals.scale_inputs(columns, prices)
+        return self.scale_forest.predict(inputs, num_threads=self._threads(columns).get("num_threads", 1))
 
     def _threads(self, columns: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
         rows = len(next(iter(columns.values())))
         return self.parallel if rows >= PARALLEL_ROWS else {}
+
+    def explain(self, columns: Mapping[str, Sequence[Any]]) -> Explanation:
+        """Each raw input's contribution (USD) to the prices :meth:`predict` gives these houses (housing.explain).
+
+        The prices come from :meth:`predict` itself, the exact TreeSHAP values from the forest's
+        LightGBM booster. Raises :class:`NotExplainableError` for a model of another family.
+        """
+        if self.forest is None:
+            raise NotExplainableError(not_explainable(self))
+        pipeline = fitted_pipeline(self.estimator)
+        sources = pipeline.named_steps["features"].get_feature_sources_out()
+        features, prices = _features(pipeline, columns), self.predict(columns)
+        return explain_forest(self.forest.booster, features, sources, prices, target_inverse(self.estimator))
+
+
+class NotExplainableError(ValueError):
+    """The served model has no exact per-input explanation (only LightGBM forests do)."""
+
+
+def not_explainable(model: ServedModel) -> str:
+    """Why ``model`` cannot explain its prices: the error a client gets."""
+    return (
+        f"model: explanations need a LightGBM model; the served model {model.info.model_name} "
+        f"v{model.info.model_version} is of the {model.info.family or 'unknown'} family"
+    )
 
 
 def load_served_model(bento_model: bentoml.Model, compiled_dir: Path | None = None) -> ServedModel:
@@ -101,14 +135,21 @@ def load_served_model(bento_model: bentoml.Model, compiled_dir: Path | None = No
     estimator = load_mlflow_model(bento_model.path_of(MLFLOW_MODEL_FOLDER))
     meta = ModelMetadata.model_validate(bento_model.info.metadata)
     labels = ModelLabels.model_validate(bento_model.info.labels)
-    forest = forest_runtime(estimator, compiled_dir, on_change=partial(_report_runtime, meta.mlflow_version))
+    forest = forest_runtime(estimator, compiled_dir, partial(_report_runtime, meta.mlflow_version, "price"))
+    intervals = estimator if isinstance(estimator, ConformalRegressor) else None
+    scale_forest = (
+        None
+        if intervals is None
+        else scale_runtime(intervals, compiled_dir, partial(_report_runtime, meta.mlflow_version, "interval_scale"))
+    )
     served = ServedModel(
         estimator=estimator,
         predictor=estimator.predict if forest is None else fast_predict(estimator, forest),
         reference=reference_of(bento_model),
         parallel={"num_threads": os.cpu_count() or 1} if forest is not None else {},
         forest=forest,
-        intervals=estimator if isinstance(estimator, ConformalRegressor) else None,
+        intervals=intervals,
+        scale_forest=scale_forest,
         card=card_of(bento_model, meta),
         info=ModelInfo(
             model_name=meta.mlflow_model,
@@ -120,13 +161,24 @@ def load_served_model(bento_model: bentoml.Model, compiled_dir: Path | None = No
             test_metrics=meta.test_metrics,
             cv_metrics=meta.cv_metrics,
             feature_schema=House.model_json_schema(),
+            interval_coverage=None if intervals is None else intervals.coverage,
         ),
     )
-    if forest is not None:
-        forest.start()
+    for runtime in (forest, scale_forest):
+        if runtime is not None:
+            runtime.start()
     # The first call builds the neighbour index; do it before traffic arrives.
     served.predict(columns_of([House(**EXAMPLE_HOUSE)]))
     return served
+
+
+def probe_houses() -> list[dict[str, Any]]:
+    """The example house moved across the state and through the income range (see ``PROBE_SHIFTS``)."""
+    return [
+        {**EXAMPLE_HOUSE, "longitude": EXAMPLE_HOUSE["longitude"] + dlon, "latitude": EXAMPLE_HOUSE["latitude"] + dlat,
+         "median_income": income}
+        for dlon, dlat, income in PROBE_SHIFTS
+    ]  # fmt: skip
 
 
 def forest_runtime(
@@ -136,13 +188,17 @@ def forest_runtime(
     pipeline = fitted_pipeline(estimator)
     if not isinstance(pipeline[-1], LGBMModel):
         return None
-    probe = [
-        {**EXAMPLE_HOUSE, "longitude": EXAMPLE_HOUSE["longitude"] + dlon, "latitude": EXAMPLE_HOUSE["latitude"] + dlat,
-         "median_income": income}
-        for dlon, dlat, income in PROBE_SHIFTS
-    ]  # fmt: skip
-    features = _features(pipeline, columns_of([House(**house) for house in probe]))
+    features = _features(pipeline, columns_of([House(**house) for house in probe_houses()]))
     return ForestRuntime(pipeline[-1].booster_, compiled_dir, features, on_change)
+
+
+def scale_runtime(
+    intervals: ConformalRegressor, compiled_dir: Path | None, on_change: Callable[[ForestRuntime], None] | None = None
+) -> ForestRuntime:
+    """The runtime of the intervals' scale model (a small LightGBM forest), probed like the price forest."""
+    probe = columns_of([House(**house) for house in probe_houses()])
+    inputs = intervals.scale_inputs(probe, intervals.predict(probe))
+    return ForestRuntime(intervals.scale_.booster_, compiled_dir, inputs, on_change)
 
 
 def _features(pipeline: Pipeline, columns: Mapping[str, Sequence[Any]]) -> Any:
@@ -153,8 +209,8 @@ def _features(pipeline: Pipeline, columns: Mapping[str, Sequence[Any]]) -> Any:
     return features
 
 
-def _report_runtime(model_version: str, forest: ForestRuntime) -> None:
-    prometheus_metrics.FOREST_COMPILED.labels(model_version).set(int(forest.runtime == "lleaves"))
+def _report_runtime(model_version: str, name: str, forest: ForestRuntime) -> None:
+    prometheus_metrics.FOREST_COMPILED.labels(model_version, name).set(int(forest.runtime == "lleaves"))
 
 
 def fast_predict(estimator: BaseEstimator, forest: ForestRuntime) -> Callable[..., np.ndarray]:

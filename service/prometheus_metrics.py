@@ -93,9 +93,9 @@ INTERVAL_NOMINAL = Gauge(
 )  # fmt: skip
 FOREST_COMPILED = Gauge(
     "housing_model_forest_compiled",
-    "1 while the served forest runs as compiled code, 0 while the LightGBM booster serves it (compiling, "
-    "missing or unusable artefact: /health says which), by model version.",
-    ["model_version"],
+    "1 while a served forest runs as compiled code, 0 while the LightGBM booster serves it (compiling, "
+    "missing or unusable artefact: /health says which), by model version and forest (price, interval_scale).",
+    ["model_version", "forest"],
     multiprocess_mode="liveall",
 )
 MODEL_INFO = Gauge(

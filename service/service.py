@@ -24,6 +24,8 @@ from service import prometheus_metrics
 from service.admin import admin, history, warm_registry_client
 from service.api_models import (
     BatchPrediction,
+    ExplainRequest,
+    Explanations,
     Feedback,
     FeedbackReceipt,
     House,
@@ -35,19 +37,20 @@ from service.api_models import (
     PricedRecord,
     check_batch_size,
     columns_of,
+    house_explanations,
 )
 from service.auth import bearer_refusal
 from service.balance import ConnectionBalancer, worker_board
 from service.champion_follower import ChampionFollower
 from service.middleware import RequestMiddleware, close_request_log, configure_request_log, request_state
-from service.model import ServedModel, load_served_model
+from service.model import NotExplainableError, ServedModel, load_served_model
 from service.openapi import OpenAPIDocument, served_document
 from service.prediction_log import PREDICTIONS, open_log
 from service.reload import Watcher, request_model, this_replica
 from service.view_cache import ViewCache
 from service.views import views
 
-API_PATHS = ("/predict", "/predict_batch", "/invocations", "/feedback")
+API_PATHS = ("/predict", "/predict_batch", "/invocations", "/feedback", "/explain")
 # Requests written to the JSON request log: the API, and every admin call (refused logins too).
 LOGGED_PATHS = (*API_PATHS, "/admin")
 # JSON values a house has at most (its fields, and its place in a list), and small requests' headroom.
@@ -218,6 +221,29 @@ class HousePricer:
         return InvocationResponse(predictions=[PricedRecord(price_usd=p, lower_usd=lo, upper_usd=up)
                                                for p, lo, up in records])  # fmt: skip
 
+    @bentoml.api(route="/explain")
+    async def explain(self, request: ExplainRequest, /, ctx: bentoml.Context) -> Explanations:
+        """Why each house gets its price: every raw input's contribution, in USD (LightGBM models; else 409).
+
+        The price is the one /predict gives; base_usd plus the contributions equals it within 1 USD. They are the
+        forest's exact TreeSHAP values, engineered features folded onto the inputs they come from. With a log (or
+        square root) target the values are computed in that space and scaled into USD in proportion, so they still
+        add up to the price. Explanations are not predictions: they are not written to the prediction log.
+        """
+        houses = request.houses()
+        check_batch_size(len(houses), "houses")
+        model = self.model  # one model for the whole request, as for a prediction
+        try:
+            # LightGBM computes the values without the GIL: the worker keeps serving meanwhile.
+            explanation = await asyncio.to_thread(model.explain, columns_of(houses))
+        except NotExplainableError as exc:
+            raise Conflict(str(exc)) from None
+        state = request_state(ctx.request.state)
+        state.update(model_version=model.info.model_version, records=len(houses))
+        explained = house_explanations(explanation)
+        return Explanations(explanations=explained, count=len(explained), request_id=state["request_id"],
+                            **model.identity())  # fmt: skip
+
     @bentoml.api(route="/feedback")
     async def feedback(self, feedback: Feedback, /) -> FeedbackReceipt:
         """Record the actual sale price of a priced house (ground truth for accuracy, and a training label).
@@ -291,8 +317,8 @@ class HousePricer:
                                                                          *columns.values(), strict=True))
             ],
         )  # fmt: skip
-        if coverage is not None and intervals is not None:
-            intervals = model.intervals.interval(columns, prices, coverage)  # type: ignore[union-attr]
+        if coverage is not None and model.intervals is not None:
+            intervals = model.intervals.bounds(prices, model.scale(columns, prices), coverage)
         state.update(model_version=version, records=len(houses))
         prometheus_metrics.PRICED_HOUSES.labels(endpoint, version).inc(len(houses))
         prometheus_metrics.BATCH_SIZE.labels(endpoint).observe(len(houses))
@@ -332,6 +358,7 @@ cast(Any, HousePricer).add_asgi_middleware(
         "/feedback": lambda: SMALL_REQUEST_VALUES,
         "/predict_batch": lambda: settings().max_batch_size * VALUES_PER_HOUSE + SMALL_REQUEST_VALUES,
         "/invocations": lambda: settings().max_batch_size * VALUES_PER_HOUSE + SMALL_REQUEST_VALUES,
+        "/explain": lambda: settings().max_batch_size * VALUES_PER_HOUSE + SMALL_REQUEST_VALUES,
     },
 )
 # /docs.json as valid OpenAPI 3.0 (BentoML's own mixes in 3.1): see service.openapi.

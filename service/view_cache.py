@@ -32,13 +32,14 @@ class ViewCache:
         self._locks: dict[Hashable, threading.Lock] = {}
         self._guard = threading.Lock()
 
-    def get(self, key: Hashable, compute: Callable[[], Any]) -> Any:
-        """The value of ``key``: reused while fresh, else computed by one caller at a time."""
+    def get(self, key: Hashable, compute: Callable[[], Any], ttl_s: float | None = None) -> Any:
+        """The value of ``key``: reused while fresh (``ttl_s``, by default the cache's), else computed by one caller
+        at a time."""
         with self._guard:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:
             found = self._values.get(key)
-            if found is not None and time.monotonic() - found[0] < self.ttl_s:
+            if found is not None and time.monotonic() - found[0] < (self.ttl_s if ttl_s is None else ttl_s):
                 return found[1]
             value = compute()
             with self._guard:

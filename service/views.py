@@ -12,19 +12,29 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 import bentoml
+import numpy as np
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import HTMLResponse, PlainTextResponse
 
+from housing.columns import FEATURE_COLUMNS
+from housing.explain import mean_abs_contribution, top_contributions
 from housing.model_card import ModelCard
 from housing.settings import settings
 from service import prometheus_metrics
 from service.api_models import Health, ModelInfo
 from service.drift_check import check_drift
+from service.model import ServedModel, not_explainable
 from service.reload import live_workers
 
 # The longest a time bucket of /accuracy may be, and the latest time it takes (year 2286).
 MAX_BUCKET_S = 366 * 24 * 3600.0
 MAX_TS = 1e10
+# The most recent predictions /explain/recent explains at once, and the reasons it gives for each.
+MAX_EXPLAINED = 100
+TOP_REASONS = 3
+# The global importance's sample (the latest priced houses) and how often it is recomputed.
+IMPORTANCE_HOUSES = 200
+IMPORTANCE_REFRESH_S = 60.0
 DASHBOARD_HTML = (Path(__file__).parent / "static" / "dashboard.html").read_text()
 
 views = APIRouter(tags=["views"])
@@ -106,9 +116,72 @@ def stats() -> dict[str, Any]:
     return {"per_minute": log.traffic(now, 60, 60), "per_hour": log.traffic(now, 3600, 24), "recent": log.recent(20)}
 
 
+@views.get("/explain/recent")
+def explain_recent(
+    limit: int = Query(default=10, ge=1, le=MAX_EXPLAINED, description="How many of the latest predictions."),
+) -> dict[str, Any]:
+    """The top reasons for the latest predictions: each one's largest input contributions (USD), newest first.
+
+    The served model explains the logged inputs (see ``POST /explain``); after a model change its price may
+    differ from the logged one. 409 when the served model is not a LightGBM forest.
+    """
+    service = _service()
+    model, log = _explainable(service.model), service.log
+    key = ("explain_recent", model.info.bento_tag, limit, log.newest()[0])
+    return cast(dict[str, Any], service.views.get(key, lambda: _recent_reasons(model, log.recent(limit))))
+
+
+@views.get("/explain/importance")
+def explain_importance() -> dict[str, Any]:
+    """The model's global importance: each raw input's mean absolute contribution (USD) over the latest
+    ``IMPORTANCE_HOUSES`` priced houses, recomputed at most every ``IMPORTANCE_REFRESH_S`` seconds (an exact
+    explanation of a large forest costs milliseconds a house). 409 when the served model is not a LightGBM forest.
+    """
+    service = _service()
+    model, log = _explainable(service.model), service.log
+    return cast(
+        dict[str, Any],
+        service.views.get(
+            ("explain_importance", model.info.bento_tag),
+            lambda: _importance(model, log.recent_inputs(IMPORTANCE_HOUSES)),
+            ttl_s=IMPORTANCE_REFRESH_S,
+        ),
+    )
+
+
+def _explainable(model: ServedModel) -> ServedModel:
+    """``model``, or 409 when it cannot explain its prices (checked before any cached answer is reused)."""
+    if model.forest is None:
+        raise HTTPException(status_code=409, detail=not_explainable(model))
+    return model
+
+
+def _recent_reasons(model: ServedModel, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    answer: dict[str, Any] = {**model.identity(), "predictions": []}
+    if not rows:
+        return answer
+    explanation = model.explain({name: [row[name] for row in rows] for name in FEATURE_COLUMNS})
+    for i, row in enumerate(rows):
+        answer["predictions"].append({
+            "request_id": row["request_id"], "idx": row["idx"], "ts": row["ts"],
+            "logged_model_version": row["model_version"], "price_usd": float(explanation.price_usd[i]),
+            "base_usd": float(explanation.base_usd[i]),
+            "top": top_contributions(explanation.contributions_usd[i], explanation.inputs, TOP_REASONS),
+        })  # fmt: skip
+    return answer
+
+
+def _importance(model: ServedModel, columns: dict[str, list[Any]]) -> dict[str, Any]:
+    houses = len(columns[FEATURE_COLUMNS[0]])
+    contributions = model.explain(columns).contributions_usd if houses else np.empty((0, len(FEATURE_COLUMNS)))
+    importance = mean_abs_contribution(contributions, FEATURE_COLUMNS)
+    return {**model.identity(), "houses": houses, "computed_at": time.time(), "mean_abs_contribution_usd": importance}
+
+
 @views.get("/dashboard", response_class=HTMLResponse)
 def dashboard() -> str:
-    """A live page: traffic, latency, drift, accuracy, recent predictions and the current model."""
+    """A live page: traffic, latency, drift, accuracy, recent predictions with their top reasons, the model's
+    global importance and the current model."""
     return DASHBOARD_HTML
 
 
@@ -130,4 +203,6 @@ def health() -> Health:
         prediction_log_write_failures=service.log.write_failures,
         model_runtime=forest.runtime if (forest := service.model.forest) else "scikit-learn",
         model_runtime_problem=forest.problem if forest else None,
+        interval_runtime=scale.runtime if (scale := service.model.scale_forest) else None,
+        interval_runtime_problem=scale.problem if scale else None,
     )

@@ -43,6 +43,7 @@ from mlflow.types import ColSpec, Schema
 from housing import pyfunc_flavor
 from housing.columns import CATEGORICAL_COLUMN, FEATURE_COLUMNS, NUMERIC_COLUMNS
 from housing.compiled_forest import compile_forest
+from housing.conformal import ConformalRegressor
 from housing.decisions import Decision, record
 from housing.drift_stats import reference_profile
 from housing.model_format import (
@@ -291,27 +292,30 @@ def champion_available(params: Params) -> bool:
     return champion is not None and is_served(params.register_, str(champion.version))
 
 
-def compile_champion(bento_tag: str, cache_dir: Path | None) -> Path | None:
-    """Compile the champion's forest for this machine, so a service started here serves compiled code at once.
+def compile_champion(bento_tag: str, cache_dir: Path | None) -> list[Path]:
+    """Compile the champion's forests for this machine, so a service started here serves compiled code at once.
 
-    Returns the artefact, or None for a model that is not a LightGBM forest, with
-    compilation disabled, or when compiling failed (the service then serves the
-    booster and says why).
+    The forests are the price model's and its intervals' scale model, when they are
+    LightGBM. Returns the artefacts compiled; none with compilation disabled, and
+    none for a forest whose compilation failed (the service then serves its booster
+    and says why).
     """
     if cache_dir is None:
-        return None
-    bento_model = bentoml.models.get(bento_tag)
-    regressor = fitted_pipeline(load_mlflow_model(bento_model.path_of(MLFLOW_MODEL_FOLDER)))[-1]
-    if not isinstance(regressor, LGBMModel):
-        return None
-    start = time.perf_counter()
-    try:
-        artefact = compile_forest(regressor.booster_.model_to_string(), cache_dir)
-    except (RuntimeError, subprocess.TimeoutExpired) as error:
-        log.warning("the champion's forest did not compile; services will serve the booster: %s", error)
-        return None
-    log.info("compiled forest %s ready in %.1f s", artefact, time.perf_counter() - start)
-    return artefact
+        return []
+    model = load_mlflow_model(bentoml.models.get(bento_tag).path_of(MLFLOW_MODEL_FOLDER))
+    forests = [fitted_pipeline(model)[-1], *([model.scale_] if isinstance(model, ConformalRegressor) else [])]
+    artefacts = []
+    for forest in forests:
+        if not isinstance(forest, LGBMModel):
+            continue
+        start = time.perf_counter()
+        try:
+            artefacts.append(compile_forest(forest.booster_.model_to_string(), cache_dir))
+        except (RuntimeError, subprocess.TimeoutExpired) as error:
+            log.warning("a forest of the champion did not compile; services will serve its booster: %s", error)
+            continue
+        log.info("compiled forest %s ready in %.1f s", artefacts[-1], time.perf_counter() - start)
+    return artefacts
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -36,11 +36,29 @@ def test_dashboard_shows_the_api_numbers_and_refreshes(scraped: tuple[Server, st
         accuracy = api.get("/accuracy").json()["accuracy"]
         cells = page.locator("#accuracy tr").nth(1).locator("td").all_text_contents()
         assert cells[:2] == [f"v{accuracy[0]['model_version']}", str(accuracy[0]["n"])]
+        coverage = f"{accuracy[0]['coverage'] * 100:.1f}% of {accuracy[0]['n_interval']}"
+        assert cells[4] == coverage
+        assert "interval coverage (90.0% promised)" in page.locator("#accuracy tr").first.inner_text()
         hourly = api.get("/accuracy", params={"bucket_s": 3600}).json()["accuracy"]
         assert page.locator("#accuracy-hourly tr").count() == min(len(hourly), 12) + 1
         stats = api.get("/stats").json()
         assert page.text_content("#rate-hour") == f"{stats['per_hour'][-1]['requests']} this hour"
         assert page.locator("#recent tr").count() == len(stats["recent"]) + 1
+        # The explanation charts: the top reasons of the latest predictions, and the inputs by global importance.
+        recent = api.get("/explain/recent", params={"limit": 8}).json()["predictions"]
+        assert page.locator("#reasons-chart rect").count() == sum(len(p["top"]) for p in recent) > 0
+        assert recent[0]["request_id"] in page.locator("#reasons-chart text.label").first.text_content()
+        importance = api.get("/explain/importance").json()["mean_abs_contribution_usd"]
+        ranked = sorted(importance, key=lambda name: -importance[name])
+        assert page.locator("#importance-chart text.label").all_text_contents() == ranked
+        widths = [
+            float(w)
+            for w in page.locator("#importance-chart rect").evaluate_all(
+                "bars => bars.map(b => b.getAttribute('width'))"
+            )
+        ]
+        assert widths == sorted(widths, reverse=True)
+        assert widths[0] > 0
         page.screenshot(path=str(SCREENSHOT), full_page=True)
 
         # Live: a new prediction appears at the top of the table without a reload.

@@ -67,6 +67,9 @@ BAD_REQUESTS = [
     BadRequest("invocations: neither format", "/invocations", _json({}), 400, "", "exactly one"),
     BadRequest("invocations: ragged split row", "/invocations", _json({"dataframe_split": {"columns": list(EXAMPLE_HOUSE), "data": [[1.0, 2.0]]}}), 400, "", "data[0]"),
     BadRequest("invocations: bad record", "/invocations", _json({"dataframe_records": [house(households=-1.0)]}), 400, "households", "greater_than"),
+    BadRequest("invocations: coverage of 1", "/invocations", _json({"dataframe_records": [house()], "params": {"intervals": True, "coverage": 1.0}}), 400, "coverage", "less_than"),
+    BadRequest("invocations: intervals not a boolean", "/invocations", _json({"dataframe_records": [house()], "params": {"intervals": "yes"}}), 400, "intervals", "bool_type"),
+    BadRequest("invocations: unknown param", "/invocations", _json({"dataframe_records": [house()], "params": {"alpha": 0.1}}), 400, "alpha", "extra_forbidden"),
     BadRequest("feedback: negative price", "/feedback", _json({"request_id": "x", "actual_price_usd": -1.0}), 400, "actual_price_usd", "greater_than_equal"),
     BadRequest("feedback: missing request id", "/feedback", _json({"actual_price_usd": 100000.0}), 400, "request_id", "missing"),
     BadRequest("feedback: unknown request id", "/feedback", _json({"request_id": "never-issued", "actual_price_usd": 100000.0}), 404, "", "request_id"),
@@ -82,6 +85,12 @@ BAD_REQUESTS = [
     BadRequest("invocations: empty split", "/invocations", _json({"dataframe_split": {"columns": [], "data": [[]] * 300}}), 400, "dataframe_records", "missing"),
     BadRequest("invocations: more rows than a batch", "/invocations", _json({"dataframe_split": {"columns": [], "data": [[]] * 3000}}), 413, "dataframe_split.data", "at most 500 houses"),
     BadRequest("not JSON", "/predict", b"longitude=1", 400, "", "json_invalid"),
+    BadRequest("explain: bad field", "/explain", _json(house(latitude=48.85)), 400, "latitude", "less_than_equal"),
+    BadRequest("explain: unknown field", "/explain", _json(house(owner="me")), 400, "owner", "extra_forbidden"),
+    BadRequest("explain: bad house in a list", "/explain", _json([house(), house(households=0.0)]), 400, "households", "greater_than_equal"),
+    BadRequest("explain: empty list", "/explain", b"[]", 400, "houses", "too_short"),
+    BadRequest("explain: string body", "/explain", _json("house"), 400, "", "model_type"),
+    BadRequest("explain: more houses than a batch", "/explain", _json([house()] * 501), 413, "houses", "at most 500 houses"),
 ]  # fmt: skip
 
 

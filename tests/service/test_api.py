@@ -264,7 +264,8 @@ def test_service_prices_equal_mlflow_pyfunc(
 ) -> None:
     rows = test_rows.head(200)
     # The register stage compiled the champion's forest where the service looks: it prices with compiled code.
-    assert client.get("/health").json()["model_runtime"] == "lleaves"
+    health = client.get("/health").json()
+    assert (health["model_runtime"], health["interval_runtime"]) == ("lleaves", "lleaves")
     served = client.post("/predict_batch", json=request_records(rows)).json()
     monkeypatch.chdir(workspace.path)  # the workspace's default store: sqlite:///mlflow.db
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -98,5 +98,5 @@ def test_no_generated_request_gets_a_server_error(server: Server, tmp_path: Path
     )  # fmt: skip
     report = result.stdout + result.stderr
     assert result.returncode == 0, report[-6000:]
-    assert "Selected: 18/21" in report, report[-3000:]  # every operation but the three above
+    assert "Selected: 22/25" in report, report[-3000:]  # every operation but the three above
     assert server.process.poll() is None

@@ -25,6 +25,17 @@ def test_fast_path_equals_the_pipeline(champion: dict, test_rows: pd.DataFrame) 
     big = pd.concat([test_rows] * (PARALLEL_ROWS // len(test_rows) + 1), ignore_index=True)
     columns = {name: big[name].tolist() for name in big.columns}
     np.testing.assert_allclose(served.predict(columns), served.estimator.predict(big), rtol=1e-9)
+    # The intervals' scale model is compiled too, and bounds it gives equal the registered model's own.
+    assert served.scale_forest is not None
+    assert served.scale_forest.wait(600)
+    assert (served.scale_forest.runtime, served.scale_forest.problem) == ("lleaves", None)
+    _, bounds = served.predict_interval(columns)
+    np.testing.assert_allclose(bounds, served.estimator.predict_interval(big), rtol=1e-9)
+    # Without compiled code the booster serves the same bounds.
+    plain = load_served_model(bentoml.models.get("housing-price-model:latest"), None)
+    assert plain.scale_forest is not None
+    assert (plain.scale_forest.runtime, plain.scale_forest.problem) == ("lightgbm", "compilation disabled")
+    np.testing.assert_allclose(plain.predict_interval(one)[1], served.predict_interval(one)[1], rtol=1e-9)
 
 
 def test_other_models_keep_their_own_predict(params: Params, X_sample: pd.DataFrame, y_sample: pd.Series) -> None:

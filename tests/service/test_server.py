@@ -58,6 +58,20 @@ def test_happy_paths(http: httpx.Client, champion: dict, test_rows: pd.DataFrame
     assert "/predict" in http.get("/docs.json").json()["paths"]
 
 
+def test_explanations_sum_to_the_served_prices(http: httpx.Client, test_rows: pd.DataFrame) -> None:
+    houses = request_records(test_rows.head(30))
+    single = http.post("/explain", json=houses[0])
+    batch = http.post("/explain", json=houses)
+    assert single.status_code == batch.status_code == 200, single.text + batch.text
+    prices = http.post("/predict_batch", json=houses).json()["prices_usd"]
+    explanations = [*single.json()["explanations"], *batch.json()["explanations"]]
+    assert [e["price_usd"] for e in explanations] == [prices[0], *prices]
+    for explanation in explanations:
+        assert set(explanation["contributions_usd"]) == set(EXAMPLE_HOUSE)
+        total = explanation["base_usd"] + sum(explanation["contributions_usd"].values())
+        assert abs(total - explanation["price_usd"]) < 1.0
+
+
 @pytest.mark.parametrize("bad", BAD_REQUESTS, ids=lambda b: b.id)
 def test_bad_requests(http: httpx.Client, bad: BadRequest) -> None:
     response = http.post(bad.path, content=bad.body, headers={"Content-Type": "application/json", **FEEDBACK})

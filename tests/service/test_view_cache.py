@@ -43,3 +43,11 @@ def test_keys_are_bounded_and_zero_ttl_never_reuses() -> None:
     cache.get("x", lambda: calls.append(1))
     cache.get("x", lambda: calls.append(1))
     assert len(calls) == 2
+
+
+def test_a_value_may_live_longer_than_the_cache_says() -> None:
+    calls = []
+    cache = ViewCache(ttl_s=0)
+    assert cache.get("slow", lambda: calls.append(1) or len(calls), ttl_s=60) == 1
+    assert cache.get("slow", lambda: calls.append(1) or len(calls), ttl_s=60) == 1
+    assert cache.get("slow", lambda: calls.append(1) or len(calls)) == 2  # the cache's own lifetime: 0
