@@ -3,7 +3,7 @@
 `make demo` first runs the pipeline (`make pipeline`: `dvc repro` and the registry check),
 then this script runs `dvc repro` again (stages whose inputs did not change are skipped), shows
 that the pipeline is up to date and what it registered, starts
-the real `bentoml serve` on a free port and walks through the API: one prediction, a
+the real `bentoml serve` on a free port and walks through the API: one prediction, its explanation, a
 batch, MLflow's /invocations, bad input, feedback, drift (endpoint and CLI), /metrics,
 the dashboard and /model. Each step prints its request and a trimmed response and
 checks status codes and content; the first failing step ends the walkthrough with
@@ -131,6 +131,7 @@ class Walkthrough:
         return [
             ("Serve: bentoml serve service.service:HousePricer", self.serve),
             ("Price one house: POST /predict, with its interval", self.predict),
+            ("Why that price: POST /explain", self.explain),
             (f"Price a batch of {BATCH} houses: POST /predict_batch", self.predict_batch),
             ("MLflow's scoring protocol: POST /invocations", self.invocations),
             ("Bad input: a 400 naming the field and the rule", self.bad_input),
@@ -164,6 +165,16 @@ class Walkthrough:
         coverage = self.priced["interval_coverage"]
         out.say(f"✓ {price:,.0f} USD, between {low:,.0f} and {high:,.0f} USD for {coverage:.0%} of houses like it")
         out.say(f"  the census says {house[TARGET_COLUMN]:,.0f} USD")
+
+    def explain(self, out: Transcript) -> None:
+        explained = expect(out.call(self.client, "POST", "/explain", self.records(self.houses.iloc[:1])[0]))
+        reasons = explained["explanations"][0]
+        price, base, contributions = reasons["price_usd"], reasons["base_usd"], reasons["contributions_usd"]
+        check(abs(price - self.priced["price_usd"]) < 0.01, "/explain prices the house unlike /predict")
+        check(abs(base + sum(contributions.values()) - price) <= 1, "base and contributions do not add up to the price")
+        top = sorted(contributions.items(), key=lambda item: -abs(item[1]))[:3]
+        out.say(f"✓ {base:,.0f} USD on average, then " + ", ".join(f"{name} {usd:+,.0f}" for name, usd in top)
+                + f" … = {price:,.0f} USD")  # fmt: skip
 
     def predict_batch(self, out: Transcript) -> None:
         self.batch = expect(out.call(self.client, "POST", "/predict_batch", self.records(self.houses)))

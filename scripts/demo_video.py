@@ -342,6 +342,8 @@ NARRATION = {
     "Price one house": "One house, priced. Besides the price, the answer carries a lower and an upper bound: a "
     "conformal interval that holds the sale price for ninety percent of houses like this one. The request I D "
     "comes back, so that the sale price can be reported against it later.",
+    "Why that price": "And why that price: each input's contribution in dollars, from the forest's exact "
+    "Shapley values. The model's average price plus the contributions adds up to the price served.",
     f"Price a batch of {BATCH} houses": "A batch of five hundred houses comes back in request order, with its "
     "mean error against the census.",
     "MLflow's scoring protocol": "M L flow's own scoring protocol, slash invocations, answers too, with the same "
