@@ -56,13 +56,13 @@ image: build ## Build the image with `bentoml containerize` (docker, else podman
 	python -m scripts.image --bento housing-price-service:latest
 
 # Debian/Ubuntu packages named after the command they provide (hadolint, actionlint, shellcheck come with `setup`).
-SYSTEM_TOOLS := wrk prometheus docker-compose ffmpeg nginx podman runc mmdebstrap iptables haproxy
+SYSTEM_TOOLS := wrk prometheus docker-compose ffmpeg espeak-ng nginx podman runc mmdebstrap iptables haproxy
 # Debian packages whose programs are not on PATH under the package's name: checked with dpkg
 # (prometheus-alertmanager ships amtool, which checks monitoring/alertmanager.yml).
 SYSTEM_PACKAGES := postgresql prometheus-alertmanager
 # Debian packages Chromium; Ubuntu's package is a snap stub, so there Playwright fetches its own build.
 UBUNTU := $(shell grep -qs '^ID=ubuntu' /etc/os-release && echo yes)
-tools: setup ## Install the system tools the tests and benchmarks use (wrk, Prometheus, Chromium, docker-compose, ffmpeg, nginx, podman, PostgreSQL)
+tools: setup ## Install the system tools the tests and benchmarks use (wrk, Prometheus, Chromium, docker-compose, ffmpeg, espeak-ng, nginx, podman, PostgreSQL)
 	@missing=""; for tool in $(SYSTEM_TOOLS) $(if $(UBUNTU),,chromium); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	for package in $(SYSTEM_PACKAGES); do dpkg-query -W -f='$${Status}' $$package 2>/dev/null | grep -q "ok installed" || missing="$$missing $$package"; done; \
 	if [ -n "$$missing" ]; then \
@@ -89,7 +89,7 @@ shared-stores: setup tools ## PostgreSQL + SeaweedFS S3 + mlflow server in var/s
 demo: pipeline ## Walk through the system on the real data: serve, predict, bad input, feedback, drift, metrics
 	python -m scripts.demo
 
-demo-video: pipeline ## Record the walkthrough as reports/demo/demo.mp4 (headless Chromium and ffmpeg)
+demo-video: pipeline ## Record the narrated 5-minute walkthrough as reports/demo/demo.mp4 (Chromium, espeak-ng, ffmpeg), checked
 	python -m scripts.demo_video
 
 summary: setup ## Regenerate docs/summary.md from the figures in reports/

@@ -1,8 +1,9 @@
 """`make demo`: a scripted walkthrough of the whole system on the real data.
 
 `make demo` first runs the pipeline (`make pipeline`: `dvc repro` and the registry check),
-then this script shows that the pipeline is up to date and what it registered, starts
-the real `bentoml serve` on a free port and walks through the API: one prediction, a
+then this script runs `dvc repro` again (stages whose inputs did not change are skipped), shows
+that the pipeline is up to date and what it registered, starts
+the real `bentoml serve` on a free port and walks through the API: one prediction, its explanation, a
 batch, MLflow's /invocations, bad input, feedback, drift (endpoint and CLI), /metrics,
 the dashboard and /model. Each step prints its request and a trimmed response and
 checks status codes and content; the first failing step ends the walkthrough with
@@ -12,6 +13,7 @@ exit status 1. The server is always stopped.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -28,6 +30,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from housing.columns import NUMERIC_BOUNDS, TARGET_COLUMN
 from load_tests.benchmark import BIN, FEEDBACK_AUTH, ROOT, free_port, request_records, serve_bentoml, stop, wait_ready
+
+# The admin token of the demo's throwaway server on loopback (the video reloads its workers).
+LOCAL_ADMIN_TOKEN = "local-admin-token"  # noqa: S105  # nosec B105
+ADMIN_AUTH = {"Authorization": f"Bearer {LOCAL_ADMIN_TOKEN}"}
 
 MODEL_NAME = "housing-price-model"
 TEST_CSV = ROOT / "data" / "processed" / "test.csv"
@@ -92,7 +98,11 @@ def expect(response: httpx.Response, status: int = 200) -> Any:
 def run_command(out: Transcript, *args: str) -> subprocess.CompletedProcess[str]:
     """Run a project command from the repository root and print it with its output."""
     out.say("$ " + " ".join(args))
-    result = subprocess.run([str(BIN / args[0]), *args[1:]], cwd=ROOT, capture_output=True, text=True, check=False)
+    # The venv's tools first on PATH: DVC's stages run `python -m ...`, as under make.
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    result = subprocess.run(
+        [str(BIN / args[0]), *args[1:]], cwd=ROOT, env=env, capture_output=True, text=True, check=False
+    )
     for line in (result.stdout + result.stderr).strip().splitlines()[-12:]:
         out.say(f"  {line}")
     out.say(f"  (exit status {result.returncode})")
@@ -120,7 +130,8 @@ class Walkthrough:
     def steps(self) -> list[tuple[str, Callable[[Transcript], None]]]:
         return [
             ("Serve: bentoml serve service.service:HousePricer", self.serve),
-            ("Price one house: POST /predict", self.predict),
+            ("Price one house: POST /predict, with its interval", self.predict),
+            ("Why that price: POST /explain", self.explain),
             (f"Price a batch of {BATCH} houses: POST /predict_batch", self.predict_batch),
             ("MLflow's scoring protocol: POST /invocations", self.invocations),
             ("Bad input: a 400 naming the field and the rule", self.bad_input),
@@ -148,9 +159,22 @@ class Walkthrough:
         response = out.call(self.client, "POST", "/predict", body, headers={"X-Request-ID": "demo-predict-1"})
         self.priced = expect(response)
         check(self.priced["request_id"] == "demo-predict-1", "the request id was not echoed")
-        check(self.priced["price_usd"] > 0, "the price is not positive")
+        price, low, high = (self.priced[key] for key in ("price_usd", "lower_usd", "upper_usd"))
+        check(0 < low <= price <= high, f"the price {price:,.0f} is not within its bounds {low:,.0f} to {high:,.0f}")
         self.houses_priced += 1
-        out.say(f"✓ {self.priced['price_usd']:,.0f} USD; the census says {house[TARGET_COLUMN]:,.0f} USD")
+        coverage = self.priced["interval_coverage"]
+        out.say(f"✓ {price:,.0f} USD, between {low:,.0f} and {high:,.0f} USD for {coverage:.0%} of houses like it")
+        out.say(f"  the census says {house[TARGET_COLUMN]:,.0f} USD")
+
+    def explain(self, out: Transcript) -> None:
+        explained = expect(out.call(self.client, "POST", "/explain", self.records(self.houses.iloc[:1])[0]))
+        reasons = explained["explanations"][0]
+        price, base, contributions = reasons["price_usd"], reasons["base_usd"], reasons["contributions_usd"]
+        check(abs(price - self.priced["price_usd"]) < 0.01, "/explain prices the house unlike /predict")
+        check(abs(base + sum(contributions.values()) - price) <= 1, "base and contributions do not add up to the price")
+        top = sorted(contributions.items(), key=lambda item: -abs(item[1]))[:3]
+        out.say(f"✓ {base:,.0f} USD on average, then " + ", ".join(f"{name} {usd:+,.0f}" for name, usd in top)
+                + f" … = {price:,.0f} USD")  # fmt: skip
 
     def predict_batch(self, out: Transcript) -> None:
         self.batch = expect(out.call(self.client, "POST", "/predict_batch", self.records(self.houses)))
@@ -262,7 +286,9 @@ class Walkthrough:
 
 
 def pipeline(out: Transcript) -> str:
-    """Show that the pipeline is up to date and what it registered; returns the champion's version."""
+    """Run the pipeline (each stage skipped when its inputs did not change), show that it is up to date and what
+    it registered; returns the champion's version."""
+    check(run_command(out, "dvc", "repro").returncode == 0, "dvc repro failed")
     result = run_command(out, "dvc", "status", "--json")
     check(result.returncode == 0, "dvc status failed")
     # A stage marked always_changed (its input lives outside DVC) is never reported up to date.
@@ -291,11 +317,26 @@ def step(title: str, number: int, action: Callable[[Transcript], Any], on_step: 
     return result
 
 
+def private_home(workdir: Path) -> str:
+    """A BentoML home of the demo's own that sees the user's model store.
+
+    Every `bentoml serve` empties its home's prometheus_multiproc_dir when it starts: another server started
+    from the user's home during the demo would wipe the demo's counters (and the demo would wipe its).
+    """
+    user = Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml"))
+    home = workdir / "bentoml-home"
+    home.mkdir(exist_ok=True)
+    for store in ("models", "bentos"):
+        if not (home / store).exists():
+            (home / store).symlink_to(user / store, target_is_directory=True)
+    return str(home)
+
+
 @contextmanager
 def serving(workdir: Path) -> Iterator[str]:
     """The real `bentoml serve` on a free port, stopped however the walkthrough ends."""
     port = free_port()
-    server = serve_bentoml(port, workdir)
+    server = serve_bentoml(port, workdir, BENTOML_HOME=private_home(workdir), HOUSING_ADMIN_TOKEN=LOCAL_ADMIN_TOKEN)
     url = f"http://127.0.0.1:{port}"
     try:
         print(f"\nstarting bentoml serve on port {port} …", flush=True)

@@ -20,7 +20,7 @@ from tests.conftest import USER_BENTOML_HOME
 
 pytestmark = pytest.mark.integration
 
-STEPS = 11
+STEPS = 12
 
 
 def run(*command: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
