@@ -43,6 +43,15 @@ def tracking_uri(project_dir: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(project_dir / 'mlflow.db').resolve()}"
 
 
+def store_exists(uri: str) -> bool:
+    """Whether the store at ``uri`` exists: for a SQLite file, the file; a server is taken to exist.
+
+    Readers check first because opening a SQLite store that is not there creates and migrates it, which
+    only the pipeline should do (two readers migrating one new file at once can leave it half-migrated).
+    """
+    return not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).is_file()
+
+
 def champion_version(client: MlflowClient, reg: RegisteredModel) -> ModelVersion | None:
     """The version the ``@champion`` alias points at, or None before the first promotion."""
     try:

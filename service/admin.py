@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from housing.decisions import history as decision_history
 from housing.params import load_params
-from housing.registry import tracking_uri
+from housing.registry import store_exists, tracking_uri
 from housing.settings import settings, variable, without_secrets
 from service.api_models import FeedbackCorrected, FeedbackCorrection, RetrainRequest, RollbackRequest
 from service.auth import bearer_refusal
@@ -166,7 +166,7 @@ def warm_registry_client() -> None:
     Making it takes about two seconds of CPU: done in the background, it slowed every request of a fresh worker.
     A store that cannot be read is left to the first history call, which answers 503.
     """
-    if (settings().project_dir / "params.yaml").is_file():
+    if (settings().project_dir / "params.yaml").is_file() and store_exists(_tracking_uri()):
         try:
             _client(_tracking_uri())
         except Exception:  # the history call reports it
@@ -190,6 +190,8 @@ def _read_history(limit: int) -> list[dict[str, Any]]:
     """The registry's decisions, read in process from the project's MLflow store."""
     params = _project_params("history")
     uri = _tracking_uri()
+    if not store_exists(uri):
+        raise HTTPException(503, "history: no model registry yet; run the pipeline (make pipeline) first")
     with _REGISTRY_READS:
         try:
             return decision_history(_client(uri), load_params(params).register_, limit)

@@ -6,8 +6,10 @@ import pytest
 from starlette.testclient import TestClient
 
 from housing.settings import settings
+from service.admin import warm_registry_client
 from service.retrain_jobs import retrain_lock
 from tests.service.conftest import ADMIN
+from tests.workspace import ROOT
 
 ADMIN_CALLS = [("POST", "/admin/reload"), ("POST", "/admin/retrain"), ("GET", "/admin/retrain"),
                ("POST", "/admin/rollback")]  # fmt: skip
@@ -82,6 +84,25 @@ def test_history_lists_the_first_promotion(client: TestClient, champion: dict) -
     assert (entry["action"], entry["version"], entry["reason"]) == ("promote", champion["version"], "first champion")
     assert entry["champion_before"] is None
     assert entry["metrics_after"]["rmse"] == pytest.approx(champion["test"]["rmse"], rel=1e-4)
+
+
+def test_a_project_without_a_registry_is_not_given_one(
+    client: TestClient, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pipeline has not run here: the service must not create (and migrate) the registry's database.
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    monkeypatch.setenv("HOUSING_PROJECT_DIR", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    settings.cache_clear()
+    try:
+        warm_registry_client()
+        answer = client.get("/model/history")
+    finally:
+        monkeypatch.undo()
+        settings.cache_clear()
+    assert answer.status_code == 503
+    assert answer.json()["detail"] == "history: no model registry yet; run the pipeline (make pipeline) first"
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 def test_without_a_project_the_registry_calls_say_so(
