@@ -81,17 +81,23 @@ class ServedModel:
 
         The bounds are None for a model registered without intervals.
         """
-        prices = self.predict(columns)
-        if self.intervals is None:
-            return prices, None
-        return prices, self.intervals.bounds(prices, self.scale(columns, prices), coverage)
+        prices, scale = self.price_and_scale(columns)
+        return prices, self.bounds(prices, scale, coverage)
 
-    def scale(self, columns: Mapping[str, Sequence[Any]], prices: np.ndarray) -> np.ndarray:
-        """The intervals' scale model's output for houses priced ``prices`` (USD, shape (n_houses,))."""
+    def price_and_scale(self, columns: Mapping[str, Sequence[Any]]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Prices (USD, shape (n_houses,)) and the intervals' scale model's output for them (None without one).
+
+        The bounds at any coverage are made of these two (:meth:`bounds`).
+        """
+        prices = self.predict(columns)
         if self.intervals is None or self.scale_forest is None:
-            raise ValueError("model: this version was registered without intervals")
+            return prices, None
         inputs = self.intervals.scale_inputs(columns, prices)
-        return self.scale_forest.predict(inputs, num_threads=self._threads(columns).get("num_threads", 1))
+        return prices, self.scale_forest.predict(inputs, num_threads=self._threads(columns).get("num_threads", 1))
+
+    def bounds(self, prices: np.ndarray, scale: np.ndarray | None, coverage: float | None = None) -> np.ndarray | None:
+        """Bounds (n_houses, 2) in USD at ``coverage`` from :meth:`price_and_scale`'s answer; None without intervals."""
+        return None if self.intervals is None or scale is None else self.intervals.bounds(prices, scale, coverage)
 
     def _threads(self, columns: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
         rows = len(next(iter(columns.values())))

@@ -15,7 +15,6 @@ import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
 
 from housing.columns import FEATURE_COLUMNS
-from housing.conformal import ConformalRegressor
 from service.api_models import ModelInfo
 
 PRICED_HOUSES = Counter(
@@ -148,8 +147,8 @@ def failed_fields(error_body: bytes) -> list[str]:
     return fields or ["body"]
 
 
-def publish_model(info: ModelInfo, intervals: ConformalRegressor | None, serving: bool) -> None:
+def publish_model(info: ModelInfo, serving: bool) -> None:
     """Say which model serves (``housing_model_info`` 1) or no longer does (0), and its intervals' promise."""
     MODEL_INFO.labels(info.model_name, info.model_version, info.family).set(int(serving))
-    if intervals is not None and serving:
-        INTERVAL_NOMINAL.labels(info.model_version).set(intervals.coverage)
+    if info.interval_coverage is not None and serving:
+        INTERVAL_NOMINAL.labels(info.model_version).set(info.interval_coverage)

@@ -98,7 +98,7 @@ class Priced:
 
     def identity(self) -> dict[str, Any]:
         """What every prediction answer carries besides prices: request id, model and nominal coverage."""
-        coverage = self.model.intervals.coverage if self.model.intervals is not None else None
+        coverage = self.model.info.interval_coverage
         return {"request_id": self.request_id, "interval_coverage": coverage, **self.model.identity()}
 
 
@@ -161,7 +161,7 @@ class HousePricer:
         self.views = ViewCache(config.view_cache_s)
         # Feedback whose prediction is not in the log yet waits for it; this many at once per worker.
         self.feedback_waiters = asyncio.Semaphore(config.feedback_waiters)
-        prometheus_metrics.publish_model(self.model.info, self.model.intervals, serving=True)
+        prometheus_metrics.publish_model(self.model.info, serving=True)
         worker = bentoml.server_context.worker_index
         configure_request_log(config.log_dir, worker, config.log_max_bytes, config.log_backups, config.log_to_stdout)
         self.started = time.time()
@@ -215,9 +215,9 @@ class HousePricer:
         priced = self._price("invocations", request.houses(), ctx, field="dataframe", coverage=params.coverage)
         if not params.intervals:
             return InvocationResponse(predictions=priced.prices)
-        if priced.lower is None or priced.upper is None:
+        if priced.intervals is None:
             raise Conflict("params.intervals: the served model version was registered without intervals")
-        records = zip(priced.prices, priced.lower, priced.upper, strict=True)
+        records = zip(priced.prices, *priced.intervals.T.tolist(), strict=True)
         return InvocationResponse(predictions=[PricedRecord(price_usd=p, lower_usd=lo, upper_usd=up)
                                                for p, lo, up in records])  # fmt: skip
 
@@ -286,8 +286,8 @@ class HousePricer:
         """Load ``bento_tag`` beside the served model, then swap: requests in flight finish on the old one."""
         model = load_served_model(bentoml.models.get(bento_tag), settings().compiled_dir)
         old, self.model = self.model, model
-        prometheus_metrics.publish_model(old.info, old.intervals, serving=False)
-        prometheus_metrics.publish_model(model.info, model.intervals, serving=True)
+        prometheus_metrics.publish_model(old.info, serving=False)
+        prometheus_metrics.publish_model(model.info, serving=True)
         gc.freeze()  # the new model lives as long as the old one did (see __init__)
 
     def _price(
@@ -302,8 +302,9 @@ class HousePricer:
         state = request_state(ctx.request.state)
         columns = columns_of(houses)
         model = self.model  # one model for the whole request, even if a reload swaps it meanwhile
-        prices, intervals = model.predict_interval(columns)
-        logged = intervals if intervals is not None else np.full((len(houses), 2), None)
+        prices, scale = model.price_and_scale(columns)
+        nominal = model.bounds(prices, scale)
+        logged = nominal if nominal is not None else np.full((len(houses), 2), None)
         version = model.info.model_version
         shared = {"request_id": state["request_id"], "endpoint": endpoint, "ts": time.time(), "model_version": version,
                   "latency_ms": (time.perf_counter() - state["start"]) * 1000}  # fmt: skip
@@ -317,8 +318,7 @@ class HousePricer:
                                                                          *columns.values(), strict=True))
             ],
         )  # fmt: skip
-        if coverage is not None and model.intervals is not None:
-            intervals = model.intervals.bounds(prices, model.scale(columns, prices), coverage)
+        intervals = nominal if coverage is None else model.bounds(prices, scale, coverage)
         state.update(model_version=version, records=len(houses))
         prometheus_metrics.PRICED_HOUSES.labels(endpoint, version).inc(len(houses))
         prometheus_metrics.BATCH_SIZE.labels(endpoint).observe(len(houses))

@@ -49,7 +49,7 @@ def evaluate(params: Params) -> dict[str, Any]:
     for name, fig in figures.items():
         plots.save(fig, figures_dir / f"{name}.png")
     importance = feature_importance(model) or {}
-    bounds = model.predict_interval(X_test) if isinstance(model, ConformalRegressor) else None
+    bounds = model.interval(X_test, pred) if isinstance(model, ConformalRegressor) else None
     y = y_test.to_numpy()
     return {
         "winner": winner,
