@@ -419,6 +419,8 @@ class Health(BaseModel):
                 "model_runtime_problem": None,
                 "interval_runtime": "lleaves",
                 "interval_runtime_problem": None,
+                "explain_runtime": "tables",
+                "explain_runtime_problem": None,
             }
         },
     )
@@ -440,6 +442,12 @@ class Health(BaseModel):
     interval_runtime_problem: str | None = Field(
         default=None, description="Why compiled code is not serving the scale model, if it is not."
     )
+    explain_runtime: Literal["tables", "pred_contrib"] | None = Field(
+        default=None,
+        description="What computes /explain's TreeSHAP values: this worker's tables (built on its first explanation) "
+        "or LightGBM's pred_contrib (until then, or for a forest the tables do not model); null: not a forest.",
+    )
+    explain_runtime_problem: str | None = Field(default=None, description="Why the tables are not in use, if not.")
     model_errors: list[str] = Field(
         default_factory=list,
         description="Why a worker of this replica still serves its old model (a reload or the registry's champion "

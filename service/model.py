@@ -18,7 +18,7 @@ from sklearn.pipeline import Pipeline
 
 from housing.compiled_forest import ForestRuntime
 from housing.conformal import ConformalRegressor
-from housing.explain import Explanation, explain_forest
+from housing.explain import Explanation, ForestExplainer, explain_forest
 from housing.model_card import CARD_FILE, ModelCard
 from housing.model_format import (
     MLFLOW_MODEL_FOLDER,
@@ -60,6 +60,8 @@ class ServedModel:
     scale_forest: ForestRuntime | None = None
     # The version's model card (housing.model_card); None for a version registered without one.
     card: ModelCard | None = None
+    # Exact TreeSHAP values of the forest (housing.explain); None for models of other families.
+    explainer: ForestExplainer | None = None
 
     def identity(self) -> dict[str, str]:
         """The name and version a prediction response carries."""
@@ -109,12 +111,13 @@ class ServedModel:
         The prices come from :meth:`predict` itself, the exact TreeSHAP values from the forest's
         LightGBM booster. Raises :class:`NotExplainableError` for a model of another family.
         """
-        if self.forest is None:
+        if self.forest is None or self.explainer is None:
             raise NotExplainableError(not_explainable(self))
-        pipeline = fitted_pipeline(self.estimator)
+        pipeline, inverse = fitted_pipeline(self.estimator), target_inverse(self.estimator)
         sources = pipeline.named_steps["features"].get_feature_sources_out()
-        features, prices = _features(pipeline, columns), self.predict(columns)
-        return explain_forest(self.forest.booster, features, sources, prices, target_inverse(self.estimator))
+        features = _features(pipeline, columns)
+        prices = forest_prices(self.forest, features, inverse, **self._threads(columns))
+        return explain_forest(self.explainer, features, sources, prices, inverse)
 
 
 class NotExplainableError(ValueError):
@@ -157,6 +160,7 @@ def load_served_model(bento_model: bentoml.Model, compiled_dir: Path | None = No
         intervals=intervals,
         scale_forest=scale_forest,
         card=card_of(bento_model, meta),
+        explainer=None if forest is None else ForestExplainer(forest.booster),
         info=ModelInfo(
             model_name=meta.mlflow_model,
             model_version=meta.mlflow_version,
@@ -231,10 +235,20 @@ def fast_predict(estimator: BaseEstimator, forest: ForestRuntime) -> Callable[..
     inverse = target_inverse(estimator)
 
     def predict(columns: Mapping[str, Sequence[Any]], num_threads: int = 1) -> np.ndarray:
-        scores = forest.predict(_features(pipeline, columns), num_threads=num_threads)
-        return np.asarray(inverse(scores) if inverse is not None else scores)
+        return forest_prices(forest, _features(pipeline, columns), inverse, num_threads)
 
     return predict
+
+
+def forest_prices(
+    forest: ForestRuntime,
+    features: np.ndarray,
+    inverse: Callable[[np.ndarray], np.ndarray] | None,
+    num_threads: int = 1,
+) -> np.ndarray:
+    """Prices in USD, shape (n_houses,), of the model's inputs (n_houses, n_features): the target transform undone."""
+    scores = forest.predict(features, num_threads=num_threads)
+    return np.asarray(inverse(scores) if inverse is not None else scores)
 
 
 def card_of(bento_model: bentoml.Model, meta: ModelMetadata) -> ModelCard | None:
