@@ -41,8 +41,9 @@ from scipy import sparse
 
 # 2**12 patterns * 12 values per leaf: beyond this a table costs more than it saves.
 MAX_PATH_FEATURES = 12
-# Houses explained per block: the per-path arrays are (n_slots, rows), 139,065 slots for the forest above.
-BLOCK_ROWS = 32
+# Houses explained per block: the per-slot arrays are (n_slots, rows) and the forest above has 139,065 slots,
+# so a block's temporaries stay near 20 MB per array.
+BLOCK_ROWS = 16
 # Threads that share one explanation, each over a range of the leaves: reading the tables waits on memory,
 # and two threads take 1.4 ms where one takes 2.1 (the forest above, on 2 cores).
 THREADS = min(2, os.cpu_count() or 1)

@@ -169,19 +169,21 @@ def test_every_200_has_exactly_one_row_under_load(tmp_path: Path, workspace, tes
     rng = random.Random(7)
     plan = [(i, rng.choice(["single", "single", "single", "batch", "invalid"])) for i in range(640)]
 
+    # One pool of 32 keep-alive connections, one per client thread (a client each would cost more than the requests).
+    client = httpx.Client(base_url=server.url, timeout=30, limits=httpx.Limits(max_connections=32))
+
     def call(item: tuple[int, str]) -> tuple[str, str, int]:
         i, kind = item
         request_id = f"load-{i}"
-        with httpx.Client(base_url=server.url, timeout=30) as client:
-            if kind == "single":
-                r = client.post("/predict", json=houses[i % 300], headers={"X-Request-ID": request_id})
-            elif kind == "batch":
-                r = client.post("/predict_batch", json=houses[:5], headers={"X-Request-ID": request_id})
-            else:
-                r = client.post("/predict", json={**houses[0], "latitude": 99.0}, headers={"X-Request-ID": request_id})
+        if kind == "single":
+            r = client.post("/predict", json=houses[i % 300], headers={"X-Request-ID": request_id})
+        elif kind == "batch":
+            r = client.post("/predict_batch", json=houses[:5], headers={"X-Request-ID": request_id})
+        else:
+            r = client.post("/predict", json={**houses[0], "latitude": 99.0}, headers={"X-Request-ID": request_id})
         return request_id, kind, r.status_code
 
-    with ThreadPoolExecutor(32) as pool:
+    with client, ThreadPoolExecutor(32) as pool:
         outcomes = list(pool.map(call, plan))
     assert server.stop() == 0  # SIGTERM: workers flush their queues before exiting
 
