@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import threading
@@ -22,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 
 from load_tests.benchmark import free_port
@@ -179,10 +177,8 @@ def kill_replica(server: Server) -> tuple[float, float]:
 
     The kill is a window: from the first signal to the moment its port refuses connections, (start, end).
     """
-    processes = [psutil.Process(server.process.pid), *psutil.Process(server.process.pid).children(recursive=True)]
     start = time.monotonic()
-    for process in processes:
-        process.send_signal(signal.SIGKILL)
+    server.kill()
     while not refuses(server.url):
         time.sleep(0.001)
     end = time.monotonic()

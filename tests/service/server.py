@@ -27,16 +27,29 @@ class Server:
     log_dir: Path
     output: Path
 
+    def processes(self) -> list[psutil.Process]:
+        """The server's process and its workers (BentoML starts them in process groups of their own)."""
+        try:
+            return [psutil.Process(self.process.pid), *psutil.Process(self.process.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def kill(self) -> None:
+        """SIGKILL to every process of the server, as when its container or host dies: a crash, no shutdown.
+
+        A signal to the server's process group would leave its workers serving.
+        """
+        for process in self.processes():
+            with suppress(psutil.NoSuchProcess):
+                process.kill()
+
     def stop(self, timeout_s: float = 60.0) -> int | None:
         """Graceful shutdown, as an orchestrator does it: SIGTERM, then wait; past ``timeout_s``, kill.
 
         BentoML's workers run in process groups of their own: a worker still stuck when the time is up
         is killed by its pid, or it would outlive its server. None when the server had to be killed.
         """
-        try:
-            processes = [psutil.Process(self.process.pid), *psutil.Process(self.process.pid).children(recursive=True)]
-        except psutil.NoSuchProcess:
-            processes = []
+        processes = self.processes()
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
         try:

@@ -297,7 +297,7 @@ def test_sigkill_loses_at_most_the_rows_of_the_last_writes(fleet: Fleet) -> None
     def kill() -> None:
         time.sleep(4)
         killed.append(time.time())
-        os.killpg(victim.process.pid, signal.SIGKILL)
+        victim.kill()  # the server and its workers, as a crash of its container
         victim.process.wait(60)
 
     load.run(kill)
