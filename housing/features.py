@@ -37,6 +37,10 @@ EARTH_RADIUS_KM = 6371.0
 # Rotations (degrees) of the coordinate axes: the coast runs diagonally, so
 # rotated axes let axis-aligned splits follow it.
 ROTATIONS_DEG: tuple[float, ...] = (15.0, 30.0, 45.0, 60.0)
+# The same as arrays, so each transform computes all distances and all rotations in one step each:
+# one served house costs a few numpy calls instead of a hundred.
+_CITY_LON, _CITY_LAT = (np.array(coords) for coords in zip(*CITY_CENTRES.values(), strict=True))
+_COS, _SIN = np.cos(np.radians(ROTATIONS_DEG)), np.sin(np.radians(ROTATIONS_DEG))
 
 Records = pd.DataFrame | Mapping[str, Any]
 
@@ -46,8 +50,12 @@ def column(X: Records, name: str) -> np.ndarray:
     return np.asarray(X[name], dtype=np.float64).reshape(-1)
 
 
-def haversine_km(lon: np.ndarray, lat: np.ndarray, lon0: float, lat0: float) -> np.ndarray:
-    """Great-circle distance in km from each (lon, lat) in degrees to one point."""
+def haversine_km(lon: np.ndarray, lat: np.ndarray, lon0: Any, lat0: Any) -> np.ndarray:
+    """Great-circle distance in km from each (lon, lat) in degrees to a point (lon0, lat0).
+
+    The arguments broadcast: ``lon`` of shape (n, 1) against ``lon0`` of shape (m,) gives
+    the (n, m) distances from n places to m points.
+    """
     lon, lat, lon0_r, lat0_r = np.radians(lon), np.radians(lat), np.radians(lon0), np.radians(lat0)
     a = np.sin((lat - lat0_r) / 2) ** 2 + np.cos(lat) * np.cos(lat0_r) * np.sin((lon - lon0_r) / 2) ** 2
     return np.asarray(2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(a)), dtype=np.float64)
@@ -92,12 +100,10 @@ class FeatureEngineer(TransformerMixin, BaseEstimator):
         # Counts can be zero in hand-made records; keep ratios finite.
         safe_households = np.maximum(households, 1.0)
         safe_rooms = np.maximum(rooms, 1.0)
-        city_km = [haversine_km(lon, lat, *centre) for centre in CITY_CENTRES.values()]
-        rotated = [
-            coord
-            for theta in np.radians(ROTATIONS_DEG)
-            for coord in (lon * np.cos(theta) - lat * np.sin(theta), lon * np.sin(theta) + lat * np.cos(theta))
-        ]
+        city_km = haversine_km(lon[:, None], lat[:, None], _CITY_LON, _CITY_LAT)  # (n, n_cities)
+        # (n, 2 * n_rotations): x then y of each rotation.
+        x, y = lon[:, None] * _COS - lat[:, None] * _SIN, lon[:, None] * _SIN + lat[:, None] * _COS
+        rotated = np.stack([x, y], axis=2).reshape(len(lon), -1)
         numeric = [
             lon,
             lat,
@@ -113,9 +119,9 @@ class FeatureEngineer(TransformerMixin, BaseEstimator):
             population / safe_households,
             np.log1p(population),
             np.log1p(households),
-            *city_km,
-            np.min(city_km, axis=0),
-            *rotated,
+            city_km,
+            city_km.min(axis=1),
+            rotated,
         ]
         return np.column_stack([*numeric, one_hot(X[CATEGORICAL_COLUMN], OCEAN_PROXIMITY_CATEGORIES)])
 
