@@ -14,14 +14,14 @@ feature ``i`` ::
 
 A house changes only the bits ``o``, so every leaf's values for each of its
 ``2**d`` bit patterns are computed once, when the tables are built (Fast TreeSHAP
-v2, Yang 2021). Explaining a house then reads one pattern per leaf: the splits it
-satisfies on each path's features (two comparisons each: a path's splits on one
-feature bound an interval), one pattern per leaf (a sparse product), a gather from the
-tables and a sum per feature. The values are the same as ``pred_contrib``'s
-to rounding (a test holds them to 1e-9 of the score).
+v2, Yang 2021). Explaining a house then takes: whether it satisfies each path's splits
+on each of its features (two comparisons: a path's splits on one feature bound an
+interval), its pattern at each leaf (a sparse product), a gather from the tables and a
+sum per feature. The values are the same as ``pred_contrib``'s to rounding (a test holds
+them to 1e-9 of the score).
 
-The tables hold ``sum_l 2**d_l * d_l`` numbers: 8.4 million (67 MB) for a forest of
-977 trees and 30,287 leaves with up to 10 distinct features per path. A forest whose
+The tables hold ``sum_l 2**d_l * d_l`` numbers, tens of MB for the champion (its size and
+speed are in the README's Performance section). A forest whose
 paths are longer than ``MAX_PATH_FEATURES``, or that uses splits these tables do not
 model (categorical, or missing values routed apart), is refused with ``ValueError``
 and its caller keeps ``pred_contrib``.
@@ -41,11 +41,11 @@ from scipy import sparse
 
 # 2**12 patterns * 12 values per leaf: beyond this a table costs more than it saves.
 MAX_PATH_FEATURES = 12
-# Houses explained per block: the per-slot arrays are (n_slots, rows) and the forest above has 139,065 slots,
-# so a block's temporaries stay near 20 MB per array.
+# Houses explained per block: the per-slot arrays are (n_slots, rows), and a forest of 10**5 slots would
+# otherwise need GBs of temporaries for a batch of hundreds.
 BLOCK_ROWS = 16
 # Threads that share one explanation, each over a range of the leaves: reading the tables waits on memory,
-# and two threads take 1.4 ms where one takes 2.1 (the forest above, on 2 cores).
+# so a second thread finishes the explanation sooner even on a machine whose cores are busy serving.
 THREADS = min(2, os.cpu_count() or 1)
 
 
