@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
+import logging.handlers
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -11,7 +15,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from service.middleware import MAX_ERROR_BYTES, MAX_ERRORS, RequestMiddleware
+from service.middleware import MAX_ERROR_BYTES, MAX_ERRORS, BackgroundHandler, JsonFormatter, RequestMiddleware
 
 
 async def echo(request: Request) -> JSONResponse:
@@ -81,3 +85,30 @@ def test_request_ids_are_kept_when_valid_and_made_otherwise() -> None:
         made = http.post("/api", content=b"{}", headers={"X-Request-ID": "not valid!"})
     assert kept.headers["x-request-id"] == kept.json()["id"] == "abc-1"
     assert made.headers["x-request-id"] == made.json()["id"] != "not valid!"
+
+
+def record(i: int) -> logging.LogRecord:
+    line = logging.LogRecord("housing.requests", logging.INFO, __file__, 0, "request", None, None)
+    line.fields = {"request_id": f"r{i}", "path": "/predict"}  # type: ignore[attr-defined]
+    return line
+
+
+def test_request_lines_are_written_in_blocks_and_rotate_at_their_size(tmp_path: Path) -> None:
+    rotating = logging.handlers.RotatingFileHandler(tmp_path / "requests.log", maxBytes=2_000, backupCount=2)
+    stdout = logging.StreamHandler(io.StringIO())
+    for target in (rotating, stdout):
+        target.setFormatter(JsonFormatter())
+    handler = BackgroundHandler([rotating, stdout], interval_s=3600)  # only explicit flushes write
+    for batch in range(6):
+        for i in range(batch * 10, batch * 10 + 10):
+            handler.handle(record(i))
+        handler.flush()
+    handler.close()
+    files = [tmp_path / name for name in ("requests.log.2", "requests.log.1", "requests.log")]
+    lines = [json.loads(line) for path in files for line in path.read_text().splitlines()]
+    # The rotation kept every line of the newest blocks, in order; no file grew past its size.
+    assert [line["request_id"] for line in lines] == [f"r{i}" for i in range(60 - len(lines), 60)]
+    assert all(path.stat().st_size < 2_000 for path in files)
+    assert len(lines) >= 30
+    written = stdout.stream.getvalue().splitlines()
+    assert [json.loads(line)["request_id"] for line in written] == [f"r{i}" for i in range(60)]
