@@ -108,8 +108,10 @@ class ServedModel:
     def explain(self, columns: Mapping[str, Sequence[Any]]) -> Explanation:
         """Each raw input's contribution (USD) to the prices :meth:`predict` gives these houses (housing.explain).
 
-        The prices come from :meth:`predict` itself, the exact TreeSHAP values from the forest's
-        LightGBM booster. Raises :class:`NotExplainableError` for a model of another family.
+        The prices are :meth:`predict`'s (the same features through the same forest runtime, computed
+        once for both), the exact TreeSHAP values the explainer's (tables, or the booster's
+        ``pred_contrib`` until they are built). Raises :class:`NotExplainableError` for a model of
+        another family.
         """
         if self.forest is None or self.explainer is None:
             raise NotExplainableError(not_explainable(self))
