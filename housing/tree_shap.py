@@ -53,13 +53,12 @@ THREADS = min(2, os.cpu_count() or 1)
 class _Paths:
     """Every root-to-leaf path of a forest, flattened: one slot per distinct feature of a path."""
 
-    node_threshold: list[float]
     leaf_value: list[float]
     leaf_features: list[int]
     slot_feature: list[int]
     slot_zero_fraction: list[float]
-    # One edge per split on a path: its node, whether the path goes left there (x <= threshold), and its slot.
-    edge_node: list[int]
+    # One edge per split on a path: its threshold, whether the path goes left there (x <= threshold), its slot.
+    edge_threshold: list[float]
     edge_left: list[bool]
     edge_slot: list[int]
     base: float = 0.0
@@ -69,7 +68,7 @@ class _Paths:
         if "leaf_value" in root:
             self.base += root["leaf_value"]
             return
-        stack: list[tuple[dict[str, Any], list[tuple[int, bool, int, float]]]] = [(root, [])]
+        stack: list[tuple[dict[str, Any], list[tuple[float, bool, int, float]]]] = [(root, [])]
         while stack:
             node, path = stack.pop()
             if "leaf_value" in node:
@@ -81,24 +80,22 @@ class _Paths:
                     f"split {node['decision_type']} with missing values {node['missing_type']}: "
                     "the tables model numerical splits without a missing-value direction only"
                 )
-            index = len(self.node_threshold)
-            self.node_threshold.append(float(node["threshold"]))
             for child, left in ((node["left_child"], True), (node["right_child"], False)):
                 count = child["leaf_count"] if "leaf_value" in child else child["internal_count"]
-                step = (index, left, node["split_feature"], count / node["internal_count"])
+                step = (float(node["threshold"]), left, node["split_feature"], count / node["internal_count"])
                 stack.append((child, [*path, step]))
 
-    def _add_leaf(self, value: float, path: list[tuple[int, bool, int, float]]) -> None:
+    def _add_leaf(self, value: float, path: list[tuple[float, bool, int, float]]) -> None:
         features = list(dict.fromkeys(feature for _, _, feature, _ in path))
         if len(features) > MAX_PATH_FEATURES:
             raise ValueError(f"a path splits on {len(features)} features; the tables stop at {MAX_PATH_FEATURES}")
         first = len(self.slot_feature)
         for position, feature in enumerate(features):
             fraction = 1.0
-            for node, left, split_feature, share in path:
+            for threshold, left, split_feature, share in path:
                 if split_feature == feature:
                     fraction *= share
-                    self.edge_node.append(node)
+                    self.edge_threshold.append(threshold)
                     self.edge_left.append(left)
                     self.edge_slot.append(first + position)
             self.slot_feature.append(feature)
@@ -195,7 +192,7 @@ class ShapTables:
     """
 
     def __init__(self, booster: Any, threads: int = THREADS) -> None:
-        paths = _Paths([], [], [], [], [], [], [], [])
+        paths = _Paths([], [], [], [], [], [], [])
         for tree in booster.dump_model()["tree_info"]:
             paths.add_tree(tree["tree_structure"])
         self.base = paths.base
@@ -257,7 +254,7 @@ def _slots(paths: _Paths, leaf_features: np.ndarray, first_slot: np.ndarray) -> 
     n_slots = len(paths.slot_feature)
     # A path follows its splits on one feature exactly when the feature is above every threshold it
     # goes right of and at most every threshold it goes left of: an interval (above, at_most].
-    threshold = np.asarray(paths.node_threshold)[np.asarray(paths.edge_node, dtype=np.intp)]
+    threshold = np.asarray(paths.edge_threshold, dtype=np.float64)
     edge_left = np.asarray(paths.edge_left, dtype=bool)
     edge_slot = np.asarray(paths.edge_slot, dtype=np.intp)
     above, at_most = np.full(n_slots, -np.inf), np.full(n_slots, np.inf)
