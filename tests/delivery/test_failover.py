@@ -169,6 +169,8 @@ def refuses(url: str) -> bool:
         socket.create_connection((host, int(port)), timeout=1).close()
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:  # the dying listener dropped the queued connection: it refuses on a later try
+        pass
     return False
 
 
