@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
-
-from mlflow import MlflowClient
+from typing import TYPE_CHECKING, Any, Literal
 
 from housing.params import RegisterParams
+
+if TYPE_CHECKING:  # the caller's client brings MLflow (see housing.model_format)
+    from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
 

@@ -15,13 +15,14 @@ falls below ``p_value``. Needs only NumPy and SciPy, so the service can run it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy import stats
 
 from housing.columns import CATEGORICAL_COLUMN, NUMERIC_COLUMNS, OCEAN_PROXIMITY_CATEGORIES
-from housing.features import Records
+
+if TYPE_CHECKING:  # housing.features brings scikit-learn; only its type is needed here (see housing.model_format)
+    from housing.features import Records
 
 # Keeps PSI finite when a bin is empty on one side.
 _EPSILON = 1e-4
@@ -50,6 +51,8 @@ def reference_profile(columns: Records, bins: int = 10, sample_size: int = 2000,
 
 def drift_report(profile: Mapping[str, Any], columns: Records, psi_threshold: float, p_value: float) -> dict[str, Any]:
     """Per-feature PSI, test p-value and verdict for the window ``columns`` (name -> values)."""
+    from scipy import stats
+
     features: dict[str, dict[str, Any]] = {}
     for name, ref in profile["numeric"].items():
         values = _finite(columns[name])

@@ -29,12 +29,14 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from housing.columns import FEATURE_COLUMNS
-from housing.tree_shap import ShapTables
+
+if TYPE_CHECKING:  # the tables' code (and SciPy) loads with the first explanation
+    from housing.tree_shap import ShapTables
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +140,8 @@ class ForestExplainer:
         return self._ready.wait(timeout)
 
     def _build(self) -> None:
+        from housing.tree_shap import ShapTables
+
         try:
             tables = ShapTables(self.booster)
         except Exception as error:  # an accelerator that cannot be built leaves pred_contrib explaining

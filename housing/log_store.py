@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import sqlite_utils
 from psycopg_pool import ConnectionPool
 
 from housing.log_schema import (
@@ -191,10 +190,14 @@ class SQLiteStore(LogStore):
         return {row[1] for row in session.execute(f"PRAGMA table_info({table})").fetchall()}
 
     def column_sql(self, name: str, kind: type, not_null: bool, default: object) -> str:
+        import sqlite_utils  # with pandas, about 0.4 s: loaded when a table is made (see housing.model_format)
+
         sql = f"{name} {sqlite_utils.db.COLUMN_TYPE_MAPPING[kind]}"
         return sql + (f" NOT NULL DEFAULT {default!r}" if not_null else "")
 
     def create_table_sql(self, table: str) -> str:
+        import sqlite_utils
+
         columns = SCHEMAS[table]
         return sqlite_utils.Database(memory=True).create_table_sql(
             table,

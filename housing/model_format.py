@@ -4,25 +4,23 @@ The pipeline writes a model in this shape (training.register, training.champion)
 and the service reads it (service.model). A model file may only contain the
 types of :data:`TRUSTED_TYPES`; the labels and metadata of the BentoML copy are
 the typed classes below, so a key is named once.
+
+The loaders import skops, MLflow and scikit-learn when called (about 2 s): `bentoml serve`'s parent process
+imports the service only to read its definition, and should not pay for them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path, PurePath, PurePosixPath
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
-import mlflow.sklearn
-import numpy as np
-import skops.io as sio
-from mlflow.models import Model
-from mlflow.pyfunc import FLAVOR_NAME as PYFUNC_FLAVOR
 from pydantic import BaseModel, ConfigDict
-from sklearn.base import BaseEstimator
-from sklearn.compose import TransformedTargetRegressor
-from sklearn.pipeline import Pipeline
 
-from housing.conformal import ConformalRegressor
+if TYPE_CHECKING:
+    import numpy as np
+    from sklearn.base import BaseEstimator
+    from sklearn.pipeline import Pipeline
 
 # Where bentoml.mlflow.import_model puts the MLflow model inside a BentoML model.
 MLFLOW_MODEL_FOLDER = "mlflow_model"
@@ -90,6 +88,8 @@ def load_model(path: str | PurePath) -> BaseEstimator:
 
     Loading refuses any other type, so a tampered or unexpected file cannot run code.
     """
+    import skops.io as sio
+
     return sio.load(path, trusted=list(TRUSTED_TYPES))
 
 
@@ -99,6 +99,10 @@ def load_mlflow_model(model_dir: str | PurePath) -> BaseEstimator:
     Versions registered before the intervals were logged in MLflow's sklearn flavour: they load as such,
     so a rollback to one still serves.
     """
+    import mlflow.sklearn
+    from mlflow.models import Model
+    from mlflow.pyfunc import FLAVOR_NAME as PYFUNC_FLAVOR
+
     flavor = Model.load(str(model_dir)).flavors[PYFUNC_FLAVOR]
     if "data" not in flavor:
         return mlflow.sklearn.load_model(str(model_dir))
@@ -107,20 +111,26 @@ def load_mlflow_model(model_dir: str | PurePath) -> BaseEstimator:
 
 def price_model(model: BaseEstimator) -> BaseEstimator:
     """The price model of a fitted model, its interval wrapper (housing.conformal) unwrapped."""
+    from housing.conformal import ConformalRegressor
+
     return model.estimator if isinstance(model, ConformalRegressor) else model
 
 
 def fitted_pipeline(model: BaseEstimator) -> Pipeline:
     """The inner feature+model pipeline of a fitted model, interval wrapper and target transform unwrapped."""
+    from sklearn.compose import TransformedTargetRegressor
+
     model = price_model(model)
     return model.regressor_ if isinstance(model, TransformedTargetRegressor) else model
 
 
 def target_inverse(model: BaseEstimator) -> Callable[[np.ndarray], np.ndarray] | None:
     """What takes the pipeline's output back to USD: the target transform's inverse, None without one."""
+    from sklearn.compose import TransformedTargetRegressor
+
     model = price_model(model)
     return (
-        cast(Callable[[np.ndarray], np.ndarray], model.inverse_func)
+        cast("Callable[[np.ndarray], np.ndarray]", model.inverse_func)
         if isinstance(model, TransformedTargetRegressor)
         else None
     )

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import bentoml
-import mlflow
 from bentoml.exceptions import NotFound
-from mlflow import MlflowClient
-from mlflow.entities.model_registry import ModelVersion
 
 from housing.columns import FEATURE_COLUMNS
 from housing.model_format import PROFILE_TAG, ModelLabels, ModelMetadata
+
+if TYPE_CHECKING:  # MLflow is imported where it is used (about 1 s): see housing.model_format
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
 
 
 class RegisteredModel(Protocol):
@@ -54,9 +55,11 @@ def store_exists(uri: str) -> bool:
 
 def champion_version(client: MlflowClient, reg: RegisteredModel) -> ModelVersion | None:
     """The version the ``@champion`` alias points at, or None before the first promotion."""
+    from mlflow.exceptions import MlflowException
+
     try:
         return client.get_model_version_by_alias(reg.model_name, reg.alias)
-    except mlflow.exceptions.MlflowException:
+    except MlflowException:
         return None
 
 
@@ -72,6 +75,8 @@ def import_version(client: MlflowClient, reg: RegisteredModel, version: str) -> 
     The import is always a new BentoML model, so the champion is the store's
     ``latest`` even when an older version comes back by rollback.
     """
+    import mlflow
+
     mv = client.get_model_version(reg.model_name, version)
     model: bentoml.Model = bentoml.mlflow.import_model(
         reg.bento_model_name,

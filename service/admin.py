@@ -20,11 +20,10 @@ import threading
 from functools import lru_cache
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import bentoml
 from fastapi import APIRouter, Depends, Header, HTTPException, Query
-from mlflow import MlflowClient
 from pydantic import BaseModel, ConfigDict, Field
 
 from housing.decisions import history as decision_history
@@ -35,6 +34,9 @@ from service.api_models import FeedbackCorrected, FeedbackCorrection, RetrainReq
 from service.auth import bearer_refusal
 from service.reload import roll_out
 from service.retrain_jobs import is_running, log_path, read_status
+
+if TYPE_CHECKING:  # MLflow loads on the first registry read (see housing.model_format)
+    from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +205,8 @@ def _read_history(limit: int) -> list[dict[str, Any]]:
 @lru_cache(maxsize=4)
 def _client(tracking_uri: str) -> MlflowClient:
     """One client per store and worker: making one (and its database engine) cost about two seconds."""
+    from mlflow import MlflowClient
+
     return MlflowClient(tracking_uri)
 
 

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import bentoml
-from mlflow import MlflowClient
 
 from housing.model_format import ModelLabels
 from housing.registry import champion_version, served_model
@@ -56,6 +55,8 @@ class ChampionFollower:
     poll_s: float
 
     def start(self) -> None:
+        from mlflow import MlflowClient  # on start, in the worker (see housing.model_format)
+
         self._stop = threading.Event()
         self._client = MlflowClient(self.tracking_uri)
         self._thread = threading.Thread(target=self._run, name="champion-follower", daemon=True)

@@ -8,16 +8,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import bentoml
 import numpy as np
-from lightgbm import LGBMModel
-from sklearn.base import BaseEstimator
-from sklearn.pipeline import Pipeline
 
 from housing.compiled_forest import ForestRuntime
-from housing.conformal import ConformalRegressor
 from housing.explain import Explanation, ForestExplainer, explain_forest
 from housing.model_card import CARD_FILE, ModelCard
 from housing.model_format import (
@@ -31,6 +27,12 @@ from housing.model_format import (
 )
 from service import prometheus_metrics
 from service.api_models import EXAMPLE_HOUSE, House, ModelInfo, columns_of
+
+if TYPE_CHECKING:  # the model's libraries load with the model (see housing.model_format)
+    from sklearn.base import BaseEstimator
+    from sklearn.pipeline import Pipeline
+
+    from housing.conformal import ConformalRegressor
 
 PARALLEL_ROWS = 1000
 # Probe houses on which a compiled forest must price as the booster does: the example house moved
@@ -143,6 +145,8 @@ def load_served_model(bento_model: bentoml.Model, compiled_dir: Path | None = No
     LightGBM forest runs as compiled code from ``compiled_dir`` once that is ready
     (housing.compiled_forest), as the booster until then or if it cannot be.
     """
+    from housing.conformal import ConformalRegressor
+
     estimator = load_mlflow_model(bento_model.path_of(MLFLOW_MODEL_FOLDER))
     meta = ModelMetadata.model_validate(bento_model.info.metadata)
     labels = ModelLabels.model_validate(bento_model.info.labels)
@@ -197,6 +201,8 @@ def forest_runtime(
     estimator: BaseEstimator, compiled_dir: Path | None, on_change: Callable[[ForestRuntime], None] | None = None
 ) -> ForestRuntime | None:
     """The runtime of a pipeline ending in LightGBM, probed on houses across the state; None for other models."""
+    from lightgbm import LGBMModel
+
     pipeline = fitted_pipeline(estimator)
     if not isinstance(pipeline[-1], LGBMModel):
         return None

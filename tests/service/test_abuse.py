@@ -170,86 +170,6 @@ def houses(test_rows: pd.DataFrame) -> list[dict[str, Any]]:
     return request_records(test_rows.sample(MAX_BATCH, replace=len(test_rows) < MAX_BATCH, random_state=0))
 
 
-# == 1. A reused X-Request-ID ===================================================
-
-
-@pytest.fixture(scope="module")
-def dup_server(tmp_path_factory: pytest.TempPathFactory, workspace: Workspace) -> Iterator[Server]:
-    with serving(tmp_path_factory.mktemp("dup"), workspace) as running:
-        yield running
-
-
-def reuse_an_id(server: Server, houses: list[dict[str, Any]], dup: str) -> tuple[list[str], str]:
-    """4 /predict under ``dup``, 40 under fresh ids, one batch of 500: (the fresh ids, the batch's id)."""
-    fresh = [f"{dup}-fresh-{i}" for i in range(40)]
-    batch = f"{dup}-batch"
-    with httpx.Client(base_url=server.url, timeout=30) as http:
-        for i in range(4):
-            response = http.post("/predict", json=houses[i], headers={"X-Request-ID": dup})
-            assert response.status_code == 200, f"predict #{i} under a reused id: {response.text}"
-        for i, request_id in enumerate(fresh):
-            response = http.post("/predict", json=houses[i], headers={"X-Request-ID": request_id})
-            assert response.status_code == 200, response.text
-        response = http.post("/predict_batch", json=houses, headers={"X-Request-ID": batch})
-        assert response.status_code == 200, response.text
-    return fresh, batch
-
-
-def missing_rows(db: Path, dup: str, fresh: list[str], batch: str) -> list[str]:
-    """What the log lacks of reuse_an_id's traffic (empty when every answered request kept its rows)."""
-    dups = [
-        rid
-        for (rid,) in query(
-            db, "SELECT request_id FROM predictions WHERE request_id = ? OR request_id LIKE ?", dup, f"{dup}~%"
-        )
-    ]
-    marks = f"({', '.join('?' * len(fresh))})"
-    saved = {rid for (rid,) in query(db, f"SELECT request_id FROM predictions WHERE request_id IN {marks}", *fresh)}  # noqa: S608 - placeholders only
-    (batch_rows,) = query(db, "SELECT COUNT(*) FROM predictions WHERE request_id = ?", batch)[0]
-    problems = []
-    if len(dups) != 4:
-        problems.append(f"{len(dups)} of 4 rows under {dup!r} or {dup + '~…'!r}: {sorted(dups)}")
-    if dups.count(dup) != 1 or not all(re.fullmatch(rf"{dup}~[0-9a-f]{{8}}", rid) for rid in dups if rid != dup):
-        problems.append(f"want one {dup!r} and the others {dup + '~<8 hex>'!r}, got {sorted(dups)}")
-    if lost := sorted(set(fresh) - saved):
-        problems.append(f"{len(lost)} of 40 fresh predictions never logged, e.g. {lost[:3]}")
-    if batch_rows != MAX_BATCH:
-        problems.append(f"{batch_rows} of {MAX_BATCH} batch rows logged")
-    return problems
-
-
-def test_reused_request_id_does_not_stop_the_log(dup_server: Server, houses: list[dict[str, Any]]) -> None:
-    fresh, batch = reuse_an_id(dup_server, houses, "dup-1")
-    eventually(lambda: not missing_rows(dup_server.db, "dup-1", fresh, batch), 5.0)
-    problems = missing_rows(dup_server.db, "dup-1", fresh, batch)
-    assert not problems, f"5 s after the traffic: {'; '.join(problems)}"
-    with httpx.Client(base_url=dup_server.url, timeout=30) as http:
-        for _ in range(4):  # two workers answer /health
-            health = http.get("/health").json()
-            assert (health["status"], health["prediction_log_write_failures"]) == ("ok", 0), health
-        metrics = http.get("/metrics").text
-        counted = sum(
-            float(value)
-            for value in re.findall(r"^housing_prediction_log_duplicate_ids_total(?:\{[^}]*\})? (\S+)$", metrics, re.M)
-        )
-        assert counted >= 3, f"housing_prediction_log_duplicate_ids_total is {counted}, want >= 3"
-        for request_id, index in [(fresh[7], 0), (batch, MAX_BATCH - 1)]:
-            receipt = http.post(
-                "/feedback",
-                json={"request_id": request_id, "index": index, "actual_price_usd": 250_000.0},
-                headers=FEEDBACK,
-            )
-            assert receipt.status_code == 200, f"feedback for {request_id}[{index}]: {receipt.text}"
-
-
-def test_reused_request_id_loses_no_row_on_sigterm(dup_server: Server, houses: list[dict[str, Any]]) -> None:
-    fresh, batch = reuse_an_id(dup_server, houses, "dup-2")
-    code = dup_server.stop(60)  # at once: the rows may still be queued
-    assert code is not None, "the server did not stop within 60 s of SIGTERM (killed)"
-    assert not (problems := missing_rows(dup_server.db, "dup-2", fresh, batch)), "; ".join(problems)
-    assert code == 0, f"bentoml serve exited with {code} on SIGTERM"
-
-
 # == 4. Feedback is trustworthy =================================================
 
 
@@ -513,6 +433,81 @@ def test_model_history_spawns_no_process_and_answers_fast(server: Server, http: 
     assert all(isinstance(answer.json(), list) for answer in answers)
     times = latencies_ms(http, "/model/history")
     assert p95(times) <= P95_MS, f"GET /model/history p95 {p95(times):.0f} ms over {len(times)} calls"
+
+
+# == 1. A reused X-Request-ID ===================================================
+# The last tests of the shared server: the second one stops it.
+
+
+def reuse_an_id(server: Server, houses: list[dict[str, Any]], dup: str) -> tuple[list[str], str]:
+    """4 /predict under ``dup``, 40 under fresh ids, one batch of 500: (the fresh ids, the batch's id)."""
+    fresh = [f"{dup}-fresh-{i}" for i in range(40)]
+    batch = f"{dup}-batch"
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        for i in range(4):
+            response = http.post("/predict", json=houses[i], headers={"X-Request-ID": dup})
+            assert response.status_code == 200, f"predict #{i} under a reused id: {response.text}"
+        for i, request_id in enumerate(fresh):
+            response = http.post("/predict", json=houses[i], headers={"X-Request-ID": request_id})
+            assert response.status_code == 200, response.text
+        response = http.post("/predict_batch", json=houses, headers={"X-Request-ID": batch})
+        assert response.status_code == 200, response.text
+    return fresh, batch
+
+
+def missing_rows(db: Path, dup: str, fresh: list[str], batch: str) -> list[str]:
+    """What the log lacks of reuse_an_id's traffic (empty when every answered request kept its rows)."""
+    dups = [
+        rid
+        for (rid,) in query(
+            db, "SELECT request_id FROM predictions WHERE request_id = ? OR request_id LIKE ?", dup, f"{dup}~%"
+        )
+    ]
+    marks = f"({', '.join('?' * len(fresh))})"
+    saved = {rid for (rid,) in query(db, f"SELECT request_id FROM predictions WHERE request_id IN {marks}", *fresh)}  # noqa: S608 - placeholders only
+    (batch_rows,) = query(db, "SELECT COUNT(*) FROM predictions WHERE request_id = ?", batch)[0]
+    problems = []
+    if len(dups) != 4:
+        problems.append(f"{len(dups)} of 4 rows under {dup!r} or {dup + '~…'!r}: {sorted(dups)}")
+    if dups.count(dup) != 1 or not all(re.fullmatch(rf"{dup}~[0-9a-f]{{8}}", rid) for rid in dups if rid != dup):
+        problems.append(f"want one {dup!r} and the others {dup + '~<8 hex>'!r}, got {sorted(dups)}")
+    if lost := sorted(set(fresh) - saved):
+        problems.append(f"{len(lost)} of 40 fresh predictions never logged, e.g. {lost[:3]}")
+    if batch_rows != MAX_BATCH:
+        problems.append(f"{batch_rows} of {MAX_BATCH} batch rows logged")
+    return problems
+
+
+def test_reused_request_id_does_not_stop_the_log(server: Server, houses: list[dict[str, Any]]) -> None:
+    fresh, batch = reuse_an_id(server, houses, "dup-1")
+    eventually(lambda: not missing_rows(server.db, "dup-1", fresh, batch), 5.0)
+    problems = missing_rows(server.db, "dup-1", fresh, batch)
+    assert not problems, f"5 s after the traffic: {'; '.join(problems)}"
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        for _ in range(4):  # two workers answer /health
+            health = http.get("/health").json()
+            assert (health["status"], health["prediction_log_write_failures"]) == ("ok", 0), health
+        metrics = http.get("/metrics").text
+        counted = sum(
+            float(value)
+            for value in re.findall(r"^housing_prediction_log_duplicate_ids_total(?:\{[^}]*\})? (\S+)$", metrics, re.M)
+        )
+        assert counted >= 3, f"housing_prediction_log_duplicate_ids_total is {counted}, want >= 3"
+        for request_id, index in [(fresh[7], 0), (batch, MAX_BATCH - 1)]:
+            receipt = http.post(
+                "/feedback",
+                json={"request_id": request_id, "index": index, "actual_price_usd": 250_000.0},
+                headers=FEEDBACK,
+            )
+            assert receipt.status_code == 200, f"feedback for {request_id}[{index}]: {receipt.text}"
+
+
+def test_reused_request_id_loses_no_row_on_sigterm(server: Server, houses: list[dict[str, Any]]) -> None:
+    fresh, batch = reuse_an_id(server, houses, "dup-2")
+    code = server.stop(60)  # at once: the rows may still be queued
+    assert code is not None, "the server did not stop within 60 s of SIGTERM (killed)"
+    assert not (problems := missing_rows(server.db, "dup-2", fresh, batch)), "; ".join(problems)
+    assert code == 0, f"bentoml serve exited with {code} on SIGTERM"
 
 
 # == 6. Read-only views over a million logged rows ===============================
