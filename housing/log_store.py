@@ -42,6 +42,8 @@ from housing.settings import HousingSettings
 
 # The advisory lock PostgreSQL writers take where SQLite takes its write lock ("housing" in ASCII).
 _PG_LOCK_KEY = 0x686F7573696E67
+# How long a starting worker retries switching a SQLite log to WAL (the busy timeout's figure).
+WAL_SWITCH_TIMEOUT_S = 30.0
 _PG_TYPES = {int: "BIGINT", float: "DOUBLE PRECISION", str: "TEXT"}
 
 
@@ -183,8 +185,17 @@ class SQLiteStore(LogStore):
         yield Session(self._connection().cursor(), "?")
 
     def prepare(self) -> None:
+        """Switch the file to WAL (it stays so). Of workers starting at once, the first switches it; the others may
+        find it mid-migration, and then the switch fails at once (no busy timeout applies) until WAL is on."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._connection().execute("PRAGMA journal_mode = WAL")
+        conn, deadline = self._connection(), time.monotonic() + WAL_SWITCH_TIMEOUT_S
+        while conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+            except sqlite3.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def table_columns(self, session: Session, table: str) -> set[str]:
         return {row[1] for row in session.execute(f"PRAGMA table_info({table})").fetchall()}
