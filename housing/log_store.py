@@ -42,8 +42,8 @@ from housing.settings import HousingSettings
 
 # The advisory lock PostgreSQL writers take where SQLite takes its write lock ("housing" in ASCII).
 _PG_LOCK_KEY = 0x686F7573696E67
-# How long a starting worker retries switching a SQLite log to WAL (the busy timeout's figure).
-WAL_SWITCH_TIMEOUT_S = 30.0
+# How long a SQLite connection waits for another's lock; a starting worker retries its switch to WAL as long.
+SQLITE_BUSY_TIMEOUT_S = 30.0
 _PG_TYPES = {int: "BIGINT", float: "DOUBLE PRECISION", str: "TEXT"}
 
 
@@ -158,9 +158,9 @@ class SQLiteStore(LogStore):
             target = f"file:{self.path}?mode=ro" if self.read_only else str(self.path)
             # Autocommit: transactions are begun explicitly, so that a writer can take the lock first.
             conn = sqlite3.connect(
-                target, uri=self.read_only, timeout=30, check_same_thread=False, isolation_level=None
+                target, uri=self.read_only, timeout=SQLITE_BUSY_TIMEOUT_S, check_same_thread=False, isolation_level=None
             )
-            conn.execute("PRAGMA busy_timeout = 30000")
+            conn.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
             # In WAL mode NORMAL still survives a crashed process; only an OS crash can lose the last batch,
             # and it saves an fsync per batch.
             conn.execute("PRAGMA synchronous = NORMAL")
@@ -188,7 +188,7 @@ class SQLiteStore(LogStore):
         """Switch the file to WAL (it stays so). Of workers starting at once, the first switches it; the others may
         find it mid-migration, and then the switch fails at once (no busy timeout applies) until WAL is on."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn, deadline = self._connection(), time.monotonic() + WAL_SWITCH_TIMEOUT_S
+        conn, deadline = self._connection(), time.monotonic() + SQLITE_BUSY_TIMEOUT_S
         while conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             try:
                 conn.execute("PRAGMA journal_mode = WAL")
