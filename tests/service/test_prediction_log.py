@@ -5,16 +5,21 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from housing.log_schema import CORRECTIONS, FEEDBACK, MIGRATIONS, PREDICTIONS
-from housing.log_store import SQLiteStore, migrate
+from housing.log_store import LogStore, SQLiteStore, migrate
 from service import prediction_log
 from service.api_models import EXAMPLE_HOUSE
 from service.prediction_log import PredictionLog
 from tests.stores.engines import LogDatabase
+
+Store = TypeVar("Store", bound=LogStore)
+T = TypeVar("T")
 
 
 def row(request_id: str, idx: int = 0) -> dict:
@@ -224,23 +229,23 @@ def test_a_log_from_before_the_traffic_table_is_upgraded(log_db: LogDatabase) ->
     again.close()
 
 
-def prepare_at_once(stores: list[SQLiteStore]) -> list[str]:
-    """``prepare`` on every store from a thread of its own, released together; the errors raised."""
-    start, errors = threading.Barrier(len(stores)), []
+def at_once(step: Callable[[Store], T], stores: Sequence[Store]) -> tuple[list[T], list[str]]:
+    """``step`` on every store from a thread of its own, released together, as workers start: results, errors."""
+    start, results, errors = threading.Barrier(len(stores)), [], []
 
-    def prepare(store: SQLiteStore) -> None:
+    def run(store: Store) -> None:
         start.wait()
         try:
-            store.prepare()
+            results.append(step(store))
         except Exception as error:
             errors.append(repr(error))
 
-    threads = [threading.Thread(target=prepare, args=(store,)) for store in stores]
+    threads = [threading.Thread(target=run, args=(store,)) for store in stores]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return errors
+    return results, errors
 
 
 def test_workers_starting_at_once_on_a_new_sqlite_log_all_switch_it_to_wal(tmp_path: Path) -> None:
@@ -248,19 +253,15 @@ def test_workers_starting_at_once_on_a_new_sqlite_log_all_switch_it_to_wal(tmp_p
     # rounds here), because that switch fails at once instead of waiting out the busy timeout.
     for round_ in range(150):
         stores = [SQLiteStore(tmp_path / f"round-{round_}.db") for _ in range(4)]
-        assert prepare_at_once(stores) == [], f"round {round_}"
+        _, errors = at_once(SQLiteStore.prepare, stores)
+        assert errors == [], f"round {round_}"
         for store in stores:
             store.close()
 
 
 def test_migrations_run_once_however_many_workers_start(log_db: LogDatabase) -> None:
-    stores = [log_db.store() for _ in range(4)]
-    applied: list[list[int]] = []
-    threads = [threading.Thread(target=lambda store=store: applied.append(migrate(store))) for store in stores]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    applied, errors = at_once(migrate, [log_db.store() for _ in range(4)])
+    assert errors == []
     assert sorted(applied) == [[], [], [], [m.version for m in MIGRATIONS]]
     assert migrate(log_db.store()) == []
 
