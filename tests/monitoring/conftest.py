@@ -65,9 +65,12 @@ def drive_traffic(url: str) -> None:
 
 
 def query(url: str, promql: str) -> list[dict]:
-    response = httpx.get(f"{url}/api/v1/query", params={"query": promql}, timeout=10).json()
-    assert response["status"] == "success", response
-    return response["data"]["result"]
+    response = httpx.get(f"{url}/api/v1/query", params={"query": promql}, timeout=10)
+    # Prometheus answers 503 "Service Unavailable" until its TSDB has opened: raise it as an HTTP error, which
+    # wait_for retries, instead of parsing the plain-text body as JSON.
+    body = response.raise_for_status().json()
+    assert body["status"] == "success", body
+    return body["data"]["result"]
 
 
 def wait_for(url: str, promql: str, timeout_s: float = 60) -> list[dict]:
