@@ -41,6 +41,9 @@ PORTABLE_CPU = {"x86_64": "x86-64", "amd64": "x86-64", "aarch64": "generic", "ar
 # Compiled scores must equal the booster's this closely (relative) on the probe rows, or are not used.
 PROBE_RTOL = 1e-9
 COMPILE_TIMEOUT_S = 1800.0
+# llvmlite's global LLVM context is not thread-safe: every in-process compile or load (lleaves here, the
+# TreeSHAP kernel in housing.shap_kernel) holds this lock.
+LLVM_LOCK = threading.Lock()
 
 
 class Booster(Protocol):
@@ -121,7 +124,8 @@ def _compiled(model_file: Path, cache: Path) -> Any:
     import lleaves
 
     model = lleaves.Model(model_file=str(model_file))
-    model.compile(cache=str(cache), finline=INLINE, target_cpu=portable_cpu(), target_cpu_features="")
+    with LLVM_LOCK:
+        model.compile(cache=str(cache), finline=INLINE, target_cpu=portable_cpu(), target_cpu_features="")
     return model
 
 

@@ -177,18 +177,19 @@ def in_usd(base: np.ndarray, contributions: np.ndarray, price_usd: np.ndarray, i
 def explain_forest(
     explainer: ForestExplainer,
     features: np.ndarray,
-    sources: Sequence[Sequence[str]],
+    fold: np.ndarray,
     price_usd: np.ndarray,
     inverse: Inverse | None,
 ) -> Explanation:
     """Each raw input's contribution to ``price_usd``, the prices a LightGBM model gives these houses.
 
-    ``features`` (n, n_features) are the model's inputs for the houses, ``sources`` each
-    feature's raw source columns, ``inverse`` what takes the booster's score to USD (None
-    when it is USD already: ``housing.model_format.target_inverse``).
+    ``features`` (n, n_features) are the model's inputs for the houses, ``fold`` the
+    (n_features, n_inputs) matrix that folds their values onto the raw inputs
+    (:func:`folding_matrix` of the features' sources), ``inverse`` what takes the booster's
+    score to USD (None when it is USD already: ``housing.model_format.target_inverse``).
     """
     base, values = explainer.contributions(features)
-    return in_usd(base, values @ folding_matrix(sources), np.asarray(price_usd, dtype=np.float64), inverse)
+    return in_usd(base, values @ fold, np.asarray(price_usd, dtype=np.float64), inverse)
 
 
 def top_contributions(contributions_usd: np.ndarray, inputs: Sequence[str], k: int) -> list[dict[str, Any]]:

@@ -16,15 +16,15 @@ A house changes only the bits ``o``, so every leaf's values for each of its
 ``2**d`` bit patterns are computed once, when the tables are built (Fast TreeSHAP
 v2, Yang 2021). Explaining a house then takes: whether it satisfies each path's splits
 on each of its features (two comparisons: a path's splits on one feature bound an
-interval), its pattern at each leaf (a sparse product), a gather from the tables and a
-sum per feature. The values are the same as ``pred_contrib``'s to rounding (a test holds
-them to 1e-9 of the score).
+interval), its pattern at each leaf, and a sum per feature of each leaf's run of values
+for that pattern: compiled code (:mod:`housing.shap_kernel`). The values are the same as
+``pred_contrib``'s to rounding (a test holds them to 1e-9 of the score).
 
 The tables hold ``sum_l 2**d_l * d_l`` numbers, tens of MB for the champion (its size and
 speed are in the README's Performance section). A forest whose
 paths are longer than ``MAX_PATH_FEATURES``, or that uses splits these tables do not
 model (categorical, or missing values routed apart), is refused with ``ValueError``
-and its caller keeps ``pred_contrib``.
+and its caller keeps ``pred_contrib``, as it does where llvmlite cannot compile the kernel.
 """
 
 from __future__ import annotations
@@ -37,13 +37,11 @@ from math import factorial
 from typing import Any
 
 import numpy as np
-from scipy import sparse
+
+from housing.shap_kernel import shap_values_kernel
 
 # 2**12 patterns * 12 values per leaf: beyond this a table costs more than it saves.
 MAX_PATH_FEATURES = 12
-# Houses explained per block: the per-slot arrays are (n_slots, rows), and a forest of 10**5 slots would
-# otherwise need GBs of temporaries for a batch of hundreds.
-BLOCK_ROWS = 16
 # Threads that share one explanation, each over a range of the leaves: reading the tables waits on memory,
 # so a second thread finishes the explanation sooner even on a machine whose cores are busy serving.
 THREADS = min(2, os.cpu_count() or 1)
@@ -102,36 +100,6 @@ class _Paths:
             self.slot_zero_fraction.append(fraction)
         self.leaf_value.append(value)
         self.leaf_features.append(len(features))
-
-
-@dataclass(frozen=True)
-class _LeafRange:
-    """The slots of a contiguous range of leaves, with what reads their values from the tables.
-
-    ``slot_*`` arrays have shape (n_slots,), ``leaf_*`` arrays (n_leaves,); ``slot_leaf``
-    counts from the range's first leaf, ``leaf_offset`` is where each leaf's block starts
-    in the tables.
-    """
-
-    slot_feature: np.ndarray
-    # The path follows its splits on the slot's feature when above < value <= at_most.
-    above: np.ndarray
-    at_most: np.ndarray
-    slot_leaf: np.ndarray
-    position: np.ndarray
-    leaf_features: np.ndarray
-    leaf_offset: np.ndarray
-    # (n_leaves, n_slots): bits to each leaf's pattern; (n_features, n_slots): slot values to features.
-    pattern: sparse.csr_matrix
-    fold: sparse.csr_matrix
-
-    def values(self, rows: np.ndarray, table: np.ndarray) -> np.ndarray:
-        """This range's part of each feature's value, shape (n, n_features), for rows of shape (n, n_features)."""
-        value = rows[:, self.slot_feature].T  # (n_slots, n)
-        bits = ((value > self.above[:, None]) & (value <= self.at_most[:, None])).astype(np.float64)
-        pattern = (self.pattern @ bits).astype(np.intp)  # (n_leaves, n)
-        start = self.leaf_offset[:, None] + pattern * self.leaf_features[:, None]  # each leaf's values for the house
-        return np.asarray((self.fold @ table[start[self.slot_leaf] + self.position[:, None]]).T)
 
 
 def leaf_values(zero_fraction: np.ndarray, value: np.ndarray) -> np.ndarray:
@@ -197,17 +165,16 @@ class ShapTables:
             paths.add_tree(tree["tree_structure"])
         self.base = paths.base
         self.n_features = int(booster.num_feature())
-        leaf_features = np.asarray(paths.leaf_features, dtype=np.intp)
-        first_slot = np.concatenate([[0], np.cumsum(leaf_features)]).astype(np.intp)
-        self._table, leaf_offset = _tables(paths, leaf_features, first_slot)
-        slots = _slots(paths, leaf_features, first_slot)
-        # Contiguous ranges of leaves with about as many slots each.
-        cuts = np.searchsorted(first_slot, np.linspace(0, first_slot[-1], max(threads, 1) + 1)[1:-1])
-        bounds = [0, *cuts.tolist(), len(leaf_features)]
-        self._ranges = [
-            _leaf_range(slots, first_slot, leaf_features, leaf_offset, lo, hi, self.n_features)
-            for lo, hi in itertools.pairwise(bounds)
-        ]
+        leaf_features = np.asarray(paths.leaf_features, dtype=np.int64)
+        # The kernel's arrays (housing.shap_kernel), all C-contiguous 64-bit: leaf l's slots are
+        # first_slot[l] to first_slot[l + 1], its values start at leaf_offset[l] in the tables.
+        self._first_slot = np.concatenate([[0], np.cumsum(leaf_features)]).astype(np.int64)
+        self._table, self._leaf_offset = _tables(paths, leaf_features, self._first_slot)
+        self._slot_feature, self._above, self._at_most = _slots(paths)
+        self._kernel = shap_values_kernel()
+        # Contiguous ranges of leaves with about as many slots each, one per thread.
+        cuts = np.searchsorted(self._first_slot, np.linspace(0, self._first_slot[-1], max(threads, 1) + 1)[1:-1])
+        self._ranges = list(itertools.pairwise([0, *cuts.tolist(), len(leaf_features)]))
         self._pool = ThreadPoolExecutor(len(self._ranges) - 1, "shap-tables") if len(self._ranges) > 1 else None
 
     @property
@@ -221,24 +188,30 @@ class ShapTables:
         """
         rows = np.asarray(features, dtype=np.float64)
         # LightGBM reads a missing value as 0.0 at a split without a missing-value direction.
-        rows = np.where(np.isnan(rows), 0.0, rows)
-        blocks = [self._block(rows[start : start + BLOCK_ROWS]) for start in range(0, len(rows), BLOCK_ROWS)]
-        values = np.concatenate(blocks) if blocks else np.zeros((0, self.n_features))
-        return np.full(len(rows), self.base), values
-
-    def _block(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.ascontiguousarray(np.where(np.isnan(rows), 0.0, rows))
         *others, last = self._ranges
-        pending = [self._pool.submit(part.values, rows, self._table) for part in others] if self._pool else []
-        values = last.values(rows, self._table)
+        pending = [self._pool.submit(self._values, rows, lo, hi) for lo, hi in others] if self._pool else []
+        values = self._values(rows, *last)
         for future in pending:
             values += future.result()
+        return np.full(len(rows), self.base), values
+
+    def _values(self, rows: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        """Leaves ``lo`` to ``hi``'s part of each feature's value, shape (n, n_features), for rows (n, n_features)."""
+        values = np.zeros((len(rows), self.n_features))
+        starts = np.empty(hi - lo, dtype=np.int64)
+        arrays = (self._first_slot, self._leaf_offset, self._slot_feature, self._above, self._at_most, self._table)
+        self._kernel(
+            rows.ctypes.data, len(rows), self.n_features, lo, hi,
+            *(array.ctypes.data for array in arrays), values.ctypes.data, starts.ctypes.data,
+        )  # fmt: skip
         return values
 
 
 def _tables(paths: _Paths, leaf_features: np.ndarray, first_slot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The tables, one block of ``2**d * d`` values per leaf, pattern-major, and where each leaf's block starts."""
     sizes = np.left_shift(1, leaf_features) * leaf_features
-    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.intp)
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
     table = np.empty(int(sizes.sum()))
     zero_fraction = np.asarray(paths.slot_zero_fraction)
     values = np.asarray(paths.leaf_value)
@@ -249,44 +222,15 @@ def _tables(paths: _Paths, leaf_features: np.ndarray, first_slot: np.ndarray) ->
     return table, offsets
 
 
-def _slots(paths: _Paths, leaf_features: np.ndarray, first_slot: np.ndarray) -> dict[str, np.ndarray]:
-    """Each slot's feature, interval, leaf and position on its leaf's path, shape (n_slots,) each."""
-    n_slots = len(paths.slot_feature)
+def _slots(paths: _Paths) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each slot's feature and the interval ``(above, at_most]`` its path follows, shape (n_slots,) each."""
     # A path follows its splits on one feature exactly when the feature is above every threshold it
     # goes right of and at most every threshold it goes left of: an interval (above, at_most].
+    n_slots = len(paths.slot_feature)
     threshold = np.asarray(paths.edge_threshold, dtype=np.float64)
     edge_left = np.asarray(paths.edge_left, dtype=bool)
-    edge_slot = np.asarray(paths.edge_slot, dtype=np.intp)
+    edge_slot = np.asarray(paths.edge_slot, dtype=np.int64)
     above, at_most = np.full(n_slots, -np.inf), np.full(n_slots, np.inf)
     np.maximum.at(above, edge_slot[~edge_left], threshold[~edge_left])
     np.minimum.at(at_most, edge_slot[edge_left], threshold[edge_left])
-    slot_leaf = np.repeat(np.arange(len(leaf_features)), leaf_features)
-    return {
-        "slot_feature": np.asarray(paths.slot_feature, dtype=np.intp),
-        "above": above,
-        "at_most": at_most,
-        "slot_leaf": slot_leaf,
-        "position": np.arange(n_slots) - first_slot[slot_leaf],
-    }
-
-
-def _leaf_range(
-    slots: dict[str, np.ndarray],
-    first_slot: np.ndarray,
-    leaf_features: np.ndarray,
-    leaf_offset: np.ndarray,
-    lo: int,
-    hi: int,
-    n_features: int,
-) -> _LeafRange:
-    """Leaves ``lo`` to ``hi`` (excluded) and their slots."""
-    part = {name: array[first_slot[lo] : first_slot[hi]] for name, array in slots.items()}
-    n_slots, slot_leaf = len(part["slot_feature"]), part["slot_leaf"] - lo
-    every_slot = np.arange(n_slots)
-    return _LeafRange(
-        **{**part, "slot_leaf": slot_leaf},
-        leaf_features=leaf_features[lo:hi],
-        leaf_offset=leaf_offset[lo:hi],
-        pattern=sparse.csr_matrix((np.exp2(part["position"]), (slot_leaf, every_slot)), shape=(hi - lo, n_slots)),
-        fold=sparse.csr_matrix((np.ones(n_slots), (part["slot_feature"], every_slot)), shape=(n_features, n_slots)),
-    )
+    return np.asarray(paths.slot_feature, dtype=np.int64), above, at_most

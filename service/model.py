@@ -6,7 +6,7 @@ import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -14,7 +14,7 @@ import bentoml
 import numpy as np
 
 from housing.compiled_forest import ForestRuntime
-from housing.explain import Explanation, ForestExplainer, explain_forest
+from housing.explain import Explanation, ForestExplainer, explain_forest, folding_matrix
 from housing.model_card import CARD_FILE, ModelCard
 from housing.model_format import (
     MLFLOW_MODEL_FOLDER,
@@ -117,11 +117,17 @@ class ServedModel:
         """
         if self.forest is None or self.explainer is None:
             raise NotExplainableError(not_explainable(self))
-        pipeline, inverse = fitted_pipeline(self.estimator), target_inverse(self.estimator)
-        sources = pipeline.named_steps["features"].get_feature_sources_out()
+        pipeline, inverse, fold = self._explaining
         features = _features(pipeline, columns)
         prices = forest_prices(self.forest, features, inverse, **self._threads(columns))
-        return explain_forest(self.explainer, features, sources, prices, inverse)
+        return explain_forest(self.explainer, features, fold, prices, inverse)
+
+    @cached_property
+    def _explaining(self) -> tuple[Pipeline, Callable[[np.ndarray], np.ndarray] | None, np.ndarray]:
+        """What :meth:`explain` needs of the model besides the forest, worked out on its first call."""
+        pipeline = fitted_pipeline(self.estimator)
+        fold = folding_matrix(pipeline.named_steps["features"].get_feature_sources_out())
+        return pipeline, target_inverse(self.estimator), fold
 
 
 class NotExplainableError(ValueError):

@@ -9,6 +9,7 @@ from lightgbm import LGBMRegressor
 from sklearn.compose import TransformedTargetRegressor
 from sklearn.pipeline import Pipeline
 
+from housing import tree_shap
 from housing.columns import FEATURE_COLUMNS, OCEAN_PROXIMITY_CATEGORIES
 from housing.explain import (
     ForestExplainer,
@@ -42,7 +43,7 @@ def explained(model: Pipeline | TransformedTargetRegressor, houses: pd.DataFrame
     """How the service explains: the model's prices, the forest's values (from tables or not), the features' sources."""
     steps = fitted_pipeline(model)
     features = steps.named_steps["features"]
-    sources = features.get_feature_sources_out()
+    fold = folding_matrix(features.get_feature_sources_out())
     explainer = ForestExplainer(steps.named_steps["model"].booster_)
     if tables:
         explainer.start()
@@ -50,7 +51,7 @@ def explained(model: Pipeline | TransformedTargetRegressor, houses: pd.DataFrame
         assert (explainer.runtime, explainer.problem) == ("tables", None)
     else:
         assert explainer.runtime == "pred_contrib"  # until its first explanation has built the tables
-    return explain_forest(explainer, features.transform(houses), sources, model.predict(houses), target_inverse(model))
+    return explain_forest(explainer, features.transform(houses), fold, model.predict(houses), target_inverse(model))
 
 
 def test_every_engineered_feature_has_raw_sources(plain: Pipeline) -> None:
@@ -151,3 +152,19 @@ def test_a_forest_the_tables_refuse_is_explained_by_pred_contrib(X_sample: pd.Da
     expected = booster.predict(rows[:3], pred_contrib=True)
     for base, values in (first, again):
         np.testing.assert_array_equal(np.column_stack([values, base]), expected)
+
+
+def test_where_the_kernel_cannot_compile_pred_contrib_explains(
+    X_sample: pd.DataFrame, y_sample: pd.Series, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_llvm() -> None:
+        raise OSError("llvmlite: no native target")
+
+    monkeypatch.setattr(tree_shap, "shap_values_kernel", no_llvm)
+    rows = X_sample[["median_income", "housing_median_age"]].to_numpy(dtype=float)
+    booster = LGBMRegressor(n_estimators=5, random_state=0, verbose=-1).fit(rows, y_sample).booster_
+    explainer = ForestExplainer(booster)
+    first = explainer.contributions(rows[:3])
+    assert explainer.wait(60)
+    assert (explainer.runtime, explainer.problem) == ("pred_contrib", "tables refused: llvmlite: no native target")
+    np.testing.assert_array_equal(np.column_stack([first[1], first[0]]), booster.predict(rows[:3], pred_contrib=True))

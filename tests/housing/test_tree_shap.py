@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from itertools import combinations
 from math import factorial
 
@@ -103,3 +104,15 @@ def test_forests_the_tables_do_not_model_are_refused(monkeypatch: pytest.MonkeyP
     with_missing = LGBMRegressor(n_estimators=3, verbose=-1).fit(rows, target).booster_
     with pytest.raises(ValueError, match="missing values NaN"):
         ShapTables(with_missing)
+
+
+def test_explanations_running_at_once_each_get_their_own_values() -> None:
+    model, rows = forest(num_leaves=63, min_child_samples=2)
+    tables = ShapTables(model.booster_, threads=2)
+    houses = np.random.default_rng(2).normal(size=(64, rows.shape[1]))
+    expected = tables.contributions(houses)[1]
+    # Eight threads at once, each explaining its own house over and over: scratch shared between calls
+    # would mix their patterns.
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda i: tables.contributions(houses[i : i + 1])[1][0], [*range(64)] * 20))
+    np.testing.assert_array_equal(np.array(got), np.tile(expected, (20, 1)))
