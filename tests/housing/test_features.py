@@ -131,6 +131,7 @@ class TestNeighbourFeatures:
         assert sio.get_untrusted_types(file=path) == ["housing.features.NeighbourFeatures"]
         loaded = sio.load(path, trusted=["housing.features.NeighbourFeatures"])
         assert getattr(loaded, "tree_", None) is None
+        assert getattr(loaded, "stats_", None) is None
         np.testing.assert_array_equal(loaded.transform(X_sample.head(20)), nf.transform(X_sample.head(20)))
 
 
