@@ -10,6 +10,7 @@ gauge is the latest value any worker set.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
@@ -105,17 +106,25 @@ MODEL_INFO = Gauge(
 )
 
 
-def observe_many(histogram: Histogram, values: np.ndarray) -> None:
+# Below this many values, observing them one by one is cheaper than the NumPy pass (17 µs for any count,
+# against about 3 µs per observe): a single house's price, every /predict, takes the short way.
+ONE_BY_ONE = 6
+
+
+def observe_many(histogram: Histogram, values: Sequence[float] | np.ndarray) -> None:
     """``histogram.observe`` for every value, in one pass per bucket instead of one per value.
 
     Observing 10,000 batch prices one by one cost ~16 ms (each goes to the
     multiprocess files); this counts them with NumPy and adds each bucket once.
+    Fewer than ``ONE_BY_ONE`` values are observed one by one.
     It uses the histogram's own bucket values, so a test compares it with
     ``observe`` on the same data.
     """
-    values = np.asarray(values, dtype=float)
-    if not len(values):
+    if len(values) < ONE_BY_ONE:
+        for value in values:
+            histogram.observe(float(value))
         return
+    values = np.asarray(values, dtype=float)
     bounds = np.asarray(histogram._upper_bounds)
     counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
     histogram._sum.inc(float(values.sum()))
