@@ -36,15 +36,16 @@ The function, in C::
 
 Leaves ``lo`` to ``hi`` (excluded) of a forest whose leaf ``l`` has slots ``first[l]`` to
 ``first[l + 1]`` (excluded); ``out`` (n_rows, n_features) is added to, ``starts`` is
-scratch of ``hi - lo`` entries. The IR keeps its variables in stack slots, which LLVM's
-optimiser promotes to registers.
+scratch of ``hi - lo`` entries. :func:`kernel_ir` builds it with llvmlite's IR builder.
 """
 
 from __future__ import annotations
 
 import ctypes
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from housing.compiled_forest import LLVM_LOCK
 
@@ -52,141 +53,75 @@ from housing.compiled_forest import LLVM_LOCK
 # latency, few enough that the prefetched lines are still cached when their leaf comes.
 PREFETCH_LEAVES = 16
 
-_IR = """
-declare void @llvm.prefetch.p0i8(i8* nocapture readonly, i32, i32, i32)
 
-define void @shap_values(double* noalias nocapture readonly %rows, i64 %n_rows, i64 %n_features, i64 %lo, i64 %hi,
-                         i64* noalias nocapture readonly %first, i64* noalias nocapture readonly %offset,
-                         i64* noalias nocapture readonly %feature, double* noalias nocapture readonly %above,
-                         double* noalias nocapture readonly %at_most, double* noalias nocapture readonly %table,
-                         double* noalias nocapture %out, i64* noalias nocapture %starts) {
-entry:
-  %r = alloca i64
-  %l = alloca i64
-  %k = alloca i64
-  %p = alloca i64
-  store i64 0, i64* %r
-  br label %row
-row:                                                  ; for (r = 0; r < n_rows; r++)
-  %rv = load i64, i64* %r
-  %row_more = icmp slt i64 %rv, %n_rows
-  br i1 %row_more, label %row_body, label %done
-row_body:
-  %row_start = mul i64 %rv, %n_features
-  %x = getelementptr double, double* %rows, i64 %row_start
-  %o = getelementptr double, double* %out, i64 %row_start
-  store i64 %lo, i64* %l
-  br label %pattern_leaf
-pattern_leaf:                                         ; first pass: for (l = lo; l < hi; l++)
-  %lv = load i64, i64* %l
-  %pattern_more = icmp slt i64 %lv, %hi
-  br i1 %pattern_more, label %pattern_body, label %add_start
-pattern_body:
-  %s0p = getelementptr i64, i64* %first, i64 %lv
-  %s0 = load i64, i64* %s0p
-  %lv1 = add i64 %lv, 1
-  %s1p = getelementptr i64, i64* %first, i64 %lv1
-  %s1 = load i64, i64* %s1p
-  %d = sub i64 %s1, %s0
-  store i64 0, i64* %p
-  store i64 0, i64* %k
-  br label %bit
-bit:                                                  ; for (k = 0; k < d; k++) p |= bit << k
-  %kv = load i64, i64* %k
-  %bit_more = icmp slt i64 %kv, %d
-  br i1 %bit_more, label %bit_body, label %pattern_done
-bit_body:
-  %s = add i64 %s0, %kv
-  %fp = getelementptr i64, i64* %feature, i64 %s
-  %f = load i64, i64* %fp
-  %vp = getelementptr double, double* %x, i64 %f
-  %v = load double, double* %vp
-  %ap = getelementptr double, double* %above, i64 %s
-  %a = load double, double* %ap
-  %bp = getelementptr double, double* %at_most, i64 %s
-  %b = load double, double* %bp
-  %gt = fcmp ogt double %v, %a
-  %le = fcmp ole double %v, %b
-  %in = and i1 %gt, %le
-  %one = zext i1 %in to i64
-  %shifted = shl i64 %one, %kv
-  %pv = load i64, i64* %p
-  %pn = or i64 %pv, %shifted
-  store i64 %pn, i64* %p
-  %kn = add i64 %kv, 1
-  store i64 %kn, i64* %k
-  br label %bit
-pattern_done:                                         ; starts[l - lo] = offset[l] + p * d
-  %pattern = load i64, i64* %p
-  %offp = getelementptr i64, i64* %offset, i64 %lv
-  %off = load i64, i64* %offp
-  %pd = mul i64 %pattern, %d
-  %start = add i64 %off, %pd
-  %li = sub i64 %lv, %lo
-  %stp = getelementptr i64, i64* %starts, i64 %li
-  store i64 %start, i64* %stp
-  store i64 %lv1, i64* %l
-  br label %pattern_leaf
-add_start:
-  store i64 %lo, i64* %l
-  br label %add_leaf
-add_leaf:                                             ; second pass: for (l = lo; l < hi; l++)
-  %al = load i64, i64* %l
-  %add_more = icmp slt i64 %al, %hi
-  br i1 %add_more, label %add_body, label %row_next
-add_body:
-  %ali = sub i64 %al, %lo
-  %ahead = add i64 %al, PREFETCH_LEAVES
-  %ahead_in = icmp slt i64 %ahead, %hi
-  br i1 %ahead_in, label %prefetch, label %run
-prefetch:
-  %aheadi = add i64 %ali, PREFETCH_LEAVES
-  %pfp = getelementptr i64, i64* %starts, i64 %aheadi
-  %pfs = load i64, i64* %pfp
-  %pfa = getelementptr double, double* %table, i64 %pfs
-  %pfb = bitcast double* %pfa to i8*
-  call void @llvm.prefetch.p0i8(i8* %pfb, i32 0, i32 3, i32 1)
-  br label %run
-run:
-  %as0p = getelementptr i64, i64* %first, i64 %al
-  %as0 = load i64, i64* %as0p
-  %al1 = add i64 %al, 1
-  %as1p = getelementptr i64, i64* %first, i64 %al1
-  %as1 = load i64, i64* %as1p
-  %ad = sub i64 %as1, %as0
-  %astp = getelementptr i64, i64* %starts, i64 %ali
-  %ast = load i64, i64* %astp
-  %t = getelementptr double, double* %table, i64 %ast
-  store i64 0, i64* %k
-  br label %value
-value:                                                ; for (k = 0; k < d; k++) o[feature[s]] += t[k]
-  %jv = load i64, i64* %k
-  %value_more = icmp slt i64 %jv, %ad
-  br i1 %value_more, label %value_body, label %add_next
-value_body:
-  %js = add i64 %as0, %jv
-  %jfp = getelementptr i64, i64* %feature, i64 %js
-  %jf = load i64, i64* %jfp
-  %tp = getelementptr double, double* %t, i64 %jv
-  %tv = load double, double* %tp
-  %op = getelementptr double, double* %o, i64 %jf
-  %ov = load double, double* %op
-  %sum = fadd double %ov, %tv
-  store double %sum, double* %op
-  %jn = add i64 %jv, 1
-  store i64 %jn, i64* %k
-  br label %value
-add_next:
-  store i64 %al1, i64* %l
-  br label %add_leaf
-row_next:
-  %rn = add i64 %rv, 1
-  store i64 %rn, i64* %r
-  br label %row
-done:
-  ret void
-}
-"""
+def kernel_ir() -> Any:
+    """The LLVM module of ``shap_values`` (see the module's docstring for it in C)."""
+    from llvmlite import ir
+
+    i32, i64, f64 = ir.IntType(32), ir.IntType(64), ir.DoubleType()
+    module = ir.Module("shap_kernel")
+    byte_pointer = ir.IntType(8).as_pointer()
+    prefetch = ir.Function(module, ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32]), "llvm.prefetch.p0i8")
+    # rows, n_rows, n_features, lo, hi, first, offset, feature, above, at_most, table, out, starts
+    arguments = [f64.as_pointer(), *[i64] * 4, *[i64.as_pointer()] * 3, *[f64.as_pointer()] * 4, i64.as_pointer()]
+    function = ir.Function(module, ir.FunctionType(ir.VoidType(), arguments), "shap_values")
+    for argument in function.args:
+        if isinstance(argument.type, ir.PointerType):
+            argument.add_attribute("noalias")
+    rows, n_rows, n_features, lo, hi, first, offset, feature, above, at_most, table, out, starts = function.args
+    b = ir.IRBuilder(function.append_basic_block("entry"))
+    pattern = b.alloca(i64)  # a stack slot: the optimiser keeps it in a register
+    zero, one = i64(0), i64(1)
+
+    def at(array: Any, index: Any) -> Any:
+        return b.load(b.gep(array, [index]))
+
+    def slots(leaf: Any) -> tuple[Any, Any]:
+        """Leaf ``leaf``'s first slot and its number of slots."""
+        start = at(first, leaf)
+        return start, b.sub(at(first, b.add(leaf, one)), start)
+
+    with _loop(b, zero, n_rows) as r:
+        x, o = b.gep(rows, [b.mul(r, n_features)]), b.gep(out, [b.mul(r, n_features)])
+        with _loop(b, lo, hi) as leaf:  # each leaf's pattern, and where its run starts
+            s0, d = slots(leaf)
+            b.store(zero, pattern)
+            with _loop(b, zero, d) as k:
+                s = b.add(s0, k)
+                v = at(x, at(feature, s))
+                inside = b.and_(b.fcmp_ordered(">", v, at(above, s)), b.fcmp_ordered("<=", v, at(at_most, s)))
+                b.store(b.or_(b.load(pattern), b.shl(b.zext(inside, i64), k)), pattern)
+            b.store(b.add(at(offset, leaf), b.mul(b.load(pattern), d)), b.gep(starts, [b.sub(leaf, lo)]))
+        with _loop(b, lo, hi) as leaf:  # each run added to its features
+            ahead = b.add(leaf, i64(PREFETCH_LEAVES))
+            with b.if_then(b.icmp_signed("<", ahead, hi)):
+                address = b.gep(table, [at(starts, b.sub(ahead, lo))])
+                b.call(prefetch, [b.bitcast(address, byte_pointer), i32(0), i32(3), i32(1)])
+            s0, d = slots(leaf)
+            run = b.gep(table, [at(starts, b.sub(leaf, lo))])
+            with _loop(b, zero, d) as k:
+                total = b.gep(o, [at(feature, b.add(s0, k))])
+                b.store(b.fadd(b.load(total), at(run, k)), total)
+    b.ret_void()
+    return module
+
+
+@contextmanager
+def _loop(b: Any, start: Any, stop: Any) -> Iterator[Any]:
+    """``for (i = start; i < stop; i++)``: yields ``i``; what the ``with`` block builds is the loop's body."""
+    entry = b.block
+    head, body, after = (b.append_basic_block(name) for name in ("loop", "body", "after"))
+    b.branch(head)
+    b.position_at_end(head)
+    i = b.phi(start.type)
+    i.add_incoming(start, entry)
+    b.cbranch(b.icmp_signed("<", i, stop), body, after)
+    b.position_at_end(body)
+    yield i
+    i.add_incoming(b.add(i, start.type(1)), b.block)  # from wherever the body ended
+    b.branch(head)
+    b.position_at_end(after)
+
 
 _POINTER, _INT = ctypes.c_void_p, ctypes.c_int64
 # ctypes releases the GIL for the call, so threads reading ranges of leaves run in parallel.
@@ -214,7 +149,7 @@ def _compile() -> tuple[object, Callable[..., None]]:
         llvm.initialize()
         llvm.initialize_native_target()
         llvm.initialize_native_asmprinter()
-        module = llvm.parse_assembly(_IR.replace("PREFETCH_LEAVES", str(PREFETCH_LEAVES)))
+        module = llvm.parse_assembly(str(kernel_ir()))
         module.verify()
         machine = llvm.Target.from_triple(llvm.get_process_triple()).create_target_machine(
             cpu=llvm.get_host_cpu_name(), opt=3
