@@ -35,6 +35,7 @@ import pytest
 from housing.log_schema import PREDICTIONS
 from load_tests.benchmark import request_records
 from scripts import image as image_script
+from tests.service.test_explain import assert_sums_to_price
 from tests.workspace import BIN, ROOT, Workspace
 
 pytestmark = pytest.mark.integration
@@ -195,6 +196,20 @@ def test_healthcheck_command_succeeds_inside(container: Container, built: dict) 
     assert "/readyz" in " ".join(command)
     probe = engine_run(container.engine, "exec", container.name, *command, timeout=30, check=False)
     assert probe.returncode == 0, probe.stdout + probe.stderr
+
+
+def test_explains_from_tables_read_by_code_compiled_inside(container: Container, test_rows: pd.DataFrame) -> None:
+    # The TreeSHAP kernel is compiled in the running container (llvmlite, beside lleaves), on a read-only root.
+    house = request_records(test_rows.head(1))[0]
+    with httpx.Client(base_url=container.url, timeout=30) as http:  # one connection: one worker answers all
+        deadline = time.monotonic() + 120
+        while (health := http.get("/health").json())["explain_runtime"] != "tables":
+            assert time.monotonic() < deadline, health["explain_runtime_problem"]
+            assert http.post("/explain", json=house).status_code == 200
+            time.sleep(0.5)
+        (explanation,) = http.post("/explain", json=house).json()["explanations"]
+        assert explanation["price_usd"] == container.predict(http, house)["price_usd"]
+    assert_sums_to_price(explanation)
 
 
 def test_sigterm_stops_within_grace_with_every_prediction_on_the_volume(
