@@ -85,6 +85,8 @@ tools: setup ## Install the system tools the tests and benchmarks use (wrk, Prom
 bench: setup tools ## Benchmark against `mlflow models serve` and the booster, then the log stores: reports/benchmark.json, log_stores.json
 	python load_tests/benchmark.py
 	python load_tests/log_stores.py
+	@# docs/summary.md quotes the benchmark's figures.
+	python -m scripts.summary
 
 LOAD_USERS ?= 32
 LOAD_TIME ?= 30s
