@@ -187,6 +187,9 @@ class ShapTables:
         In the units of the booster's raw score; base + row sum equals the score.
         """
         rows = np.asarray(features, dtype=np.float64)
+        # The kernel reads each row's columns by index, unchecked: the shape is checked here.
+        if rows.ndim != 2 or rows.shape[1] != self.n_features:
+            raise ValueError(f"features: expected shape (n, {self.n_features}), got {rows.shape}")
         # LightGBM reads a missing value as 0.0 at a split without a missing-value direction.
         rows = np.ascontiguousarray(np.where(np.isnan(rows), 0.0, rows))
         *others, last = self._ranges

@@ -116,3 +116,11 @@ def test_explanations_running_at_once_each_get_their_own_values() -> None:
     with ThreadPoolExecutor(8) as pool:
         got = list(pool.map(lambda i: tables.contributions(houses[i : i + 1])[1][0], [*range(64)] * 20))
     np.testing.assert_array_equal(np.array(got), np.tile(expected, (20, 1)))
+
+
+def test_rows_of_another_width_are_refused_before_the_kernel_reads_them() -> None:
+    model, rows = forest()
+    tables = ShapTables(model.booster_)
+    for wrong in (rows[:2, :-1], rows[0], np.zeros((2, rows.shape[1] + 1))):
+        with pytest.raises(ValueError, match=rf"expected shape \(n, {rows.shape[1]}\)"):
+            tables.contributions(wrong)
