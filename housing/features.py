@@ -200,6 +200,7 @@ class NeighbourFeatures(TransformerMixin, BaseEstimator, auto_wrap_output_keys=N
                 f"NeighbourFeatures needs more than {max(self.n_neighbors)} training rows, got {len(self.target_)}"
             )
         self.tree_ = KDTree(self.points_)
+        self.stats_: np.ndarray | None = None  # this fit's, built by _stats on first use
         self.n_features_in_ = len(FEATURE_COLUMNS)
         return self
 
@@ -248,9 +249,10 @@ class NeighbourFeatures(TransformerMixin, BaseEstimator, auto_wrap_output_keys=N
 
     def _stats(self) -> np.ndarray:
         """The training rows' target and income side by side, shape (n_train, 2)."""
-        if getattr(self, "stats_", None) is None:
-            self.stats_ = np.column_stack([self.target_, self.income_])
-        return self.stats_
+        stats = getattr(self, "stats_", None)
+        if stats is None:
+            stats = self.stats_ = np.column_stack([self.target_, self.income_])
+        return stats
 
     def _tree(self) -> KDTree:
         if getattr(self, "tree_", None) is None:

@@ -120,6 +120,14 @@ class TestNeighbourFeatures:
         assert out[names.index("income_vs_neighbours")] == pytest.approx(2.0)
         assert out[names.index("km_to_nearest_neighbour")] == pytest.approx(0.455, abs=0.01)
 
+    def test_refitting_uses_the_new_targets(self, X_sample: pd.DataFrame, y_sample: pd.Series) -> None:
+        nf = NeighbourFeatures((3,), cv=3).fit(X_sample, y_sample)
+        nf.transform(X_sample.head(5))
+        doubled = y_sample * 2
+        fresh = NeighbourFeatures((3,), cv=3)
+        np.testing.assert_array_equal(nf.fit_transform(X_sample, doubled), fresh.fit_transform(X_sample, doubled))
+        np.testing.assert_array_equal(nf.transform(X_sample.head(5)), fresh.transform(X_sample.head(5)))
+
     def test_needs_more_rows_than_neighbours(self, X_sample: pd.DataFrame, y_sample: pd.Series) -> None:
         with pytest.raises(ValueError, match="more than 10"):
             NeighbourFeatures((10,)).fit(X_sample.head(10), y_sample.head(10))
