@@ -42,7 +42,6 @@ scratch of ``hi - lo`` entries. :func:`kernel_ir` builds it with llvmlite's IR b
 from __future__ import annotations
 
 import ctypes
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -127,7 +126,6 @@ _POINTER, _INT = ctypes.c_void_p, ctypes.c_int64
 # ctypes releases the GIL for the call, so threads reading ranges of leaves run in parallel.
 _SIGNATURE = ctypes.CFUNCTYPE(None, _POINTER, _INT, _INT, _INT, _INT, *[_POINTER] * 8)
 _compiled: tuple[object, Callable[..., None]] | None = None
-_compiling = threading.Lock()
 
 
 def shap_values_kernel() -> Callable[..., None]:
@@ -136,27 +134,27 @@ def shap_values_kernel() -> Callable[..., None]:
     Raises whatever llvmlite raises where it cannot compile; callers keep another way to explain.
     """
     global _compiled
-    with _compiling:
+    with LLVM_LOCK:  # also makes the first caller compile and the others wait for it
         if _compiled is None:
             _compiled = _compile()
         return _compiled[1]
 
 
 def _compile() -> tuple[object, Callable[..., None]]:
+    """Compile under ``LLVM_LOCK`` (held by the caller)."""
     import llvmlite.binding as llvm
 
-    with LLVM_LOCK:
-        llvm.initialize()
-        llvm.initialize_native_target()
-        llvm.initialize_native_asmprinter()
-        module = llvm.parse_assembly(str(kernel_ir()))
-        module.verify()
-        machine = llvm.Target.from_triple(llvm.get_process_triple()).create_target_machine(
-            cpu=llvm.get_host_cpu_name(), opt=3
-        )
-        passes = llvm.create_pass_builder(machine, llvm.create_pipeline_tuning_options(speed_level=3))
-        passes.getModulePassManager().run(module, passes)
-        engine = llvm.create_mcjit_compiler(module, machine)
-        engine.finalize_object()
-        # The engine owns the machine code: it is kept beside the function for the life of the process.
-        return engine, _SIGNATURE(engine.get_function_address("shap_values"))
+    llvm.initialize()
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    module = llvm.parse_assembly(str(kernel_ir()))
+    module.verify()
+    machine = llvm.Target.from_triple(llvm.get_process_triple()).create_target_machine(
+        cpu=llvm.get_host_cpu_name(), opt=3
+    )
+    passes = llvm.create_pass_builder(machine, llvm.create_pipeline_tuning_options(speed_level=3))
+    passes.getModulePassManager().run(module, passes)
+    engine = llvm.create_mcjit_compiler(module, machine)
+    engine.finalize_object()
+    # The engine owns the machine code: it is kept beside the function for the life of the process.
+    return engine, _SIGNATURE(engine.get_function_address("shap_values"))
