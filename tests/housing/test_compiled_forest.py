@@ -50,6 +50,17 @@ def test_compiled_scores_equal_the_booster_and_are_cached(booster: Any, rows: np
     assert again.runtime == "lleaves"
 
 
+def test_compiled_code_is_called_only_on_rows_of_its_width(booster: Any, rows: np.ndarray, tmp_path: Path) -> None:
+    """Native code reads each row's columns unchecked: rows in any layout are copied, rows of another width refused."""
+    runtime = started(booster, tmp_path, rows, [])
+    assert runtime.runtime == "lleaves"
+    for layout in (np.asfortranarray(rows), rows.astype(np.float32), rows[::2], rows[:1]):
+        np.testing.assert_allclose(runtime.predict(layout), booster.predict(layout), rtol=1e-12)
+    for wrong in (rows[:, :5], np.hstack([rows, rows]), rows[0]):
+        with pytest.raises(ValueError, match=r"shape \(n_rows, 6\)"):
+            runtime.predict(wrong)
+
+
 def test_a_corrupt_artefact_is_never_loaded_and_is_rebuilt(booster: Any, rows: np.ndarray, tmp_path: Path) -> None:
     artefact = compile_forest(booster.model_to_string(), tmp_path)
     artefact.write_bytes(artefact.read_bytes()[:100])  # truncated: loading it could crash the process
