@@ -52,6 +52,20 @@ def test_request_id_is_generated_or_replaced(client: TestClient) -> None:
     assert failed.headers["x-request-id"] == "err-1"
 
 
+def test_requests_reuse_the_api_callers_built_at_start(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """BentoML's API descriptor inspects the method's signature each time it binds; the service binds once."""
+    import _bentoml_sdk.method
+
+    inspected: list[object] = []
+    signature = _bentoml_sdk.method.inspect.signature
+    monkeypatch.setattr(
+        _bentoml_sdk.method.inspect, "signature", lambda f, **kw: inspected.append(f) or signature(f, **kw)
+    )
+    for path, body in (("/predict", EXAMPLE_HOUSE), ("/predict_batch", [EXAMPLE_HOUSE]), ("/explain", EXAMPLE_HOUSE)):
+        assert client.post(path, json=body).status_code in (200, 409)
+    assert inspected == []
+
+
 def test_missing_bedrooms_are_accepted(client: TestClient) -> None:
     body = {k: v for k, v in EXAMPLE_HOUSE.items() if k != "total_bedrooms"}
     assert client.post("/predict", json=body).status_code == 200
