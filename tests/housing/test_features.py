@@ -6,7 +6,14 @@ import pytest
 import skops.io as sio
 
 from housing.columns import FEATURE_COLUMNS, OCEAN_PROXIMITY_CATEGORIES
-from housing.features import FeatureEngineer, HousingFeatures, NeighbourFeatures, haversine_km, one_hot
+from housing.features import (
+    PARALLEL_QUERY_POINTS,
+    FeatureEngineer,
+    HousingFeatures,
+    NeighbourFeatures,
+    haversine_km,
+    one_hot,
+)
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +134,16 @@ class TestNeighbourFeatures:
         fresh = NeighbourFeatures((3,), cv=3)
         np.testing.assert_array_equal(nf.fit_transform(X_sample, doubled), fresh.fit_transform(X_sample, doubled))
         np.testing.assert_array_equal(nf.transform(X_sample.head(5)), fresh.transform(X_sample.head(5)))
+
+    def test_a_large_batch_searched_on_every_core_equals_small_ones(
+        self, X_sample: pd.DataFrame, y_sample: pd.Series
+    ) -> None:
+        nf = NeighbourFeatures((3, 10), cv=3).fit(X_sample, y_sample)
+        copies = -(-PARALLEL_QUERY_POINTS // len(X_sample)) + 1
+        rows = pd.concat([X_sample] * copies, ignore_index=True)
+        assert len(rows) > PARALLEL_QUERY_POINTS
+        chunks = [nf.transform(rows.iloc[start : start + 100]) for start in range(0, len(rows), 100)]
+        np.testing.assert_array_equal(nf.transform(rows), np.vstack(chunks))
 
     def test_needs_more_rows_than_neighbours(self, X_sample: pd.DataFrame, y_sample: pd.Series) -> None:
         with pytest.raises(ValueError, match="more than 10"):
