@@ -31,8 +31,8 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.model_selection import KFold
 from sklearn.utils.validation import check_is_fitted
 
-from housing.columns import CATEGORICAL_COLUMN, NUMERIC_COLUMNS, OCEAN_PROXIMITY_CATEGORIES
-from housing.features import Records, column, one_hot
+from housing.columns import CATEGORICAL_COLUMN, NUMERIC_COLUMNS, OCEAN_PROXIMITY_CATEGORIES, column
+from housing.features import Records, one_hot
 
 # The lowest scale, as a share of the typical absolute residual: a scale model that predicts almost no error
 # for some house must not give it a zero-width interval.

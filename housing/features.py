@@ -24,7 +24,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.model_selection import KFold
 from sklearn.utils.validation import check_is_fitted
 
-from housing.columns import CATEGORICAL_COLUMN, FEATURE_COLUMNS, NUMERIC_COLUMNS, OCEAN_PROXIMITY_CATEGORIES
+from housing.columns import CATEGORICAL_COLUMN, FEATURE_COLUMNS, NUMERIC_COLUMNS, OCEAN_PROXIMITY_CATEGORIES, column
 
 # Centres of California's largest metropolitan areas (longitude, latitude): house
 # prices fall with distance from jobs, which a tree finds hard to learn from raw
@@ -50,11 +50,6 @@ _CITY_LON, _CITY_LAT = (np.array(coords) for coords in zip(*CITY_CENTRES.values(
 _COS, _SIN = np.cos(np.radians(ROTATIONS_DEG)), np.sin(np.radians(ROTATIONS_DEG))
 
 Records = pd.DataFrame | Mapping[str, Any]
-
-
-def column(X: Records, name: str) -> np.ndarray:
-    """Return column ``name`` of ``X`` as a float array of shape (n_samples,)."""
-    return np.asarray(X[name], dtype=np.float64).reshape(-1)
 
 
 def haversine_km(lon: np.ndarray, lat: np.ndarray, lon0: Any, lat0: Any) -> np.ndarray:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, cast
 import bentoml
 import numpy as np
 
+from housing.columns import read_columns
 from housing.compiled_forest import ForestRuntime
 from housing.explain import Explanation, ForestExplainer, explain_forest, folding_matrix
 from housing.model_card import CARD_FILE, ModelCard
@@ -93,6 +94,7 @@ class ServedModel:
 
         The bounds at any coverage are made of these two (:meth:`bounds`).
         """
+        columns = read_columns(columns)  # the price and the scale model both read them
         prices = self.predict(columns)
         if self.intervals is None or self.scale_forest is None:
             return prices, None
@@ -118,7 +120,7 @@ class ServedModel:
         if self.forest is None or self.explainer is None:
             raise NotExplainableError(not_explainable(self))
         pipeline, inverse, fold = self._explaining
-        features = _features(pipeline, columns)
+        features = _features(pipeline, read_columns(columns))
         prices = forest_prices(self.forest, features, inverse, **self._threads(columns))
         return explain_forest(self.explainer, features, fold, prices, inverse)
 
