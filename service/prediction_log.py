@@ -404,7 +404,8 @@ def _insert(session: Session, table: str, rows: list[dict[str, Any]]) -> None:
     """
     columns = [name for name in SCHEMAS[table] if name != "id"]
     sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"  # noqa: S608  # nosec B608
-    session.executemany(sql, [tuple(row.get(name) for name in columns) for row in rows])
+    # map() over the row's own get: the writer holds the GIL while it builds these, so it is kept short.
+    session.executemany(sql, [tuple(map(row.get, columns)) for row in rows])
 
 
 def _percentile(histogram: Sequence[int], q: float) -> float | None:
