@@ -4,7 +4,8 @@ Runs the same checked walkthrough as `make demo` and turns it into narrated scen
 printed output rendered as a terminal page, and real screens (headless Chromium) of the MLflow UI
 (runs, a child run, the registry, the model card), Swagger, Prometheus with the project's alerts
 and the live dashboard under Locust load; then the promotion history and a reload across workers,
-the image `make image` built starting under podman, and the Kubernetes production overlay rendered.
+the image built by `make image`'s steps and started under podman, and the Kubernetes production
+overlay rendered.
 Every scene checks what it shows, so a failing step fails the recording. Each scene's narration
 (espeak-ng) sets how long its frames are shown; scripts/narration.py lays out the audio, the soft
 subtitles and the MP4, and measures the result: 4.5 to 5.5 minutes, each scene in step with its
@@ -286,6 +287,27 @@ def wait_query(url: str, promql: str, timeout_s: float = 30) -> list[dict[str, A
         time.sleep(0.5)
 
 
+def build_image(out: Transcript) -> str:
+    """`make image`'s two steps as the Makefile runs them (`bentoml build`, then `bentoml containerize` on podman).
+
+    Returns the bento the image holds (name:version).
+    """
+    from scripts.image import build, engine_env
+
+    started = time.monotonic()
+    out.say("$ make image   # bentoml build, then bentoml containerize --backend podman")
+    built = subprocess.run([str(BIN / "bentoml"), "build", "--output", "tag"], cwd=ROOT, capture_output=True,
+                           text=True, check=True, timeout=600)  # fmt: skip
+    image = build(built.stdout.strip().splitlines()[-1].removeprefix("__tag__:"), engine="podman")
+    check(IMAGE.removeprefix("localhost/") in image.tags, f"the build did not tag {IMAGE}")
+    size = subprocess.run([tool("podman"), "image", "inspect", "--format", "{{.Size}}", IMAGE], env=engine_env(),
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    base = f"{image.base} (the offline stand-in)" if image.stand_in_base else image.base
+    out.say(f"→ bento {image.bento}\n→ image {', '.join(image.tags)} on {base}\n"
+            f"→ {int(size) / 1e6:,.0f} MB, built in {time.monotonic() - started:.0f} s")  # fmt: skip
+    return image.bento
+
+
 @contextmanager
 def container(out: Transcript) -> Iterator[str]:
     """The image `make image` built, run as tests/delivery/test_image.py runs it, until /readyz answers 200."""
@@ -524,16 +546,18 @@ class Recording:
 
     def container(self) -> None:
         self.frames.scene(
-            "The same service in a container. The image that make image built starts with a read only root "
-            "file system, no capabilities, as a user who is not root, and its readiness probe says when it serves."
+            "The same service in a container, built here by make image with bento M L containerize. It starts "
+            "with a read only root file system, no capabilities, as a user who is not root, and its readiness "
+            "probe says when it serves."
         )
-        out = Transcript("The image starting")
+        out = Transcript("The image built and starting")
+        bento = build_image(out)
         with container(out) as url:
             health = httpx.get(f"{url}/health", timeout=30).json()
             out.say(f"$ GET /health\n→ 200  {json.dumps(health)}")
             check(health["status"] == "ok", f"the container's health is {health['status']}")
-            out.say(f"✓ the container serves {MODEL_NAME} v{health['model_version']}")
-        self.frames.text(f"The container: {IMAGE} under podman", "make image builds it; /readyz says it serves",
+            out.say(f"✓ the image of {bento} serves {MODEL_NAME} v{health['model_version']}")
+        self.frames.text(f"The container: {IMAGE} under podman", "built by make image just now; /readyz says it serves",
                          out.lines)  # fmt: skip
 
     def kubernetes(self) -> None:
