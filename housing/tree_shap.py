@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from housing.compiled_forest import native_rows
 from housing.shap_kernel import shap_values_kernel
 
 # 2**12 patterns * 12 values per leaf: beyond this a table costs more than it saves.
@@ -186,12 +187,9 @@ class ShapTables:
 
         In the units of the booster's raw score; base + row sum equals the score.
         """
-        rows = np.asarray(features, dtype=np.float64)
-        # The kernel reads each row's columns by index, unchecked: the shape is checked here.
-        if rows.ndim != 2 or rows.shape[1] != self.n_features:
-            raise ValueError(f"features: expected shape (n, {self.n_features}), got {rows.shape}")
+        rows = native_rows(features, self.n_features)  # the kernel reads each row's columns unchecked
         # LightGBM reads a missing value as 0.0 at a split without a missing-value direction.
-        rows = np.ascontiguousarray(np.where(np.isnan(rows), 0.0, rows))
+        rows = np.where(np.isnan(rows), 0.0, rows)
         *others, last = self._ranges
         pending = [self._pool.submit(self._values, rows, lo, hi) for lo, hi in others] if self._pool else []
         values = self._values(rows, *last)

@@ -57,7 +57,7 @@ def test_compiled_code_is_called_only_on_rows_of_its_width(booster: Any, rows: n
     for layout in (np.asfortranarray(rows), rows.astype(np.float32), rows[::2], rows[:1]):
         np.testing.assert_allclose(runtime.predict(layout), booster.predict(layout), rtol=1e-12)
     for wrong in (rows[:, :5], np.hstack([rows, rows]), rows[0]):
-        with pytest.raises(ValueError, match=r"shape \(n_rows, 6\)"):
+        with pytest.raises(ValueError, match=r"expected shape \(n, 6\)"):
             runtime.predict(wrong)
 
 
