@@ -292,7 +292,7 @@ def build_image(out: Transcript) -> str:
 
     Returns the bento the image holds (name:version).
     """
-    from scripts.image import build, engine_env
+    from scripts.image import build, image_size
 
     started = time.monotonic()
     out.say("$ make image   # bentoml build, then bentoml containerize --backend podman")
@@ -300,11 +300,9 @@ def build_image(out: Transcript) -> str:
                            text=True, check=True, timeout=600)  # fmt: skip
     image = build(built.stdout.strip().splitlines()[-1].removeprefix("__tag__:"), engine="podman")
     check(IMAGE.removeprefix("localhost/") in image.tags, f"the build did not tag {IMAGE}")
-    size = subprocess.run([tool("podman"), "image", "inspect", "--format", "{{.Size}}", IMAGE], env=engine_env(),
-                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
     base = f"{image.base} (the offline stand-in)" if image.stand_in_base else image.base
     out.say(f"→ bento {image.bento}\n→ image {', '.join(image.tags)} on {base}\n"
-            f"→ {int(size) / 1e6:,.0f} MB, built in {time.monotonic() - started:.0f} s")  # fmt: skip
+            f"→ {image_size('podman', IMAGE) / 1e6:,.0f} MB, built in {time.monotonic() - started:.0f} s")  # fmt: skip
     return image.bento
 
 

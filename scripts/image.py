@@ -90,16 +90,26 @@ def run(command: list[str], *, timeout: float, cwd: Path = ROOT) -> None:
     subprocess.run(command, cwd=cwd, env=engine_env(), timeout=timeout, check=True)
 
 
-def is_stand_in(engine: str, image: str) -> bool:
-    labels = subprocess.run(
-        [engine, "image", "inspect", "--format", "{{json .Config.Labels}}", image],
+def inspect_image(engine: str, image: str, template: str) -> str:
+    """``engine image inspect --format template image``: one field of a local image."""
+    return subprocess.run(
+        [engine, "image", "inspect", "--format", template, image],
         env=engine_env(),
         capture_output=True,
         text=True,
         timeout=60,
         check=True,
-    ).stdout
+    ).stdout.strip()
+
+
+def is_stand_in(engine: str, image: str) -> bool:
+    labels = inspect_image(engine, image, "{{json .Config.Labels}}")
     return "offline-test-stand-in" in (json.loads(labels) or {}).get(STAND_IN_LABEL, "")
+
+
+def image_size(engine: str, image: str) -> int:
+    """The local image's size in bytes, as the engine reports it."""
+    return int(inspect_image(engine, image, "{{.Size}}"))
 
 
 def ensure_base(engine: str, image: str) -> bool:

@@ -231,7 +231,7 @@ def test_sigterm_stops_within_grace_with_every_prediction_on_the_volume(
 
 
 def test_reports_image_size_and_cold_start(container: Container, built: dict) -> None:
-    size = int(engine_run(container.engine, "image", "inspect", "--format", "{{.Size}}", built["tags"][0]).stdout)
+    size = image_script.image_size(container.engine, built["tags"][0])
     figures = {
         "measured": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "backend": built["backend"],
