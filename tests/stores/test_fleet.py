@@ -14,11 +14,10 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from mlflow import MlflowClient
 
 from housing.log_schema import PREDICTIONS
 from operations.local_stores import S3_KEYS, SharedStores, free_port, shared_stores
+from scripts.fleet import Load
 from service.api_models import EXAMPLE_HOUSE
 from tests.service.conftest import FEEDBACK
 from tests.service.server import Server, start_server
@@ -135,50 +135,6 @@ def fleet(workspace: Workspace, champion: dict) -> Iterator[Fleet]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-@dataclass
-class Load:
-    """Clients pricing one house a request, round robin over ``urls``, until stopped."""
-
-    urls: list[str]
-    # (time answered, which url, status, request id, model version)
-    answers: list[tuple[float, int, int, str, str]] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-
-    def _client(self, n: int) -> None:
-        with httpx.Client(timeout=30) as http:
-            i = n
-            while not self._stop.is_set():
-                target = i % len(self.urls)
-                i += 1
-                try:
-                    response = http.post(f"{self.urls[target]}/predict", json=EXAMPLE_HOUSE)
-                except httpx.TransportError as exc:  # a replica that was stopped refuses connections
-                    self.errors.append(f"{self.urls[target]}: {type(exc).__name__}")
-                    time.sleep(0.05)
-                    continue
-                body = response.json() if response.status_code == 200 else {}
-                self.answers.append((time.time(), target, response.status_code, body.get("request_id", ""),
-                                     body.get("model_version", "")))  # fmt: skip
-
-    def run(self, during: Callable[[], None]) -> None:
-        threads = [threading.Thread(target=self._client, args=(n,)) for n in range(CLIENTS)]
-        for thread in threads:
-            thread.start()
-        try:
-            during()
-        finally:
-            self._stop.set()
-            for thread in threads:
-                thread.join()
-
-    def statuses(self) -> set[int]:
-        return {answer[2] for answer in self.answers}
-
-    def ok(self) -> list[str]:
-        return [answer[3] for answer in self.answers if answer[2] == 200]
-
-
 def test_the_pipeline_registers_into_the_shared_stores(fleet: Fleet) -> None:
     registry = fleet.registry
     assert registry.get_model_version_by_alias(MODEL, "champion").version == "1"
@@ -193,7 +149,7 @@ def test_the_pipeline_registers_into_the_shared_stores(fleet: Fleet) -> None:
 
 
 def test_a_promotion_mid_load_reaches_every_replica_once(fleet: Fleet) -> None:
-    load = Load([server.url for server in fleet.servers])
+    load = Load([server.url for server in fleet.servers], [EXAMPLE_HOUSE], CLIENTS)
     promoted: list[float] = []
 
     def switched(replica: int) -> bool:
@@ -245,7 +201,7 @@ def test_a_database_restart_mid_load_costs_no_answer_and_no_row(fleet: Fleet) ->
         fleet.stores.postgres.start()
         time.sleep(2)
 
-    load = Load([server.url for server in fleet.servers])
+    load = Load([server.url for server in fleet.servers], [EXAMPLE_HOUSE], CLIENTS)
     load.run(restart)
     assert while_down == {"stats": 503, "feedback": 503}
     assert load.statuses() == {200}
@@ -273,7 +229,7 @@ def test_feedback_and_views_are_shared_by_the_replicas(fleet: Fleet) -> None:
 
 def test_sigterm_loses_no_row(fleet: Fleet) -> None:
     victim = fleet.servers[1]
-    load = Load([victim.url])
+    load = Load([victim.url], [EXAMPLE_HOUSE], CLIENTS)
 
     def terminate() -> None:
         time.sleep(4)
@@ -291,7 +247,7 @@ def test_sigterm_loses_no_row(fleet: Fleet) -> None:
 
 def test_sigkill_loses_at_most_the_rows_of_the_last_writes(fleet: Fleet) -> None:
     victim = fleet.servers[0]
-    load = Load([victim.url])
+    load = Load([victim.url], [EXAMPLE_HOUSE], CLIENTS)
     killed: list[float] = []
 
     def kill() -> None:
