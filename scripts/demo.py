@@ -31,10 +31,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from housing.columns import NUMERIC_BOUNDS, TARGET_COLUMN
 from load_tests.benchmark import BIN, FEEDBACK_AUTH, ROOT, free_port, request_records, serve_bentoml, stop, wait_ready
 
-# The admin token of the demo's throwaway server on loopback (the video reloads its workers).
-LOCAL_ADMIN_TOKEN = "local-admin-token"  # noqa: S105  # nosec B105
-ADMIN_AUTH = {"Authorization": f"Bearer {LOCAL_ADMIN_TOKEN}"}
-
 MODEL_NAME = "housing-price-model"
 TEST_CSV = ROOT / "data" / "processed" / "test.csv"
 RULE = "━" * 78
@@ -95,18 +91,30 @@ def expect(response: httpx.Response, status: int = 200) -> Any:
     return body_of(response)
 
 
-def run_command(out: Transcript, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run a project command from the repository root and print it with its output."""
+def run_command(
+    out: Transcript, *args: str, env: dict[str, str] | None = None, tail: int = 12
+) -> subprocess.CompletedProcess[str]:
+    """Run a project command from the repository root, ``env`` added to the environment, and print it with the
+    last ``tail`` lines of its output."""
     out.say("$ " + " ".join(args))
     # The venv's tools first on PATH: DVC's stages run `python -m ...`, as under make.
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **(env or {})}
     result = subprocess.run(
         [str(BIN / args[0]), *args[1:]], cwd=ROOT, env=env, capture_output=True, text=True, check=False
     )
-    for line in (result.stdout + result.stderr).strip().splitlines()[-12:]:
+    for line in (result.stdout + result.stderr).strip().splitlines()[-tail:] if tail else []:
         out.say(f"  {line}")
     out.say(f"  (exit status {result.returncode})")
     return result
+
+
+def richer(houses: pd.DataFrame) -> pd.DataFrame:
+    """SHIFTED houses drawn from ``houses`` (seeded), their median income INCOME_SHIFT times the census figure:
+    inputs that drift."""
+    shifted = houses.sample(SHIFTED, replace=True, random_state=1)
+    income = shifted["median_income"] * INCOME_SHIFT
+    shifted["median_income"] = income.clip(upper=NUMERIC_BOUNDS["median_income"].high)
+    return shifted
 
 
 def champion_version() -> str:
@@ -232,11 +240,8 @@ class Walkthrough:
         check(report["status"] == "ok", f"drift status {report['status']}")
         check(not report["drift_detected"], f"real test houses flagged as drift: {report['drifted_features']}")
         out.say(f"✓ {report['rows']} real houses: no drift in {len(report['features'])} features")
-        shifted = self.houses.sample(SHIFTED, replace=True, random_state=1)
-        income = shifted["median_income"] * INCOME_SHIFT
-        shifted["median_income"] = income.clip(upper=NUMERIC_BOUNDS["median_income"].high)
         out.say(f"Now {SHIFTED} houses whose median income is {INCOME_SHIFT}x the census figure:")
-        expect(out.call(self.client, "POST", "/predict_batch", self.records(shifted)))
+        expect(out.call(self.client, "POST", "/predict_batch", self.records(richer(self.houses))))
         self.houses_priced += SHIFTED
         # The shifted houses reach the log through a background writer: wait for them.
         report = self.poll("/drift", lambda body: body["rows"] >= SHIFTED)
@@ -336,7 +341,7 @@ def private_home(workdir: Path) -> str:
 def serving(workdir: Path) -> Iterator[str]:
     """The real `bentoml serve` on a free port, stopped however the walkthrough ends."""
     port = free_port()
-    server = serve_bentoml(port, workdir, BENTOML_HOME=private_home(workdir), HOUSING_ADMIN_TOKEN=LOCAL_ADMIN_TOKEN)
+    server = serve_bentoml(port, workdir, BENTOML_HOME=private_home(workdir))
     url = f"http://127.0.0.1:{port}"
     try:
         print(f"\nstarting bentoml serve on port {port} …", flush=True)
