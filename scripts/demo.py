@@ -108,6 +108,22 @@ def run_command(
     return result
 
 
+def wait_until(
+    read: Callable[[], Any],
+    done: Callable[[Any], bool],
+    timeout_s: float,
+    failure: Callable[[Any], str],
+    pause_s: float = 0.2,
+) -> Any:
+    """``read()`` every ``pause_s`` until ``done`` accepts its value, which it returns; after ``timeout_s`` the step
+    fails with ``failure`` of the last value."""
+    deadline = time.monotonic() + timeout_s
+    while not done(value := read()):
+        check(time.monotonic() < deadline, failure(value))
+        time.sleep(pause_s)
+    return value
+
+
 def richer(houses: pd.DataFrame) -> pd.DataFrame:
     """SHIFTED houses drawn from ``houses`` (seeded), their median income INCOME_SHIFT times the census figure:
     inputs that drift."""
@@ -229,11 +245,8 @@ class Walkthrough:
 
     def poll(self, path: str, done: Callable[[Any], bool], timeout_s: float = 10) -> Any:
         """GET ``path`` until ``done`` accepts its body."""
-        deadline = time.monotonic() + timeout_s
-        while not done(body := expect(self.client.get(path))):
-            check(time.monotonic() < deadline, f"{path} did not change within {timeout_s:g} s")
-            time.sleep(0.2)
-        return body
+        return wait_until(lambda: expect(self.client.get(path)), done, timeout_s,
+                          lambda _: f"{path} did not change within {timeout_s:g} s")  # fmt: skip
 
     def drift(self, out: Transcript) -> None:
         report = expect(out.call(self.client, "GET", "/drift"))

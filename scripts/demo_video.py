@@ -47,6 +47,7 @@ from scripts.demo import (
     richer,
     run_command,
     trimmed,
+    wait_until,
     walk,
 )
 from scripts.fleet import Load, import_champion, project_env, replicas, scratch_project, serving
@@ -545,7 +546,7 @@ class Recording:
         folder = self.workdir / "fleet"
         project = scratch_project(folder)
         homes = [folder / "home-pipeline", folder / "home-1", folder / "home-2"]
-        champion = import_champion(project, homes[0])
+        champion = import_champion(homes[0], project_env(project), project)
         for home in homes[1:]:
             shutil.copytree(homes[0], home)  # each replica's host is set up the same way
         host = PipelineHost(project, folder / "predictions.db", project_env(project) | {"BENTOML_HOME": str(homes[0])})
@@ -556,8 +557,9 @@ class Recording:
                     f"following @champion: all serve v{champion}")  # fmt: skip
             houses = pd.read_csv(project / "data" / "processed" / "train.csv")
             sold = houses.sample(SALES, random_state=5)
-            self.drift_and_sales(out, urls[0], sold, richer(houses.drop(columns=TARGET_COLUMN)))
-            load = Load(urls, request_records(sold.drop(columns=TARGET_COLUMN)), clients=2, pause_s=0.05)
+            records = request_records(sold.drop(columns=TARGET_COLUMN))
+            self.drift_and_sales(out, urls[0], records, sold[TARGET_COLUMN], richer(houses.drop(columns=TARGET_COLUMN)))
+            load = Load(urls, records, clients=2, pause_s=0.05)
             started = time.time()
             decision, lines = load.run(lambda: host.retrain_and_follow(out, urls))
         check(load.statuses() == {200} and not load.errors, f"answers {load.statuses()}, errors {load.errors[:3]}")
@@ -584,22 +586,23 @@ class Recording:
                          "each replica's champion follower imports the version and switches its workers",
                          lines)  # fmt: skip
 
-    def drift_and_sales(self, out: Transcript, url: str, sold: pd.DataFrame, drifting: pd.DataFrame) -> None:
-        """Price ``sold`` and report their census prices as sales, then price ``drifting`` until drift shows."""
+    def drift_and_sales(
+        self, out: Transcript, url: str, sold: list[dict[str, Any]], prices: pd.Series, drifting: pd.DataFrame
+    ) -> None:
+        """Price the houses ``sold`` and report ``prices`` as their sales, then price ``drifting`` until drift
+        shows."""
         with httpx.Client(base_url=url, timeout=120) as client:
-            houses = sold.drop(columns=TARGET_COLUMN)
             # A fixed request ID: which sales join the test split (a hash of it) is the same in every recording.
             headers = {"X-Request-ID": "demo-video-sales"}
-            priced = expect(client.post("/predict_batch", json=request_records(houses), headers=headers))
-            for index, price in enumerate(sold[TARGET_COLUMN]):
+            priced = expect(client.post("/predict_batch", json=sold, headers=headers))
+            for index, price in enumerate(prices):
                 sale = {"request_id": priced["request_id"], "index": index, "actual_price_usd": float(price)}
                 expect(client.post("/feedback", json=sale, headers=FEEDBACK_AUTH))
             out.say(f"{len(sold)} houses priced, and their sale prices reported: POST /feedback")
             expect(out.call(client, "POST", "/predict_batch", request_records(drifting)))
-            deadline = time.monotonic() + 30
-            while "median_income" not in (report := expect(client.get("/drift")))["drifted_features"]:
-                check(time.monotonic() < deadline, f"no drift flagged: {trimmed(report)}")
-                time.sleep(0.5)
+            report = wait_until(lambda: expect(client.get("/drift")),
+                                lambda body: "median_income" in body["drifted_features"], 30,
+                                lambda body: f"no drift flagged: {trimmed(body)}", pause_s=0.5)  # fmt: skip
         out.say(f"$ GET /drift\n→ 200  drift in {', '.join(report['drifted_features'])}")
 
     def container(self) -> None:
@@ -649,9 +652,7 @@ class PipelineHost:
     def retrain_and_follow(self, out: Transcript, urls: list[str]) -> tuple[dict[str, Any], list[str]]:
         """`housing retrain`; when it refuses the new model, `housing rollback` instead, so the champion moves
         either way. Returns the decision that moved it, and the history, once every replica serves its version."""
-        result = run_command(out, "housing", "retrain", "--db", str(self.log_db), "--project-dir",
-                             str(self.project), env=self.env, tail=0)  # fmt: skip
-        check(result.returncode == 0, f"housing retrain failed: {result.stderr[-2000:]}")
+        result = self.command(out, "retrain", "--db", str(self.log_db), tail=0)
         for line in result.stdout.splitlines():
             if line.startswith("Running stage"):  # what DVC reran: the feedback, the split, training, registration
                 out.say(f"  {line}")
@@ -660,27 +661,24 @@ class PipelineHost:
         out.say(f"  reasons: {'; '.join(status['reasons'])}")
         out.say(f"  decision: {decision['action']} v{decision['version']}: {decision['reason']}")
         out.say(f"  took {status['finished'] - status['started']:.0f} s")
-        lines: list[str] = []
+        after = Transcript("")
         if decision["action"] != "promote":
-            moved = self.command(lines, "rollback", "--db", str(self.log_db), "--reason", "the demo: replicas "
+            moved = self.command(after, "rollback", "--db", str(self.log_db), "--reason", "the demo: replicas "
                                  "follow a rollback too", tail=0)  # fmt: skip
             decision = json.loads(moved.stdout)["decision"]
-            lines.append(f"  {decision['action']} v{decision['champion_before']} -> v{decision['version']}")
+            after.say(f"  {decision['action']} v{decision['champion_before']} -> v{decision['version']}")
         new = str(decision["champion_after"])
-        deadline = time.monotonic() + 120
-        while serving(urls) != [new] * len(urls):
-            check(time.monotonic() < deadline, f"the replicas serve {serving(urls)}, not v{new}")
-            time.sleep(0.5)
+        wait_until(lambda: serving(urls), lambda versions: versions == [new] * len(urls), 120,
+                   lambda versions: f"the replicas serve {versions}, not v{new}", pause_s=0.5)  # fmt: skip
         time.sleep(2)  # the load sees each replica on the new version for a while
-        self.command(lines, "history", "--limit", "3")
-        return decision, lines
+        self.command(after, "history", "--limit", "3")
+        return decision, after.lines
 
-    def command(self, lines: list[str], *args: str, tail: int = 6) -> subprocess.CompletedProcess[str]:
-        """A `housing` command in the scratch project; it and its output's last ``tail`` lines added to ``lines``."""
-        out = Transcript("")
+    def command(self, out: Transcript, *args: str, tail: int = 6) -> subprocess.CompletedProcess[str]:
+        """A `housing` command in the scratch project, printed to ``out`` with its output's last ``tail`` lines."""
         result = run_command(out, "housing", *args, "--project-dir", str(self.project), env=self.env, tail=tail)
-        check(result.returncode == 0, f"housing {args[0]} failed: {result.stdout[-2000:]}")
-        lines += out.lines
+        output = result.stdout + result.stderr
+        check(result.returncode == 0, f"housing {args[0]} failed: {output[-2000:]}")
         return result
 
 

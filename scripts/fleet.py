@@ -68,11 +68,12 @@ def project_env(project: Path) -> dict[str, str]:
     return {"MLFLOW_TRACKING_URI": f"sqlite:///{(project / MLFLOW_DB).resolve()}", "HOUSING_PROJECT_DIR": str(project)}
 
 
-def import_champion(project: Path, home: Path) -> str:
-    """Import ``project``'s champion into the BentoML store at ``home``, as a host is set up; returns its version."""
+def import_champion(home: Path, registry: dict[str, str], project: Path = ROOT) -> str:
+    """Import the champion of the registry that the environment ``registry`` names (``project_env``, or a
+    tracking server's) into the BentoML store at ``home``, as a host is set up; returns its version."""
     result = subprocess.run(
         [str(BIN / "python"), "-m", "scripts.import_champion", "--project-dir", str(project)],
-        cwd=ROOT, env={**os.environ, **project_env(project), "BENTOML_HOME": str(home)},
+        cwd=ROOT, env={**os.environ, **registry, "BENTOML_HOME": str(home)},
         capture_output=True, text=True, check=True, timeout=300,
     )  # nosec B603  # fmt: skip
     return str(json.loads(result.stdout.strip().splitlines()[-1])["version"])

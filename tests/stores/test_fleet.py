@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -29,11 +28,11 @@ from mlflow import MlflowClient
 
 from housing.log_schema import PREDICTIONS
 from operations.local_stores import S3_KEYS, SharedStores, free_port, shared_stores
-from scripts.fleet import Load
+from scripts.fleet import Load, import_champion
 from service.api_models import EXAMPLE_HOUSE
 from tests.service.conftest import FEEDBACK
 from tests.service.server import Server, start_server
-from tests.workspace import BIN, ROOT, Workspace
+from tests.workspace import Workspace
 
 CLIENTS = 32
 MODEL = "housing-price-model"
@@ -90,16 +89,6 @@ def register_with_the_pipeline(workspace: Workspace, stores: SharedStores, folde
     repo.run("dvc", "remote", "modify", "--local", "shared-s3", "endpointurl", stores.env["MLFLOW_S3_ENDPOINT_URL"])
     repo.run("dvc", "push", "-r", "shared-s3")
     return repo
-
-
-def import_champion(home: Path, env: dict[str, str]) -> None:
-    """Put the registry's champion into the BentoML store at ``home``, as a replica's host is set up."""
-    code = ("from mlflow import MlflowClient; from housing.registry import champion_version, import_version\n"
-            "from service.champion_follower import Registered\n"
-            f"reg = Registered({MODEL!r}, 'champion', {MODEL!r}); client = MlflowClient()\n"
-            "import_version(client, reg, str(champion_version(client, reg).version))")  # fmt: skip
-    env = {**env, "BENTOML_HOME": str(home), "PATH": f"{BIN}:/usr/bin:/bin"}
-    subprocess.run([str(BIN / "python"), "-c", code], cwd=ROOT, env=env, check=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -176,8 +165,7 @@ def test_a_promotion_mid_load_reaches_every_replica_once(fleet: Fleet) -> None:
         assert first_new > promoted[0]
         # Its two workers switch within about a reload poll of each other, and none goes back.
         assert last_old - first_new < RELOAD_POLL_S + 1.0
-        assert all(a[4] == "2" for a in mine if a[0] > last_old)
-        bounds.append(last_old - promoted[0])
+        bounds.append(load.switch_s(replica, "1", "2", promoted[0]))  # raises unless it serves only v2 after
     seconds = ", ".join(f"{bound:.1f}" for bound in bounds)
     print(f"\n@champion v1 -> v2: the replicas served only v2 {seconds} s after the promotion "
           f"({len(load.answers)} answers, all 200)")  # fmt: skip
