@@ -45,7 +45,7 @@ from service.champion_follower import ChampionFollower
 from service.middleware import RequestMiddleware, close_request_log, configure_request_log, request_state
 from service.model import NotExplainableError, ServedModel, load_served_model
 from service.openapi import OpenAPIDocument, served_document
-from service.prediction_log import PREDICTIONS, open_log
+from service.prediction_log import PREDICTIONS, RequestRows, open_log
 from service.reload import Watcher, request_model, this_replica
 from service.view_cache import ViewCache
 from service.views import views
@@ -318,17 +318,16 @@ class HousePricer:
         version = model.info.model_version
         shared = {"request_id": state["request_id"], "endpoint": endpoint, "ts": time.time(), "model_version": version,
                   "latency_ms": (time.perf_counter() - state["start"]) * 1000}  # fmt: skip
-        # One dict per house from one zip of its values: a third cheaper on a 10,000-house batch than
-        # merging dicts per house.
-        keys = ("idx", "price_usd", "lower_usd", "upper_usd", *columns)
-        values = zip(range(len(houses)), prices.tolist(), *logged.T.tolist(), *columns.values(), strict=True)
-        self.log.add(PREDICTIONS, [dict(zip(keys, house, strict=True), **shared) for house in values])
+        priced = prices.tolist()
+        lower, upper = logged.T.tolist()
+        logged_columns = {"idx": range(len(houses)), "price_usd": priced, "lower_usd": lower, "upper_usd": upper}
+        self.log.add(PREDICTIONS, RequestRows({**logged_columns, **columns}, shared))
         intervals = nominal if coverage is None else model.bounds(prices, scale, coverage)
         state.update(model_version=version, records=len(houses))
         prometheus_metrics.PRICED_HOUSES.labels(endpoint, version).inc(len(houses))
         prometheus_metrics.BATCH_SIZE.labels(endpoint).observe(len(houses))
-        prometheus_metrics.observe_many(prometheus_metrics.PREDICTED_PRICE, prices.tolist())
-        return Priced(prices.tolist(), intervals, state["request_id"], model)
+        prometheus_metrics.observe_many(prometheus_metrics.PREDICTED_PRICE, priced)
+        return Priced(priced, intervals, state["request_id"], model)
 
     async def _find_prediction(self, request_id: str, index: int) -> dict[str, Any] | None:
         """The logged prediction, waiting briefly with growing pauses: it may still be on a writer's queue.

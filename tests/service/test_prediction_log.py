@@ -15,7 +15,7 @@ from housing.log_schema import CORRECTIONS, FEEDBACK, MIGRATIONS, PREDICTIONS
 from housing.log_store import LogStore, SQLiteStore, migrate
 from service import prediction_log
 from service.api_models import EXAMPLE_HOUSE
-from service.prediction_log import PredictionLog
+from service.prediction_log import PredictionLog, RequestRows
 from tests.stores.engines import LogDatabase
 
 Store = TypeVar("Store", bound=LogStore)
@@ -60,6 +60,49 @@ def test_close_flushes_everything_queued(log_db: LogDatabase) -> None:
     assert log_db.count(PREDICTIONS) == 1000
 
 
+def columnar(request_id: str, houses: int) -> tuple[RequestRows, list[dict]]:
+    """A request's rows as the service queues them (columns) and the same rows as dicts."""
+    shared = {"request_id": request_id, "endpoint": "predict_batch", "ts": 1.0, "model_version": "7", "latency_ms": 9.5}
+    columns = {
+        "idx": range(houses),
+        "price_usd": [100_000.0 + i for i in range(houses)],
+        "lower_usd": [None] * houses,
+        **{name: [value] * houses for name, value in EXAMPLE_HOUSE.items()},
+    }
+    return RequestRows(columns, shared), [{**row(request_id, i), **shared, "price_usd": 100_000.0 + i,
+                                           "lower_usd": None} for i in range(houses)]  # fmt: skip
+
+
+def test_columnar_rows_read_as_the_rows_they_stand_for() -> None:
+    rows, dicts = columnar("c", 3)
+    assert len(rows) == 3
+    assert list(rows) == dicts
+    assert [rows[0], rows[-1]] == [dicts[0], dicts[-1]]
+    assert rows[1:] == dicts[1:]
+    assert list(prediction_log.row_values(rows, ["idx", "request_id", "upper_usd"])) == [
+        (0, "c", None), (1, "c", None), (2, "c", None)]  # fmt: skip
+    with pytest.raises(ValueError, match="one length"):
+        RequestRows({"idx": range(2), "price_usd": [1.0]}, {})
+
+
+def test_columnar_rows_are_stored_as_their_rows_would_be(log_db: LogDatabase) -> None:
+    log = log_db.log(interval_s=0.01)
+    columns, dicts = columnar("as-columns", 4)
+    log.add(PREDICTIONS, columns)
+    log.add(PREDICTIONS, [{**one, "request_id": "as-dicts"} for one in dicts])
+    log.add(PREDICTIONS, columnar("as-columns", 2)[0])  # a reused id is renamed, as for dicts
+    assert log.flush()
+    log.close()
+    stored = log.store.query_dicts("SELECT * FROM predictions ORDER BY id")
+    assert len(stored) == 10
+    by_request: dict[str, list[dict]] = {}
+    for one in stored:
+        one.pop("id")
+        by_request.setdefault(one.pop("request_id").split("~")[0], []).append(one)
+    assert by_request["as-columns"][:4] == by_request["as-dicts"]
+    assert by_request["as-columns"][4:] == by_request["as-dicts"][:2]
+
+
 def test_the_first_feedback_is_kept_and_a_correction_is_on_record(log_db: LogDatabase) -> None:
     log = log_db.log()
     assert log.record_feedback("x", 0, 100_000.0, authenticated=True)
@@ -96,7 +139,7 @@ def test_duplicate_rows_are_refused(log_db: LogDatabase) -> None:
     log.add(PREDICTIONS, [row("dup")])
     log.flush()
     with pytest.raises(log.store.integrity_error), log.store.transaction() as session:
-        prediction_log._insert(session, PREDICTIONS, [row("dup")])
+        prediction_log._insert(session, PREDICTIONS, [[row("dup")]])
     log.close()
 
 
