@@ -34,14 +34,11 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-# Inlining makes each tree's code a little faster to run but several times slower to compile
-# (reports/model_search.md has the figures); the portable CPU baseline of each architecture
+# Inlining makes each tree's code a little faster to run but several times slower to compile, and so
+# would smaller cache blocks than lleaves' 34 trees (reports/model_search.md has the figures); the
+# portable CPU baseline of each architecture
 # keeps an artefact valid on every machine of that architecture, not only the one that built it.
 INLINE = False
-# Trees run one at a time over all rows of a batch (lleaves' cache blocking, default 34 trees): each tree's
-# code stays in the instruction cache while the rows stream past. 12% faster on a 10,000-house batch, the
-# same on one house (reports/model_search.md).
-BLOCK_SIZE = 1
 PORTABLE_CPU = {"x86_64": "x86-64", "amd64": "x86-64", "aarch64": "generic", "arm64": "generic"}
 # Compiled scores must equal the booster's this closely (relative) on the probe rows, or are not used.
 PROBE_RTOL = 1e-9
@@ -67,7 +64,7 @@ def toolchain() -> str:
             versions.append(f"{package}={version(package)}")
         except PackageNotFoundError:
             versions.append(f"{package}=missing")
-    return ";".join([*versions, f"inline={INLINE}", f"block={BLOCK_SIZE}", f"cpu={portable_cpu()}"])
+    return ";".join([*versions, f"inline={INLINE}", f"cpu={portable_cpu()}"])
 
 
 def portable_cpu() -> str:
@@ -130,8 +127,7 @@ def _compiled(model_file: Path, cache: Path) -> Any:
 
     model = lleaves.Model(model_file=str(model_file))
     with LLVM_LOCK:
-        model.compile(cache=str(cache), finline=INLINE, fblocksize=BLOCK_SIZE, target_cpu=portable_cpu(),
-                      target_cpu_features="")  # fmt: skip
+        model.compile(cache=str(cache), finline=INLINE, target_cpu=portable_cpu(), target_cpu_features="")
     return model
 
 
