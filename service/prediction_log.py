@@ -110,11 +110,14 @@ class RequestRows(Sequence[dict[str, Any]]):
     def __getitem__(self, index: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(self._length))]
-        return {**{name: values[index] for name, values in self.columns.items()}, **self.shared}
+        return self._row(values[index] for values in self.columns.values())
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        names, rows = tuple(self.columns), zip(*self.columns.values(), strict=True)
-        return ({**dict(zip(names, row, strict=True)), **self.shared} for row in rows)
+        return map(self._row, zip(*self.columns.values(), strict=True))
+
+    def _row(self, values: Iterable[Any]) -> dict[str, Any]:
+        """The row dict of one value per column."""
+        return {**dict(zip(self.columns, values, strict=True)), **self.shared}
 
     def values(self, names: Sequence[str]) -> Iterator[tuple[Any, ...]]:
         """Each row's values of ``names`` (None for a name it lacks), in row order."""
