@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 
 # Inlining makes each tree's code a little faster to run but several times slower to compile, and so
 # would smaller cache blocks than lleaves' 34 trees (reports/model_search.md has the figures); the
-# portable CPU baseline of each architecture
-# keeps an artefact valid on every machine of that architecture, not only the one that built it.
+# portable CPU baseline of each architecture keeps an artefact valid on every machine of that
+# architecture, not only the one that built it.
 INLINE = False
 PORTABLE_CPU = {"x86_64": "x86-64", "amd64": "x86-64", "aarch64": "generic", "arm64": "generic"}
 # Compiled scores must equal the booster's this closely (relative) on the probe rows, or are not used.
