@@ -9,6 +9,8 @@ Measures, on this machine and in this order:
   5. (1) to (3) again on the same service with its forest on LightGBM's booster instead of compiled
      code (HOUSING_COMPILED_DIR empty): what compiling the forest buys, in the same run,
   6. the latency of explaining one house (POST /explain) at concurrency 1, and of (1) right after it,
+  7. the batch of (3) in process, stage by stage (the service's own calls, without HTTP), once the servers
+     have stopped: where the batch's time goes, and what the forest leaves to everything else,
 and writes reports/benchmark.json plus the table between the markers in README.md. ``--explain-only``
 measures (6) alone on one service and prints it (no files written).
 
@@ -35,11 +37,20 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import bentoml
 import httpx
+import numpy as np
 import pandas as pd
+
+from housing.columns import read_columns
+from housing.model_format import fitted_pipeline, target_inverse
+from housing.settings import settings
+from service.api_models import HouseBatch, columns_of
+from service.model import ServedModel, forest_prices, load_served_model
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -57,6 +68,7 @@ AT_LEAST = {"throughput_ratio", "throughput_vs_booster"}
 # Longest the compiled forest may take to be ready when the pipeline did not leave it cached.
 COMPILE_WAIT_S = 1800
 README_START, README_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
+T = TypeVar("T")
 
 WRK_REPORT = """
 done = function(summary, latency, requests)
@@ -144,6 +156,48 @@ def batch_latency(url: str, houses: list[dict[str, Any]], runs: int) -> dict[str
             response.raise_for_status()
     timings = timings[1:]
     return {"median_ms": statistics.median(timings), "min_ms": min(timings), "max_ms": max(timings), "runs": runs}
+
+
+def batch_stages(model: ServedModel, houses: list[dict[str, Any]], runs: int) -> tuple[dict[str, float], np.ndarray]:
+    """Median ms of each stage of pricing ``houses`` in process, and the bounds (n_houses, 2) the stages end with.
+
+    The calls the service makes for a batch, timed one at a time, each on the previous stage's output. A test
+    holds the bounds equal to the service's own, so the stages are the whole computation. ``model`` must be a
+    LightGBM forest with intervals, its runtimes settled (``ForestRuntime.wait``).
+    """
+    if model.forest is None or model.scale_forest is None or model.intervals is None:
+        raise ValueError("batch stages are measured on a LightGBM forest with intervals")
+    forest, scale_forest, intervals = model.forest, model.scale_forest, model.intervals
+    features, inverse = fitted_pipeline(model.estimator).named_steps["features"], target_inverse(model.estimator)
+    threads = model.parallel.get("num_threads", 1)
+    timings: dict[str, float] = {}
+
+    def stage(name: str, compute: Callable[[], T]) -> T:
+        times = []
+        for _ in range(runs + 1):  # the first run warms up
+            start = time.perf_counter()
+            out = compute()
+            times.append((time.perf_counter() - start) * 1000)
+        timings[name] = statistics.median(times[1:])
+        return out
+
+    body = json.dumps(houses)
+    batch = stage("validate", lambda: HouseBatch.model_validate_json(body).root)
+    columns = stage("columns", lambda: read_columns(columns_of(batch)))
+    engineered = stage("features", lambda: features.transform(columns))
+    prices = stage("forest", lambda: forest_prices(forest, engineered, inverse, threads))
+    scale = stage("scale_model", lambda: scale_forest.predict(intervals.scale_inputs(columns, prices), threads))
+    bounds = stage("bounds", lambda: intervals.bounds(prices, scale))
+    return timings, bounds
+
+
+def served_champion() -> ServedModel:
+    """The model the service serves (``HOUSING_MODEL_TAG``), its compiled forests ready."""
+    model = load_served_model(bentoml.models.get(settings().model_tag), settings().compiled_dir)
+    for runtime in (model.forest, model.scale_forest):
+        if runtime is not None and not runtime.wait(COMPILE_WAIT_S):
+            raise SystemExit(f"the served model's forests were not compiled within {COMPILE_WAIT_S} s")
+    return model
 
 
 def invalid_bodies(one: dict[str, Any], batch: int) -> dict[str, tuple[str, bytes]]:
@@ -343,6 +397,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         for server in servers.values():
             stop(server)
+    champion = served_champion()
+    results["batch_stages_ms"] = batch_stages(champion, batch, args.batch_runs)[0]
+    results["batch_stages_runtime"] = champion.forest.runtime if champion.forest is not None else None
 
     results["summary"] = {
         "single_p50_ms": results["single_c1"]["p50_ms"],
@@ -355,6 +412,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "least_worker_share": min(results["single_c32"]["per_worker"].values())
         / max(1, sum(results["single_c32"]["per_worker"].values())),
         "batch_10k_ms": results["batch_10k"]["median_ms"],
+        "batch_without_forest_ms": sum(ms for name, ms in results["batch_stages_ms"].items() if name != "forest"),
         "worst_invalid_ms": max(r["median_ms"] for r in results["invalid_bodies"].values()),
         "invalid_vs_batch": max(r["median_ms"] for r in results["invalid_bodies"].values())
         / results["batch_10k"]["median_ms"],
@@ -378,6 +436,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def table(results: dict[str, Any]) -> str:
     s, t, e = results["summary"], results["targets"], results["explain_c1"]
+    stages = " · ".join(f"{name.replace('_', ' ')} {ms:.0f}" for name, ms in results["batch_stages_ms"].items())
 
     def mark(name: str) -> str:
         return "met" if t[name]["met"] else "**missed**"
@@ -397,6 +456,7 @@ def table(results: dict[str, Any]) -> str:
             f"| 32 clients (one burst of keep-alive connections): requests per worker | {' / '.join(f'{n:,}' for n in s['per_worker_32'].values())} (least served: {s['least_worker_share']:.0%}) | | |",
             f"| 32 clients: p99 | {s['p99_32_ms']:.1f} ms | ≤ 50 ms | {mark('p99_32_ms')} |",
             f"| one 10,000-record batch | {s['batch_10k_ms']:.0f} ms | ≤ 100 ms | {mark('batch_10k_ms')} |",
+            f"| the same batch in process, by stage (no HTTP; forest on {results['batch_stages_runtime']}) | {stages} ms; all but the forest {s['batch_without_forest_ms']:.0f} ms | | |",
             f"| costliest invalid body (of {len(results['invalid_bodies'])}, `reports/benchmark.json`) | {s['worst_invalid_ms']:.0f} ms: {s['invalid_vs_batch']:.2f}× the batch | ≤ 1× the largest legal batch | {mark('invalid_vs_batch')} |",
             f"| `mlflow models serve` as installed (uvicorn on asyncio + h11), same model and load | {s['mlflow_throughput_rps']:,.0f} req/s | | |",
             f"| throughput ratio (this service / MLflow as installed) | {s['throughput_ratio']:.1f}× | ≥ 4× | {mark('throughput_ratio')} |",

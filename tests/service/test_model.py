@@ -8,7 +8,7 @@ import pandas as pd
 
 from housing.params import Params
 from housing.settings import HousingSettings
-from load_tests.benchmark import request_records
+from load_tests.benchmark import batch_stages, request_records, served_champion
 from service.api_models import House, columns_of
 from service.model import PARALLEL_ROWS, fast_predict, forest_runtime, load_served_model
 from training.estimators import build_model
@@ -51,3 +51,14 @@ def test_a_log_target_forest_prices_in_usd(params: Params, X_sample: pd.DataFram
     assert forest is not None
     columns = {name: X_sample[name].tolist() for name in X_sample.columns}
     np.testing.assert_allclose(fast_predict(model, forest)(columns), model.predict(X_sample), rtol=1e-12)
+
+
+def test_the_benchmarks_batch_stages_are_the_whole_computation(champion: dict, test_rows: pd.DataFrame) -> None:
+    """`make bench` times a batch stage by stage; chained, the stages give the bounds the service gives."""
+    served = served_champion()
+    houses = request_records(test_rows.head(50))
+    timings, bounds = batch_stages(served, houses, runs=1)
+    assert list(timings) == ["validate", "columns", "features", "forest", "scale_model", "bounds"]
+    assert all(ms > 0 for ms in timings.values())
+    columns = columns_of([House(**house) for house in houses])
+    np.testing.assert_array_equal(bounds, served.predict_interval(columns)[1])
