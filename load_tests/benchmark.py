@@ -177,7 +177,6 @@ def batch_stages(model: ServedModel, houses: list[dict[str, Any]], runs: int) ->
         raise ValueError("batch stages are measured on a LightGBM forest with intervals")
     forest, scale_forest, intervals = model.forest, model.scale_forest, model.intervals
     features, inverse = fitted_pipeline(model.estimator).named_steps["features"], target_inverse(model.estimator)
-    threads = model.parallel.get("num_threads", 1)
     timings: dict[str, float] = {}
 
     def stage(name: str, compute: Callable[[], T]) -> T:
@@ -192,6 +191,7 @@ def batch_stages(model: ServedModel, houses: list[dict[str, Any]], runs: int) ->
     body = json.dumps(houses)
     batch = stage("validate", lambda: HouseBatch.model_validate_json(body).root)
     columns = stage("columns", lambda: read_columns(columns_of(batch)))
+    threads = model.threads_for(columns).get("num_threads", 1)  # as many as the service gives this batch
     engineered = stage("features", lambda: features.transform(columns))
     prices = stage("forest", lambda: forest_prices(forest, engineered, inverse, threads))
     scale = stage("scale_model", lambda: scale_forest.predict(intervals.scale_inputs(columns, prices), threads))

@@ -77,7 +77,7 @@ class ServedModel:
         ``PARALLEL_ROWS`` or more use all cores; small requests stay on one, so
         concurrent requests do not fight over threads.
         """
-        return np.asarray(self.predictor(columns, **self._threads(columns)), dtype=float)
+        return np.asarray(self.predictor(columns, **self.threads_for(columns)), dtype=float)
 
     def predict_interval(
         self, columns: Mapping[str, Sequence[Any]], coverage: float | None = None
@@ -99,13 +99,14 @@ class ServedModel:
         if self.intervals is None or self.scale_forest is None:
             return prices, None
         inputs = self.intervals.scale_inputs(columns, prices)
-        return prices, self.scale_forest.predict(inputs, num_threads=self._threads(columns).get("num_threads", 1))
+        return prices, self.scale_forest.predict(inputs, num_threads=self.threads_for(columns).get("num_threads", 1))
 
     def bounds(self, prices: np.ndarray, scale: np.ndarray | None, coverage: float | None = None) -> np.ndarray | None:
         """Bounds (n_houses, 2) in USD at ``coverage`` from :meth:`price_and_scale`'s answer; None without intervals."""
         return None if self.intervals is None or scale is None else self.intervals.bounds(prices, scale, coverage)
 
-    def _threads(self, columns: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
+    def threads_for(self, columns: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
+        """The forests' predict-time arguments for these houses: every core from ``PARALLEL_ROWS`` houses, else none."""
         rows = len(next(iter(columns.values())))
         return self.parallel if rows >= PARALLEL_ROWS else {}
 
@@ -121,7 +122,7 @@ class ServedModel:
             raise NotExplainableError(not_explainable(self))
         pipeline, inverse, fold = self._explaining
         features = _features(pipeline, read_columns(columns))
-        prices = forest_prices(self.forest, features, inverse, **self._threads(columns))
+        prices = forest_prices(self.forest, features, inverse, **self.threads_for(columns))
         return explain_forest(self.explainer, features, fold, prices, inverse)
 
     @cached_property
