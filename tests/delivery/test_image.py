@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sqlite3
 import subprocess
 import time
@@ -33,7 +32,7 @@ import pandas as pd
 import pytest
 
 from housing.log_schema import PREDICTIONS
-from load_tests.benchmark import request_records
+from load_tests.benchmark import free_port, request_records
 from scripts import image as image_script
 from tests.service.test_explain import assert_sums_to_price
 from tests.workspace import BIN, ROOT, Workspace
@@ -80,12 +79,6 @@ def built(engine: str, bento: Path, tmp_path_factory: pytest.TempPathFactory) ->
     summary = json.loads(output.strip().splitlines()[-1])
     assert summary["tags"] == [f"{bento.parent.name}:{bento.name}", f"{bento.parent.name}:latest"]
     return dict(summary)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
