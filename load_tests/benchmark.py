@@ -11,6 +11,8 @@ Measures, on this machine and in this order:
   6. the latency of explaining one house (POST /explain) at concurrency 1, and of (1) right after it,
   7. the batch of (3) in process, stage by stage (the service's own calls, without HTTP), once the servers
      have stopped: where the batch's time goes, and what the forest leaves to everything else,
+  8. the batch of (3) through BentoML with the service's request and answer models and no model behind
+     them (load_tests/batch_floor.py): the floor under the batch's time on this machine,
 and writes reports/benchmark.json plus the table between the markers in README.md. ``--explain-only``
 measures (6) alone on one service and prints it (no files written).
 
@@ -264,7 +266,10 @@ LOCAL_FEEDBACK_TOKEN = "local-feedback-token"  # noqa: S105  # nosec B105
 FEEDBACK_AUTH = {"Authorization": f"Bearer {LOCAL_FEEDBACK_TOKEN}"}
 
 
-def serve_bentoml(port: int, workdir: Path, **env_extra: str) -> subprocess.Popen:
+def serve_bentoml(
+    port: int, workdir: Path, service: str = "service.service:HousePricer", **env_extra: str
+) -> subprocess.Popen:
+    """``bentoml serve`` of ``service`` on loopback ``port``, its prediction log, request log and output in ``workdir``."""
     workdir.mkdir(parents=True, exist_ok=True)
     env = {
         **os.environ,
@@ -274,7 +279,7 @@ def serve_bentoml(port: int, workdir: Path, **env_extra: str) -> subprocess.Pope
         **env_extra,
     }
     return subprocess.Popen(
-        [str(BIN / "bentoml"), "serve", "service.service:HousePricer", "--host", "127.0.0.1", "--port", str(port)],
+        [str(BIN / "bentoml"), "serve", service, "--host", "127.0.0.1", "--port", str(port)],
         cwd=ROOT, env=env, stdout=(workdir / "bentoml.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
 
@@ -352,7 +357,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     test_csv = ROOT / "data" / "processed" / "test.csv"
     one = houses_from(test_csv, 1)[0]
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
-    ports = {name: free_port() for name in ("single_c32", "booster_c32", "mlflow_c32", "mlflow_fast_c32")}
+    ports = {name: free_port() for name in ("single_c32", "booster_c32", "mlflow_c32", "mlflow_fast_c32", "floor")}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     # Every server stays up for the whole run (an idle one costs next to nothing), so the
     # throughput rounds can alternate between them and share whatever else the machine is doing.
@@ -362,9 +367,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "booster_c32": serve_bentoml(ports["booster_c32"], workdir / "booster", HOUSING_COMPILED_DIR=""),
         "mlflow_c32": serve_mlflow(ports["mlflow_c32"], args.mlflow_workers, workdir, stock=True),
         "mlflow_fast_c32": serve_mlflow(ports["mlflow_fast_c32"], args.mlflow_workers, workdir, stock=False),
+        # The service's batch request and answer with no model behind them: the floor under a batch's time.
+        "floor": serve_bentoml(ports["floor"], workdir / "floor", "load_tests.batch_floor:BatchFloor"),
     }
+    floor = urls.pop("floor")
     try:
         ours, booster = urls["single_c32"], urls["booster_c32"]
+        wait_ready(f"{floor}/readyz", servers["floor"])
         for name in ("single_c32", "booster_c32"):
             wait_ready(f"{urls[name]}/readyz", servers[name])
         results["compile_wait_s"] = wait_runtime(ours, "lleaves", COMPILE_WAIT_S)
@@ -385,6 +394,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["batch_10k"] = batch_latency(f"{ours}/predict_batch", batch, args.batch_runs)
         results["batch_10k_paused"] = batch_latency(f"{ours}/predict_batch", batch, args.batch_runs, BATCH_PAUSE_S)
         results["booster_batch_10k"] = batch_latency(f"{booster}/predict_batch", batch, args.batch_runs)
+        results["floor_batch_10k"] = batch_latency(f"{floor}/predict_batch", batch, args.batch_runs)
         results["invalid_bodies"] = invalid_body_latency(ours, invalid_bodies(one, args.batch), args.batch_runs)
         rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in calls}
         for _ in range(args.rounds):
@@ -417,6 +427,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "batch_10k_ms": results["batch_10k"]["median_ms"],
         "batch_10k_paused_ms": results["batch_10k_paused"]["median_ms"],
         "batch_without_forest_ms": sum(ms for name, ms in results["batch_stages_ms"].items() if name != "forest"),
+        "batch_floor_ms": results["floor_batch_10k"]["median_ms"],
         "worst_invalid_ms": max(r["median_ms"] for r in results["invalid_bodies"].values()),
         "invalid_vs_batch": max(r["median_ms"] for r in results["invalid_bodies"].values())
         / results["batch_10k"]["median_ms"],
@@ -461,6 +472,7 @@ def table(results: dict[str, Any]) -> str:
             f"| 32 clients: p99 | {s['p99_32_ms']:.1f} ms | ≤ 50 ms | {mark('p99_32_ms')} |",
             f"| one 10,000-record batch | {s['batch_10k_ms']:.0f} ms | ≤ 100 ms | {mark('batch_10k_ms')} |",
             f"| the same batch {BATCH_PAUSE_S:g} s after the one before (the log writer idle) | {s['batch_10k_paused_ms']:.0f} ms | | |",
+            f"| the same batch through BentoML with the same request and answer and no model (`load_tests/batch_floor.py`: HTTP, JSON and pydantic alone) | {s['batch_floor_ms']:.0f} ms | | |",
             f"| the same batch in process, by stage (no HTTP; forest on {results['batch_stages_runtime']}) | {stages} ms; all but the forest {s['batch_without_forest_ms']:.0f} ms | | |",
             f"| costliest invalid body (of {len(results['invalid_bodies'])}, `reports/benchmark.json`) | {s['worst_invalid_ms']:.0f} ms: {s['invalid_vs_batch']:.2f}× the batch | ≤ 1× the largest legal batch | {mark('invalid_vs_batch')} |",
             f"| `mlflow models serve` as installed (uvicorn on asyncio + h11), same model and load | {s['mlflow_throughput_rps']:,.0f} req/s | | |",
