@@ -20,5 +20,8 @@ def test_the_floor_answers_every_house_with_a_price_inside_its_bounds() -> None:
     answer = asyncio.run(BatchFloor.inner().predict_batch(houses))
     assert isinstance(answer, BatchPrediction)
     assert answer.count == len(answer.prices_usd) == len(set(answer.prices_usd)) == 1000
-    assert answer.lower_usd is not None and answer.upper_usd is not None
-    assert all(lo < price < up for lo, price, up in zip(answer.lower_usd, answer.prices_usd, answer.upper_usd, strict=True))
+    assert answer.lower_usd is not None
+    assert answer.upper_usd is not None
+    assert all(
+        lo < price < up for lo, price, up in zip(answer.lower_usd, answer.prices_usd, answer.upper_usd, strict=True)
+    )
