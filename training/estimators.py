@@ -9,6 +9,9 @@ turns it into one scikit-learn estimator that takes raw records (see
 
 from __future__ import annotations
 
+import io
+import json
+import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from itertools import islice
@@ -30,6 +33,11 @@ from sklearn.tree import DecisionTreeRegressor
 from housing.features import HousingFeatures
 from housing.model_format import fitted_pipeline
 from housing.params import FamilyParams, FeatureParams
+
+# The skops file's description of the objects, beside one .npy file per array.
+SKOPS_SCHEMA = "schema.json"
+# The earliest time a zip entry can carry.
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -122,5 +130,42 @@ def feature_importance(model: BaseEstimator) -> dict[str, float] | None:
 
 
 def save_model(model: BaseEstimator, path: Path) -> None:
+    """Write ``model`` to ``path`` as skops, byte for byte the same whenever the model is the same.
+
+    So ``dvc.lock`` records the same hash for the same model, and a re-run that trains it again leaves it alone.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    sio.dump(model, path)
+    path.write_bytes(same_bytes_each_run(sio.dumps(model)))
+
+
+def same_bytes_each_run(skops_file: bytes) -> bytes:
+    """The skops file ``skops_file`` with what changes between runs made fixed; it loads to the same objects.
+
+    skops names each object by its memory address (``__id__``; an array's file is ``<__id__>.npy``) and stamps
+    the zip entries with the time. The addresses become their order of first appearance in ``schema.json``,
+    which follows the model's structure, and the times the zip epoch.
+    """
+    source = zipfile.ZipFile(io.BytesIO(skops_file))
+    schema = json.loads(source.read(SKOPS_SCHEMA))
+    renamed: dict[int, int] = {}
+
+    def rename(node: Any) -> None:
+        if isinstance(node, dict):
+            if "__id__" in node:
+                node["__id__"] = renamed.setdefault(node["__id__"], len(renamed))
+            if isinstance(node.get("file"), str) and node["file"].endswith(".npy"):
+                node["file"] = f"{renamed.setdefault(int(node['file'][:-4]), len(renamed))}.npy"
+            children: Iterable[Any] = node.values()
+        else:
+            children = node if isinstance(node, list) else ()
+        for child in children:
+            rename(child)
+
+    rename(schema)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as target:
+        files = {f"{old}.npy": f"{new}.npy" for old, new in renamed.items()}
+        for old_name in sorted(set(files) & set(source.namelist()), key=lambda name: int(files[name][:-4])):
+            target.writestr(zipfile.ZipInfo(files[old_name], ZIP_EPOCH), source.read(old_name))
+        target.writestr(zipfile.ZipInfo(SKOPS_SCHEMA, ZIP_EPOCH), json.dumps(schema, indent=2))
+    return out.getvalue()

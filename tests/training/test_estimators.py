@@ -65,6 +65,21 @@ def test_same_seed_same_model(params: Params, X_sample: pd.DataFrame, y_sample: 
     assert not np.array_equal(fit(1), fit(2))
 
 
+def test_the_same_model_fitted_twice_saves_to_the_same_bytes(
+    params: Params, X_sample: pd.DataFrame, y_sample: pd.Series, tmp_path: Path
+) -> None:
+    """What lets dvc.lock keep the model's hash across runs; skops alone names objects by memory address."""
+    candidate = {"model": "lightgbm", "n_estimators": 20, "target_transform": "log"}
+    models = [build_model(candidate, params.features, "none", seed=0).fit(X_sample, y_sample) for _ in range(2)]
+    assert sio.dumps(models[0]) != sio.dumps(models[1])
+    paths = [tmp_path / "first.skops", tmp_path / "second.skops"]
+    for model, path in zip(models, paths, strict=True):
+        save_model(model, path)
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    loaded = load_model(paths[0])
+    np.testing.assert_array_equal(loaded.predict(X_sample), models[0].predict(X_sample))
+
+
 def test_grid_expansion() -> None:
     family = FamilyParams(search="grid", candidates=[{"model": "ols"}, {"model": "ridge", "alpha": [0.1, 1.0, 10.0]}])
     assert expand_candidates(family, seed=0) == [
