@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from operations import local_stores
-from operations.local_stores import GRPC_OFFSET, SeaweedS3, free_port_pairs, start_logged, wait_for
+from operations.local_stores import GRPC_OFFSET, PAIRED_PORTS, SeaweedS3, free_port_pairs, start_logged, wait_for
 
 # Linux hands out outgoing connections' ports from here up (/proc/sys/net/ipv4/ip_local_port_range).
 EPHEMERAL_START = 32_768
@@ -63,7 +63,7 @@ def test_seaweedfs_sockets_in_tmp_are_removed_and_no_others(tmp_path: Path) -> N
              f"seaweedfs-filer-{ports['filer']}.sock", f"seaweedfs-filer-grpc-{ports['filer'] + GRPC_OFFSET}.sock",
              f"seaweedfs-master-grpc-{ports['master'] + GRPC_OFFSET}.sock",
              f"seaweedfs-volume-grpc-{ports['volume'] + GRPC_OFFSET}.sock"]  # fmt: skip
-    other = Path("/tmp", f"seaweedfs-master-grpc-{ports['master'] + GRPC_OFFSET + 1}.sock")
+    other = Path("/tmp", f"seaweedfs-master-grpc-{PAIRED_PORTS.start - 1}.sock")  # never one of ours
     for path in [*(Path("/tmp", name) for name in names), other]:
         path.touch()
     try:
