@@ -132,7 +132,7 @@ def feature_importance(model: BaseEstimator) -> dict[str, float] | None:
 def save_model(model: BaseEstimator, path: Path) -> None:
     """Write ``model`` to ``path`` as skops, byte for byte the same whenever the model is the same.
 
-    So ``dvc.lock`` records the same hash for the same model, and a re-run that trains it again leaves it alone.
+    So ``dvc.lock`` records the same hash for the same model, however often it is trained again.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(same_bytes_each_run(sio.dumps(model)))
@@ -148,13 +148,15 @@ def same_bytes_each_run(skops_file: bytes) -> bytes:
     source = zipfile.ZipFile(io.BytesIO(skops_file))
     schema = json.loads(source.read(SKOPS_SCHEMA))
     renamed: dict[int, int] = {}
+    arrays: dict[str, str] = {}  # old file name -> new, in order of first appearance
 
     def rename(node: Any) -> None:
         if isinstance(node, dict):
             if "__id__" in node:
                 node["__id__"] = renamed.setdefault(node["__id__"], len(renamed))
             if isinstance(node.get("file"), str) and node["file"].endswith(".npy"):
-                node["file"] = f"{renamed.setdefault(int(node['file'][:-4]), len(renamed))}.npy"
+                new_name = f"{renamed.setdefault(int(node['file'][:-4]), len(renamed))}.npy"
+                node["file"] = arrays.setdefault(node["file"], new_name)
             children: Iterable[Any] = node.values()
         else:
             children = node if isinstance(node, list) else ()
@@ -164,8 +166,7 @@ def same_bytes_each_run(skops_file: bytes) -> bytes:
     rename(schema)
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as target:
-        files = {f"{old}.npy": f"{new}.npy" for old, new in renamed.items()}
-        for old_name in sorted(set(files) & set(source.namelist()), key=lambda name: int(files[name][:-4])):
-            target.writestr(zipfile.ZipInfo(files[old_name], ZIP_EPOCH), source.read(old_name))
+        for old_name, new_name in arrays.items():
+            target.writestr(zipfile.ZipInfo(new_name, ZIP_EPOCH), source.read(old_name))
         target.writestr(zipfile.ZipInfo(SKOPS_SCHEMA, ZIP_EPOCH), json.dumps(schema, indent=2))
     return out.getvalue()
