@@ -8,15 +8,18 @@ prices are hard to predict and narrow where they are not, and cover the nominal
 share of new houses as long as those resemble the calibration houses (the
 exchangeability assumption of conformal prediction).
 
-The calibration houses are the training split itself, priced out of fold by
-the cross-validation that chose the model (``ŷ`` of each house from a model
-that did not see it). The scale model is cross-fitted the same way, so no
-calibration score comes from a model that saw its house. This is the
-"cross-conformal" shortcut of Vovk (2015) and Lei et al. (2018, §5.2): MAPIE's
-normalised score needs a held-out calibration split, which would cost the price
-model a fifth of its training rows, and its CV+ intervals need every fold's
-model at serving time. Coverage on the untouched test split is reported by the
-evaluate stage.
+The calibration houses are the houses the price model learned from, priced out
+of fold (``ŷ`` of each house from a model of the same configuration that did
+not see it): the training split, by the cross-validation that chose the model,
+for the training-split fit; every labelled row, by folds of the same kind
+(training.refit), for the served refit. The scale model is cross-fitted the
+same way, so no calibration score comes from a model that saw its house. This
+is the "cross-conformal" shortcut of Vovk (2015) and Lei et al. (2018, §5.2):
+MAPIE's normalised score needs a held-out calibration split, which would cost
+the price model a fifth of its training rows, and its CV+ intervals need every
+fold's model at serving time. The evaluate stage reports the training-split
+fit's coverage on the untouched test split; training.refit_effect measures the
+refit's by repeated K-fold of the whole fit-and-calibrate procedure.
 """
 
 from __future__ import annotations

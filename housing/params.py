@@ -89,6 +89,9 @@ class TrainParams(_Section):
     scoring: Literal["rmse", "mae", "r2"]
     model_path: Path
     results_path: Path
+    # The chosen configuration alone (family, params, rows), which the refit stages read: it stays the same
+    # file when a re-run chooses the same, so they do not run again.
+    winner_path: Path
     families: dict[str, FamilyParams] = Field(min_length=1)
 
 
@@ -98,6 +101,20 @@ class IntervalParams(_Section):
     coverage: float = Field(gt=0, lt=1)
     # Parameters of the LightGBM model of each house's absolute error.
     scale_model: dict[str, Any] = Field(default_factory=dict)
+
+
+class RefitParams(_Section):
+    """The served model: the chosen configuration refitted on every labelled row (training.refit), and the
+    repeated K-fold that measures what the refit gains and whether its intervals hold (training.refit_effect)."""
+
+    # Serve the refit; false serves the training-split fit the decision scored.
+    enabled: bool
+    model_path: Path
+    summary_path: Path
+    # Folds and repeats of the measurement's K-fold over every labelled row.
+    effect_folds: int = Field(ge=2)
+    effect_repeats: int = Field(ge=1)
+    effect_path: Path
 
 
 class QualityFloor(_Section):
@@ -158,6 +175,7 @@ class Params(_Section):
     features: FeatureParams
     train: TrainParams
     intervals: IntervalParams
+    refit: RefitParams
     evaluate: EvaluateParams
     register_: RegisterParams = Field(alias="register")
     drift: DriftParams

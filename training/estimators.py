@@ -30,9 +30,10 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeRegressor
 
-from housing.features import HousingFeatures
+from housing.conformal import ConformalRegressor
+from housing.features import HousingFeatures, Records
 from housing.model_format import fitted_pipeline
-from housing.params import FamilyParams, FeatureParams
+from housing.params import FamilyParams, FeatureParams, Params
 
 # The skops file's description of the objects, beside one .npy file per array.
 SKOPS_SCHEMA = "schema.json"
@@ -92,6 +93,14 @@ def build_model(
         return pipeline
     func, inverse_func = transform
     return TransformedTargetRegressor(regressor=pipeline, func=func, inverse_func=inverse_func, check_inverse=False)
+
+
+def with_intervals(estimator: BaseEstimator, X: Records, y: Any, oof_pred: Any, params: Params) -> ConformalRegressor:
+    """The fitted ``estimator`` with conformal intervals (``intervals`` in params.yaml) calibrated on houses ``X``,
+    their prices ``y`` and out-of-fold prices ``oof_pred`` (USD, shape (n_samples,))."""
+    intervals, train = params.intervals, params.train
+    wrapper = ConformalRegressor(estimator, intervals.coverage, intervals.scale_model, train.cv_folds, train.seed)
+    return wrapper.fit(X, y, oof_pred)
 
 
 def housing_features(features: FeatureParams, seed: int) -> HousingFeatures:

@@ -5,8 +5,10 @@ RMSE/MAE/R² in USD, fit time). The family's best candidate is refitted on the
 whole training split; its out-of-fold residuals, predicted-vs-actual plot and
 feature importances are logged on the parent run. The family with the best CV
 score wins; its prices get conformal intervals calibrated on its out-of-fold
-predictions (housing.conformal), and it is saved to ``models/model.skops`` for
-the evaluate stage.
+predictions (housing.conformal), and it is saved to ``models/model.skops``.
+That training-split fit is what the evaluate stage scores on the test split and
+what the register stage compares with the champion's; the model served is the
+same configuration refitted on every labelled row (training.refit).
 """
 
 from __future__ import annotations
@@ -26,10 +28,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sklearn.base import BaseEstimator, clone
 from sklearn.model_selection import KFold
 
-from housing.conformal import ConformalRegressor
 from housing.params import Params, load_params
 from training import plots, tuning
-from training.estimators import build_model, expand_candidates, feature_importance, save_model
+from training.estimators import build_model, expand_candidates, feature_importance, save_model, with_intervals
 from training.prepare import load_split
 from training.scoring import CandidateScore, best_index, score_folds
 
@@ -161,10 +162,7 @@ def run(params: Params) -> dict[str, Any]:
         results = [search_family(family, X, y, params, progress) for family in params.train.families]
     scoring = params.train.scoring
     winner = results[best_index(scoring, [result.cv_metrics[scoring] for result in results])]
-    model = ConformalRegressor(
-        winner.model, params.intervals.coverage, params.intervals.scale_model, params.train.cv_folds, params.train.seed
-    ).fit(X, y, winner.oof_pred)
-    save_model(model, params.train.model_path)
+    save_model(with_intervals(winner.model, X, y, winner.oof_pred, params), params.train.model_path)
     summary = {
         "scoring": scoring,
         "winner": winner.family,
@@ -173,6 +171,8 @@ def run(params: Params) -> dict[str, Any]:
     }
     params.train.results_path.parent.mkdir(parents=True, exist_ok=True)
     params.train.results_path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    chosen = {"family": winner.family, "params": winner.best_params, "train_rows": len(y)}
+    params.train.winner_path.write_text(json.dumps(chosen, indent=2) + "\n")
     log.info("winner: %s (CV %s %.4f)", winner.family, scoring, winner.cv_metrics[scoring])
     return summary
 
