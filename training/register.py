@@ -1,15 +1,22 @@
-"""Register: log the trained model to MLflow and promote it to ``@champion`` only if it is better.
+"""Register: log the served model to MLflow and promote it to ``@champion`` only if it is better.
 
-The model is logged on the winning family's parent run (so the version links to
-the search that produced it): its skops file (loaded with an explicit trust
-list) as a pyfunc model of housing.pyfunc_flavor, with a signature, interval
-parameters and an input example of raw records. The registered version is
-tagged with its metrics and the data version (the DVC/MD5 hash of the raw CSV),
-and its model card (training.model_card) is logged beside the model file and is
-the version's description.
+The served model (training.refit: the winner refitted on every labelled row) is
+logged on the winning family's parent run (so the version links to the search
+that produced it): its skops file (loaded with an explicit trust list) as a
+pyfunc model of housing.pyfunc_flavor, with a signature, interval parameters
+and an input example of raw records. The training-split fit the evaluate stage
+scored is logged on the same run as the version's *evidence* (a pyfunc model of
+its own, named by the version's ``evidence_model`` tag). The registered version
+is tagged with the evidence's metrics, the data version (the DVC/MD5 hash of the
+raw CSV, and of the feedback), what the served model was fitted on and its row
+count; its model card (training.model_card) is logged beside the model file and
+is the version's description.
 It then challenges the champion on the current test split (training.champion
-records the decision); the champion, new or kept, is the BentoML store's latest
-model, which the service loads.
+records the decision). The decision compares training-split fits: the
+challenger's evidence with the champion's, both priced on the same test houses
+(the refit learned them, so its own figures prove nothing); the served model
+itself must only load and price every house. The champion, new or kept, is the
+BentoML store's latest model, which the service loads.
 """
 
 from __future__ import annotations
@@ -62,12 +69,18 @@ from housing.settings import HousingSettings
 from training.champion import crown
 from training.model_card import build_card, write_card
 from training.prepare import load_split
+from training.refit import TRAINING_SPLIT, labelled_rows
 from training.scoring import regression_metrics
 
 log = logging.getLogger(__name__)
 
 # What the logged model needs to load, beyond the project's own package.
 RUNTIME_PACKAGES = ("scikit-learn", "lightgbm", "numpy", "pandas", "scipy", "skops")
+# The logged model the decision scores: the training-split fit, on the version's run beside the served model.
+EVIDENCE_NAME = "evidence"
+# The registered version's tag naming its evidence (a models:/ URI). A version without it serves its
+# training-split fit (registered before the refit, or with refit.enabled false): it is its own evidence.
+EVIDENCE_TAG = "evidence_model"
 
 
 def signature(coverage: float | None) -> ModelSignature:
@@ -101,9 +114,9 @@ def input_example(test_path: Path, rows: int = 3) -> pd.DataFrame:
 
 
 def write_reference_profile(params: Params) -> Path:
-    """Profile the training inputs for drift detection, with the thresholds to judge by."""
+    """Profile the served model's training inputs for drift detection, with the thresholds to judge by."""
     drift = params.drift
-    X, _ = load_split(params.prepare.train_path)
+    X, _ = labelled_rows(params) if params.refit.enabled else load_split(params.prepare.train_path)
     profile = reference_profile(X, bins=drift.bins, sample_size=drift.sample_size, seed=params.train.seed)
     profile["thresholds"] = {"psi": drift.psi_threshold, "p_value": drift.p_value}
     profile["window"] = {"rows": drift.window, "min_rows": drift.min_rows}
@@ -112,12 +125,17 @@ def write_reference_profile(params: Params) -> Path:
     return drift.profile_path
 
 
-def version_tags(metrics: dict[str, Any], data_version: str, profile: Path) -> dict[str, str]:
-    """The tags of a registered version: test and CV figures, family, data version, where its drift profile is."""
+def version_tags(
+    metrics: dict[str, Any], served: dict[str, Any], data_versions: dict[str, str], profile: Path
+) -> dict[str, str]:
+    """The tags of a registered version: the decision's test and CV figures (its training-split fit's), family,
+    what the served model was fitted on (``served``: reports/refit.json) and how many rows, the data versions
+    (``data_version`` of the raw CSV, ``feedback_version``), where its drift profile is."""
     winner = metrics["winner"]
     tags = {f"test_{name}": f"{value:.6g}" for name, value in metrics["test"].items()}
     tags |= {f"cv_{name}": f"{value:.6g}" for name, value in metrics["families"][winner]["cv"].items()}
-    return tags | {"family": winner, "data_version": data_version, PROFILE_TAG: extra_file(profile)}
+    tags |= {"served_fit": served["served_fit"], "fit_rows": str(served["rows"])}
+    return tags | {"family": winner, **data_versions, PROFILE_TAG: extra_file(profile)}
 
 
 def register(params: Params) -> dict[str, Any]:
@@ -145,48 +163,73 @@ def register(params: Params) -> dict[str, Any]:
     if champion is None:
         raise NoChampionError(f"no @{reg.alias} for {reg.model_name}: {decision.reason}")
     bento_model = served_model(client, reg, str(champion.version))
+    model_uri = f"models:/{reg.model_name}/{champion.version!s}"
     return {
         "model_name": reg.model_name,
         "version": str(champion.version),
         "alias": reg.alias,
         "run_id": champion.run_id,
-        "model_uri": f"models:/{reg.model_name}/{champion.version!s}",
+        "model_uri": model_uri,
         "tracking_uri": mlflow.get_tracking_uri(),
         "data_version": champion.tags.get("data_version", ""),
+        "feedback_version": champion.tags.get("feedback_version", ""),
         "bento_model": str(bento_model.tag),
+        # What the served model learned from; a champion registered before the refit served its training split.
+        "served_fit": champion.tags.get("served_fit", TRAINING_SPLIT),
+        "fit_rows": int(champion.tags["fit_rows"]) if "fit_rows" in champion.tags else None,
+        # The fit the decision scored, and its test figures.
+        "evidence_model": champion.tags.get(EVIDENCE_TAG, model_uri),
         "test": tagged_metrics(champion),
         "decision": decision.as_dict(),
     }
 
 
 def log_version(client: MlflowClient, params: Params, metrics: dict[str, Any]) -> str:
-    """Log the trained model on its search run and register it as a new version; return the version."""
+    """Log the served model and its evidence on the search run, register the served one; return the version."""
     reg = params.register_
-    data_version = file_md5(params.data.raw_path)
+    data_versions = {
+        "data_version": file_md5(params.data.raw_path),
+        "feedback_version": file_md5(params.prepare.feedback_path),
+    }
+    served = json.loads(params.refit.summary_path.read_text())
+    extra: dict[str, Any] = {
+        "input_example": input_example(params.prepare.test_path),
+        "pip_requirements": [f"{package}=={version(package)}" for package in RUNTIME_PACKAGES],
+    }
     with _winner_run(client, metrics):
         mlflow.log_metrics({f"test_{name}": value for name, value in metrics["test"].items()})
-        mlflow.set_tags({"data_version": data_version, "role": "challenger"})
-        for report in (params.evaluate.metrics_path, params.evaluate.report_path, params.validate_.report_path):
+        mlflow.set_tags({"data_version": data_versions["data_version"], "role": "challenger"})
+        reports = (params.evaluate.metrics_path, params.evaluate.report_path, params.validate_.report_path,
+                   params.refit.summary_path, params.refit.effect_path)  # fmt: skip
+        for report in reports:
             mlflow.log_artifact(str(report), artifact_path="reports")
-        card = build_card(params, metrics, data_version)
+        card = build_card(params, metrics, data_versions["data_version"])
+        evidence = (
+            None
+            if served["served_fit"] == TRAINING_SPLIT
+            else log_model_file(params.train.model_path, None, name=EVIDENCE_NAME, **extra)
+        )
         info = log_model_file(
-            params.train.model_path,
+            params.refit.model_path,
             reg.model_name,
             beside=[write_reference_profile(params), write_card(card, reg.model_card_path)],
-            input_example=input_example(params.prepare.test_path),
-            pip_requirements=[f"{package}=={version(package)}" for package in RUNTIME_PACKAGES],
+            **extra,
         )
     model_version = str(info.registered_model_version)
     client.update_model_version(
         reg.model_name, model_version, description=card.with_version(reg.model_name, model_version).to_markdown()
     )
-    for key, value in version_tags(metrics, data_version, params.drift.profile_path).items():
+    tags = version_tags(metrics, served, data_versions, params.drift.profile_path)
+    for key, value in (tags | ({} if evidence is None else {EVIDENCE_TAG: evidence.model_uri})).items():
         client.set_model_version_tag(reg.model_name, model_version, key, value)
     return model_version
 
 
-def log_model_file(path: Path, model_name: str, beside: Sequence[Path] = (), **extra: Any) -> ModelInfo:
-    """Log the model file at ``path`` in the active run as a pyfunc model of housing.pyfunc_flavor; register it.
+def log_model_file(
+    path: Path, model_name: str | None, beside: Sequence[Path] = (), name: str = "model", **extra: Any
+) -> ModelInfo:
+    """Log the model file at ``path`` in the active run as a pyfunc model ``name`` of housing.pyfunc_flavor;
+    register it as a version of ``model_name`` (None: logged only).
 
     The files ``beside`` go in the model's folder with it (see housing.model_format.extra_file); ``extra`` goes
     to ``mlflow.pyfunc.log_model`` (input example, requirements).
@@ -194,10 +237,10 @@ def log_model_file(path: Path, model_name: str, beside: Sequence[Path] = (), **e
     with tempfile.TemporaryDirectory() as staging:
         folder = Path(staging) / PurePosixPath(MODEL_DATA_FOLDER).name
         folder.mkdir()
-        for source, name in [(path, MODEL_FILE), *((file, file.name) for file in beside)]:
-            shutil.copyfile(source, folder / name)
+        for source, file_name in [(path, MODEL_FILE), *((file, file.name) for file in beside)]:
+            shutil.copyfile(source, folder / file_name)
         return mlflow.pyfunc.log_model(
-            name="model",
+            name=name,
             loader_module=pyfunc_flavor.__name__,
             data_path=str(folder),
             signature=signature(getattr(load_model(path), "coverage", None)),
@@ -206,16 +249,31 @@ def log_model_file(path: Path, model_name: str, beside: Sequence[Path] = (), **e
         )
 
 
-def score_version(reg: RegisterParams, version: str, X: pd.DataFrame, y: np.ndarray) -> dict[str, float]:
-    """Test metrics of a registered version, loaded back from the registry as the service would.
+def score_model(model_uri: str, X: pd.DataFrame, y: np.ndarray) -> dict[str, float]:
+    """Test metrics of a logged model, loaded back from MLflow as the service would.
 
-    Raises when the version does not load or prices any house with a non-finite value.
+    Raises when the model does not load or prices any house with a non-finite value.
     """
-    model = mlflow.pyfunc.load_model(f"models:/{reg.model_name}/{version}")
+    model = mlflow.pyfunc.load_model(model_uri)
     pred = np.asarray(model.predict(X), dtype=float)
     if pred.shape != y.shape or not np.isfinite(pred).all():
         raise ValueError(f"{int((~np.isfinite(pred)).sum())} non-finite prices of {len(pred)}")
     return regression_metrics(y, pred)
+
+
+def judged_metrics(
+    client: MlflowClient, reg: RegisterParams, version: str, X: pd.DataFrame, y: np.ndarray
+) -> dict[str, float]:
+    """The test metrics a registered version is judged by: its training-split fit's.
+
+    The served model is loaded from the registry and must price every house with a finite value. When it is a
+    refit it learned the test houses, so the version's evidence (its training-split fit, ``evidence_model``)
+    is scored instead of it; a version without evidence serves its training-split fit and is scored itself.
+    Raises when either does not load or prices a house with a non-finite value.
+    """
+    served = score_model(f"models:/{reg.model_name}/{version}", X, y)
+    evidence = client.get_model_version(reg.model_name, version).tags.get(EVIDENCE_TAG)
+    return served if evidence is None else score_model(evidence, X, y)
 
 
 def challenge(
@@ -227,23 +285,24 @@ def challenge(
     y: np.ndarray,
     trigger: str,
 ) -> Decision:
-    """Decide whether ``version`` replaces ``champion``, both scored on the same test houses (X, y)."""
+    """Decide whether ``version`` replaces ``champion``: their training-split fits scored on the same test houses
+    (X, y); see :func:`judged_metrics`."""
     before = str(champion.version) if champion else None
     try:
-        after_metrics = score_version(reg, version, X, y)
+        after_metrics = judged_metrics(client, reg, version, X, y)
     except Exception as exc:  # any failure to load or predict makes the challenger unusable
         return Decision("reject", version, f"broken: {type(exc).__name__}: {exc}", before, before, trigger=trigger)
     if champion is None:
         return Decision("promote", version, "first champion", None, version, {}, after_metrics, trigger)
     try:
-        before_metrics = score_version(reg, str(champion.version), X, y)
+        before_metrics = judged_metrics(client, reg, str(champion.version), X, y)
     except Exception as exc:  # a champion that cannot price the test split must go
         reason = f"champion v{before} fails on the test data ({type(exc).__name__}: {exc})"
         return Decision("promote", version, reason, before, version, {}, after_metrics, trigger)
     gain = before_metrics["rmse"] - after_metrics["rmse"]
     compared = (
         f"RMSE {after_metrics['rmse']:,.0f} vs champion v{before}'s {before_metrics['rmse']:,.0f} USD "
-        f"on the same {len(y):,} test houses"
+        f"as training-split fits on the same {len(y):,} test houses"
     )
     if gain > reg.min_improvement_usd:
         return Decision("promote", version, f"better: {compared}", before, version, before_metrics, after_metrics,

@@ -23,7 +23,7 @@ from tests.workspace import Workspace, make_workspace, small_params
 
 pytestmark = pytest.mark.integration
 
-STAGES = ["ingest", "validate", "prepare", "train", "evaluate", "register"]
+STAGES = ["ingest", "validate", "prepare", "train", "refit_effect", "evaluate", "refit", "register"]
 
 
 def registry(ws: Workspace) -> dict:
@@ -45,8 +45,11 @@ print(json.dumps({
 
 
 def test_every_stage_ran_in_order(workspace: Workspace) -> None:
-    positions = [workspace.first_run.index(f"Running stage '{stage}'") for stage in STAGES]
-    assert positions == sorted(positions)
+    position = {stage: workspace.first_run.index(f"Running stage '{stage}'") for stage in STAGES}
+    # The refit needs only the chosen configuration: DVC may run it before or after the evaluation.
+    chain = [stage for stage in STAGES if stage != "refit"]
+    assert [position[stage] for stage in chain] == sorted(position[stage] for stage in chain)
+    assert position["train"] < position["refit"] < position["register"]
     # The feedback export (no prediction log here: header only) comes before the split it joins.
     assert workspace.first_run.index("Running stage 'feedback'") < workspace.first_run.index("Running stage 'prepare'")
     assert (workspace.path / "data" / "feedback" / "labeled.csv").read_text().startswith("longitude,")
@@ -134,13 +137,53 @@ print(json.dumps({"pred": model.predict(X).tolist(),
         .head(5)
         .assign(total_bedrooms=lambda d: d["total_bedrooms"].where(d.index != 1))
     )
-    model = load_model(workspace.path / "models" / "model.skops")
+    model = load_model(workspace.path / "models" / "served.skops")
     np.testing.assert_allclose(out["pred"], model.predict(X))
     # On request, the registered model answers the interval the trained one gives (here at 80%), price inside.
     np.testing.assert_allclose(out["bounds"]["price_usd"], out["pred"])
     lower, upper = model.predict_interval(X, 0.8).T
     np.testing.assert_allclose([out["bounds"]["lower_usd"], out["bounds"]["upper_usd"]], [lower, upper])
     assert (lower < np.asarray(out["pred"])).all()
+
+
+def test_the_served_model_is_the_refit_and_the_decision_s_fit_is_its_evidence(workspace: Workspace) -> None:
+    info = registry(workspace)
+    tags = info["tags"]
+    processed = workspace.path / "data" / "processed"
+    labelled = len(pd.read_csv(processed / "train.csv")) + len(pd.read_csv(processed / "test.csv"))
+    registration = json.loads((workspace.path / "reports" / "registration.json").read_text())
+    assert (registration["served_fit"], registration["fit_rows"]) == ("all_labelled_rows", labelled)
+    assert (tags["served_fit"], tags["fit_rows"]) == ("all_labelled_rows", str(labelled))
+    lock = yaml.safe_load((workspace.path / "dvc.lock").read_text())
+    feedback = next(o["md5"] for o in lock["stages"]["feedback"]["outs"] if o["path"] == "data/feedback/labeled.csv")
+    assert tags["feedback_version"] == registration["feedback_version"] == feedback
+    assert registration["evidence_model"] == tags["evidence_model"]
+    code = f"""
+import json, mlflow, pandas as pd
+X = pd.read_csv("data/processed/test.csv").drop(columns="median_house_value")
+evidence = mlflow.get_logged_model("{tags["evidence_model"]}".removeprefix("models:/"))
+print(json.dumps({{"served": mlflow.pyfunc.load_model("models:/housing-price-model@champion").predict(X).tolist(),
+                  "evidence": mlflow.pyfunc.load_model("{tags["evidence_model"]}").predict(X).tolist(),
+                  "evidence_run": evidence.source_run_id, "evidence_name": evidence.name}}))
+"""
+    out = json.loads(workspace.python(code))
+    X = pd.read_csv(workspace.path / "data" / "processed" / "test.csv")[list(FEATURE_COLUMNS)]
+    # The registered model is the refit; the training-split fit the decision scored is logged on the same run.
+    np.testing.assert_allclose(out["served"], load_model(workspace.path / "models" / "served.skops").predict(X))
+    np.testing.assert_allclose(out["evidence"], load_model(workspace.path / "models" / "model.skops").predict(X))
+    assert (out["evidence_run"], out["evidence_name"]) == (info["run_id"], "evidence")
+    assert not np.allclose(out["served"], out["evidence"])
+    # Its test figures, tagged and in the decision, are the evidence's.
+    y = pd.read_csv(workspace.path / "data" / "processed" / "test.csv")["median_house_value"].to_numpy()
+    rmse = float(np.sqrt(np.mean((y - np.asarray(out["evidence"])) ** 2)))
+    assert float(tags["test_rmse"]) == pytest.approx(rmse, rel=1e-5)
+    assert registration["decision"]["metrics_after"]["rmse"] == pytest.approx(rmse)
+    card = json.loads((workspace.path / "models" / "model_card.json").read_text())
+    assert f"refitted on all {labelled:,} labelled block groups" in card["model_details"]["fit"]
+    report = (workspace.path / "reports" / "model_report.md").read_text()
+    assert f"The served model is this configuration refitted on all {labelled:,} labelled rows" in report
+    effect = json.loads((workspace.path / "reports" / "refit_effect.json").read_text())
+    assert (effect["rows"], len(effect["per_fold"])) == (labelled, 2)
 
 
 def test_bentoml_store_holds_the_champion(workspace: Workspace) -> None:
@@ -180,7 +223,8 @@ def test_push_then_pull_into_a_clean_copy_restores_the_data(workspace: Workspace
     shutil.copy(workspace.path / ".dvc" / "config", clone / ".dvc" / "config")
     pulled = subprocess.run(["dvc", "pull"], cwd=clone, env=workspace.env, capture_output=True, text=True)
     assert pulled.returncode == 0, pulled.stderr
-    for path in ("data/raw/housing.csv", "data/processed/train.csv", "data/processed/test.csv", "models/model.skops"):
+    for path in ("data/raw/housing.csv", "data/processed/train.csv", "data/processed/test.csv", "models/model.skops",
+                 "models/served.skops"):  # fmt: skip
         assert (clone / path).read_bytes() == (workspace.path / path).read_bytes(), path
     status = subprocess.run(["dvc", "status"], cwd=clone, env=workspace.env, capture_output=True, text=True)
     # Everything is in place; only the feedback export always re-reads the prediction log.
@@ -190,15 +234,16 @@ def test_push_then_pull_into_a_clean_copy_restores_the_data(workspace: Workspace
 def test_same_command_gives_the_same_model(workspace: Workspace, tmp_path: Path) -> None:
     again = Workspace(tmp_path / "again", workspace.env, "")
     shutil.copytree(workspace.path, again.path, ignore=shutil.ignore_patterns("mlflow.db", "mlruns"))
-    # Only the train stage runs again, on the data the first run prepared.
+    # Only the train and refit stages run again, on the data the first run prepared.
     again.run("dvc", "repro", "--force", "--single-item", "train")
+    again.run("dvc", "repro", "--force", "--single-item", "refit")
     test = pd.read_csv(workspace.path / "data" / "processed" / "test.csv")[list(FEATURE_COLUMNS)]
-    first = load_model(workspace.path / "models" / "model.skops").predict(test)
-    second = load_model(again.path / "models" / "model.skops").predict(test)
-    np.testing.assert_array_equal(first, second)
-    # Byte for byte, so dvc.lock records the same hash for the model.
-    model_file = Path("models") / "model.skops"
-    assert (workspace.path / model_file).read_bytes() == (again.path / model_file).read_bytes()
+    for name in ("model.skops", "served.skops"):
+        first = load_model(workspace.path / "models" / name).predict(test)
+        second = load_model(again.path / "models" / name).predict(test)
+        np.testing.assert_array_equal(first, second)
+        # Byte for byte, so dvc.lock records the same hash for the model.
+        assert (workspace.path / "models" / name).read_bytes() == (again.path / "models" / name).read_bytes(), name
 
 
 def test_bad_data_stops_the_pipeline_at_validation(workspace: Workspace, tmp_path: Path, housing: pd.DataFrame) -> None:

@@ -23,7 +23,8 @@ from housing.registry import champion_version, is_served, served_model
 from tests.conftest import tracking_store
 from training.champion import crown, rollback, rollback_target
 from training.estimators import build_model, save_model
-from training.register import NoChampionError, challenge, log_model_file, register
+from training.register import EVIDENCE_NAME, EVIDENCE_TAG, NoChampionError, challenge, log_model_file, register
+from training.scoring import regression_metrics
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +55,21 @@ def split(sample: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series, pd.DataFrame, 
     )
 
 
-def log_version(reg: RegisterParams, model: BaseEstimator, rmse: float = 50_000.0, corrupt: bool = False) -> str:
+def log_version(
+    reg: RegisterParams,
+    model: BaseEstimator,
+    rmse: float = 50_000.0,
+    corrupt: bool = False,
+    evidence: BaseEstimator | None = None,
+) -> str:
+    """Register ``model``; with ``evidence``, log that as its training-split fit on the same run, as register does."""
     mlflow.set_experiment(reg.experiment)
     with tempfile.TemporaryDirectory() as folder, mlflow.start_run():
         save_model(model, Path(folder) / "model.skops")
         info = log_model_file(Path(folder) / "model.skops", reg.model_name)
+        if evidence is not None:
+            save_model(evidence, Path(folder) / "evidence.skops")
+            evidence_uri = log_model_file(Path(folder) / "evidence.skops", None, name=EVIDENCE_NAME).model_uri
     if corrupt:  # a truncated upload: the serialized model is no longer readable
         (model_file,) = Path(urlparse(mlflow.get_logged_model(info.model_id).artifact_location).path).rglob("*.skops")
         model_file.write_bytes(model_file.read_bytes()[:100])
@@ -68,6 +79,8 @@ def log_version(reg: RegisterParams, model: BaseEstimator, rmse: float = 50_000.
     client.set_model_version_tag(reg.model_name, version, "family", "test")
     client.set_model_version_tag(reg.model_name, version, "data_version", "abc")
     client.set_model_version_tag(reg.model_name, version, PROFILE_TAG, "data/model/reference_profile.json")
+    if evidence is not None:
+        client.set_model_version_tag(reg.model_name, version, EVIDENCE_TAG, evidence_uri)
     return version
 
 
@@ -126,6 +139,49 @@ def test_champion_challenger_rollback_and_history(reg: RegisterParams, params: P
     ]  # fmt: skip
     assert entries[2]["trigger"] == "drift in median_income"
     assert entries[2]["metrics_after"]["rmse"] < entries[2]["metrics_before"]["rmse"]
+
+
+def test_the_decision_compares_training_split_fits_never_the_refits(
+    reg: RegisterParams, params: Params, split: tuple
+) -> None:
+    """A refit learned the test houses, so its figures there prove nothing: each version's evidence is scored."""
+    client = MlflowClient()
+    X, y, X_test, y_test = split
+    ols = fitted(params, split, {"model": "ols"})
+    medium = fitted(params, split, {"model": "lightgbm", "n_estimators": 30, "num_leaves": 7})
+    strong = fitted(params, split, {"model": "lightgbm", "n_estimators": 100, "num_leaves": 15})
+    # Fitted on the test houses too, as a refit is: better there than any training-split fit.
+    seen = build_model({"model": "lightgbm", "n_estimators": 100, "num_leaves": 15}, params.features, "none", seed=0)
+    seen.fit(pd.concat([X, X_test]), np.r_[y, y_test])
+    rmse = {name: regression_metrics(y_test, model.predict(X_test))["rmse"]
+            for name, model in {"ols": ols, "medium": medium, "strong": strong, "seen": seen}.items()}  # fmt: skip
+    assert rmse["seen"] < rmse["strong"] < rmse["medium"] < rmse["ols"]
+    separate = reg.model_copy(update={"model_name": "registry-test-refit"})
+    # A champion registered before the refit serves its training-split fit: it is its own evidence.
+    first = client.get_model_version(separate.model_name, log_version(separate, medium))
+
+    # The challenger's refit beats the champion, its training-split fit does not: refused.
+    lucky = log_version(separate, seen, evidence=ols)
+    refused = challenge(client, separate, lucky, first, X_test, y_test, "test")
+    assert refused.action == "reject", refused.reason
+    assert refused.metrics_after["rmse"] == pytest.approx(rmse["ols"])
+    assert refused.metrics_before["rmse"] == pytest.approx(rmse["medium"])
+    assert "USD as training-split fits on the same 500 test houses" in refused.reason
+
+    # The challenger's refit loses to the champion, its training-split fit wins: promoted.
+    modest = log_version(separate, ols, evidence=strong)
+    promoted = challenge(client, separate, modest, first, X_test, y_test, "test")
+    assert promoted.action == "promote", promoted.reason
+    assert promoted.metrics_after["rmse"] == pytest.approx(rmse["strong"])
+
+    # Against a champion with evidence, its evidence is scored, not the refit it serves.
+    second = client.get_model_version(separate.model_name, modest)
+    challenger = log_version(separate, seen, evidence=medium)
+    decision = challenge(client, separate, challenger, second, X_test, y_test, "test")
+    assert decision.action == "reject", decision.reason
+    assert (decision.metrics_before["rmse"], decision.metrics_after["rmse"]) == pytest.approx(
+        (rmse["strong"], rmse["medium"])
+    )
 
 
 @pytest.mark.parametrize("breakage", ["does not load", "prices NaN"])

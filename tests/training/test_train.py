@@ -1,4 +1,4 @@
-"""train ▸ evaluate ▸ register in process on a small sample, into a throwaway MLflow store.
+"""train ▸ refit ▸ evaluate ▸ register in process on a small sample, into a throwaway MLflow store.
 
 The integration tests run the same steps as DVC stages in subprocesses; this
 one exercises them where the test process can see inside (and measure them).
@@ -10,24 +10,29 @@ import json
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
+from housing.columns import FEATURE_COLUMNS, TARGET_COLUMN
 from housing.model_card import CARD_FILE, ModelCard
-from housing.model_format import extra_file
+from housing.model_format import extra_file, load_model
 from housing.params import Params
 from tests.workspace import small_params
-from training import evaluate, register, train
-from training.prepare import split
+from training import evaluate, refit, refit_effect, register, train
+from training.feedback import FEEDBACK_ID
+from training.prepare import load_split, split
 
 
 @pytest.fixture
 def small(tmp_path: Path, sample: pd.DataFrame, housing_csv: Path, monkeypatch: pytest.MonkeyPatch) -> Params:
     raw = small_params()
     for section, key in [("data", "raw_path"), ("validate", "report_path"), ("prepare", "train_path"),
-                         ("prepare", "test_path"), ("train", "model_path"), ("train", "results_path"),
-                         ("evaluate", "metrics_path"), ("evaluate", "report_path"), ("evaluate", "figures_dir"),
+                         ("prepare", "test_path"), ("prepare", "feedback_path"), ("train", "model_path"),
+                         ("train", "results_path"), ("train", "winner_path"), ("refit", "model_path"),
+                         ("refit", "summary_path"), ("refit", "effect_path"), ("evaluate", "metrics_path"),
+                         ("evaluate", "report_path"), ("evaluate", "figures_dir"),
                          ("register", "registration_path")]:  # fmt: skip
         raw[section][key] = str(tmp_path / raw[section][key])
     raw["register"]["bento_model_name"] = "housing-price-model-unit"
@@ -41,6 +46,8 @@ def small(tmp_path: Path, sample: pd.DataFrame, housing_csv: Path, monkeypatch: 
     Path(params.prepare.train_path).parent.mkdir(parents=True)
     train_df.to_csv(params.prepare.train_path, index=False)
     test_df.to_csv(params.prepare.test_path, index=False)
+    Path(params.prepare.feedback_path).parent.mkdir(parents=True)
+    Path(params.prepare.feedback_path).write_text(",".join([*FEATURE_COLUMNS, TARGET_COLUMN, FEEDBACK_ID]) + "\n")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.chdir(tmp_path)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
@@ -52,6 +59,11 @@ def test_train_evaluate_register_also_into_a_store_that_lost_the_run(small: Para
     results = train.run(small)
     assert set(results["families"]) == set(small.train.families)
     assert Path(small.train.model_path).stat().st_size > 0
+    served = refit.run(small)
+    X_all, _ = refit.labelled_rows(small)
+    assert served["rows"] == len(X_all) > results["train_rows"]
+    effect = refit_effect.run(small)
+    assert len(effect["per_fold"]) == small.refit.effect_folds * small.refit.effect_repeats
 
     metrics = evaluate.evaluate(small)
     assert metrics["winner"] == results["winner"]
@@ -66,6 +78,16 @@ def test_train_evaluate_register_also_into_a_store_that_lost_the_run(small: Para
     version = client.get_model_version_by_alias("housing-price-model", "champion")
     assert str(version.version) == registration["version"]
     assert version.tags["data_version"] == registration["data_version"]
+    # The registered model is the refit on every labelled row; the training-split fit the decision scored is the
+    # version's evidence, logged on the same run.
+    assert (registration["served_fit"], registration["fit_rows"]) == ("all_labelled_rows", served["rows"])
+    X_test, _ = load_split(small.prepare.test_path)
+    registered = mlflow.pyfunc.load_model(f"models:/housing-price-model/{version.version}").predict(X_test)
+    np.testing.assert_array_equal(registered, load_model(small.refit.model_path).predict(X_test))
+    evidence_uri = version.tags[register.EVIDENCE_TAG]
+    evidence = mlflow.pyfunc.load_model(evidence_uri).predict(X_test)
+    np.testing.assert_array_equal(evidence, load_model(small.train.model_path).predict(X_test))
+    assert mlflow.get_logged_model(evidence_uri.removeprefix("models:/")).source_run_id == version.run_id
     assert register.champion_available(small)
     assert registration["decision"]["action"] == "promote"
     assert registration["decision"]["reason"] == "first champion"
@@ -78,6 +100,8 @@ def test_train_evaluate_register_also_into_a_store_that_lost_the_run(small: Para
               for column, values in card.slices.items()}  # fmt: skip
     assert slices == metrics["slices"]
     assert card.metrics["intervals"] == metrics["intervals"]
+    assert card.metrics["refit_effect"]["rmse_gain"] == effect["rmse"]["gain"]
+    assert f"refitted on all {served['rows']:,} labelled block groups" in card.model_details["fit"]
     assert version.description == card.with_version("housing-price-model", str(version.version)).to_markdown()
     assert f"# Model card: housing-price-model v{version.version}" in version.description
     # Registering the same model again (the store kept the run) makes a new version, which is no
