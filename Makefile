@@ -47,7 +47,7 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(call install,$(BIN)/python,--upgrade pip $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[dev]')
 	touch $@
 
-pipeline: setup ## Run the DVC pipeline (ingest ▸ validate ▸ feedback ▸ prepare ▸ train ▸ evaluate ▸ register)
+pipeline: setup ## Run the DVC pipeline (ingest ▸ validate ▸ feedback ▸ prepare ▸ train ▸ refit_effect ▸ evaluate ▸ refit ▸ register)
 	@echo "data source: $${HOUSING_DATA_SOURCE:-params.yaml data.source}"
 	dvc repro
 	@# DVC cannot see the MLflow and BentoML stores: re-register if they lost the champion.

@@ -20,6 +20,8 @@ def test_figures_are_those_of_the_reports() -> None:
     test, speed = metrics["test"], bench["summary"]
     assert f"RMSE **{test['rmse']:,.0f} USD**, MAE {test['mae']:,.0f} USD" in doc
     assert f"R² **{test['r2']:.3f}**" in doc
+    refit = metrics["refit"]["rmse"]
+    assert f"RMSE\nby {-refit['gain']:+,.0f} ± {refit['gain_std']:,.0f} USD" in doc
     for family in metrics["families"].values():
         assert f"| {family['cv']['rmse']:,.0f} ± {family['cv']['rmse_std']:,.0f} | {family['cv']['r2']:.3f} |" in doc
     assert f"v{bench['model']['version']} ({bench['model']['family']})" in doc
