@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -208,7 +208,7 @@ class ForestRuntime:
         self.cache_dir = cache_dir
         self.probe = np.ascontiguousarray(probe, dtype=np.float64)
         self.on_change = on_change
-        self.runtime = "lightgbm"
+        self.runtime: Literal["lleaves", "lightgbm"] = "lightgbm"
         self.problem: str | None = "not compiled yet" if cache_dir else "compilation disabled"
         self._compiled: CompiledForest | None = None
         self._ready = threading.Event()

@@ -35,6 +35,8 @@ import yaml
 from playwright.sync_api import Browser, Page
 
 from housing.columns import TARGET_COLUMN
+from housing.jobs import JobRunner
+from housing.log.store import SQLiteStore
 from load_tests.benchmark import BIN, FEEDBACK_AUTH, ROOT, free_port, request_records, stop, wait_ready
 from scripts.browser import chromium
 from scripts.demo import (
@@ -63,7 +65,6 @@ from scripts.narration import (
     timeline,
     tool,
 )
-from service.retrain_jobs import read_status
 
 OUT_DIR = ROOT / "reports" / "demo"
 WIDTH, HEIGHT = 1600, 900
@@ -656,7 +657,11 @@ class PipelineHost:
         for line in result.stdout.splitlines():
             if line.startswith("Running stage"):  # what DVC reran: the feedback, the split, training, registration
                 out.say(f"  {line}")
-        status = read_status(self.log_db)
+        store = SQLiteStore(self.log_db)
+        try:
+            status = JobRunner(store, self.log_db.parent).status()
+        finally:
+            store.close()
         decision = status["decision"]
         out.say(f"  reasons: {'; '.join(status['reasons'])}")
         out.say(f"  decision: {decision['action']} v{decision['version']}: {decision['reason']}")

@@ -63,7 +63,7 @@ class BackgroundHandler(logging.Handler):
     of a prediction's time when done in the request; appending the record to a
     deque costs next to nothing. The thread writes each batch as one block
     (:func:`write_block`), and polls rather than being woken, for the reason
-    service.prediction_log gives. :meth:`close` writes what is left.
+    housing.log.writer gives. :meth:`close` writes what is left.
     """
 
     def __init__(self, targets: list[logging.Handler], interval_s: float = 0.1):

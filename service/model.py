@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import bentoml
 import numpy as np
@@ -24,6 +23,7 @@ from housing.model_format import (
     extra_file,
     fitted_pipeline,
     load_mlflow_model,
+    reference_of,
     target_inverse,
 )
 from service import prometheus_metrics
@@ -274,9 +274,3 @@ def card_of(bento_model: bentoml.Model, meta: ModelMetadata) -> ModelCard | None
     if not path.is_file():
         return None
     return ModelCard.model_validate_json(path.read_text()).with_version(meta.mlflow_model, meta.mlflow_version)
-
-
-def reference_of(bento_model: bentoml.Model) -> dict[str, Any]:
-    """The training data's profile saved with the model (housing.drift_stats.reference_profile)."""
-    profile = ModelMetadata.model_validate(bento_model.info.metadata).reference_profile
-    return cast(dict[str, Any], json.loads((Path(bento_model.path_of(MLFLOW_MODEL_FOLDER)) / profile).read_text()))

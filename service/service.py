@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from http import HTTPStatus
 from typing import Any, cast
 
@@ -18,6 +20,11 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from housing.columns import FEATURE_COLUMNS
+from housing.jobs import JobRunner
+from housing.log.queries import LogReader
+from housing.log.reloads import Watcher, request_model, this_replica
+from housing.log.writer import RequestRows, open_log
+from housing.periodic import Periodic
 from housing.registry import tracking_uri
 from housing.settings import settings, variable
 from service import prometheus_metrics
@@ -45,8 +52,7 @@ from service.champion_follower import ChampionFollower
 from service.middleware import RequestMiddleware, close_request_log, configure_request_log, request_state
 from service.model import NotExplainableError, ServedModel, load_served_model
 from service.openapi import OpenAPIDocument, served_document
-from service.prediction_log import PREDICTIONS, RequestRows, open_log
-from service.reload import Watcher, request_model, this_replica
+from service.state import ServingState
 from service.view_cache import ViewCache
 from service.views import views
 
@@ -158,31 +164,25 @@ class HousePricer:
 
     def __init__(self) -> None:
         config = settings()
-        self.model: ServedModel = load_served_model(self.model_ref, config.compiled_dir)
-        self.log = open_log(config)
-        self.views = ViewCache(config.view_cache_s)
+        model = load_served_model(self.model_ref, config.compiled_dir)
+        log = open_log(config)
+        self.state = ServingState(
+            model=model,
+            log=log,
+            reads=LogReader(log.store),
+            views=ViewCache(config.view_cache_s),
+            jobs=JobRunner(log.store, config.prediction_db.parent),
+            replica=this_replica(),
+            started=time.time(),
+        )
+        info_app.state.serving = self.state
         # Feedback whose prediction is not in the log yet waits for it; this many at once per worker.
         self.feedback_waiters = asyncio.Semaphore(config.feedback_waiters)
-        prometheus_metrics.publish_model(self.model.info, serving=True)
+        prometheus_metrics.publish_model(model.info, serving=True)
         worker = bentoml.server_context.worker_index
         configure_request_log(config.log_dir, worker, config.log_max_bytes, config.log_backups, config.log_to_stdout)
-        self.started = time.time()
-        replica = this_replica()
-        self.watcher = Watcher(self.log.store, replica, f"{replica}#{worker or 0}", self._serving, self._switch,
-                               config.reload_poll_s)  # fmt: skip
-        self.watcher.start()
-        self.replica = replica
-        # One follower per replica (its first worker) imports the registry's champion; every worker switches.
-        self.follower: ChampionFollower | None = None
-        if config.follow_champion and worker in (None, 1):
-            self.follower = ChampionFollower(
-                tracking_uri(config.project_dir),
-                self._serving,
-                lambda bento_tag: request_model(self.log.store, bento_tag, replica),
-                self.watcher.set_note,
-                config.champion_poll_s,
-            )
-            self.follower.start()
+        self.follower = self._model_follower(f"{self.state.replica}#{worker or 0}", worker in (None, 1))
+        self.follower.start()
         warm_registry_client()
         # BentoML looks an API up on the instance for every request, and its descriptor then builds a new
         # caller, inspecting the method's signature: 5% of a prediction. The instance keeps each one built once.
@@ -192,12 +192,22 @@ class HousePricer:
         # collector's full passes, which otherwise stall a request now and then for tens of ms.
         gc.freeze()
 
+    def _model_follower(self, worker: str, first: bool) -> Periodic:
+        """The worker's one background thread for its model: it follows reload requests (housing.log.reloads)
+        and, on one worker per replica with ``HOUSING_FOLLOW_CHAMPION``, the registry's champion."""
+        config, store, replica = settings(), self.state.log.store, self.state.replica
+        watcher = Watcher(store, replica, worker, self._serving, self._switch)
+        chores: list[tuple[float, Callable[[], object]]] = [(config.reload_poll_s, watcher.poll)]
+        if config.follow_champion and first:
+            ask = partial(request_model, store, replica=replica)
+            follower = ChampionFollower(tracking_uri(config.project_dir), self._serving, ask, watcher.set_note)
+            chores.append((config.champion_poll_s, follower.follow))
+        return Periodic("model-follower", chores)
+
     @bentoml.on_shutdown
     def flush_logs(self) -> None:
-        if self.follower is not None:
-            self.follower.stop()
-        self.watcher.stop()
-        self.log.close()
+        self.follower.stop()
+        self.state.log.close()
         close_request_log()
 
     @bentoml.api(route="/predict")
@@ -238,7 +248,7 @@ class HousePricer:
         """
         houses = request.houses()
         check_batch_size(len(houses), "houses")
-        model = self.model  # one model for the whole request, as for a prediction
+        model = self.state.model  # one model for the whole request, as for a prediction
         try:
             # A few houses take about 2 ms each, less than a hop to a thread; a batch goes to one, so the
             # worker keeps serving meanwhile (the sparse products and LightGBM release the GIL).
@@ -268,9 +278,9 @@ class HousePricer:
                 prometheus_metrics.FEEDBACK_REFUSED.labels("unknown").inc()
                 raise NotFound(f"request_id: no prediction {feedback.request_id!r} (index {feedback.index}) in the log")
             args = (feedback.request_id, feedback.index, feedback.actual_price_usd)
-            recorded = await asyncio.to_thread(self.log.record_feedback, *args, authenticated=True)
-        except self.log.store.error as exc:
-            if not self.log.store.is_outage(exc):
+            recorded = await asyncio.to_thread(self.state.log.record_feedback, *args, authenticated=True)
+        except self.state.log.store.error as exc:
+            if not self.state.log.store.is_outage(exc):
                 raise
             raise Unavailable(f"feedback: {LOG_UNREACHABLE}") from None
         if not recorded:
@@ -287,15 +297,15 @@ class HousePricer:
         )
 
     def __is_ready__(self) -> bool:
-        return getattr(self, "model", None) is not None
+        return getattr(self, "state", None) is not None
 
     def _serving(self) -> str:
-        return self.model.info.bento_tag
+        return self.state.model.info.bento_tag
 
     def _switch(self, bento_tag: str) -> None:
         """Load ``bento_tag`` beside the served model, then swap: requests in flight finish on the old one."""
         model = load_served_model(bentoml.models.get(bento_tag), settings().compiled_dir)
-        old, self.model = self.model, model
+        old, self.state.model = self.state.model, model
         prometheus_metrics.publish_model(old.info, serving=False)
         prometheus_metrics.publish_model(model.info, serving=True)
         gc.freeze()  # the new model lives as long as the old one did (see __init__)
@@ -311,7 +321,7 @@ class HousePricer:
         check_batch_size(len(houses), field)
         state = request_state(ctx.request.state)
         columns = columns_of(houses)
-        model = self.model  # one model for the whole request, even if a reload swaps it meanwhile
+        model = self.state.model  # one model for the whole request, even if a reload swaps it meanwhile
         prices, scale = model.price_and_scale(columns)
         nominal = model.bounds(prices, scale)
         logged = nominal if nominal is not None else np.full((len(houses), 2), None)
@@ -321,7 +331,7 @@ class HousePricer:
         priced = prices.tolist()
         lower, upper = logged.T.tolist()
         logged_columns = {"idx": range(len(houses)), "price_usd": priced, "lower_usd": lower, "upper_usd": upper}
-        self.log.add(PREDICTIONS, RequestRows({**logged_columns, **columns}, shared))
+        self.state.log.add(RequestRows({**logged_columns, **columns}, shared))
         intervals = nominal if coverage is None else model.bounds(prices, scale, coverage)
         state.update(model_version=version, records=len(houses))
         prometheus_metrics.PRICED_HOUSES.labels(endpoint, version).inc(len(houses))
@@ -335,14 +345,15 @@ class HousePricer:
         Few requests may wait at once (``feedback_waiters``); past them the answer is 429, so a burst of
         feedback for unknown ids cannot tie up the worker's threads.
         """
-        if (row := await asyncio.to_thread(self.log.prediction, request_id, index)) is not None:
+        reads = self.state.reads
+        if (row := await asyncio.to_thread(reads.prediction, request_id, index)) is not None:
             return row
         if self.feedback_waiters.locked():
             prometheus_metrics.FEEDBACK_REFUSED.labels("busy").inc()
             raise TooManyRequests("request_id: too many feedback requests are waiting for their prediction; retry")
         async with self.feedback_waiters:
             deadline, pause = time.monotonic() + settings().feedback_grace_s, 0.02
-            while (row := await asyncio.to_thread(self.log.prediction, request_id, index)) is None:
+            while (row := await asyncio.to_thread(reads.prediction, request_id, index)) is None:
                 if time.monotonic() >= deadline:
                     return None
                 await asyncio.sleep(pause)

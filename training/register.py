@@ -5,9 +5,9 @@ the search that produced it): its skops file (loaded with an explicit trust
 list) as a pyfunc model of housing.pyfunc_flavor, with a signature, interval
 parameters and an input example of raw records. The registered version is
 tagged with its metrics and the data version (the DVC/MD5 hash of the raw CSV),
-and its model card (training.model_card) is logged beside the model file and is
+and its model card (training.card_builder) is logged beside the model file and is
 the version's description.
-It then challenges the champion on the current test split (training.champion
+It then challenges the champion on the current test split (housing.registry
 records the decision); the champion, new or kept, is the BentoML store's latest
 model, which the service loads.
 """
@@ -44,7 +44,6 @@ from housing import pyfunc_flavor
 from housing.columns import CATEGORICAL_COLUMN, FEATURE_COLUMNS, NUMERIC_COLUMNS
 from housing.compiled_forest import compile_forest
 from housing.conformal import ConformalRegressor
-from housing.decisions import Decision, record
 from housing.drift_stats import reference_profile
 from housing.model_format import (
     MLFLOW_MODEL_FOLDER,
@@ -57,10 +56,9 @@ from housing.model_format import (
     load_model,
 )
 from housing.params import Params, RegisterParams, load_params
-from housing.registry import champion_version, is_served, served_model, tagged_metrics
+from housing.registry import Decision, champion_version, crown, is_served, record, served_model, tagged_metrics
 from housing.settings import HousingSettings
-from training.champion import crown
-from training.model_card import build_card, write_card
+from training.card_builder import build_card, write_card
 from training.prepare import load_split
 from training.scoring import regression_metrics
 

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from housing.log_schema import PREDICTIONS
+from housing.log.schema import PREDICTIONS
 from load_tests.benchmark import free_port, request_records
 from scripts import image as image_script
 from tests.service.test_explain import assert_sums_to_price

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from housing.columns import TARGET_BOUNDS, TARGET_COLUMN
-from housing.log_store import SQLiteStore
+from housing.log.store import SQLiteStore
 from housing.params import load_params
 from load_tests.benchmark import request_records
 from tests.operations.insights_sql import assert_drift_matches_sql, assert_report_matches_sql, housing_report

@@ -39,7 +39,8 @@ import psutil
 import pytest
 
 from housing.columns import FEATURE_COLUMNS
-from housing.log_store import SQLiteStore, migrate
+from housing.log.queries import LogReader
+from housing.log.store import SQLiteStore, migrate
 from load_tests.benchmark import request_records
 from service.api_models import EXAMPLE_HOUSE
 from tests.service.conftest import ADMIN, ADMIN_TOKEN, FEEDBACK, FEEDBACK_TOKEN
@@ -270,7 +271,7 @@ def test_training_uses_only_authenticated_feedback(server: Server, http: httpx.C
         )
     store = SQLiteStore(copy, read_only=True)
     try:
-        exported = set(labeled_feedback(store)["feedback_id"])
+        exported = set(labeled_feedback(LogReader(store))["feedback_id"])
     finally:
         store.close()
     assert f"{request_id}:0" in exported, "authenticated feedback is missing from the training rows"

@@ -17,11 +17,11 @@ from starlette.testclient import TestClient
 
 from housing.columns import FEATURE_COLUMNS
 from housing.explain import ForestExplainer
+from housing.log.queries import short_id
 from housing.params import Params
 from load_tests.benchmark import request_records
 from service.api_models import EXAMPLE_HOUSE, ModelInfo
 from service.model import ServedModel, fast_predict, forest_runtime
-from service.prediction_log import short_id
 from training.estimators import build_model
 
 
@@ -45,7 +45,7 @@ def test_one_house_is_explained_at_its_predicted_price(client: TestClient, champ
     assert max(explanation["contributions_usd"], key=lambda name: explanation["contributions_usd"][name]) in {
         "median_income", "longitude", "latitude"}  # fmt: skip
     # The first explanation came from pred_contrib and started the tables; once built they give the same values.
-    explainer = bentoml.get_current_service().model.explainer
+    explainer = bentoml.get_current_service().state.model.explainer
     assert explainer.wait(120)
     health = client.get("/health").json()
     assert (health["explain_runtime"], health["explain_runtime_problem"]) == ("tables", None)
@@ -71,7 +71,7 @@ def test_explanations_are_requests_not_predictions(client: TestClient, service_e
     assert client.post("/predict", json=EXAMPLE_HOUSE, headers={"X-Request-ID": "explain-after"}).is_success
     db = Path(service_env["HOUSING_PREDICTION_DB"])
     # The prediction after it reaching the log means the explanation would have too.
-    bentoml.get_current_service().log.flush()
+    bentoml.get_current_service().state.log.flush()
     with sqlite3.connect(db) as log:
         logged = {row[0] for row in log.execute("SELECT DISTINCT request_id FROM predictions")}
     assert "explain-after" in logged
@@ -87,7 +87,7 @@ def test_explanations_are_requests_not_predictions(client: TestClient, service_e
 def test_the_views_explain_the_latest_predictions(client: TestClient) -> None:
     client.post("/predict_batch", json=[EXAMPLE_HOUSE, {**EXAMPLE_HOUSE, "median_income": 2.0}])
     latest = client.post("/predict", json={**EXAMPLE_HOUSE, "total_bedrooms": None}).json()
-    bentoml.get_current_service().log.flush()
+    bentoml.get_current_service().state.log.flush()
     recent = client.get("/explain/recent", params={"limit": 3}).json()
     assert len(recent["predictions"]) == 3
     newest = recent["predictions"][0]
@@ -112,10 +112,10 @@ def test_a_model_of_another_family_gets_409(
     linear = build_model({"model": "ridge", "alpha": 1.0}, params.features, "none", seed=0).fit(X_sample, y_sample)
     service = bentoml.get_current_service()
     served = dataclasses.replace(
-        service.model, estimator=linear, predictor=linear.predict, forest=None, intervals=None,
-        info=service.model.info.model_copy(update={"family": "linear"}),
+        service.state.model, estimator=linear, predictor=linear.predict, forest=None, intervals=None,
+        info=service.state.model.info.model_copy(update={"family": "linear"}),
     )  # fmt: skip
-    monkeypatch.setattr(service, "model", served)
+    monkeypatch.setattr(service.state, "model", served)
     assert client.post("/predict", json=EXAMPLE_HOUSE).status_code == 200  # it serves prices...
     for response in (client.post("/explain", json=EXAMPLE_HOUSE), client.get("/explain/recent"),
                      client.get("/explain/importance")):  # fmt: skip

@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from housing.log_store import LogStore, PostgresStore, SQLiteStore
+from housing.log.store import LogStore, PostgresStore, SQLiteStore
+from housing.log.writer import PredictionLog
 from operations.local_stores import PostgresServer
-from service.prediction_log import PredictionLog
 
 
 class LogDatabase:

@@ -26,7 +26,7 @@ import psycopg
 import pytest
 from mlflow import MlflowClient
 
-from housing.log_schema import PREDICTIONS
+from housing.log.schema import PREDICTIONS
 from operations.local_stores import S3_KEYS, SharedStores, free_port, shared_stores
 from scripts.fleet import Load, import_champion
 from service.api_models import EXAMPLE_HOUSE

@@ -1,32 +1,29 @@
-"""The prediction log: every priced house and every feedback, written off the request path.
+"""The log's writer: every priced house and every feedback, written off the request path.
 
-Requests only append rows to an in-memory deque; one background thread per
-process wakes every ``interval_s`` and drains it in batches (one transaction
-per batch) into the store (housing.log_store: a WAL-mode SQLite file that several
-worker processes write, or a PostgreSQL database shared by every replica), so a
-request never waits for the database. No row is dropped: a request whose id is
-already logged (a client may reuse ``X-Request-ID``) keeps its rows under a
-server-made id; while the database is unreachable (PostgreSQL restarting) the
-rows wait in the queue and the writer retries until it is back; a write that
-keeps failing for any other reason is retried a bounded number of times, then
-its rows go to a dead-letter JSONL file, so one bad batch never stops the log.
-:meth:`PredictionLog.close` flushes what is pending on shutdown.
+Requests only append rows to an in-memory deque (the service's whole hand-off); one background thread
+per process wakes every ``interval_s`` and drains it in batches (one transaction per batch) into the
+store (housing.log.store: a WAL-mode SQLite file that several worker processes write, or a PostgreSQL
+database shared by every replica), so a request never waits for the database. No row is dropped: a
+request whose id is already logged (a client may reuse ``X-Request-ID``) keeps its rows under a
+server-made id; while the database is unreachable (PostgreSQL restarting) the rows wait in the queue and
+the writer retries until it is back; a write that keeps failing for any other reason is retried a
+bounded number of times, then its rows go to a dead-letter JSONL file, so one bad batch never stops the
+log. :meth:`PredictionLog.close` flushes what is pending on shutdown.
 
-The writer also keeps per-minute traffic totals (requests, houses and a
-latency histogram), so ``/stats`` reads at most a day of minutes, never the log.
+The writer also keeps per-minute traffic totals (requests, houses and a latency histogram), so
+``/stats`` reads at most a day of minutes, never the log. With a retention, the same thread deletes
+predictions older than it between two drains, one chunk of a few thousand rows at a time (those with
+feedback stay: they are training data), so pruning a large backlog never holds the queue up for long.
 Feedback is written at once, not queued: the first answer for a house is kept.
-With a retention, a second thread deletes predictions older than it, a few
-thousand rows per transaction (those with feedback stay: they are training data).
 
-The writer polls rather than being woken: waking it on every request (as a
-``queue.Queue`` does) cost 15% of a single prediction's time in lock handoffs.
+The writer polls rather than being woken: waking it on every request (as a ``queue.Queue`` does) cost
+15% of a single prediction's time in lock handoffs.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import threading
 import time
 import uuid
@@ -36,20 +33,10 @@ from itertools import repeat
 from pathlib import Path
 from typing import Any, overload
 
-from housing.columns import CATEGORICAL_COLUMN, NUMERIC_COLUMNS
-from housing.log_schema import (
-    CORRECTIONS,
-    FEEDBACK,
-    LATENCY_BUCKETS_MS,
-    LATENCY_COLUMNS,
-    PREDICTIONS,
-    SCHEMAS,
-    TRAFFIC,
-    TRAFFIC_SLOT_S,
-)
-from housing.log_store import LogStore, Session, SQLiteStore, add_traffic, migrate, open_store
+from housing.log.metrics import DEAD_LETTER_ROWS, DUPLICATE_IDS, LOG_QUEUE, LOG_WRITE_FAILURES, PRUNED_ROWS
+from housing.log.schema import CORRECTIONS, FEEDBACK, PREDICTIONS, SCHEMAS, TRAFFIC, TRAFFIC_SLOT_S
+from housing.log.store import LogStore, Session, SQLiteStore, add_traffic, migrate, open_store
 from housing.settings import HousingSettings
-from service.prometheus_metrics import DEAD_LETTER_ROWS, DUPLICATE_IDS, LOG_QUEUE, LOG_WRITE_FAILURES, PRUNED_ROWS
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +49,6 @@ _CORRECT_FEEDBACK = f"""UPDATE {FEEDBACK} SET actual_price_usd = ?, ts = ?, auth
 _RECORD_CORRECTION = f"""INSERT INTO {CORRECTIONS} (request_id, idx, ts, previous_price_usd, actual_price_usd, reason)
                          VALUES (?, ?, ?, ?, ?, ?)"""  # noqa: S608  # nosec B608
 _ID_TAKEN = f"SELECT 1 FROM {PREDICTIONS} WHERE request_id = ? LIMIT 1"  # noqa: S608  # nosec B608
-_NEWEST = f"SELECT (SELECT MAX(id) FROM {PREDICTIONS}), (SELECT MAX(id) FROM {FEEDBACK})"  # noqa: S608  # nosec B608
-_PREDICTION = f"SELECT * FROM {PREDICTIONS} WHERE request_id = ? AND idx = ? LIMIT 1"  # noqa: S608  # nosec B608
-_RECENT = f"SELECT * FROM {PREDICTIONS} ORDER BY id DESC LIMIT ?"  # noqa: S608  # nosec B608
 # Predictions past retention without feedback (feedback is training data), a chunk at a time.
 _PRUNE = f"""DELETE FROM {PREDICTIONS} WHERE id IN (
                 SELECT p.id FROM {PREDICTIONS} p WHERE p.ts < ? AND NOT EXISTS (
@@ -135,9 +119,9 @@ def row_values(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> Iterable
 
 
 class PredictionLog:
-    """Collect rows for the store; a daemon thread writes them in batches, another prunes past retention.
+    """Collect rows for the store; a daemon thread writes them in batches and prunes past retention.
 
-    ``store`` is a :class:`housing.log_store.LogStore` (whoever made it closes it), or the path of a SQLite
+    ``store`` is a :class:`housing.log.store.LogStore` (whoever made it closes it), or the path of a SQLite
     file (closed with the log). Dead letters go to ``dead_letter_path`` (by default beside the SQLite file).
     """
 
@@ -158,6 +142,7 @@ class PredictionLog:
         self.interval_s = interval_s
         self.max_retries = max_retries
         self.retention_s = retention_s
+        self.prune_interval_s = prune_interval_s
         self.prune_chunk = prune_chunk
         self.write_failures = 0
         self.dead_letters = 0
@@ -173,17 +158,16 @@ class PredictionLog:
         self._writing = False
         self._stop = threading.Event()
         migrate(self.store)
+        # The pass of retention in progress (its cutoff and the rows deleted so far), and when the next one starts:
+        # the first waits one interval, as a starting worker has better things to do.
+        self._prune_pass: tuple[float, int] | None = None
+        self._next_prune = time.monotonic() + prune_interval_s
         self._thread = threading.Thread(target=self._run, name="prediction-log-writer", daemon=True)
         self._thread.start()
-        self._pruner: threading.Thread | None = None
-        if retention_s is not None:
-            self._pruner = threading.Thread(target=self._prune_every, args=(prune_interval_s,),
-                                            name="prediction-log-pruner", daemon=True)  # fmt: skip
-            self._pruner.start()
 
     # -- request path -------------------------------------------------------
-    def add(self, table: str, rows: Sequence[dict[str, Any]]) -> None:
-        """Queue one request's ``rows`` for ``table`` (predictions); returns at once."""
+    def add(self, rows: Sequence[dict[str, Any]], table: str = PREDICTIONS) -> None:
+        """Queue one request's ``rows`` for ``table`` (the priced houses); returns at once."""
         self._pending.append((table, rows))
 
     @property
@@ -200,11 +184,9 @@ class PredictionLog:
         return not (self._pending or self._writing)
 
     def close(self, timeout_s: float = 30.0) -> None:
-        """Write everything still queued, then stop the writer and the pruner (and close a store of its own)."""
+        """Write everything still queued, then stop the writer (and close a store of its own)."""
         self._stop.set()
         self._thread.join(timeout_s)
-        if self._pruner is not None:
-            self._pruner.join(timeout_s)
         if self._thread.is_alive():
             log.error("prediction log: %d requests still unwritten at shutdown", self.pending)
         elif self.owns_store:
@@ -228,81 +210,6 @@ class PredictionLog:
             session.execute(_RECORD_CORRECTION, [request_id, idx, now, found[0], actual_price_usd, reason])
         return float(found[0])
 
-    # -- reads ----------------------------------------------------------------
-    def prediction(self, request_id: str, idx: int) -> dict[str, Any] | None:
-        rows = self.store.query_dicts(_PREDICTION, [request_id, idx])
-        return rows[0] if rows else None
-
-    def newest(self) -> tuple[int, int]:
-        """The ids of the newest prediction and the newest feedback (0 when none): what a cached view depends on."""
-        ((prediction, feedback),) = self.store.query(_NEWEST)
-        return int(prediction or 0), int(feedback or 0)
-
-    def recent_inputs(self, rows: int) -> dict[str, list[Any]]:
-        """The raw inputs of the latest ``rows`` priced houses, as columns."""
-        names = [*NUMERIC_COLUMNS, CATEGORICAL_COLUMN]
-        sql = f"SELECT {', '.join(names)} FROM {PREDICTIONS} ORDER BY id DESC LIMIT ?"  # noqa: S608 - names are ours  # nosec B608
-        records = self.store.query(sql, [rows])
-        return {name: [record[i] for record in records] for i, name in enumerate(names)}
-
-    def accuracy(self, since_ts: float = 0.0, bucket_s: float | None = None) -> list[dict[str, Any]]:
-        """MAE and RMSE (USD) of priced houses that received authenticated feedback, per model version.
-
-        ``coverage`` is the share of those sale prices inside their logged interval,
-        over the ``n_interval`` houses that have one (None without any). With
-        ``bucket_s`` the figures are split into time buckets of that many seconds
-        (by prediction time), oldest first: accuracy over time.
-        """
-        sql = f"""
-            SELECT p.model_version, {self.store.trunc.format("p.ts / ?")} * ? AS bucket_start, COUNT(*) AS n,
-                   AVG(ABS(f.actual_price_usd - p.price_usd)) AS mae,
-                   AVG((f.actual_price_usd - p.price_usd) * (f.actual_price_usd - p.price_usd)) AS mse,
-                   COUNT(p.lower_usd) AS n_interval,
-                   SUM(CASE WHEN f.actual_price_usd BETWEEN p.lower_usd AND p.upper_usd THEN 1 ELSE 0 END) AS covered
-            FROM {FEEDBACK} f JOIN {PREDICTIONS} p ON p.request_id = f.request_id AND p.idx = f.idx
-            WHERE p.ts >= ? AND f.authenticated = 1
-            GROUP BY p.model_version, bucket_start
-            ORDER BY bucket_start, p.model_version
-        """  # noqa: S608 - table names are ours; the values are parameters  # nosec B608
-        # Without buckets every prediction falls in one bucket that starts at 0.
-        width = float(bucket_s) if bucket_s else math.inf
-        rows = self.store.query_dicts(sql, [width, 0.0 if width == math.inf else width, since_ts])
-        # SQLite builds without math functions have no SQRT.
-        return [
-            {**row, "bucket_start": float(row["bucket_start"]), "n": int(row["n"]), "rmse": math.sqrt(row.pop("mse")),
-             "n_interval": int(row["n_interval"]),
-             "coverage": int(row.pop("covered")) / int(row["n_interval"]) if row["n_interval"] else None}
-            for row in rows
-        ]  # fmt: skip
-
-    def traffic(self, now: float, bucket_s: int, buckets: int) -> list[dict[str, Any]]:
-        """Requests, houses and request latency (p50/p95 in ms) per time bucket, oldest first.
-
-        Covers the ``buckets`` buckets of ``bucket_s`` seconds (a multiple of a
-        minute) before ``now``; empty buckets are included with zero requests.
-        Summed by the database from the per-minute totals: the cost does not grow with the
-        log. Percentiles are the upper bound of their histogram bucket (``LATENCY_BUCKETS_MS``).
-        """
-        first = int(now // bucket_s) - buckets + 1
-        per = bucket_s // TRAFFIC_SLOT_S
-        sums = ", ".join(f"SUM({name})" for name in ["requests", "houses", *LATENCY_COLUMNS])
-        sql = f"SELECT slot / ? - ?, {sums} FROM {TRAFFIC} WHERE slot >= ? GROUP BY 1"  # noqa: S608 - our names  # nosec B608
-        # PostgreSQL sums integers as NUMERIC (Decimal): back to int.
-        totals = {int(position): [int(n) for n in counts]
-                  for position, *counts in self.store.query(sql, [per, first, first * per])}  # fmt: skip
-        empty = [0] * (2 + len(LATENCY_BUCKETS_MS))
-        return [
-            {"start": float((first + i) * bucket_s), "requests": requests, "houses": houses,
-             "p50_ms": _percentile(histogram, 0.5), "p95_ms": _percentile(histogram, 0.95)}
-            for i in range(buckets)
-            for requests, houses, *histogram in [totals.get(i, empty)]
-        ]  # fmt: skip
-
-    def recent(self, limit: int) -> list[dict[str, Any]]:
-        """The latest ``limit`` priced houses, newest first, with request ids cut short (they are feedback keys)."""
-        rows = self.store.query_dicts(_RECENT, [limit])
-        return [{**row, "request_id": short_id(row["request_id"])} for row in rows]
-
     # -- retention ------------------------------------------------------------
     def prune(self, now: float | None = None) -> int:
         """Delete predictions (and traffic minutes) older than the retention, in chunks; the rows deleted.
@@ -314,25 +221,40 @@ class PredictionLog:
         cutoff = (time.time() if now is None else now) - self.retention_s
         deleted = 0
         while not self._stop.is_set():
-            with self.store.transaction() as session:
-                chunk = session.execute(_PRUNE, [cutoff, self.prune_chunk]).rowcount
+            chunk = self._prune_chunk(cutoff)
             deleted += chunk
             if chunk < self.prune_chunk:
                 break
+        self._prune_traffic(cutoff)
+        return deleted
+
+    def _prune_chunk(self, cutoff: float) -> int:
         with self.store.transaction() as session:
-            session.execute(_PRUNE_TRAFFIC, [int(cutoff // TRAFFIC_SLOT_S)])
+            deleted = int(session.execute(_PRUNE, [cutoff, self.prune_chunk]).rowcount)
         self.pruned += deleted
         PRUNED_ROWS.inc(deleted)
         return deleted
 
-    def _prune_every(self, interval_s: float) -> None:
-        # The first pass waits one interval: a starting worker has better things to do.
-        while not self._stop.wait(interval_s):
-            try:
-                if (deleted := self.prune()) > 0:
-                    log.info("prediction log: pruned %d predictions past retention", deleted)
-            except Exception:  # the pruner must outlive a database that is away for a while
-                log.exception("prediction log: pruning failed; trying again in %.0f s", interval_s)
+    def _prune_traffic(self, cutoff: float) -> None:
+        with self.store.transaction() as session:
+            session.execute(_PRUNE_TRAFFIC, [int(cutoff // TRAFFIC_SLOT_S)])
+
+    def _prune_due(self) -> None:
+        """One chunk of the retention pass in progress, or of a new one when it is time: called between drains."""
+        if self.retention_s is None or (self._prune_pass is None and time.monotonic() < self._next_prune):
+            return
+        cutoff, deleted = self._prune_pass or (time.time() - self.retention_s, 0)
+        try:
+            chunk = self._prune_chunk(cutoff)
+            if chunk == self.prune_chunk:
+                self._prune_pass = (cutoff, deleted + chunk)
+                return
+            self._prune_traffic(cutoff)
+            if deleted + chunk:
+                log.info("prediction log: pruned %d predictions past retention", deleted + chunk)
+        except Exception:  # the writer must outlive a failed pass (a database away for a while): next interval
+            log.exception("prediction log: pruning failed; trying again in %.0f s", self.prune_interval_s)
+        self._prune_pass, self._next_prune = None, time.monotonic() + self.prune_interval_s
 
     # -- writer thread --------------------------------------------------------
     def _run(self) -> None:
@@ -340,6 +262,8 @@ class PredictionLog:
         while not stopping:
             stopping = self._stop.wait(self.interval_s)
             self._drain()
+            if not stopping:
+                self._prune_due()
 
     def _drain(self) -> None:
         LOG_QUEUE.set(len(self._pending))
@@ -449,11 +373,6 @@ def open_log(config: HousingSettings, path: Path | None = None) -> PredictionLog
     return log
 
 
-def short_id(request_id: str) -> str:
-    """The start of a request id: enough to recognise it, not enough to send feedback for it."""
-    return request_id[: min(8, len(request_id) // 2)] + "…"
-
-
 def _insert(session: Session, table: str, requests: Iterable[Sequence[dict[str, Any]]]) -> None:
     """Insert the rows of ``requests`` (each a request's rows) into ``table`` with one prepared statement.
 
@@ -463,16 +382,3 @@ def _insert(session: Session, table: str, requests: Iterable[Sequence[dict[str, 
     columns = [name for name in SCHEMAS[table] if name != "id"]
     sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"  # noqa: S608  # nosec B608
     session.executemany(sql, [values for rows in requests for values in row_values(rows, columns)])
-
-
-def _percentile(histogram: Sequence[int], q: float) -> float | None:
-    """Upper bound (ms) of the latency bucket holding the nearest-rank ``q`` percentile (None when empty)."""
-    total = sum(histogram)
-    if not total:
-        return None
-    rank, seen = max(1, math.ceil(q * total)), 0
-    for bound, count in zip(LATENCY_BUCKETS_MS, histogram, strict=True):
-        seen += count
-        if seen >= rank:
-            return bound
-    return LATENCY_BUCKETS_MS[-1]

@@ -5,7 +5,7 @@ unset, the log is the SQLite file ``HOUSING_PREDICTION_DB`` (sqlite-utils render
 its tables). Both run the same SQL, written with ``?`` placeholders; a
 :class:`LogStore` says what differs (placeholders, DDL types, how a writer locks
 out the others, which errors mean the database is away rather than the rows are
-bad). :func:`migrate` brings either to the schema of housing.log_schema.
+bad). :func:`migrate` brings either to the schema of housing.log.schema.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from housing.log_schema import (
+from housing.log.schema import (
     DEFAULTS,
     INDEXES,
     LATENCY_BUCKETS_MS,
@@ -104,7 +104,7 @@ class LogStore(ABC):
 
     @abstractmethod
     def create_table_sql(self, table: str) -> str:
-        """``CREATE TABLE IF NOT EXISTS`` for a table of housing.log_schema."""
+        """``CREATE TABLE IF NOT EXISTS`` for a table of housing.log.schema."""
 
     def is_outage(self, exc: BaseException) -> bool:
         """Whether ``exc`` says the database is unreachable (rows wait for it), not that the rows are bad."""
