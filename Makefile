@@ -83,19 +83,19 @@ tools: setup ## Install the system tools the tests and benchmarks use (wrk, Prom
 	$(if $(UBUNTU),command -v chromium >/dev/null || python -m playwright install --with-deps chromium)
 
 bench: setup tools ## Benchmark against `mlflow models serve` and the booster, then the log stores: reports/benchmark.json, log_stores.json
-	python load_tests/benchmark.py
-	python load_tests/log_stores.py
+	python -m load_tests.benchmark
+	python -m load_tests.log_stores
 	@# docs/summary.md quotes the benchmark's figures.
 	python -m scripts.summary
 
 LOAD_USERS ?= 32
 LOAD_TIME ?= 30s
 load: setup ## Headless Locust run against a fresh server; fails past the thresholds in the locustfile
-	python load_tests/run_load.py --users $(LOAD_USERS) --run-time $(LOAD_TIME)
+	python -m load_tests.run_load --users $(LOAD_USERS) --run-time $(LOAD_TIME)
 
 .PHONY: shared-stores
 shared-stores: setup tools ## PostgreSQL + SeaweedFS S3 + mlflow server in var/shared-stores, the pipeline into them, the service on PORT
-	python -m operations.local_stores --port $(PORT)
+	python -m devtools.local_stores --port $(PORT)
 
 .PHONY: demo demo-video summary
 demo: pipeline ## Walk through the system on the real data: serve, predict, bad input, feedback, drift, metrics
@@ -146,7 +146,7 @@ format: setup ## Apply ruff fixes and formatting
 	ruff check --fix .
 	ruff format .
 
-typecheck: setup ## mypy on housing/ (strict), training/, service/ and operations/
+typecheck: setup ## mypy on housing/ (strict), training/, service/, operations/ and devtools/
 	mypy
 
 .PHONY: security

@@ -31,10 +31,8 @@ import os
 import platform
 import re
 import shutil
-import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -45,17 +43,19 @@ from typing import Any, TypeVar
 import bentoml
 import httpx
 import numpy as np
-import pandas as pd
 
+from devtools.houses import houses_from
+from devtools.paths import BIN, ROOT
+from devtools.ports import free_port
+from devtools.processes import start_logged, stop
+from devtools.serving import serve_bentoml
+from devtools.waits import wait_ready
 from housing.columns import read_columns
 from housing.model_format import fitted_pipeline, target_inverse
 from housing.settings import settings
-from operations.local_stores import free_port
 from service.api_models import HouseBatch, columns_of
 from service.model import ServedModel, forest_prices, load_served_model
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 TARGETS = {
     "single_p50_ms": 1.5,
     "throughput_ratio": 4.0,
@@ -84,26 +84,6 @@ done = function(summary, latency, requests)
     latency.mean / 1000))
 end
 """
-
-
-def wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} not ready after {timeout_s} s")
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(60)
 
 
 def wrk(url: str, body: str, clients: int, seconds: int, workdir: Path) -> dict[str, Any]:
@@ -251,39 +231,6 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {**ranked[len(ranked) // 2], "rounds_requests_per_s": [round(r["requests_per_s"], 1) for r in runs]}
 
 
-def request_records(df: pd.DataFrame) -> list[dict[str, Any]]:
-    """One JSON-ready house per row; a missing value (NaN total_bedrooms) becomes null."""
-    return [{k: (None if v != v else v) for k, v in row.items()} for row in df.to_dict("records")]
-
-
-def houses_from(test_csv: Path, n: int) -> list[dict[str, Any]]:
-    df = pd.read_csv(test_csv).drop(columns="median_house_value")
-    return request_records(df.sample(n, replace=n > len(df), random_state=0))
-
-
-# The feedback token of the throwaway servers the benchmark, load test and demo start on loopback.
-LOCAL_FEEDBACK_TOKEN = "local-feedback-token"  # noqa: S105  # nosec B105
-FEEDBACK_AUTH = {"Authorization": f"Bearer {LOCAL_FEEDBACK_TOKEN}"}
-
-
-def serve_bentoml(
-    port: int, workdir: Path, service: str = "service.service:HousePricer", **env_extra: str
-) -> subprocess.Popen:
-    """``bentoml serve`` of ``service`` on loopback ``port``, its prediction log, request log and output in ``workdir``."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    env = {
-        **os.environ,
-        "HOUSING_PREDICTION_DB": str(workdir / "predictions.db"),
-        "HOUSING_LOG_DIR": str(workdir / "log"),
-        "HOUSING_FEEDBACK_TOKEN": LOCAL_FEEDBACK_TOKEN,
-        **env_extra,
-    }
-    return subprocess.Popen(
-        [str(BIN / "bentoml"), "serve", service, "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=(workdir / "bentoml.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-
-
 def wait_runtime(url: str, runtime: str, timeout_s: float) -> float:
     """Seconds until ``/health`` says the forest runs on ``runtime`` (the compiled one may still be compiling)."""
     start = time.perf_counter()
@@ -296,17 +243,14 @@ def wait_runtime(url: str, runtime: str, timeout_s: float) -> float:
     return time.perf_counter() - start
 
 
-def serve_mlflow(port: int, workers: int, workdir: Path, stock: bool = True) -> subprocess.Popen:
+def serve_mlflow(port: int, workers: int, workdir: Path, stock: bool = True) -> subprocess.Popen[bytes]:
     """`mlflow models serve` of the champion; ``stock``: on uvicorn's pure-Python defaults, as MLflow installs it."""
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "MLFLOW_MODELS_WORKERS": str(workers)}
     if stock:
         env |= {"UVICORN_LOOP": "asyncio", "UVICORN_HTTP": "h11"}
-    log = workdir / f"mlflow-{'stock' if stock else 'fast'}.log"
-    return subprocess.Popen(
-        [str(BIN / "mlflow"), "models", "serve", "-m", "models:/housing-price-model@champion",
-         "--env-manager", "local", "--host", "127.0.0.1", "-p", str(port), "--workers", str(workers)],
-        cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+    command = [str(BIN / "mlflow"), "models", "serve", "-m", "models:/housing-price-model@champion",
+               "--env-manager", "local", "--host", "127.0.0.1", "-p", str(port), "--workers", str(workers)]  # fmt: skip
+    return start_logged(command, workdir / f"mlflow-{'stock' if stock else 'fast'}.log", env, cwd=ROOT)
 
 
 def wait_tables(url: str, timeout_s: float = 120.0, in_a_row: int = 8) -> None:

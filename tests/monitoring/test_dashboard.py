@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from scripts.browser import chromium
+from devtools.browser import chromium
 from service.api_models import EXAMPLE_HOUSE
 from service.prediction_log import short_id
 from tests.service.server import Server

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from starlette.testclient import TestClient
 
+from devtools.houses import request_records
 from housing.drift_stats import reference_profile
-from load_tests.benchmark import request_records
 from operations.cli import main as cli_main
 from service.drift_check import check_drift
 from service.prediction_log import PredictionLog

@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 from starlette.testclient import TestClient
 
+from devtools.houses import request_records
 from housing.columns import FEATURE_COLUMNS
 from housing.explain import ForestExplainer
 from housing.params import Params
-from load_tests.benchmark import request_records
 from service.api_models import EXAMPLE_HOUSE, ModelInfo
 from service.model import ServedModel, fast_predict, forest_runtime
 from service.prediction_log import short_id

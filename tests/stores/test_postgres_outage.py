@@ -6,9 +6,9 @@ import threading
 import time
 from pathlib import Path
 
+from devtools.local_stores import PostgresServer
 from housing.log_schema import PREDICTIONS
 from housing.log_store import PostgresStore
-from operations.local_stores import PostgresServer
 from service.prediction_log import PredictionLog
 from tests.service.test_prediction_log import row
 
