@@ -85,8 +85,8 @@ tools: setup ## Install the system tools the tests and benchmarks use (wrk, Prom
 bench: setup tools ## Benchmark against `mlflow models serve` and the booster, then the log stores: reports/benchmark.json, log_stores.json
 	python -m load_tests.benchmark
 	python -m load_tests.log_stores
-	@# docs/summary.md quotes the benchmark's figures.
-	python -m scripts.summary
+	@# README.md and docs/summary.md quote the benchmark's figures.
+	python -m scripts.figures
 
 LOAD_USERS ?= 32
 LOAD_TIME ?= 30s
@@ -97,15 +97,15 @@ load: setup ## Headless Locust run against a fresh server; fails past the thresh
 shared-stores: setup tools ## PostgreSQL + SeaweedFS S3 + mlflow server in var/shared-stores, the pipeline into them, the service on PORT
 	python -m devtools.local_stores --port $(PORT)
 
-.PHONY: demo demo-video summary
+.PHONY: demo demo-video figures
 demo: pipeline ## Walk through the system on the real data: serve, predict, bad input, feedback, drift, metrics
 	python -m scripts.demo
 
 demo-video: pipeline ## Record the narrated 5-minute walkthrough as reports/demo/demo.mp4 (Chromium, espeak-ng, ffmpeg), checked
 	python -m scripts.demo_video
 
-summary: setup ## Regenerate docs/summary.md from the figures in reports/
-	python -m scripts.summary
+figures: setup ## Regenerate the figures README.md and docs/summary.md quote, from the reports in reports/
+	python -m scripts.figures
 
 # checkov pins packages the project pins differently (packaging, networkx, boto3): it lives in its own venv,
 # pinned per Python by requirements/checkov-py<X.Y>.txt. tests/delivery/test_k8s.py runs this target first.

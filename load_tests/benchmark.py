@@ -13,8 +13,8 @@ Measures, on this machine and in this order:
      have stopped: where the batch's time goes, and what the forest leaves to everything else,
   8. the batch of (3) through BentoML with the service's request and answer models and no model behind
      them (load_tests/batch_floor.py): the floor under the batch's time on this machine,
-and writes reports/benchmark.json plus the table between the markers in README.md. ``--explain-only``
-measures (6) alone on one service and prints it (no files written).
+and writes reports/benchmark.json, from which `python -m scripts.figures` (run next by `make bench`) writes the
+README's table. ``--explain-only`` measures (6) alone on one service and prints it (no files written).
 
 MLflow runs twice: as `pip install mlflow` ships it (uvicorn on asyncio and h11: MLflow does not
 install uvloop or httptools), which is the baseline of the throughput target, and with the uvloop and
@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
 import statistics
 import subprocess
@@ -69,7 +68,6 @@ TARGETS = {
 AT_LEAST = {"throughput_ratio", "throughput_vs_booster"}
 # Longest the compiled forest may take to be ready when the pipeline did not leave it cached.
 COMPILE_WAIT_S = 1800
-README_START, README_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
 T = TypeVar("T")
 # Seconds between batches timed on their own: the log writer stores a 10,000-house batch in well under one.
 BATCH_PAUSE_S = 2.0
@@ -393,48 +391,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def table(results: dict[str, Any]) -> str:
-    s, t, e = results["summary"], results["targets"], results["explain_c1"]
-    stages = " · ".join(f"{name.replace('_', ' ')} {ms:.0f}" for name, ms in results["batch_stages_ms"].items())
-
-    def mark(name: str) -> str:
-        return "met" if t[name]["met"] else "**missed**"
-
-    return "\n".join(
-        [
-            f"Model {results['model']['name']} v{results['model']['version']} ({results['model']['family']}), "
-            f"{results['machine']['cpus']} cores, measured by `make bench` (wrk; both servers with 2 workers):",
-            "",
-            "| measure | value | target | |",
-            "|---|---|---|---|",
-            f"| single record, concurrency 1: p50 / p99 | {s['single_p50_ms']:.2f} / {s['single_p99_ms']:.2f} ms | p50 ≤ 1.5 ms | {mark('single_p50_ms')} |",
-            f"| explaining one house (`POST /explain`), concurrency 1: p50 / p99 | {s['explain_p50_ms']:.2f} / {s['explain_p99_ms']:.2f} ms (`/predict` right after it: p50 {e['predict_p50_ms']:.2f} ms; load average {e['load_avg_1m']}) | p50 ≤ 5 ms | {mark('explain_p50_ms')} |",
-            f"| 32 clients: throughput | {s['throughput_rps']:,.0f} req/s | | |",
-            f"| the same model on LightGBM's booster (not compiled): p50 / 10,000-record batch / 32 clients | {s['booster_single_p50_ms']:.2f} ms / {s['booster_batch_10k_ms']:.0f} ms / {s['booster_throughput_rps']:,.0f} req/s | | |",
-            f"| throughput ratio (compiled / booster) | {s['throughput_vs_booster']:.2f}× | ≥ 1× | {mark('throughput_vs_booster')} |",
-            f"| 32 clients (one burst of keep-alive connections): requests per worker | {' / '.join(f'{n:,}' for n in s['per_worker_32'].values())} (least served: {s['least_worker_share']:.0%}) | | |",
-            f"| 32 clients: p99 | {s['p99_32_ms']:.1f} ms | ≤ 50 ms | {mark('p99_32_ms')} |",
-            f"| one 10,000-record batch | {s['batch_10k_ms']:.0f} ms | ≤ 100 ms | {mark('batch_10k_ms')} |",
-            f"| the same batch {BATCH_PAUSE_S:g} s after the one before (the log writer idle) | {s['batch_10k_paused_ms']:.0f} ms | | |",
-            f"| the same batch through BentoML with the same request and answer and no model (`load_tests/batch_floor.py`: HTTP, JSON and pydantic alone) | {s['batch_floor_ms']:.0f} ms | | |",
-            f"| the same batch in process, by stage (no HTTP; forest on {results['batch_stages_runtime']}) | {stages} ms; all but the forest {s['batch_without_forest_ms']:.0f} ms | | |",
-            f"| costliest invalid body (of {len(results['invalid_bodies'])}, `reports/benchmark.json`) | {s['worst_invalid_ms']:.0f} ms: {s['invalid_vs_batch']:.2f}× the batch | ≤ 1× the largest legal batch | {mark('invalid_vs_batch')} |",
-            f"| `mlflow models serve` as installed (uvicorn on asyncio + h11), same model and load | {s['mlflow_throughput_rps']:,.0f} req/s | | |",
-            f"| throughput ratio (this service / MLflow as installed) | {s['throughput_ratio']:.1f}× | ≥ 4× | {mark('throughput_ratio')} |",
-            f"| `mlflow models serve` given uvloop + httptools too | {s['mlflow_fast_throughput_rps']:,.0f} req/s | | |",
-            f"| throughput ratio (this service / MLflow with uvloop + httptools) | {s['throughput_ratio_fast']:.1f}× | | |",
-        ]
-    )  # fmt: skip
-
-
-def update_readme(readme: Path, text: str) -> None:
-    content = readme.read_text()
-    pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.DOTALL)
-    if not pattern.search(content):
-        raise SystemExit(f"{readme} has no {README_START} ... {README_END} section")
-    readme.write_text(pattern.sub(f"{README_START}\n{text}\n{README_END}", content))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=15, help="duration of each wrk run")
@@ -443,7 +399,6 @@ def main() -> None:
     parser.add_argument("--mlflow-workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3, help="alternating throughput rounds per server")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "benchmark.json")
-    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
     parser.add_argument("--explain-only", action="store_true", help="measure (6) only and print it")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -454,9 +409,8 @@ def main() -> None:
     results = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
-    text = table(results)
-    update_readme(args.readme, text)
-    print(text)
+    print(json.dumps({"summary": results["summary"], "targets": results["targets"]}, indent=2))
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
