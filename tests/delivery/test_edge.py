@@ -13,7 +13,6 @@ import os
 import re
 import selectors
 import shutil
-import signal
 import socket
 import subprocess
 import threading
@@ -25,7 +24,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from load_tests.benchmark import free_port
+from devtools.ports import free_port
+from devtools.processes import stop
+from devtools.waits import wait_ready
 from service.api_models import EXAMPLE_HOUSE
 from tests.service.server import Server, start_server
 from tests.workspace import ROOT
@@ -104,26 +105,11 @@ def edge(tmp_path_factory: pytest.TempPathFactory, server: Server) -> Iterator[E
         nginx(prefix, conf), stdout=output.open("w"), stderr=subprocess.STDOUT, start_new_session=True
     )
     running = Edge(f"http://127.0.0.1:{port}", port, process, output)
-    deadline = time.monotonic() + 30
     try:
-        while True:
-            assert process.poll() is None, f"nginx exited with {process.returncode}:\n{output.read_text()}"
-            assert time.monotonic() < deadline, f"nginx not answering after 30 s:\n{output.read_text()}"
-            try:
-                if httpx.get(f"{running.url}/livez", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+        wait_ready(f"{running.url}/livez", process, 30, log=output)
         yield running
     finally:
-        if process.poll() is None:
-            process.terminate()  # SIGTERM: nginx's fast shutdown, master and workers
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+        stop(process, 30)  # SIGTERM: nginx's fast shutdown, master and workers
 
 
 @pytest.fixture

@@ -23,7 +23,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from load_tests.benchmark import free_port
+from devtools.ports import free_port
+from devtools.processes import stop
+from devtools.waits import wait_for_process, wait_until
 from service.api_models import EXAMPLE_HOUSE
 from tests.service.server import Server, start_server
 from tests.workspace import ROOT
@@ -80,13 +82,6 @@ class Proxy:
         return self.metric("haproxy_server_status", f'proxy="replicas",server="{server}",state="UP"') == 1
 
 
-def wait_for(condition, timeout_s: float, message: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, message
-        time.sleep(0.2)
-
-
 @pytest.fixture(scope="module")
 def replicas(tmp_path_factory: pytest.TempPathFactory, workspace) -> Iterator[list[Server]]:  # type: ignore[no-untyped-def]
     """Two replicas, each with its own SQLite log, started side by side."""
@@ -116,15 +111,16 @@ def proxy(tmp_path_factory: pytest.TempPathFactory, replicas: list[Server]) -> I
     )
     running = Proxy(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{stats_port}", process, output)
     try:
-        wait_for(
-            lambda: process.poll() is None and _answers(running) and running.up("replica1") and running.up("replica2"),
+        wait_for_process(
+            lambda: _answers(running) and running.up("replica1") and running.up("replica2"),
+            "haproxy with both replicas up",
+            process,
             30,
-            f"haproxy not ready with both replicas up:\n{output.read_text()[-3000:]}",
+            output,
         )
         yield running
     finally:
-        process.terminate()
-        process.wait(10)
+        stop(process, 10)
 
 
 def _answers(proxy: Proxy) -> bool:
@@ -217,7 +213,7 @@ def test_one_replica_killed_under_load_the_other_takes_the_traffic(
     # The surviving replica took the traffic: every request sent after the kill was answered 200.
     assert len(after) > 100
     assert [outcome for outcome in after if outcome.status != 200] == []
-    wait_for(lambda: not proxy.up("replica2"), 10, "haproxy still counts the killed replica as up")
+    wait_until(lambda: not proxy.up("replica2"), 10, "haproxy still counts the killed replica as up", pause_s=0.2)
     assert proxy.up("replica1")
     retries = proxy.metric("haproxy_backend_retry_warnings_total", 'proxy="replicas"')
     redispatches = proxy.metric("haproxy_backend_redispatch_warnings_total", 'proxy="replicas"')

@@ -31,8 +31,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from devtools.houses import request_records
+from devtools.ports import free_port
 from housing.log.schema import PREDICTIONS
-from load_tests.benchmark import free_port, request_records
 from scripts import image as image_script
 from tests.service.test_explain import assert_sums_to_price
 from tests.workspace import BIN, ROOT, Workspace

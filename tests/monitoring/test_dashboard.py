@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from devtools.browser import chromium
 from housing.log.queries import short_id
-from scripts.browser import chromium
 from service.api_models import EXAMPLE_HOUSE
 from tests.service.server import Server
 from tests.workspace import ROOT

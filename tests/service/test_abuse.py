@@ -38,10 +38,10 @@ import pandas as pd
 import psutil
 import pytest
 
+from devtools.houses import request_records
 from housing.columns import FEATURE_COLUMNS
 from housing.log.queries import LogReader
 from housing.log.store import SQLiteStore, migrate
-from load_tests.benchmark import request_records
 from service.api_models import EXAMPLE_HOUSE
 from tests.service.conftest import ADMIN, ADMIN_TOKEN, FEEDBACK, FEEDBACK_TOKEN
 from tests.service.server import Server, start_server

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 from starlette.testclient import TestClient
 
+from devtools.houses import request_records
 from housing.model_format import fitted_pipeline
-from load_tests.benchmark import request_records
 from service.api_models import EXAMPLE_HOUSE, House, columns_of
 from service.middleware import MAX_ERROR_BYTES, MAX_ERRORS, capped_error
 from service.model import load_served_model

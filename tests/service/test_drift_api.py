@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 from starlette.testclient import TestClient
 
+from devtools.houses import request_records
 from housing.drift_check import check_drift
 from housing.drift_stats import reference_profile
 from housing.log.queries import LogReader
 from housing.log.writer import PredictionLog
-from load_tests.benchmark import request_records
 from operations.cli import main as cli_main
 from tests.workspace import BIN, ROOT
 

@@ -15,11 +15,11 @@ import pandas as pd
 import pytest
 from starlette.testclient import TestClient
 
+from devtools.houses import request_records
 from housing.columns import FEATURE_COLUMNS
 from housing.explain import ForestExplainer
 from housing.log.queries import short_id
 from housing.params import Params
-from load_tests.benchmark import request_records
 from service.api_models import EXAMPLE_HOUSE, ModelInfo
 from service.model import ServedModel, fast_predict, forest_runtime
 from training.estimators import build_model

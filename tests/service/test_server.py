@@ -18,7 +18,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from load_tests.benchmark import request_records
+from devtools.houses import request_records
 from service.api_models import EXAMPLE_HOUSE
 from tests.service.bad_requests import BAD_REQUESTS, BadRequest, error_text
 from tests.service.conftest import FEEDBACK

@@ -6,11 +6,11 @@ import threading
 import time
 from pathlib import Path
 
+from devtools.local_stores import PostgresServer
 from housing.log.queries import LogReader
 from housing.log.schema import PREDICTIONS
 from housing.log.store import PostgresStore
 from housing.log.writer import PredictionLog
-from operations.local_stores import PostgresServer
 from tests.housing.log.rows import row
 
 
