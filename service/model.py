@@ -36,8 +36,8 @@ if TYPE_CHECKING:  # the model's libraries load with the model (see housing.mode
     from housing.conformal import ConformalRegressor
 
 PARALLEL_ROWS = 1000
-# Explaining a house costs what pricing a thousand does (TreeSHAP walks every path of every tree): explanations
-# take every core from this many houses.
+# Explaining a house takes LightGBM 6-8 ms (TreeSHAP walks every path of every tree), what the compiled forest takes
+# to price about a thousand: from this many houses (some 50 ms of one core) an explanation takes every core.
 PARALLEL_EXPLAIN_ROWS = 8
 # Probe houses on which a compiled forest must price as the booster does: the example house moved
 # across the state and through the income range (rows of every ocean_proximity value would not add much).
