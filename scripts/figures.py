@@ -93,7 +93,7 @@ def table(results: dict[str, Any]) -> str:
             "| measure | value | target | |",
             "|---|---|---|---|",
             f"| single record, concurrency 1: p50 / p99 | {s['single_p50_ms']:.2f} / {s['single_p99_ms']:.2f} ms | p50 ≤ 1.5 ms | {mark('single_p50_ms')} |",
-            f"| explaining one house (`POST /explain`), concurrency 1: p50 / p99 | {s['explain_p50_ms']:.2f} / {s['explain_p99_ms']:.2f} ms (`/predict` right after it: p50 {e['predict_p50_ms']:.2f} ms; load average {e['load_avg_1m']}) | p50 ≤ 5 ms | {mark('explain_p50_ms')} |",
+            f"| explaining one house (`POST /explain`), concurrency 1: p50 / p99 | {s['explain_p50_ms']:.2f} / {s['explain_p99_ms']:.2f} ms (`/predict` right after it: p50 {e['predict_p50_ms']:.2f} ms; load average {e['load_avg_1m']}) | p50 ≤ 10 ms | {mark('explain_p50_ms')} |",
             f"| 32 clients: throughput | {s['throughput_rps']:,.0f} req/s | | |",
             f"| the same model on LightGBM's booster (not compiled): p50 / 10,000-record batch / 32 clients | {s['booster_single_p50_ms']:.2f} ms / {s['booster_batch_10k_ms']:.0f} ms / {s['booster_throughput_rps']:,.0f} req/s | | |",
             f"| throughput ratio (compiled / booster) | {s['throughput_vs_booster']:.2f}× | ≥ 1× | {mark('throughput_vs_booster')} |",

@@ -430,7 +430,7 @@ class Health(BaseModel):
                 "model_runtime_problem": None,
                 "interval_runtime": "lleaves",
                 "interval_runtime_problem": None,
-                "explain_runtime": "tables",
+                "explain_runtime": "pred_contrib",
                 "explain_runtime_problem": None,
             }
         },
@@ -453,12 +453,13 @@ class Health(BaseModel):
     interval_runtime_problem: str | None = Field(
         default=None, description="Why compiled code is not serving the scale model, if it is not."
     )
-    explain_runtime: Literal["tables", "pred_contrib"] | None = Field(
+    explain_runtime: Literal["pred_contrib"] | None = Field(
         default=None,
-        description="What computes /explain's TreeSHAP values: this worker's tables (built on its first explanation) "
-        "or LightGBM's pred_contrib (until then, or for a forest the tables do not model); null: not a forest.",
+        description="What computes /explain's TreeSHAP values: LightGBM's pred_contrib; null: not a forest.",
     )
-    explain_runtime_problem: str | None = Field(default=None, description="Why the tables are not in use, if not.")
+    explain_runtime_problem: str | None = Field(
+        default=None, description="Always null (kept for earlier clients): nothing but LightGBM explains."
+    )
     model_errors: list[str] = Field(
         default_factory=list,
         description="Why a worker of this replica still serves its old model (a reload or the registry's champion "

@@ -56,8 +56,6 @@ from service.state import ServingState
 from service.view_cache import ViewCache
 from service.views import views
 
-# Explanations of up to this many houses are computed on the event loop (see explain).
-INLINE_EXPLAIN_HOUSES = 4
 API_PATHS = ("/predict", "/predict_batch", "/invocations", "/feedback", "/explain")
 # Requests written to the JSON request log: the API, and every admin call (refused logins too).
 LOGGED_PATHS = (*API_PATHS, "/admin")
@@ -250,12 +248,8 @@ class HousePricer:
         check_batch_size(len(houses), "houses")
         model = self.state.model  # one model for the whole request, as for a prediction
         try:
-            # A few houses take about 2 ms each, less than a hop to a thread; a batch goes to one, so the
-            # worker keeps serving meanwhile (the sparse products and LightGBM release the GIL).
-            if len(houses) <= INLINE_EXPLAIN_HOUSES:
-                explanation = model.explain(columns_of(houses))
-            else:
-                explanation = await asyncio.to_thread(model.explain, columns_of(houses))
+            # A house takes LightGBM 6-8 ms, which releases the GIL: on a thread, the worker keeps serving meanwhile.
+            explanation = await asyncio.to_thread(model.explain, columns_of(houses))
         except NotExplainableError as exc:
             raise Conflict(str(exc)) from None
         state = request_state(ctx.request.state)

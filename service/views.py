@@ -202,6 +202,5 @@ def health(state: Serving) -> Health:
         model_runtime_problem=forest.problem if forest else None,
         interval_runtime=scale.runtime if (scale := model.scale_forest) else None,
         interval_runtime_problem=scale.problem if scale else None,
-        explain_runtime=explainer.runtime if (explainer := model.explainer) else None,
-        explain_runtime_problem=explainer.problem if explainer else None,
+        explain_runtime="pred_contrib" if forest else None,
     )

@@ -17,8 +17,9 @@ from starlette.testclient import TestClient
 
 from devtools.houses import request_records
 from housing.columns import FEATURE_COLUMNS
-from housing.explain import ForestExplainer
+from housing.explain import folding_matrix, in_usd
 from housing.log.queries import short_id
+from housing.model_format import fitted_pipeline, target_inverse
 from housing.params import Params
 from service.api_models import EXAMPLE_HOUSE, ModelInfo
 from service.model import ServedModel, fast_predict, forest_runtime
@@ -44,15 +45,18 @@ def test_one_house_is_explained_at_its_predicted_price(client: TestClient, champ
     # Income is what prices this Berkeley block group, whose median income is 83,252 USD.
     assert max(explanation["contributions_usd"], key=lambda name: explanation["contributions_usd"][name]) in {
         "median_income", "longitude", "latitude"}  # fmt: skip
-    # The first explanation came from pred_contrib and started the tables; once built they give the same values.
-    explainer = bentoml.get_current_service().state.model.explainer
-    assert explainer.wait(120)
+    # LightGBM's exact TreeSHAP values of the champion's booster, folded onto the inputs and taken to USD.
+    model = bentoml.get_current_service().state.model
+    pipeline = fitted_pipeline(model.estimator)
+    features = pipeline[:-1].transform(pd.DataFrame([EXAMPLE_HOUSE]))
+    values = model.forest.booster.predict(features, pred_contrib=True)
+    fold = folding_matrix(pipeline.named_steps["features"].get_feature_sources_out())
+    expected = in_usd(values[:, -1], values[:, :-1] @ fold, np.array([predicted["price_usd"]]),
+                      target_inverse(model.estimator))  # fmt: skip
+    assert explanation["base_usd"] == pytest.approx(expected.base_usd[0], abs=1e-6)
+    assert list(explanation["contributions_usd"].values()) == pytest.approx(expected.contributions_usd[0], abs=1e-6)
     health = client.get("/health").json()
-    assert (health["explain_runtime"], health["explain_runtime_problem"]) == ("tables", None)
-    (again,) = client.post("/explain", json=EXAMPLE_HOUSE).json()["explanations"]
-    assert again["base_usd"] == pytest.approx(explanation["base_usd"], abs=1e-6)
-    for name, value in explanation["contributions_usd"].items():
-        assert again["contributions_usd"][name] == pytest.approx(value, abs=1e-6), name
+    assert (health["explain_runtime"], health["explain_runtime_problem"]) == ("pred_contrib", None)
 
 
 def test_a_batch_is_explained_house_by_house(client: TestClient, test_rows: pd.DataFrame) -> None:
@@ -146,8 +150,9 @@ def test_the_served_path_explains_a_log_target_forest(
     assert forest is not None
     info = ModelInfo(model_name="m", model_version="1", run_id="r", bento_tag="m:1", family="gradient_boosting",
                      data_version="d", test_metrics={}, cv_metrics={}, feature_schema={})  # fmt: skip
+    # 100 houses: LightGBM explains them on two threads (PARALLEL_EXPLAIN_ROWS).
     served = ServedModel(estimator=model, predictor=fast_predict(model, forest), info=info, reference={}, forest=forest,
-                         explainer=ForestExplainer(forest.booster))  # fmt: skip
+                         parallel={"num_threads": 2})  # fmt: skip
     houses = X_sample.head(100)
     explanation = served.explain({name: houses[name].tolist() for name in houses.columns})
     np.testing.assert_allclose(explanation.price_usd, model.predict(houses), rtol=1e-9)
