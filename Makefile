@@ -88,6 +88,11 @@ bench: setup tools ## Benchmark against `mlflow models serve` and the booster, t
 	@# README.md and docs/summary.md quote the benchmark's figures.
 	python -m scripts.figures
 
+SOAK_MINUTES ?= 30
+.PHONY: soak
+soak: setup tools ## Steady mixed traffic at half capacity for SOAK_MINUTES (30); fails if memory, open files or p99 grow: reports/soak/
+	python -m load_tests.soak --minutes $(SOAK_MINUTES)
+
 LOAD_USERS ?= 32
 LOAD_TIME ?= 30s
 load: setup ## Headless Locust run against a fresh server; fails past the thresholds in the locustfile

@@ -61,6 +61,18 @@ class Explanation:
     inputs: tuple[str, ...] = FEATURE_COLUMNS
 
 
+def concatenate(parts: Sequence[Explanation]) -> Explanation:
+    """The explanations of ``parts`` (of the same inputs), one after the other."""
+    if not parts:
+        raise ValueError("parts: give at least one explanation")
+    return Explanation(
+        price_usd=np.concatenate([part.price_usd for part in parts]),
+        base_usd=np.concatenate([part.base_usd for part in parts]),
+        contributions_usd=np.concatenate([part.contributions_usd for part in parts]),
+        inputs=parts[0].inputs,
+    )
+
+
 def folding_matrix(sources: Sequence[Sequence[str]], inputs: Sequence[str] = FEATURE_COLUMNS) -> np.ndarray:
     """The (n_features, n_inputs) matrix that folds feature values onto raw inputs.
 

@@ -30,6 +30,9 @@ from service.state import Serving, ServingState
 
 log = logging.getLogger(__name__)
 
+# The most decisions /model/history lists.
+MAX_HISTORY = 1000
+
 
 def require_admin(
     authorization: str | None = Header(default=None, description="`Bearer <HOUSING_ADMIN_TOKEN>`"),
@@ -143,10 +146,12 @@ def correct_feedback(state: Serving, correction: FeedbackCorrection) -> Feedback
 
 
 @history.get("/model/history")
-def model_history(state: Serving, limit: int = Query(default=100, ge=1, le=1000)) -> list[dict[str, Any]]:
+def model_history(state: Serving, limit: int = Query(default=100, ge=1, le=MAX_HISTORY)) -> list[dict[str, Any]]:
     """Every promotion, refusal and rollback, newest first: versions, when, why, metrics before and after."""
-    key = ("history", limit, state.model.info.bento_tag)  # a reload or rollback moves the tag: a fresh answer
-    return cast(list[dict[str, Any]], state.views.get(key, lambda: _read_history(limit)))
+    # The whole history is read at most once per view_cache_s (a reload or rollback moves the tag: a fresh read);
+    # ``limit`` only slices it.
+    key = ("history", state.model.info.bento_tag)
+    return cast(list[dict[str, Any]], state.views.get(key, lambda: _read_history(MAX_HISTORY)))[:limit]
 
 
 def warm_registry_client() -> None:

@@ -72,13 +72,13 @@ class PayloadTooLarge(BentoMLException):
     error_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
 
 
-def check_batch_size(houses: int, field: str) -> None:
-    """413 for more houses than a request may hold (``HOUSING_MAX_BATCH_SIZE``).
+def check_batch_size(houses: int, field: str, limit: int | None = None) -> None:
+    """413 for more houses than a request may hold (``limit``, by default ``HOUSING_MAX_BATCH_SIZE``).
 
     Called before validation where the count is known early: validating houses
     only to refuse them would hold the worker longer than the largest legal batch.
     """
-    limit = settings().max_batch_size
+    limit = limit or settings().max_batch_size
     if houses > limit:
         raise PayloadTooLarge(f"{field}: at most {limit} houses per request, got {houses}")
 
@@ -464,6 +464,14 @@ class Health(BaseModel):
         default_factory=list,
         description="Why a worker of this replica still serves its old model (a reload or the registry's champion "
         "that did not load); empty when none.",
+    )
+    prediction_log_problem: str | None = Field(
+        default=None,
+        description="Why this worker's prediction log is not storing rows now (its database unreachable, its disk "
+        "full), and how many rows wait in memory; null while it stores them.",
+    )
+    prediction_log_dropped_rows: int = Field(
+        default=0, description="Rows this worker could not keep since it started: its queue was full."
     )
 
 

@@ -40,6 +40,12 @@ CHAMPION_FOLLOW_FAILURES = Counter(
     "housing_champion_follow_failures",
     "Polls of the registry's champion that could not import or switch to it (the old model keeps serving).",
 )
+ABANDONED_REQUESTS = Counter(
+    "housing_abandoned_requests",
+    "Requests whose work stopped unfinished, by API path (or other) and reason: client_gone (hung up), "
+    "body_timeout (body not received in time), timeout (past the server's timeout).",
+    ["endpoint", "reason"],
+)
 FEEDBACK_REFUSED = Counter(
     "housing_feedback_refused", "Feedback refused, by reason (unauthorized, duplicate, unknown, busy).", ["reason"]
 )

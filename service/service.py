@@ -18,11 +18,14 @@ from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.routing import Route
 
 from housing.columns import FEATURE_COLUMNS
+from housing.explain import Explanation, concatenate
 from housing.jobs import JobRunner
 from housing.log.queries import LogReader
 from housing.log.reloads import Watcher, request_model, this_replica
+from housing.log.store import DISK_FULL
 from housing.log.writer import RequestRows, open_log
 from housing.periodic import Periodic
 from housing.registry import tracking_uri
@@ -52,6 +55,7 @@ from service.champion_follower import ChampionFollower
 from service.middleware import RequestMiddleware, close_request_log, configure_request_log, request_state
 from service.model import NotExplainableError, ServedModel, load_served_model
 from service.openapi import OpenAPIDocument, served_document
+from service.served_paths import label_unserved_paths, served_path
 from service.state import ServingState
 from service.view_cache import ViewCache
 from service.views import views
@@ -59,6 +63,8 @@ from service.views import views
 API_PATHS = ("/predict", "/predict_batch", "/invocations", "/feedback", "/explain")
 # Requests written to the JSON request log: the API, and every admin call (refused logins too).
 LOGGED_PATHS = (*API_PATHS, "/admin")
+# Houses explained per step: about 0.3 s of a core, after which a request whose client went away stops.
+EXPLAIN_CHUNK = 48
 # JSON values a house has at most (its fields, and its place in a list), and small requests' headroom.
 VALUES_PER_HOUSE = len(FEATURE_COLUMNS) + 1
 SMALL_REQUEST_VALUES = 64
@@ -120,11 +126,19 @@ class TooManyRequests(BentoMLException):
     error_code = HTTPStatus.TOO_MANY_REQUESTS
 
 
+class ClientGone(BentoMLException):
+    """The client hung up before its answer was ready: the answer goes nowhere, the request log says 408."""
+
+    error_code = HTTPStatus.REQUEST_TIMEOUT
+
+
 class Unavailable(BentoMLException):
     error_code = HTTPStatus.SERVICE_UNAVAILABLE
 
 
 LOG_UNREACHABLE = "the prediction log's database is unreachable; retry in a few seconds"
+LOG_FULL = "the prediction log's disk is full; retry once an operator has freed space"
+LOG_REFUSING = "no price is given that the log cannot keep (HOUSING_LOG_FULL_POLICY=refuse); retry later"
 
 
 @info_app.exception_handler(psycopg.OperationalError)
@@ -132,6 +146,23 @@ async def log_unreachable(request: Request, exc: psycopg.OperationalError) -> JS
     """A view that reads the shared log while PostgreSQL restarts: 503 (retry), not an error of the service."""
     return JSONResponse({"detail": f"{request.url.path}: {LOG_UNREACHABLE}"}, status_code=503,
                         headers={"Retry-After": "2"})  # fmt: skip
+
+
+def log_refusal() -> str | None:
+    """Why a pricing request gets 503 now: the strict policy (``HOUSING_LOG_FULL_POLICY=refuse``) while the log
+    cannot store its rows (housing.log.writer); None when it may be answered."""
+    state: ServingState | None = getattr(info_app.state, "serving", None)
+    if settings().log_full_policy != "refuse" or state is None or state.log.accepting:
+        return None
+    return f"{state.log.problem or 'the prediction log is full'}: {LOG_REFUSING}"
+
+
+def feedback_refusal() -> str | None:
+    """Why feedback gets 503 now: the log cannot store it (None: it can)."""
+    state: ServingState | None = getattr(info_app.state, "serving", None)
+    if state is None or state.log.unavailable_reason is None:
+        return None
+    return f"feedback: {LOG_FULL if state.log.unavailable_reason == DISK_FULL else LOG_UNREACHABLE}"
 
 
 def feedback_guard(authorization: str | None) -> tuple[int, str] | None:
@@ -145,7 +176,9 @@ def feedback_guard(authorization: str | None) -> tuple[int, str] | None:
 @bentoml.service(
     name="housing-price-service",
     workers=2,
-    traffic={"timeout": 30, "max_concurrency": 256},
+    # The concurrency bound is service.middleware's (HOUSING_MAX_CONCURRENCY a worker), taken once the body is read:
+    # BentoML's would hold a slot while a slow client sends its body.
+    traffic={"timeout": 30},
     # The service writes its own JSON request log (service.middleware); BentoML's is redundant and slower.
     logging={"access": {"enabled": False}},
     # No trace exporter is configured, so OpenTelemetry spans on the prediction paths would go nowhere
@@ -174,6 +207,8 @@ class HousePricer:
             started=time.time(),
         )
         info_app.state.serving = self.state
+        # Explanations are the costliest work: this many at once per worker (see explain).
+        self.explaining = asyncio.Semaphore(config.explain_concurrency)
         # Feedback whose prediction is not in the log yet waits for it; this many at once per worker.
         self.feedback_waiters = asyncio.Semaphore(config.feedback_waiters)
         prometheus_metrics.publish_model(model.info, serving=True)
@@ -245,11 +280,13 @@ class HousePricer:
         add up to the price. Explanations are not predictions: they are not written to the prediction log.
         """
         houses = request.houses()
-        check_batch_size(len(houses), "houses")
+        check_batch_size(len(houses), "houses", settings().max_explain_houses)
         model = self.state.model  # one model for the whole request, as for a prediction
+        if self.explaining.locked():
+            raise TooManyRequests(f"explain: {settings().explain_concurrency} explanations at once per worker; retry")
         try:
-            # A house takes LightGBM 6-8 ms, which releases the GIL: on a thread, the worker keeps serving meanwhile.
-            explanation = await asyncio.to_thread(model.explain, columns_of(houses))
+            async with self.explaining:
+                explanation = await self._explain(model, columns_of(houses), ctx)
         except NotExplainableError as exc:
             raise Conflict(str(exc)) from None
         state = request_state(ctx.request.state)
@@ -274,9 +311,9 @@ class HousePricer:
             args = (feedback.request_id, feedback.index, feedback.actual_price_usd)
             recorded = await asyncio.to_thread(self.state.log.record_feedback, *args, authenticated=True)
         except self.state.log.store.error as exc:
-            if not self.state.log.store.is_outage(exc):
+            if not (why := self.state.log.store.unavailable(exc)):
                 raise
-            raise Unavailable(f"feedback: {LOG_UNREACHABLE}") from None
+            raise Unavailable(f"feedback: {LOG_FULL if why == DISK_FULL else LOG_UNREACHABLE}") from None
         if not recorded:
             prometheus_metrics.FEEDBACK_REFUSED.labels("duplicate").inc()
             raise Conflict(f"request_id: feedback for {feedback.request_id!r} (index {feedback.index}) is recorded "
@@ -289,6 +326,23 @@ class HousePricer:
             actual_price_usd=feedback.actual_price_usd,
             error_usd=feedback.actual_price_usd - predicted,
         )
+
+    async def _explain(self, model: ServedModel, columns: dict[str, list[Any]], ctx: bentoml.Context) -> Explanation:
+        """``model.explain`` of the houses, a chunk at a time on a thread (a house takes LightGBM 6-8 ms, which
+        releases the GIL: the worker keeps serving meanwhile), stopping between chunks once the client has gone
+        or the server's timeout has cancelled the request: nobody would receive the rest."""
+        houses, parts = len(columns[FEATURE_COLUMNS[0]]), []
+        try:
+            for start in range(0, houses, EXPLAIN_CHUNK):
+                if start and await ctx.request.is_disconnected():
+                    prometheus_metrics.ABANDONED_REQUESTS.labels("/explain", "client_gone").inc()
+                    raise ClientGone("explain: the client went away; the rest of its houses were not explained")
+                chunk = {name: values[start : start + EXPLAIN_CHUNK] for name, values in columns.items()}
+                parts.append(await asyncio.to_thread(model.explain, chunk))
+        except asyncio.CancelledError:  # the server's timeout: the chunk in flight ends, no other starts
+            prometheus_metrics.ABANDONED_REQUESTS.labels("/explain", "timeout").inc()
+            raise
+        return concatenate(parts)
 
     def __is_ready__(self) -> bool:
         return getattr(self, "state", None) is not None
@@ -362,12 +416,21 @@ cast(Any, HousePricer).add_asgi_middleware(
     logged_paths=LOGGED_PATHS,
     guards={"/feedback": feedback_guard},
     json_paths=API_PATHS,
+    body_timeout_s=lambda: settings().body_timeout_s,
+    unavailable=dict.fromkeys(("/predict", "/predict_batch", "/invocations"), log_refusal)
+    | {"/feedback": feedback_refusal},
+    limits={
+        "/predict_batch": lambda: f"at most {settings().max_batch_size} houses",
+        "/invocations": lambda: f"at most {settings().max_batch_size} houses",
+        "/explain": lambda: f"at most {settings().max_explain_houses} houses",
+    },
+    max_concurrency=lambda: settings().max_concurrency,
     max_values={
         "/predict": lambda: SMALL_REQUEST_VALUES,
         "/feedback": lambda: SMALL_REQUEST_VALUES,
         "/predict_batch": lambda: settings().max_batch_size * VALUES_PER_HOUSE + SMALL_REQUEST_VALUES,
         "/invocations": lambda: settings().max_batch_size * VALUES_PER_HOUSE + SMALL_REQUEST_VALUES,
-        "/explain": lambda: settings().max_batch_size * VALUES_PER_HOUSE + SMALL_REQUEST_VALUES,
+        "/explain": lambda: settings().max_explain_houses * VALUES_PER_HOUSE + SMALL_REQUEST_VALUES,
     },
 )
 # /docs.json as valid OpenAPI 3.0 (BentoML's own mixes in 3.1): see service.openapi.
@@ -377,3 +440,11 @@ cast(Any, HousePricer).add_asgi_middleware(
 )
 # Keep-alive connections spread across the workers, however they arrive: see service.balance.
 cast(Any, HousePricer).add_asgi_middleware(ConnectionBalancer, board=worker_board)
+# Request metrics labelled by the paths the service serves, never by a path a client made up: see service.served_paths.
+label_unserved_paths(
+    served_path(
+        [api.route for api in cast(Any, HousePricer).apis.values()],
+        [*(route.path for route in info_app.routes if isinstance(route, Route)),
+         *(route.path for router in (views, admin, history) for route in router.routes if isinstance(route, Route))],
+    )
+)  # fmt: skip

@@ -19,6 +19,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse
 from housing.columns import FEATURE_COLUMNS
 from housing.drift_check import check_drift
 from housing.explain import mean_abs_contribution, top_contributions
+from housing.log.queries import accuracy_of
 from housing.log.reloads import live_workers
 from housing.model_card import ModelCard
 from housing.settings import settings
@@ -81,17 +82,22 @@ def accuracy(
         ge=1,
         le=MAX_BUCKET_S,
         allow_inf_nan=False,
-        description="Split into time buckets of this many seconds.",
+        description="Split into time buckets of this many seconds (houses count by the minute they were priced in).",
     ),
     since_ts: float = Query(
-        default=0.0, ge=0, le=MAX_TS, allow_inf_nan=False, description="Only predictions made after this Unix time."
+        default=0.0,
+        ge=0,
+        le=MAX_TS,
+        allow_inf_nan=False,
+        description="Only predictions made from this Unix time on, to the minute.",
     ),
 ) -> dict[str, Any]:
     """MAE and RMSE (USD), and interval coverage, against received feedback, per model version; with ``bucket_s``,
     over time."""
+    # The log is read once per new feedback; the parameters only pick and add up what was read.
     reads = state.reads
-    key = ("accuracy", bucket_s, since_ts, reads.newest()[1])
-    rows = state.views.get(key, lambda: reads.accuracy(since_ts, bucket_s))
+    minutes = state.views.get(("accuracy", reads.newest()[1]), reads.accuracy_minutes)
+    rows = accuracy_of(minutes, since_ts, bucket_s)
     if bucket_s is None:
         for row in rows:
             prometheus_metrics.ACCURACY.labels("mae", row["model_version"]).set(row["mae"])
@@ -125,8 +131,11 @@ def explain_recent(
     differ from the logged one. 409 when the served model is not a LightGBM forest.
     """
     model, reads = _explainable(state.model), state.reads
-    key = ("explain_recent", model.info.bento_tag, limit, reads.newest()[0])
-    return cast(dict[str, Any], state.views.get(key, lambda: _recent_reasons(model, reads.recent(limit))))
+    # The latest MAX_EXPLAINED are explained at most once per view_cache_s; ``limit`` only slices them.
+    latest = state.views.get(
+        ("explain_recent", model.info.bento_tag), lambda: _recent_reasons(model, reads.recent(MAX_EXPLAINED))
+    )
+    return {**latest, "predictions": latest["predictions"][:limit]}
 
 
 @views.get("/explain/importance")
@@ -189,7 +198,7 @@ def health(state: Serving) -> Health:
     # Any worker of the replica that could not load a model (a reload, or the registry's champion) says so.
     workers = live_workers(log.store, state.replica, settings().worker_max_age_s)
     errors = sorted({worker["error"] for worker in workers if worker["error"]})
-    healthy = log.write_failures == log.dead_letters == 0 and not errors
+    healthy = log.write_failures == log.dead_letters == log.dropped == 0 and not errors and log.problem is None
     return Health(
         status="ok" if healthy else "degraded",
         model_errors=errors,
@@ -198,6 +207,8 @@ def health(state: Serving) -> Health:
         uptime_s=round(time.time() - state.started, 1),
         prediction_log_queue=log.pending,
         prediction_log_write_failures=log.write_failures,
+        prediction_log_problem=log.problem,
+        prediction_log_dropped_rows=log.dropped,
         model_runtime=forest.runtime if (forest := model.forest) else "scikit-learn",
         model_runtime_problem=forest.problem if forest else None,
         interval_runtime=scale.runtime if (scale := model.scale_forest) else None,

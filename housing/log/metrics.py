@@ -25,3 +25,17 @@ DEAD_LETTER_ROWS = Counter(
 PRUNED_ROWS = Counter(
     "housing_prediction_log_pruned_rows", "Predictions deleted past the log's retention (none with feedback)."
 )
+QUEUED_BYTES = Gauge(
+    "housing_prediction_log_queued_bytes",
+    "Memory held by the rows waiting in the writer's queue, estimated (bounded by HOUSING_LOG_QUEUE_MAX_MB a worker).",
+    multiprocess_mode="livesum",
+)
+LOG_UNAVAILABLE = Gauge(
+    "housing_prediction_log_unavailable",
+    "1 while the prediction log's database cannot store rows (unreachable, or its disk full): rows wait in memory.",
+    multiprocess_mode="livemax",
+)
+DROPPED_ROWS = Counter(
+    "housing_prediction_log_dropped_rows",
+    "Rows no store holds: the writer's queue was full, or neither the database nor the dead-letter file took them.",
+)

@@ -60,6 +60,47 @@ _WINDOW_TRAFFIC = f"""SELECT {", ".join(WINDOW_TRAFFIC)} FROM {TRAFFIC}
                       WHERE slot >= ? AND slot <= ? ORDER BY slot"""  # noqa: S608  # nosec B608
 
 
+@dataclass(frozen=True)
+class AccuracyMinute:
+    """The feedback error sums of one model version's houses priced in one minute (``minute`` since the epoch)."""
+
+    model_version: str
+    minute: int
+    n: int
+    abs_error: float
+    squared_error: float
+    n_interval: int
+    covered: int
+
+
+def accuracy_of(
+    minutes: Sequence[AccuracyMinute], since_ts: float = 0.0, bucket_s: float | None = None
+) -> list[dict[str, Any]]:
+    """MAE and RMSE (USD) per model version, from :meth:`LogReader.accuracy_minutes`.
+
+    Only houses priced from ``since_ts`` on count, to the minute (the minute that holds ``since_ts`` counts).
+    ``coverage`` is the share of sale prices inside their logged interval, over the ``n_interval`` houses that
+    have one (None without any). With ``bucket_s`` the figures are split into time buckets of that many seconds
+    by prediction time, each bucket starting at a multiple of ``bucket_s`` (houses count by their minute),
+    oldest first: accuracy over time. Without, one bucket starting at 0.
+    """
+    first = math.floor(since_ts / 60)
+    totals: dict[tuple[float, str], list[float]] = {}
+    for m in minutes:
+        if m.minute < first:
+            continue
+        start = math.floor(m.minute * 60 / bucket_s) * float(bucket_s) if bucket_s else 0.0
+        sums = totals.setdefault((start, m.model_version), [0, 0.0, 0.0, 0, 0])
+        for i, value in enumerate((m.n, m.abs_error, m.squared_error, m.n_interval, m.covered)):
+            sums[i] += value
+    return [
+        {"model_version": version, "bucket_start": start, "n": int(n), "mae": abs_error / n,
+         "rmse": math.sqrt(squared / n), "n_interval": int(n_interval),
+         "coverage": covered / n_interval if n_interval else None}
+        for (start, version), (n, abs_error, squared, n_interval, covered) in sorted(totals.items())
+    ]  # fmt: skip
+
+
 class OutdatedLogError(Exception):
     """The log has not had every migration this code reads: the service, when it starts, applies them."""
 
@@ -115,34 +156,31 @@ class LogReader:
 
     # -- aggregates ---------------------------------------------------------------
     def accuracy(self, since_ts: float = 0.0, bucket_s: float | None = None) -> list[dict[str, Any]]:
-        """MAE and RMSE (USD) of priced houses that received authenticated feedback, per model version.
+        """MAE and RMSE (USD) of priced houses that received authenticated feedback, per model version: see
+        :func:`accuracy_of` (which this is, over :meth:`accuracy_minutes`)."""
+        return accuracy_of(self.accuracy_minutes(), since_ts, bucket_s)
 
-        ``coverage`` is the share of those sale prices inside their logged interval,
-        over the ``n_interval`` houses that have one (None without any). With
-        ``bucket_s`` the figures are split into time buckets of that many seconds
-        (by prediction time), oldest first: accuracy over time.
+    def accuracy_minutes(self) -> list[AccuracyMinute]:
+        """Per model version and minute of prediction time, the sums every accuracy figure is made of.
+
+        One query whatever the figures asked for: a view keeps these (until new feedback comes) and answers any
+        ``since_ts`` or ``bucket_s`` from them (:func:`accuracy_of`).
         """
         sql = f"""
-            SELECT p.model_version, {self.store.trunc.format("p.ts / ?")} * ? AS bucket_start, COUNT(*) AS n,
-                   AVG(ABS(f.actual_price_usd - p.price_usd)) AS mae,
-                   AVG((f.actual_price_usd - p.price_usd) * (f.actual_price_usd - p.price_usd)) AS mse,
+            SELECT p.model_version, {self.store.trunc.format("p.ts / 60")} AS minute, COUNT(*) AS n,
+                   SUM(ABS(f.actual_price_usd - p.price_usd)) AS abs_error,
+                   SUM((f.actual_price_usd - p.price_usd) * (f.actual_price_usd - p.price_usd)) AS squared_error,
                    COUNT(p.lower_usd) AS n_interval,
                    SUM(CASE WHEN f.actual_price_usd BETWEEN p.lower_usd AND p.upper_usd THEN 1 ELSE 0 END) AS covered
             FROM {LABELLED}
-            WHERE p.ts >= ? AND {TRUSTED}
-            GROUP BY p.model_version, bucket_start
-            ORDER BY bucket_start, p.model_version
-        """  # noqa: S608 - table names are ours; the values are parameters  # nosec B608
-        # Without buckets every prediction falls in one bucket that starts at 0.
-        width = float(bucket_s) if bucket_s else math.inf
-        rows = self.store.query_dicts(sql, [width, 0.0 if width == math.inf else width, since_ts])
-        # SQLite builds without math functions have no SQRT.
-        return [
-            {**row, "bucket_start": float(row["bucket_start"]), "n": int(row["n"]), "rmse": math.sqrt(row.pop("mse")),
-             "n_interval": int(row["n_interval"]),
-             "coverage": int(row.pop("covered")) / int(row["n_interval"]) if row["n_interval"] else None}
-            for row in rows
-        ]  # fmt: skip
+            WHERE {TRUSTED}
+            GROUP BY p.model_version, minute
+            ORDER BY minute, p.model_version
+        """  # noqa: S608 - table names are ours  # nosec B608
+        # PostgreSQL sums integers as NUMERIC (Decimal).
+        return [AccuracyMinute(str(version), int(minute), int(n), float(abs_error), float(squared), int(n_interval),
+                               int(covered))
+                for version, minute, n, abs_error, squared, n_interval, covered in self.store.query(sql)]  # fmt: skip
 
     def traffic(self, now: float, bucket_s: int, buckets: int) -> list[dict[str, Any]]:
         """Requests, houses and request latency (p50/p95 in ms) per time bucket, oldest first.
@@ -233,8 +271,10 @@ class LogReader:
 
 
 def short_id(request_id: str) -> str:
-    """The start of a request id: enough to recognise it, not enough to send feedback for it."""
-    return request_id[: min(8, len(request_id) // 2)] + "…"
+    """The start of a request id: enough to recognise it, not enough to send feedback for it, and never the whole of
+    the id a client asked for (the part before the service's ``~`` suffix)."""
+    asked = request_id.partition("~")[0]
+    return asked[: min(8, len(asked) // 2)] + "…"
 
 
 def _percentile(histogram: Sequence[int], q: float) -> float | None:

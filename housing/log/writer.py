@@ -5,10 +5,18 @@ per process wakes every ``interval_s`` and drains it in batches (one transaction
 store (housing.log.store: a WAL-mode SQLite file that several worker processes write, or a PostgreSQL
 database shared by every replica), so a request never waits for the database. No row is dropped: a
 request whose id is already logged (a client may reuse ``X-Request-ID``) keeps its rows under a
-server-made id; while the database is unreachable (PostgreSQL restarting) the rows wait in the queue and
-the writer retries until it is back; a write that keeps failing for any other reason is retried a
-bounded number of times, then its rows go to a dead-letter JSONL file, so one bad batch never stops the
-log. :meth:`PredictionLog.close` flushes what is pending on shutdown.
+server-made id; while the database cannot store rows (PostgreSQL restarting, or its disk or the SQLite
+file's disk full) the rows wait in the queue and the writer retries until it can; a write that keeps
+failing for any other reason is retried a bounded number of times, then its rows go to a dead-letter
+JSONL file, so one bad batch never stops the log. :meth:`PredictionLog.close` flushes what is pending on
+shutdown.
+
+The queue is bounded in memory (``max_queued_bytes``, from a measured cost per request and per row): past
+the bound, a request's rows are dropped and counted
+(``housing_prediction_log_dropped_rows_total``, a log line), never blocking or crashing anything. Whoever
+must not answer without a stored row asks :attr:`PredictionLog.accepting` first (the service's strict
+policy, ``HOUSING_LOG_FULL_POLICY=refuse``, answers 503 then). The dead-letter file sits beside the log,
+often on the same disk: it is never where waiting rows go, and rows it cannot take are counted as dropped.
 
 The writer also keeps per-minute traffic totals (requests, houses and a latency histogram), so
 ``/stats`` reads at most a day of minutes, never the log. With a retention, the same thread deletes
@@ -33,7 +41,16 @@ from itertools import repeat
 from pathlib import Path
 from typing import Any, overload
 
-from housing.log.metrics import DEAD_LETTER_ROWS, DUPLICATE_IDS, LOG_QUEUE, LOG_WRITE_FAILURES, PRUNED_ROWS
+from housing.log.metrics import (
+    DEAD_LETTER_ROWS,
+    DROPPED_ROWS,
+    DUPLICATE_IDS,
+    LOG_QUEUE,
+    LOG_UNAVAILABLE,
+    LOG_WRITE_FAILURES,
+    PRUNED_ROWS,
+    QUEUED_BYTES,
+)
 from housing.log.schema import CORRECTIONS, FEEDBACK, PREDICTIONS, SCHEMAS, TRAFFIC, TRAFFIC_SLOT_S
 from housing.log.store import LogStore, Session, SQLiteStore, add_traffic, migrate, open_store
 from housing.settings import HousingSettings
@@ -55,8 +72,13 @@ _PRUNE = f"""DELETE FROM {PREDICTIONS} WHERE id IN (
                     SELECT 1 FROM {FEEDBACK} f WHERE f.request_id = p.request_id AND f.idx = p.idx)
                 LIMIT ?)"""  # noqa: S608  # nosec B608
 _PRUNE_TRAFFIC = f"DELETE FROM {TRAFFIC} WHERE slot < ?"  # noqa: S608  # nosec B608
-# The longest pause between two writes while the database is unreachable.
+# The longest pause between two writes while the database cannot store rows.
 _MAX_OUTAGE_PAUSE_S = 2.0
+# Dropped rows are logged at most once per this many seconds, with the count since the last line.
+_DROP_LOG_EVERY_S = 10.0
+# What a queued request holds in memory (tracemalloc, Python 3.11): about 1.9 KB for a one-house request (its
+# columns, their lists, the shared fields) and 170 bytes per house of a 10,000-house batch.
+REQUEST_BYTES, ROW_BYTES = 2_000, 180
 Pending = list[tuple[str, Sequence[dict[str, Any]]]]
 
 
@@ -135,6 +157,7 @@ class PredictionLog:
         retention_s: float | None = None,
         prune_interval_s: float = 600.0,
         prune_chunk: int = 5000,
+        max_queued_bytes: int = 256 * 2**20,
     ):
         self.store = SQLiteStore(store) if isinstance(store, Path) else store
         self.owns_store = isinstance(store, Path)
@@ -144,11 +167,19 @@ class PredictionLog:
         self.retention_s = retention_s
         self.prune_interval_s = prune_interval_s
         self.prune_chunk = prune_chunk
+        self.max_queued_bytes = max_queued_bytes
         self.write_failures = 0
         self.dead_letters = 0
         self.pruned = 0
-        # Since when the database has been unreachable (None while it answers): /health reports it.
-        self.outage_since: float | None = None
+        self.dropped = 0
+        # Since when, and why, the database cannot store rows (None while it does): /health reports it.
+        self.unavailable_since: float | None = None
+        self.unavailable_reason: str | None = None
+        # Bytes queued and bytes taken off the queue so far: only add() (under its lock) moves the first and only the
+        # writer thread the second, so their difference is the queue's size without a lock on the writer's side.
+        self._bytes_in = self._bytes_out = self._requests_in = self._requests_out = 0
+        self._adding = threading.Lock()
+        self._dropped_since_line, self._last_drop_line = 0, 0.0
         if dead_letter_path is None:
             if not isinstance(self.store, SQLiteStore):
                 raise ValueError("a prediction log on a server needs a dead_letter_path")
@@ -166,14 +197,46 @@ class PredictionLog:
         self._thread.start()
 
     # -- request path -------------------------------------------------------
-    def add(self, rows: Sequence[dict[str, Any]], table: str = PREDICTIONS) -> None:
-        """Queue one request's ``rows`` for ``table`` (the priced houses); returns at once."""
+    def add(self, rows: Sequence[dict[str, Any]], table: str = PREDICTIONS) -> bool:
+        """Queue one request's ``rows`` for ``table`` (the priced houses); returns at once.
+
+        False, with the rows dropped and counted, when the queue would pass ``max_queued_bytes``.
+        """
+        cost = REQUEST_BYTES + ROW_BYTES * len(rows)
+        with self._adding:
+            if self._bytes_in - self._bytes_out + cost > self.max_queued_bytes:
+                self._drop(len(rows), "the queue is full")
+                return False
+            self._bytes_in += cost
+            self._requests_in += 1
         self._pending.append((table, rows))
+        return True
 
     @property
     def pending(self) -> int:
         """Requests whose rows are queued but not yet written."""
         return len(self._pending)
+
+    @property
+    def queued_bytes(self) -> int:
+        """What the queued requests hold in memory, estimated (a request counts until its batch is stored or set
+        aside)."""
+        return self._bytes_in - self._bytes_out
+
+    @property
+    def accepting(self) -> bool:
+        """Whether a request's rows will be stored: the database takes rows and the queue has room."""
+        return self.unavailable_since is None and self.queued_bytes < self.max_queued_bytes
+
+    @property
+    def problem(self) -> str | None:
+        """Why rows are not being stored now, for /health; None while they are."""
+        if self.unavailable_since is None:
+            return None
+        return (f"prediction log: {self.store.describe()} {self.unavailable_reason} for "
+                f"{time.time() - self.unavailable_since:.0f} s; {self._requests_in - self._requests_out:,} requests "
+                f"wait in memory ({self.queued_bytes / 2**20:.2f} of at most {self.max_queued_bytes / 2**20:.2f} MB), "
+                f"{self.dropped:,} rows dropped")  # fmt: skip
 
     # -- lifecycle ------------------------------------------------------------
     def flush(self, timeout_s: float = 30.0) -> bool:
@@ -267,29 +330,31 @@ class PredictionLog:
 
     def _drain(self) -> None:
         LOG_QUEUE.set(len(self._pending))
+        QUEUED_BYTES.set(self.queued_bytes)
         # Set before taking rows off the deque, so flush() never sees neither pending nor writing rows.
         self._writing = True
         try:
             while self._pending:
                 count = min(self.batch_size, len(self._pending))
-                self._write([self._pending.popleft() for _ in range(count)])
+                items = [self._pending.popleft() for _ in range(count)]
+                self._write(items)
+                self._bytes_out += sum(REQUEST_BYTES + ROW_BYTES * len(rows) for _, rows in items)
+                self._requests_out += len(items)
         finally:
             self._writing = False
 
     def _write(self, items: Pending) -> None:
         """Write one batch of requests; retried ``max_retries`` times, then kept in the dead-letter file.
 
-        While the database is unreachable the batch waits (and the queue grows) without using up
-        its retries, until the log is closed: a database restart loses no row.
+        While the database cannot store rows (unreachable, or its disk full) the batch waits, and the queue
+        behind it grows, without using up its retries, until the log is closed: a database restart, or a disk
+        that fills and is freed, loses no row the queue could hold.
         """
         delay, attempt = 0.05, 0
         while attempt <= self.max_retries:
             try:
                 self._insert_batch(items)
-                if self.outage_since is not None:
-                    log.warning("prediction log: %s is back after %.1f s", self.store.describe(),
-                                time.time() - self.outage_since)  # fmt: skip
-                    self.outage_since = None
+                self._available()
                 return
             except self.store.integrity_error:
                 # A request id that is logged already: write request by request, renaming the repeats.
@@ -298,11 +363,8 @@ class PredictionLog:
             except self.store.error as exc:
                 self.write_failures += 1
                 LOG_WRITE_FAILURES.inc()
-                if self.store.is_outage(exc) and not self._stop.is_set():
-                    if self.outage_since is None:
-                        self.outage_since = time.time()
-                        log.error("prediction log: %s is unreachable (%s); rows wait in the queue",
-                                  self.store.describe(), exc)  # fmt: skip
+                if (reason := self.store.unavailable(exc)) and not self._stop.is_set():
+                    self._unavailable(reason, exc)
                     self._stop.wait(min(delay, _MAX_OUTAGE_PAUSE_S))
                     delay = min(delay * 2, _MAX_OUTAGE_PAUSE_S)
                     continue
@@ -312,6 +374,30 @@ class PredictionLog:
                     time.sleep(delay)
                     delay = min(delay * 2, 5.0)
         self._dead_letter(items)
+
+    def _unavailable(self, reason: str, exc: Exception) -> None:
+        if self.unavailable_since is None:
+            self.unavailable_since, self.unavailable_reason = time.time(), reason
+            LOG_UNAVAILABLE.set(1)
+            log.error("prediction log: %s cannot store rows (%s: %s); they wait in memory, at most %d MB",
+                      self.store.describe(), reason, exc, self.max_queued_bytes // 2**20)  # fmt: skip
+
+    def _available(self) -> None:
+        if self.unavailable_since is not None:
+            log.warning("prediction log: %s stores rows again after %.1f s (%s); %d rows dropped meanwhile",
+                        self.store.describe(), time.time() - self.unavailable_since, self.unavailable_reason,
+                        self.dropped)  # fmt: skip
+            self.unavailable_since = self.unavailable_reason = None
+            LOG_UNAVAILABLE.set(0)
+
+    def _drop(self, rows: int, why: str) -> None:
+        """Count ``rows`` no store will hold, and say so in the log at most every ``_DROP_LOG_EVERY_S``."""
+        self.dropped += rows
+        DROPPED_ROWS.inc(rows)
+        self._dropped_since_line += rows
+        if time.monotonic() - self._last_drop_line >= _DROP_LOG_EVERY_S:
+            log.error("prediction log: %d rows dropped (%s); %d in all", self._dropped_since_line, why, self.dropped)
+            self._dropped_since_line, self._last_drop_line = 0, time.monotonic()
 
     def _insert_batch(self, items: Pending) -> None:
         with self.store.transaction() as session:
@@ -348,9 +434,8 @@ class PredictionLog:
                 out.writelines(json.dumps({"table": table, "rows": list(request_rows)}) + "\n"
                                for table, request_rows in items)  # fmt: skip
             log.error("prediction log: %d rows kept in %s", rows, self.dead_letter_path)
-        except OSError:
-            log.exception("prediction log: %d rows lost: neither the database nor %s took them", rows,
-                          self.dead_letter_path)  # fmt: skip
+        except OSError as exc:
+            self._drop(rows, f"neither the database nor {self.dead_letter_path} took them: {exc}")
 
 
 def open_log(config: HousingSettings, path: Path | None = None) -> PredictionLog:
@@ -368,6 +453,7 @@ def open_log(config: HousingSettings, path: Path | None = None) -> PredictionLog
         dead_letter_path=config.dead_letter_path,
         retention_s=config.retention_s,
         prune_interval_s=config.log_prune_interval_s,
+        max_queued_bytes=config.log_queue_max_mb * 2**20,
     )
     log.owns_store = True
     return log

@@ -8,6 +8,7 @@ retried once it reached a replica (it may have been logged), GET is retried on t
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -121,6 +122,37 @@ def proxy(tmp_path_factory: pytest.TempPathFactory, replicas: list[Server]) -> I
         yield running
     finally:
         stop(process, 10)
+
+
+def test_the_proxy_hands_a_replica_whole_requests_only(proxy: Proxy, replicas: list[Server]) -> None:
+    """A client that pauses mid-body holds a proxy connection, not a replica's: the replica gets the request whole."""
+    body = json.dumps(EXAMPLE_HOUSE).encode()
+    host, port = proxy.url.removeprefix("http://").split(":")
+    head = "\r\n".join([
+        "POST /predict HTTP/1.1", f"Host: {host}", "Content-Type: application/json", f"Content-Length: {len(body)}",
+        "X-Request-ID: slow-body", "Connection: close", "", "",
+    ]).encode()  # fmt: skip
+    started = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=30) as client:
+        client.sendall(head + body[:10])
+        time.sleep(1.5)
+        client.sendall(body[10:])
+        answer = client.recv(65536).decode()
+    took = time.monotonic() - started
+    assert answer.startswith("HTTP/1.1 200"), answer[:200]
+    line = wait_until(lambda: _logged(replicas, "slow-body"), 10, "the replicas never logged the slow request")
+    # The replica saw the request start only once the body was whole: its latency excludes the client's pause.
+    assert took >= 1.5
+    assert line["latency_ms"] < 500, line
+
+
+def _logged(replicas: list[Server], client_id: str) -> dict | None:
+    for server in replicas:
+        for path in server.log_dir.glob("requests*.log"):
+            for text in path.read_text().splitlines():
+                if (line := json.loads(text)).get("client_request_id") == client_id:
+                    return line
+    return None
 
 
 def _answers(proxy: Proxy) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -223,4 +224,50 @@ def test_without_retention_nothing_is_pruned(log_db: LogDatabase) -> None:
     assert log.flush()
     assert log.prune() == 0
     assert log_db.count(PREDICTIONS) == 1
+    log.close()
+
+
+def test_while_the_store_cannot_take_rows_they_wait_up_to_the_bound_then_are_dropped_and_counted(
+    log_db: LogDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bound = 5 * (writer.REQUEST_BYTES + writer.ROW_BYTES)  # five one-house requests
+    log = log_db.log(interval_s=0.01, max_retries=0, max_queued_bytes=bound)
+    real_insert = writer._insert
+
+    def full(session, table, rows):
+        raise log.store.error("database or disk is full")
+
+    monkeypatch.setattr(writer, "_insert", full)
+    monkeypatch.setattr(log.store, "unavailable", lambda exc: "disk full")
+    accepted = [log.add([row(f"r{i}")]) for i in range(8)]
+    assert accepted == [True] * 5 + [False] * 3
+    deadline = time.monotonic() + 10
+    while log.unavailable_since is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert (log.unavailable_reason, log.dropped, log.dead_letters) == ("disk full", 3, 0)
+    assert not log.accepting
+    for part in ("disk full", "5 requests wait in memory", "3 rows dropped"):
+        assert part in log.problem
+    monkeypatch.setattr(writer, "_insert", real_insert)  # space is back
+    assert log.flush(timeout_s=10)
+    assert (log.unavailable_since, log.problem, log.queued_bytes) == (None, None, 0)
+    assert log.accepting
+    assert log_db.count(PREDICTIONS) == 5  # every accepted row, none of the dropped ones
+    log.close()
+
+
+def test_rows_the_dead_letter_file_cannot_take_are_counted_as_dropped(
+    log_db: LogDatabase, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    log = log_db.log(interval_s=0.01, max_retries=0)
+    log.dead_letter_path = tmp_path / "not-a-folder" / "dead.jsonl"
+    (tmp_path / "not-a-folder").write_text("a file where the folder should be")
+
+    def broken(session, table, rows):
+        raise log.store.error("a bad row")
+
+    monkeypatch.setattr(writer, "_insert", broken)
+    log.add([row("a"), row("a", 1)])
+    assert log.flush(timeout_s=10)
+    assert (log.dead_letters, log.dropped) == (2, 2)
     log.close()
