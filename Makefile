@@ -83,29 +83,34 @@ tools: setup ## Install the system tools the tests and benchmarks use (wrk, Prom
 	$(if $(UBUNTU),command -v chromium >/dev/null || python -m playwright install --with-deps chromium)
 
 bench: setup tools ## Benchmark against `mlflow models serve` and the booster, then the log stores: reports/benchmark.json, log_stores.json
-	python load_tests/benchmark.py
-	python load_tests/log_stores.py
-	@# docs/summary.md quotes the benchmark's figures.
-	python -m scripts.summary
+	python -m load_tests.benchmark
+	python -m load_tests.log_stores
+	@# README.md and docs/summary.md quote the benchmark's figures.
+	python -m scripts.figures
+
+SOAK_MINUTES ?= 30
+.PHONY: soak
+soak: setup tools ## Steady mixed traffic at half capacity for SOAK_MINUTES (30); fails if memory, open files or p99 grow: reports/soak/
+	python -m load_tests.soak --minutes $(SOAK_MINUTES)
 
 LOAD_USERS ?= 32
 LOAD_TIME ?= 30s
 load: setup ## Headless Locust run against a fresh server; fails past the thresholds in the locustfile
-	python load_tests/run_load.py --users $(LOAD_USERS) --run-time $(LOAD_TIME)
+	python -m load_tests.run_load --users $(LOAD_USERS) --run-time $(LOAD_TIME)
 
 .PHONY: shared-stores
 shared-stores: setup tools ## PostgreSQL + SeaweedFS S3 + mlflow server in var/shared-stores, the pipeline into them, the service on PORT
-	python -m operations.local_stores --port $(PORT)
+	python -m devtools.local_stores --port $(PORT)
 
-.PHONY: demo demo-video summary
+.PHONY: demo demo-video figures
 demo: pipeline ## Walk through the system on the real data: serve, predict, bad input, feedback, drift, metrics
 	python -m scripts.demo
 
 demo-video: pipeline ## Record the narrated 5-minute walkthrough as reports/demo/demo.mp4 (Chromium, espeak-ng, ffmpeg), checked
 	python -m scripts.demo_video
 
-summary: setup ## Regenerate docs/summary.md from the figures in reports/
-	python -m scripts.summary
+figures: setup ## Regenerate the figures README.md and docs/summary.md quote, from the reports in reports/
+	python -m scripts.figures
 
 # checkov pins packages the project pins differently (packaging, networkx, boto3): it lives in its own venv,
 # pinned per Python by requirements/checkov-py<X.Y>.txt. tests/delivery/test_k8s.py runs this target first.
@@ -146,7 +151,7 @@ format: setup ## Apply ruff fixes and formatting
 	ruff check --fix .
 	ruff format .
 
-typecheck: setup ## mypy on housing/ (strict), training/, service/ and operations/
+typecheck: setup ## mypy on housing/ (strict), training/, service/, operations/ and devtools/
 	mypy
 
 .PHONY: security

@@ -26,6 +26,8 @@ def call(url: str, body: Any = None, timeout_s: float = 10.0) -> tuple[int, str]
         return error.code, error.read().decode()
 
 
+# Its own wait, not devtools.waits.wait_ready: the deploy workflow runs this one file with the runner's python3,
+# where neither the project (devtools) nor httpx is installed.
 def wait_ready(base: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while True:

@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -43,8 +43,8 @@ PORTABLE_CPU = {"x86_64": "x86-64", "amd64": "x86-64", "aarch64": "generic", "ar
 # Compiled scores must equal the booster's this closely (relative) on the probe rows, or are not used.
 PROBE_RTOL = 1e-9
 COMPILE_TIMEOUT_S = 1800.0
-# llvmlite's global LLVM context is not thread-safe: every in-process compile or load (lleaves here, the
-# TreeSHAP kernel in housing.shap_kernel) holds this lock.
+# llvmlite's global LLVM context is not thread-safe: every in-process compile or load (the price forest's and the
+# scale model's, each started on its own thread) holds this lock.
 LLVM_LOCK = threading.Lock()
 
 
@@ -134,7 +134,7 @@ def _compiled(model_file: Path, cache: Path) -> Any:
 def native_rows(features: Any, n_features: int) -> np.ndarray:
     """``features`` as C-contiguous float64 rows of shape (n_rows, ``n_features``), for native code to read.
 
-    Native code (a compiled forest, the TreeSHAP kernel) indexes each row's columns unchecked: rows of
+    Native code (a compiled forest) indexes each row's columns unchecked: rows of
     another width are refused here with a ``ValueError``.
     """
     rows = np.ascontiguousarray(features, dtype=np.float64)
@@ -208,7 +208,7 @@ class ForestRuntime:
         self.cache_dir = cache_dir
         self.probe = np.ascontiguousarray(probe, dtype=np.float64)
         self.on_change = on_change
-        self.runtime = "lightgbm"
+        self.runtime: Literal["lleaves", "lightgbm"] = "lightgbm"
         self.problem: str | None = "not compiled yet" if cache_dir else "compilation disabled"
         self._compiled: CompiledForest | None = None
         self._ready = threading.Event()

@@ -17,28 +17,20 @@ in proportion to their transformed values: each is scaled by
 base and the house's score (its derivative where the values sum to zero). Contributions
 keep their sign and their order, and base + contributions equals the price.
 
-The values come from :class:`housing.tree_shap.ShapTables`, equal to ``pred_contrib``'s
-and several times faster, once :class:`ForestExplainer` has built them; ``pred_contrib`` gives
-them until then and for forests the tables do not model. The service (service.model) supplies
-the booster, the features and the price it serves.
+The values are LightGBM's own, computed in C++ without the GIL; one house of the champion
+takes a few milliseconds (``make bench`` measures ``/explain``). The service (service.model)
+supplies the booster, the features, the price it serves and the threads a batch may use.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from housing.columns import FEATURE_COLUMNS
-
-if TYPE_CHECKING:  # the tables' code (and SciPy) loads with the first explanation
-    from housing.tree_shap import ShapTables
-
-log = logging.getLogger(__name__)
 
 Inverse = Callable[[np.ndarray], np.ndarray]
 # Transformed values summing to less than this count as zero: the slope of the inverse is its derivative there.
@@ -69,6 +61,18 @@ class Explanation:
     inputs: tuple[str, ...] = FEATURE_COLUMNS
 
 
+def concatenate(parts: Sequence[Explanation]) -> Explanation:
+    """The explanations of ``parts`` (of the same inputs), one after the other."""
+    if not parts:
+        raise ValueError("parts: give at least one explanation")
+    return Explanation(
+        price_usd=np.concatenate([part.price_usd for part in parts]),
+        base_usd=np.concatenate([part.base_usd for part in parts]),
+        contributions_usd=np.concatenate([part.contributions_usd for part in parts]),
+        inputs=parts[0].inputs,
+    )
+
+
 def folding_matrix(sources: Sequence[Sequence[str]], inputs: Sequence[str] = FEATURE_COLUMNS) -> np.ndarray:
     """The (n_features, n_inputs) matrix that folds feature values onto raw inputs.
 
@@ -85,73 +89,6 @@ def folding_matrix(sources: Sequence[Sequence[str]], inputs: Sequence[str] = FEA
         for name in names:
             matrix[i, position[name]] += 1.0 / len(names)
     return matrix
-
-
-def tree_contributions(booster: Any, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Exact TreeSHAP values of a LightGBM booster's raw score.
-
-    ``features`` has shape (n, n_features). Returns the base value, shape (n,), and
-    the features' values, shape (n, n_features), in the units of the booster's score
-    (USD, or the transformed target); base + row sum equals the score.
-    """
-    values = np.asarray(booster.predict(features, pred_contrib=True, num_threads=1), dtype=np.float64)
-    return values[:, -1], values[:, :-1]
-
-
-class ForestExplainer:
-    """Exact TreeSHAP values of a LightGBM booster: from tables once built, from ``pred_contrib`` until then.
-
-    The tables (:class:`housing.tree_shap.ShapTables`) take seconds and tens of MB to build,
-    so they are built in the background on the first explanation a process gives, not when
-    a model loads: a worker that never explains never pays for them.
-
-    Attributes
-    ----------
-    runtime : {"tables", "pred_contrib"}
-        What computes the values now.
-    problem : str or None
-        Why the tables are not in use (not built yet, building, or refused), None when they are.
-    """
-
-    def __init__(self, booster: Any) -> None:
-        self.booster = booster
-        self.runtime = "pred_contrib"
-        self.problem: str | None = "tables are built on the first explanation"
-        self._tables: ShapTables | None = None
-        self._started = threading.Lock()
-        self._ready = threading.Event()
-
-    def contributions(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The base (n,) and the features' values (n, n_features) of features of shape (n, n_features)."""
-        tables = self._tables  # one read: the tables may arrive mid-call
-        if tables is not None:
-            return tables.contributions(features)
-        self.start()
-        return tree_contributions(self.booster, features)
-
-    def start(self) -> None:
-        """Build the tables in the background, once."""
-        if self._started.acquire(blocking=False):
-            self.problem = "building tables; pred_contrib explains until they are ready"
-            threading.Thread(target=self._build, name="build-shap-tables", daemon=True).start()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the tables are built or refused; True if that happened within ``timeout``."""
-        return self._ready.wait(timeout)
-
-    def _build(self) -> None:
-        from housing.tree_shap import ShapTables
-
-        try:
-            tables = ShapTables(self.booster)
-        except Exception as error:  # an accelerator that cannot be built leaves pred_contrib explaining
-            log.warning("explaining with pred_contrib: TreeSHAP tables unusable: %s", error)
-            self.problem = f"tables refused: {error}"[:300]
-        else:
-            log.info("TreeSHAP tables built: %.0f MB", tables.nbytes / 1e6)
-            self._tables, self.runtime, self.problem = tables, "tables", None
-        finally:
-            self._ready.set()
 
 
 def in_usd(base: np.ndarray, contributions: np.ndarray, price_usd: np.ndarray, inverse: Inverse | None) -> Explanation:
@@ -175,21 +112,23 @@ def in_usd(base: np.ndarray, contributions: np.ndarray, price_usd: np.ndarray, i
 
 
 def explain_forest(
-    explainer: ForestExplainer,
+    booster: Any,
     features: np.ndarray,
     fold: np.ndarray,
     price_usd: np.ndarray,
     inverse: Inverse | None,
+    num_threads: int = 1,
 ) -> Explanation:
     """Each raw input's contribution to ``price_usd``, the prices a LightGBM model gives these houses.
 
-    ``features`` (n, n_features) are the model's inputs for the houses, ``fold`` the
-    (n_features, n_inputs) matrix that folds their values onto the raw inputs
-    (:func:`folding_matrix` of the features' sources), ``inverse`` what takes the booster's
-    score to USD (None when it is USD already: ``housing.model_format.target_inverse``).
+    ``booster`` is the model's LightGBM booster, ``features`` (n, n_features) the model's
+    inputs for the houses, ``fold`` the (n_features, n_inputs) matrix that folds their values
+    onto the raw inputs (:func:`folding_matrix` of the features' sources), ``inverse`` what
+    takes the booster's score to USD (None when it is USD already:
+    ``housing.model_format.target_inverse``), ``num_threads`` the LightGBM threads that share the houses.
     """
-    base, values = explainer.contributions(features)
-    return in_usd(base, values @ fold, np.asarray(price_usd, dtype=np.float64), inverse)
+    values = np.asarray(booster.predict(features, pred_contrib=True, num_threads=num_threads), dtype=np.float64)
+    return in_usd(values[:, -1], values[:, :-1] @ fold, np.asarray(price_usd, dtype=np.float64), inverse)
 
 
 def top_contributions(contributions_usd: np.ndarray, inputs: Sequence[str], k: int) -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
 """A registered version's model card, after Mitchell et al., "Model Cards for Model Reporting" (FAT* 2019).
 
-The register stage writes the card (training.model_card) beside the model file,
+The register stage writes the card (training.card_builder) beside the model file,
 so it travels with the version into the registry, the BentoML store and the
 image; the registered version's description in MLflow is its Markdown. The
 service answers it at ``GET /model/card``. Its sections are the paper's nine:

@@ -1,7 +1,7 @@
 """What a registered model is, as both sides read it: its parts, its trusted types, its metadata and labels.
 
-The pipeline writes a model in this shape (training.register, training.champion)
-and the service reads it (service.model). A model file may only contain the
+The pipeline writes a model in this shape (training.register, housing.registry)
+and the service and the operator tools read it (service.model, operations.cli). A model file may only contain the
 types of :data:`TRUSTED_TYPES`; the labels and metadata of the BentoML copy are
 the typed classes below, so a key is named once.
 
@@ -11,13 +11,15 @@ imports the service only to read its definition, and should not pay for them.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path, PurePath, PurePosixPath
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
+    import bentoml
     import numpy as np
     from sklearn.base import BaseEstimator
     from sklearn.pipeline import Pipeline
@@ -81,6 +83,12 @@ class ModelMetadata(BaseModel):
 def extra_file(path: str | PurePath) -> str:
     """Where a file logged beside the model file is inside the MLflow model."""
     return f"{MODEL_DATA_FOLDER}/{PurePosixPath(path).name}"
+
+
+def reference_of(bento_model: bentoml.Model) -> dict[str, Any]:
+    """The training data's profile saved with the model (housing.drift_stats.reference_profile)."""
+    profile = ModelMetadata.model_validate(bento_model.info.metadata).reference_profile
+    return cast(dict[str, Any], json.loads((Path(bento_model.path_of(MLFLOW_MODEL_FOLDER)) / profile).read_text()))
 
 
 def load_model(path: str | PurePath) -> BaseEstimator:

@@ -1,25 +1,45 @@
-"""The model registry as both sides reach it: where MLflow's store is, which version is champion, the BentoML copy.
+"""The model registry, its one owner: where MLflow's store is, the champion and the challenger, every decision,
+the history, rollback, and importing a version into a BentoML store.
 
-The pipeline promotes and imports (training.register, training.champion); a
-service replica that follows the champion (``HOUSING_FOLLOW_CHAMPION``) imports
-the same way into its own BentoML store. One definition of each, here.
+Every change of champion (a promotion, and a rollback) and every refusal is recorded as a run of the
+decisions experiment (``register.decisions_experiment`` in params.yaml), tagged with the versions, the
+reason and the trigger, with the metrics before and after: the history is queryable from MLflow alone.
+The BentoML store follows the registry: after each change the champion is the store's latest model,
+which a starting (or reloading) service picks up, and a replica that follows the champion
+(``HOUSING_FOLLOW_CHAMPION``) imports it the same way into its own store.
+
+The pipeline promotes (training.register), the service reads the history and rolls back in process
+(``GET /model/history``, ``POST /admin/rollback``, through :class:`ProjectRegistry`), and the CLI does
+the same from a shell (``housing history``, ``housing rollback``). MLflow is imported where it is used
+(about 1 s): see housing.model_format.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import bentoml
 from bentoml.exceptions import NotFound
 
 from housing.columns import FEATURE_COLUMNS
 from housing.model_format import PROFILE_TAG, ModelLabels, ModelMetadata
+from housing.params import RegisterParams, load_params
 
-if TYPE_CHECKING:  # MLflow is imported where it is used (about 1 s): see housing.model_format
+if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
+
+log = logging.getLogger(__name__)
+
+Action = Literal["promote", "reject", "rollback"]
 
 
 class RegisteredModel(Protocol):
@@ -36,6 +56,9 @@ class RegisteredModel(Protocol):
 
     @property
     def bento_model_name(self) -> str: ...
+
+
+# -- where the registry is, and who is champion ----------------------------------
 
 
 def tracking_uri(project_dir: Path) -> str:
@@ -68,38 +91,59 @@ def tagged_metrics(version: ModelVersion, prefix: str = "test_") -> dict[str, fl
     return {key.removeprefix(prefix): float(value) for key, value in version.tags.items() if key.startswith(prefix)}
 
 
-def import_version(client: MlflowClient, reg: RegisteredModel, version: str) -> bentoml.Model:
-    """Copy a registered version (from the registry's artifact store) into the BentoML store, labelled with
-    its MLflow identity.
+# -- the BentoML copy ----------------------------------------------------------------
 
-    The import is always a new BentoML model, so the champion is the store's
-    ``latest`` even when an older version comes back by rollback.
+
+def import_version(client: MlflowClient, reg: RegisteredModel, version: str) -> bentoml.Model:
+    """Copy a registered version (from ``client``'s registry and artifact store) into the BentoML store,
+    labelled with its MLflow identity.
+
+    The import is always a new BentoML model, so the champion is the store's ``latest`` even when an older
+    version comes back by rollback. The version is downloaded through ``client``'s store, whatever MLflow's
+    process-wide tracking URI says.
     """
-    import mlflow
+    from mlflow.artifacts import download_artifacts
 
     mv = client.get_model_version(reg.model_name, version)
-    model: bentoml.Model = bentoml.mlflow.import_model(
-        reg.bento_model_name,
-        model_uri=f"models:/{reg.model_name}/{version}",
-        labels=ModelLabels(
-            mlflow_model=reg.model_name,
-            mlflow_version=version,
-            mlflow_alias=reg.alias,
-            family=mv.tags.get("family", ""),
-        ).model_dump(),
-        metadata=ModelMetadata(
-            mlflow_model=reg.model_name,
-            mlflow_version=version,
-            mlflow_run_id=str(mv.run_id),
-            tracking_uri=mlflow.get_tracking_uri(),
-            data_version=mv.tags.get("data_version", ""),
-            test_metrics=tagged_metrics(mv),
-            cv_metrics=tagged_metrics(mv, "cv_"),
-            feature_columns=list(FEATURE_COLUMNS),
-            reference_profile=mv.tags[PROFILE_TAG],
-        ).model_dump(),
-    )
+    with tempfile.TemporaryDirectory(prefix="housing-import-") as staging:
+        local = download_artifacts(f"models:/{reg.model_name}/{version}", dst_path=staging,
+                                   tracking_uri=client.tracking_uri, registry_uri=client._registry_uri)  # fmt: skip
+        model: bentoml.Model = bentoml.mlflow.import_model(
+            reg.bento_model_name,
+            model_uri=local,
+            labels=ModelLabels(
+                mlflow_model=reg.model_name,
+                mlflow_version=version,
+                mlflow_alias=reg.alias,
+                family=mv.tags.get("family", ""),
+            ).model_dump(),
+            metadata=ModelMetadata(
+                mlflow_model=reg.model_name,
+                mlflow_version=version,
+                mlflow_run_id=str(mv.run_id),
+                tracking_uri=client.tracking_uri,
+                data_version=mv.tags.get("data_version", ""),
+                test_metrics=tagged_metrics(mv),
+                cv_metrics=tagged_metrics(mv, "cv_"),
+                feature_columns=list(FEATURE_COLUMNS),
+                reference_profile=mv.tags[PROFILE_TAG],
+            ).model_dump(),
+        )
     return model
+
+
+def latest_model(reg: RegisteredModel) -> bentoml.Model | None:
+    """The BentoML store's latest model of the name; None in a store that never held it."""
+    try:
+        return bentoml.models.get(f"{reg.bento_model_name}:latest")
+    except NotFound:
+        return None
+
+
+def is_served(reg: RegisteredModel, version: str) -> bool:
+    """Whether the BentoML store's latest model is ``version``."""
+    latest = latest_model(reg)
+    return latest is not None and latest.info.labels.get("mlflow_version") == version
 
 
 def served_model(client: MlflowClient, reg: RegisteredModel, version: str) -> bentoml.Model:
@@ -110,15 +154,192 @@ def served_model(client: MlflowClient, reg: RegisteredModel, version: str) -> be
     return import_version(client, reg, version)
 
 
-def is_served(reg: RegisteredModel, version: str) -> bool:
-    """Whether the BentoML store's latest model is ``version``."""
-    latest = latest_model(reg)
-    return latest is not None and latest.info.labels.get("mlflow_version") == version
+# -- decisions -------------------------------------------------------------------------
 
 
-def latest_model(reg: RegisteredModel) -> bentoml.Model | None:
-    """The BentoML store's latest model of the name; None in a store that never held it."""
-    try:
-        return bentoml.models.get(f"{reg.bento_model_name}:latest")
-    except NotFound:
-        return None
+@dataclass(frozen=True)
+class Decision:
+    """One registry decision: what happened to ``version`` and why."""
+
+    action: Action
+    version: str | None
+    reason: str
+    champion_before: str | None
+    champion_after: str | None
+    metrics_before: dict[str, float] = field(default_factory=dict)
+    metrics_after: dict[str, float] = field(default_factory=dict)
+    trigger: str = ""
+    ts: float = field(default_factory=time.time)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def record(client: MlflowClient, reg: RegisterParams, decision: Decision) -> Decision:
+    """Write the decision as a run of the decisions experiment and tag the version with it."""
+    experiment = client.get_experiment_by_name(reg.decisions_experiment)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(reg.decisions_experiment)
+    tags = {
+        "kind": "decision",
+        "action": decision.action,
+        "model_version": decision.version or "",
+        "champion_before": decision.champion_before or "",
+        "champion_after": decision.champion_after or "",
+        "reason": decision.reason,
+        "trigger": decision.trigger,
+        "mlflow.runName": f"{decision.action} v{decision.version or '-'}",
+    }
+    run = client.create_run(experiment_id, start_time=int(decision.ts * 1000), tags=tags)
+    for stage, values in (("before", decision.metrics_before), ("after", decision.metrics_after)):
+        for name, value in values.items():
+            client.log_metric(run.info.run_id, f"{name}_{stage}", value, timestamp=int(decision.ts * 1000))
+    client.set_terminated(run.info.run_id)
+    if decision.version:
+        client.set_model_version_tag(reg.model_name, decision.version, "decision", decision.action)
+        client.set_model_version_tag(reg.model_name, decision.version, "decision_reason", decision.reason)
+    log.info("%s v%s: %s", decision.action, decision.version, decision.reason)
+    return decision
+
+
+def history(client: MlflowClient, reg: RegisterParams, limit: int = 100) -> list[dict[str, Any]]:
+    """Every recorded decision, newest first: action, versions, reason, trigger, metrics before/after."""
+    experiment = client.get_experiment_by_name(reg.decisions_experiment)
+    if experiment is None:
+        return []
+    runs = client.search_runs(
+        [experiment.experiment_id], "tags.kind = 'decision'", order_by=["attributes.start_time DESC"], max_results=limit
+    )
+    return [
+        {
+            "ts": run.info.start_time / 1000,
+            "action": run.data.tags["action"],
+            "version": run.data.tags["model_version"] or None,
+            "champion_before": run.data.tags["champion_before"] or None,
+            "champion_after": run.data.tags["champion_after"] or None,
+            "reason": run.data.tags["reason"],
+            "trigger": run.data.tags.get("trigger", ""),
+            "metrics_before": _suffixed(run.data.metrics, "_before"),
+            "metrics_after": _suffixed(run.data.metrics, "_after"),
+            "run_id": run.info.run_id,
+        }
+        for run in runs
+    ]
+
+
+def _suffixed(values: dict[str, float], suffix: str) -> dict[str, float]:
+    return {key.removesuffix(suffix): value for key, value in values.items() if key.endswith(suffix)}
+
+
+def crown(client: MlflowClient, reg: RegisterParams, decision: Decision) -> bentoml.Model:
+    """Point ``@champion`` at the decision's version, import it into BentoML and record why."""
+    version = decision.champion_after
+    if version is None:
+        raise ValueError(f"a {decision.action} decision names no new champion")
+    client.set_registered_model_alias(reg.model_name, reg.alias, version)
+    bento_model = import_version(client, reg, version)
+    record(client, reg, decision)
+    return bento_model
+
+
+# -- rollback ----------------------------------------------------------------------------
+
+
+def rollback_target(client: MlflowClient, reg: RegisterParams) -> str:
+    """The version that was champion before the current one was last promoted."""
+    current = champion_version(client, reg)
+    if current is None:
+        raise LookupError(f"{reg.model_name} has no @{reg.alias}: nothing to roll back")
+    for entry in history(client, reg, limit=1000):
+        if entry["action"] == "promote" and entry["champion_after"] == str(current.version):
+            if entry["champion_before"]:
+                return str(entry["champion_before"])
+            break
+    raise LookupError(f"version {current.version!s} was the first champion: there is no earlier one to roll back to")
+
+
+def rollback(
+    client: MlflowClient, reg: RegisterParams, to: str | None = None, reason: str = "", trigger: str = "manual"
+) -> tuple[Decision, bentoml.Model]:
+    """Move ``@champion`` back (to the previous champion, or to version ``to``), record it and import it into the
+    BentoML store; the decision and the store's new latest model.
+
+    Raises ``LookupError`` when there is nothing to roll back to, and MLflow's error for an unknown version.
+    """
+    current = champion_version(client, reg)
+    target = to or rollback_target(client, reg)
+    restored = client.get_model_version(reg.model_name, target)  # raises for an unknown version
+    if current is not None and str(current.version) == str(restored.version):
+        raise LookupError(f"version {target} is already @{reg.alias}")
+    decision = Decision(
+        action="rollback",
+        version=str(restored.version),
+        reason=reason or f"rolled back from v{str(current.version) if current else '-'} to v{restored.version!s}",
+        champion_before=str(current.version) if current else None,
+        champion_after=str(restored.version),
+        metrics_before=tagged_metrics(current) if current else {},
+        metrics_after=tagged_metrics(restored),
+        trigger=trigger,
+    )
+    return decision, crown(client, reg, decision)
+
+
+# -- one project's registry, as the service and the CLI reach it ---------------------------
+
+
+class NoProjectError(LookupError):
+    """The directory holds no DVC project (params.yaml): there is no registry to name."""
+
+
+class NoRegistryError(LookupError):
+    """The project's registry does not exist yet: the pipeline makes it."""
+
+
+@dataclass
+class ProjectRegistry:
+    """The registry of the DVC project in ``project_dir``: its names from params.yaml, one MLflow client, and a
+    bound on the calls at once (registry reads take hundreds of ms; a rollback moves the champion).
+
+    Raises :class:`NoProjectError` where the directory has no params.yaml (an image without the project),
+    and :class:`NoRegistryError` before the pipeline made the store: a reader never makes it.
+    """
+
+    project_dir: Path
+    max_reads: int = 2
+    _reads: threading.BoundedSemaphore = field(init=False, repr=False)
+    _changes: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._reads = threading.BoundedSemaphore(self.max_reads)
+        if not (self.project_dir / "params.yaml").is_file():
+            raise NoProjectError(f"no DVC project (params.yaml) in {self.project_dir}")
+
+    @cached_property
+    def names(self) -> RegisterParams:
+        return load_params(self.project_dir / "params.yaml").register_
+
+    @cached_property
+    def uri(self) -> str:
+        return tracking_uri(self.project_dir)
+
+    def client(self) -> MlflowClient:
+        """The client of the project's store (made once: making one and its database engine costs about 2 s)."""
+        if not store_exists(self.uri):
+            raise NoRegistryError("no model registry yet: run the pipeline (make pipeline) first")
+        return self._client
+
+    @cached_property
+    def _client(self) -> MlflowClient:
+        from mlflow import MlflowClient
+
+        return MlflowClient(self.uri)
+
+    def history(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Every decision, newest first (at most ``max_reads`` reads at once; more wait their turn)."""
+        with self._reads:
+            return history(self.client(), self.names, limit)
+
+    def rollback(self, to: str | None = None, reason: str = "", trigger: str = "manual") -> tuple[Decision, str]:
+        """:func:`rollback`, one at a time; the decision and the bento tag of the restored champion."""
+        with self._changes:
+            decision, bento_model = rollback(self.client(), self.names, to, reason, trigger)
+        return decision, str(bento_model.tag)

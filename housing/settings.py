@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -51,9 +52,10 @@ class HousingSettings(BaseSettings):
         default=4, gt=0, description="Most PostgreSQL connections each worker process keeps open."
     )
     log_retention_days: float | None = Field(
-        default=None,
+        default=14.0,
         gt=0,
-        description="Days a logged prediction is kept; those with feedback are kept for training. Unset: forever.",
+        description="Days a logged prediction is kept (those with feedback are kept for training); with the edge's "
+        "rate limits it bounds what one client can add to the disk (docs/security.md). Unset (empty): forever.",
     )
     log_prune_interval_s: float = Field(
         default=600.0, gt=0, description="How often the background pruner removes predictions past retention."
@@ -74,10 +76,42 @@ class HousingSettings(BaseSettings):
         description="Largest request body accepted; by default what the largest batch needs "
         f"({HOUSE_BYTES} bytes per house plus {BODY_SLACK_BYTES // 1024} KiB).",
     )
+    body_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Longest a request's body may take to arrive in full; past it the answer is 408 (a client that "
+        "sends slowly holds a socket, never a concurrency slot).",
+    )
+    max_concurrency: int = Field(
+        default=128, gt=0, description="Requests each worker process works on at once; past them the answer is 429."
+    )
+    max_explain_houses: int = Field(
+        default=1000,
+        gt=0,
+        description="Most houses in one /explain request (an exact explanation of one house costs 6-8 ms of a core: "
+        "1,000 take about 3.5 s on this 2-core machine, well inside the server's 30 s timeout).",
+    )
+    explain_concurrency: int = Field(
+        default=1,
+        gt=0,
+        description="Explanations each worker computes at once; past them the answer is 429, so explanations never "
+        "take every worker.",
+    )
     writer_batch_size: int = Field(default=500, gt=0, description="Most rows the log writer inserts at once.")
     writer_interval_s: float = Field(default=0.05, gt=0, description="Longest a logged row waits to be written.")
     writer_max_retries: int = Field(
         default=5, ge=0, description="Retries of a failed log write before its rows go to the dead-letter file."
+    )
+    log_queue_max_mb: int = Field(
+        default=256,
+        gt=0,
+        description="Most memory (MB) a worker gives the rows waiting for the log's database (a full disk, a restart): "
+        "at this machine's full load, about four minutes of single-house requests or 75 s of 10,000-house batches.",
+    )
+    log_full_policy: Literal["queue", "refuse"] = Field(
+        default="queue",
+        description="While the log cannot store rows: `queue` answers and holds rows in memory up to the bound, then "
+        "drops and counts them; `refuse` answers 503 instead, so that no answered request lacks its row.",
     )
     feedback_grace_s: float = Field(
         default=1.0, ge=0, description="How long feedback waits for its prediction to reach the log."
@@ -103,7 +137,8 @@ class HousingSettings(BaseSettings):
         default=10.0, gt=0, description="A worker silent for longer is taken for gone when waiting on a reload."
     )
 
-    @field_validator("admin_token", "feedback_token", "database_url", "compiled_dir", mode="before")
+    @field_validator("admin_token", "feedback_token", "database_url", "compiled_dir", "log_retention_days",
+                     mode="before")  # fmt: skip
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         """An empty value disables what it enables (a token its role, a cache dir compilation) and an empty

@@ -1,10 +1,10 @@
 """Prediction-log figures per store: write throughput at 32 clients, what the request path pays, disk use.
 
-    python load_tests/log_stores.py [--clients 32] [--rows-per-client 5000] [--disk-rows 1000000]
+    python -m load_tests.log_stores [--clients 32] [--rows-per-client 5000] [--disk-rows 1000000]
 
 For SQLite (a WAL file, as `make run` has it) and PostgreSQL (a throwaway local
-cluster with fsync on, operations.local_stores), through the service's own
-writer (service.prediction_log): ``clients`` threads each queue
+cluster with fsync on, devtools.local_stores), through the service's own
+writer (housing.log.writer): ``clients`` threads each queue
 ``rows-per-client`` one-house predictions as fast as they can, and the writer
 drains them in batches of HOUSING_WRITER_BATCH_SIZE (500). Reported:
 
@@ -14,8 +14,8 @@ drains them in batches of HOUSING_WRITER_BATCH_SIZE (500). Reported:
 - bytes_per_row and mib_per_million: disk use after ``disk-rows`` predictions (tables and indexes;
   SQLite's file after a WAL checkpoint, PostgreSQL's relations after VACUUM).
 
-Writes reports/log_stores.json. `make bench` can run it after load_tests/benchmark.py:
-``python load_tests/log_stores.py`` (about 3 minutes on 2 cores).
+Writes reports/log_stores.json. `make bench` runs it after load_tests/benchmark.py:
+``python -m load_tests.log_stores`` (about 3 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -33,13 +33,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from housing.log_schema import PREDICTIONS
-from housing.log_store import LogStore, PostgresStore, SQLiteStore
-from operations.local_stores import PostgresServer
+from devtools.local_stores import PostgresServer
+from devtools.paths import ROOT
+from housing.log.store import LogStore, PostgresStore, SQLiteStore
+from housing.log.writer import PredictionLog
 from service.api_models import EXAMPLE_HOUSE
-from service.prediction_log import PredictionLog
 
-ROOT = Path(__file__).resolve().parents[1]
 REPORT = ROOT / "reports" / "log_stores.json"
 FILL_CHUNK = 50_000
 
@@ -77,7 +76,7 @@ def throughput(store: LogStore, folder: Path, clients: int, rows_per_client: int
         spent = []
         for row in mine:
             started = time.perf_counter()
-            log.add(PREDICTIONS, [row])
+            log.add([row])
             spent.append(time.perf_counter() - started)
         costs.extend(spent)
 
@@ -104,7 +103,7 @@ def disk_use(store: LogStore, folder: Path, rows: int) -> dict[str, float]:
     rng = random.Random(1)
     for start in range(0, rows, FILL_CHUNK):
         for _ in range(min(FILL_CHUNK, rows - start)):
-            log.add(PREDICTIONS, [house_row(rng)])
+            log.add([house_row(rng)])
         if not log.flush(timeout_s=600):
             raise RuntimeError("the writer did not finish")
     log.close()

@@ -1,6 +1,6 @@
 """`make load`: run Locust headless against the service, keep its CSV and HTML report, fail past its thresholds.
 
-    python load_tests/run_load.py [--users 32] [--run-time 30s] [--out reports/load] [--houses CSV] [--host URL]
+    python -m load_tests.run_load [--users 32] [--run-time 30s] [--out reports/load] [--houses CSV] [--host URL]
 
 Without --host it starts a fresh `bentoml serve` (its own prediction log and request logs in a temporary folder)
 and stops it afterwards. With --host it drives a service that is already running, whose feedback token it takes
@@ -17,21 +17,26 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmark import LOCAL_FEEDBACK_TOKEN, ROOT, free_port, serve_bentoml, stop, wait_ready
-
+from devtools.paths import BIN, ROOT
+from devtools.ports import free_port
+from devtools.processes import stop
+from devtools.serving import LOCAL_FEEDBACK_TOKEN, serve_bentoml
+from devtools.waits import wait_ready
 from housing.settings import variable
 
-BIN = Path(sys.executable).parent
 FEEDBACK_TOKEN = variable("feedback_token")
 
 
 def locust(args: argparse.Namespace, host: str, env: dict[str, str]) -> int:
-    """Locust's exit code after a headless run of the locustfile against ``host``."""
+    """Locust's exit code after a headless run of the locustfile against ``host``.
+
+    Locust runs in the checkout, which it puts on the locustfile's import path: the locustfile imports devtools.
+    """
     command = [str(BIN / "locust"), "-f", str(ROOT / "load_tests" / "locustfile.py"), "--headless",
                "--users", str(args.users), "--spawn-rate", str(args.spawn_rate), "--run-time", args.run_time,
                "--host", host, "--houses", str(args.houses), "--stats-csv", str(args.out / "locust"),
                "--html", str(args.out / "locust.html"), "--only-summary"]  # fmt: skip
-    return subprocess.run(command, env=env, check=False).returncode
+    return subprocess.run(command, cwd=ROOT, env=env, check=False).returncode
 
 
 def main(argv: list[str] | None = None) -> int:

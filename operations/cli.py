@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -31,22 +30,20 @@ from pathlib import Path
 from typing import Any
 
 import bentoml
-from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from housing.decisions import history
-from housing.log_store import open_store
-from housing.params import RegisterParams, load_params
-from housing.registry import tracking_uri
+from housing.drift_check import check_drift
+from housing.jobs import AlreadyRunningError, job_lock
+from housing.log.queries import LogReader, OutdatedLogError
+from housing.log.reloads import roll_out_from
+from housing.log.store import LogStore, migrate, open_store
+from housing.model_format import reference_of
+from housing.params import load_params
+from housing.registry import ProjectRegistry
 from housing.settings import settings
-from operations.insights import OutdatedLogError, ReportOptions, build_report, write_report
+from operations.insights import ReportOptions, build_report
+from operations.insights_report import write_report
 from operations.retrain import retrain
-from service.drift_check import check_drift
-from service.model import reference_of
-from service.prediction_log import open_log
-from service.reload import roll_out_from
-from service.retrain_jobs import AlreadyRunningError, retrain_lock
-from training import champion
 
 
 def render_markdown(report: dict[str, Any], model_tag: str) -> str:
@@ -68,11 +65,12 @@ def drift_command(args: argparse.Namespace) -> int:
     config = settings()
     bento_model = bentoml.models.get(config.model_tag)
     reference = reference_of(bento_model)
-    log = open_log(settings(), args.db)
+    store = _log_store(args.db)
     try:
-        report = check_drift(reference, log)
+        migrate(store)  # a log that is not there yet is an empty one: not enough data
+        report = check_drift(reference, LogReader(store))
     finally:
-        log.close()
+        store.close()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "drift.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "drift.md").write_text(render_markdown(report, str(bento_model.tag)))
@@ -84,25 +82,28 @@ def drift_command(args: argparse.Namespace) -> int:
 
 
 def retrain_command(args: argparse.Namespace) -> int:
+    store = _log_store(args.db)
     try:
-        with retrain_lock(args.db):
-            outcome = retrain(args.project_dir, args.db, force=args.force)
+        migrate(store)  # the job's record goes to the log's store, which the service may never have made
+        with job_lock(args.db.parent):
+            outcome = retrain(args.project_dir, args.db, store, force=args.force)
     except AlreadyRunningError as exc:
         print(exc)
         return 75  # EX_TEMPFAIL: try again later
+    finally:
+        store.close()
     print(json.dumps(outcome, indent=2, default=str))
     return 0
 
 
 def rollback_command(args: argparse.Namespace) -> int:
-    reg = _in_project(args)
+    registry = ProjectRegistry(args.project_dir)
     try:
-        decision = champion.rollback(MlflowClient(tracking_uri(args.project_dir)), reg, to=args.to, reason=args.reason)
+        decision, bento_tag = registry.rollback(args.to, args.reason, settings().retrain_reason or "manual")
     except (LookupError, MlflowException) as exc:
         print(f"rollback refused: {exc}")
         return 1
-    latest = bentoml.models.get(f"{reg.bento_model_name}:latest")
-    print(json.dumps({"decision": decision.as_dict(), "rollout": roll_out_from(args.db, str(latest.tag))}, indent=2))
+    print(json.dumps({"decision": decision.as_dict(), "rollout": roll_out_from(args.db, bento_tag)}, indent=2))
     return 0
 
 
@@ -113,8 +114,7 @@ def reload_command(args: argparse.Namespace) -> int:
 
 
 def history_command(args: argparse.Namespace) -> int:
-    reg = _in_project(args)
-    entries = history(MlflowClient(tracking_uri(args.project_dir)), reg, limit=args.limit)
+    entries = ProjectRegistry(args.project_dir).history(args.limit)
     if args.json:
         print(json.dumps(entries, indent=2))
         return 0
@@ -144,9 +144,10 @@ def report_command(args: argparse.Namespace) -> int:
         bucket_s=args.bucket_minutes * 60 if args.bucket_minutes else None,
         min_slice=args.min_slice,
     )
-    store = open_store(settings().model_copy(update={"prediction_db": args.db}), read_only=True)
+    store = _log_store(args.db, read_only=True)
     try:
-        report = build_report(store, json.loads(profile_path.read_text()) if profile_path.exists() else None, options)
+        profile = json.loads(profile_path.read_text()) if profile_path.exists() else None
+        report = build_report(LogReader(store), profile, options)
     except OutdatedLogError as exc:
         print(f"no report: {exc}")
         return 1
@@ -170,11 +171,9 @@ def _positive(text: str) -> int:
     return value
 
 
-def _in_project(args: argparse.Namespace) -> RegisterParams:
-    """The project's registry names, from the project directory, which MLflow's default store is relative to."""
-    reg = load_params(args.project_dir / "params.yaml").register_
-    os.chdir(args.project_dir)
-    return reg
+def _log_store(db: Path, read_only: bool = False) -> LogStore:
+    """The prediction log's store the settings name (PostgreSQL, else the SQLite file ``db``)."""
+    return open_store(settings().model_copy(update={"prediction_db": db}), read_only=read_only)
 
 
 def _time(ts: float) -> str:

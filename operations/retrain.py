@@ -6,8 +6,8 @@ latest inputs, and its RMSE on the houses whose sale price came back. When
 either passes its threshold (``params.yaml`` section ``retrain``), it runs the
 DVC pipeline, whose ``feedback`` stage adds the labeled houses and whose
 ``register`` stage promotes the new model only if it beats the champion. A
-promotion is then rolled out to the running service's workers (service.reload).
-Progress and the outcome go to a status file next to the prediction log.
+promotion is then rolled out to the running service's workers (housing.log.reloads).
+Progress and the outcome are the job's record in the log's store (housing.log.job_records).
 """
 
 from __future__ import annotations
@@ -22,26 +22,27 @@ from typing import Any
 
 import bentoml
 
-from housing.model_format import ModelMetadata
+from housing.drift_check import check_drift
+from housing.jobs import RETRAIN
+from housing.log.job_records import JobRecord
+from housing.log.queries import LogReader
+from housing.log.reloads import roll_out_from
+from housing.log.store import LogStore
+from housing.model_format import ModelMetadata, reference_of
 from housing.params import RetrainParams, load_params
 from housing.settings import settings, variable, without_secrets
-from service.drift_check import check_drift
-from service.model import reference_of
-from service.prediction_log import PredictionLog, open_log
-from service.reload import roll_out_from
-from service.retrain_jobs import write_status
 
 
-def reasons_to_retrain(bento_model: bentoml.Model, log: PredictionLog, params: RetrainParams) -> list[str]:
+def reasons_to_retrain(bento_model: bentoml.Model, reads: LogReader, params: RetrainParams) -> list[str]:
     """Why the served model should be retrained: drifted features, accuracy lost on feedback."""
     reasons = []
     if params.on_drift:
-        report = check_drift(reference_of(bento_model), log)
+        report = check_drift(reference_of(bento_model), reads)
         if report["drift_detected"]:
             reasons.append("drift in " + ", ".join(report["drifted_features"]))
     meta = ModelMetadata.model_validate(bento_model.info.metadata)
     version, test_rmse = meta.mlflow_version, meta.test_metrics["rmse"]
-    for row in log.accuracy():
+    for row in reads.accuracy():
         enough = row["model_version"] == version and row["n"] >= params.min_feedback
         if enough and row["rmse"] > params.max_rmse_ratio * test_rmse:
             reasons.append(
@@ -51,31 +52,29 @@ def reasons_to_retrain(bento_model: bentoml.Model, log: PredictionLog, params: R
     return reasons
 
 
-def retrain(project: Path, db: Path, force: bool = False) -> dict[str, Any]:
-    """Retrain if needed (or ``force``); the outcome, also written to the status file."""
+def retrain(project: Path, db: Path, store: LogStore, force: bool = False) -> dict[str, Any]:
+    """Retrain if needed (or ``force``) on the log in ``store`` (the SQLite file ``db``, unless the settings name
+    PostgreSQL); the outcome, also the job's record in the store."""
     started = time.time()
+    record = JobRecord(store, RETRAIN)
     status: dict[str, Any] = {"state": "running", "started": started, "pid": os.getpid(), "project": str(project)}
-    write_status(db, status)
+    record.write(status)
     try:
-        status |= _retrain(project, db, force, started)
+        status |= _retrain(project, db, LogReader(store), force, started)
         status["state"] = "done"
     except Exception as exc:
         status |= {"state": "failed", "error": f"{type(exc).__name__}: {exc}"}
         raise
     finally:
         status["finished"] = time.time()
-        write_status(db, status)
+        record.write(status)
     return status
 
 
-def _retrain(project: Path, db: Path, force: bool, started: float) -> dict[str, Any]:
+def _retrain(project: Path, db: Path, reads: LogReader, force: bool, started: float) -> dict[str, Any]:
     params = load_params(project / "params.yaml")
     served = bentoml.models.get(settings().model_tag)
-    log = open_log(settings(), db)
-    try:
-        reasons = reasons_to_retrain(served, log, params.retrain)
-    finally:
-        log.close()
+    reasons = reasons_to_retrain(served, reads, params.retrain)
     if not reasons and not force:
         return {"retrained": False, "reasons": [], "message": "no drift, and accuracy on feedback within bounds"}
     trigger = "; ".join(reasons) or "forced"

@@ -34,9 +34,16 @@ import pandas as pd
 import yaml
 from playwright.sync_api import Browser, Page
 
+from devtools.browser import chromium
+from devtools.houses import request_records
+from devtools.paths import BIN, ROOT
+from devtools.ports import free_port
+from devtools.processes import start_logged, stop
+from devtools.serving import FEEDBACK_AUTH
+from devtools.waits import wait_ready, wait_until
 from housing.columns import TARGET_COLUMN
-from load_tests.benchmark import BIN, FEEDBACK_AUTH, ROOT, free_port, request_records, stop, wait_ready
-from scripts.browser import chromium
+from housing.jobs import JobRunner
+from housing.log.store import SQLiteStore
 from scripts.demo import (
     BATCH,
     MODEL_NAME,
@@ -47,7 +54,6 @@ from scripts.demo import (
     richer,
     run_command,
     trimmed,
-    wait_until,
     walk,
 )
 from scripts.fleet import Load, import_champion, project_env, replicas, scratch_project, serving
@@ -63,7 +69,6 @@ from scripts.narration import (
     timeline,
     tool,
 )
-from service.retrain_jobs import read_status
 
 OUT_DIR = ROOT / "reports" / "demo"
 WIDTH, HEIGHT = 1600, 900
@@ -225,15 +230,12 @@ def mlflow_ui(workdir: Path) -> Iterator[str]:
     """`mlflow server` on the project's tracking store (MLflow's default, or MLFLOW_TRACKING_URI)."""
     import mlflow  # slow to import: only when recording
 
-    port = free_port()
-    server = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--backend-store-uri", mlflow.get_tracking_uri(),
-         "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, stdout=(workdir / "mlflow.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+    port, log = free_port(), workdir / "mlflow.log"
+    server = start_logged([str(BIN / "mlflow"), "server", "--backend-store-uri", mlflow.get_tracking_uri(),
+                           "--host", "127.0.0.1", "--port", str(port)], log, cwd=ROOT)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(f"{url}/health", server)
+        wait_ready(f"{url}/health", server, log=log)
         yield url
     finally:
         stop(server)
@@ -260,11 +262,11 @@ def child_run(experiment: str) -> Any:
 @contextmanager
 def locust(service_url: str, workdir: Path) -> Iterator[subprocess.Popen[bytes]]:
     """Locust headless with the project's locustfile against the service, stopped when the scene is done."""
-    load = subprocess.Popen(
+    # In the checkout, which Locust puts on the locustfile's import path (it imports devtools).
+    load = start_logged(
         [str(BIN / "locust"), "-f", str(ROOT / "load_tests" / "locustfile.py"), "--headless",
          "--users", str(LOAD_USERS), "--spawn-rate", str(LOAD_USERS), "--run-time", "5m", "--host", service_url,
-         "--only-summary"],
-        cwd=ROOT, stdout=(workdir / "locust.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+         "--only-summary"], workdir / "locust.log", cwd=ROOT,
     )  # fmt: skip
     try:
         yield load
@@ -281,29 +283,24 @@ def prometheus_ui(service_url: str, workdir: Path) -> Iterator[str]:
     config.pop("alerting", None)  # no Alertmanager in the demo
     config["scrape_configs"][0]["static_configs"][0]["targets"] = [service_url.removeprefix("http://")]
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    server = subprocess.Popen(
-        [tool("prometheus"), f"--config.file={workdir / 'prometheus.yml'}",
-         f"--storage.tsdb.path={workdir / 'prometheus'}", f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=(workdir / "prometheus.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+    port, log = free_port(), workdir / "prometheus.log"
+    server = start_logged([tool("prometheus"), f"--config.file={workdir / 'prometheus.yml'}",
+                           f"--storage.tsdb.path={workdir / 'prometheus'}", f"--web.listen-address=127.0.0.1:{port}"],
+                          log)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(f"{url}/-/ready", server)
-        check(bool(wait_query(url, 'up{job="housing-price-service"} == 1')), "Prometheus never scraped the service")
+        wait_ready(f"{url}/-/ready", server, log=log)
+        wait_query(url, 'up{job="housing-price-service"} == 1', "Prometheus never scraped the service")
         yield url
     finally:
         stop(server)
 
 
-def wait_query(url: str, promql: str, timeout_s: float = 30) -> list[dict[str, Any]]:
-    """The PromQL query's result once it has one (empty after ``timeout_s``)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        answer = httpx.get(f"{url}/api/v1/query", params={"query": promql}, timeout=10).json()
-        if answer["data"]["result"] or time.monotonic() > deadline:
-            return list(answer["data"]["result"])
-        time.sleep(0.5)
+def wait_query(url: str, promql: str, failure: str, timeout_s: float = 30) -> list[dict[str, Any]]:
+    """The PromQL query's result once it has one; after ``timeout_s`` the scene fails with ``failure``."""
+    query = {"query": promql}
+    return wait_until(lambda: list(httpx.get(f"{url}/api/v1/query", params=query, timeout=10).json()["data"]["result"]),
+                      timeout_s, failure, pause_s=0.5)  # fmt: skip
 
 
 def build_image(out: Transcript) -> str:
@@ -346,22 +343,14 @@ def container(out: Transcript) -> Iterator[str]:
     subprocess.run(command, env=engine_env(), capture_output=True, text=True, check=True, timeout=120)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = started + CONTAINER_READY_S
-        while not ready(url):
-            check(time.monotonic() < deadline, f"the container was not ready within {CONTAINER_READY_S} s")
-            time.sleep(0.5)
+        wait_until(lambda: httpx.get(f"{url}/readyz", timeout=5).status_code == 200,
+                   started + CONTAINER_READY_S - time.monotonic(),
+                   f"the container was not ready within {CONTAINER_READY_S} s", pause_s=0.5)  # fmt: skip
         out.say(f"$ GET /readyz\n→ 200 after {time.monotonic() - started:.0f} s")
         yield url
     finally:
         subprocess.run([podman, "rm", "-f", name], env=engine_env(), capture_output=True, check=False)
         shutil.rmtree(volume, ignore_errors=True)
-
-
-def ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=5).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def showing(text: str) -> str:
@@ -476,8 +465,8 @@ class Recording:
             "retraining webhook. Accuracy, interval coverage, errors, latency and silence have rules of their own."
         )
         with prometheus_ui(service_url, self.workdir) as url:
-            pending = wait_query(url, 'ALERTS{alertname="HousingDriftDetected",alertstate="pending"}')
-            check(bool(pending), "the drift alert is not pending")
+            pending = 'ALERTS{alertname="HousingDriftDetected",alertstate="pending"}'
+            wait_query(url, pending, "the drift alert is not pending")
             # Debian's Prometheus (make tools) ships the classic UI only, under /classic.
             self.frames.screenshot(f"{url}/classic/alerts", "Prometheus: the alert rules of monitoring/alerts.yml",
                                    "HousingDriftDetected is pending: the service flags drift",
@@ -600,9 +589,9 @@ class Recording:
                 expect(client.post("/feedback", json=sale, headers=FEEDBACK_AUTH))
             out.say(f"{len(sold)} houses priced, and their sale prices reported: POST /feedback")
             expect(out.call(client, "POST", "/predict_batch", request_records(drifting)))
-            report = wait_until(lambda: expect(client.get("/drift")),
-                                lambda body: "median_income" in body["drifted_features"], 30,
-                                lambda body: f"no drift flagged: {trimmed(body)}", pause_s=0.5)  # fmt: skip
+            report = wait_until(lambda: expect(client.get("/drift")), 30,
+                                lambda body: f"no drift flagged: {trimmed(body)}",
+                                lambda body: "median_income" in body["drifted_features"], pause_s=0.5)  # fmt: skip
         out.say(f"$ GET /drift\n→ 200  drift in {', '.join(report['drifted_features'])}")
 
     def container(self) -> None:
@@ -656,7 +645,11 @@ class PipelineHost:
         for line in result.stdout.splitlines():
             if line.startswith("Running stage"):  # what DVC reran: the feedback, the split, training, registration
                 out.say(f"  {line}")
-        status = read_status(self.log_db)
+        store = SQLiteStore(self.log_db)
+        try:
+            status = JobRunner(store, self.log_db.parent).status()
+        finally:
+            store.close()
         decision = status["decision"]
         out.say(f"  reasons: {'; '.join(status['reasons'])}")
         out.say(f"  decision: {decision['action']} v{decision['version']}: {decision['reason']}")
@@ -668,8 +661,8 @@ class PipelineHost:
             decision = json.loads(moved.stdout)["decision"]
             after.say(f"  {decision['action']} v{decision['champion_before']} -> v{decision['version']}")
         new = str(decision["champion_after"])
-        wait_until(lambda: serving(urls), lambda versions: versions == [new] * len(urls), 120,
-                   lambda versions: f"the replicas serve {versions}, not v{new}", pause_s=0.5)  # fmt: skip
+        wait_until(lambda: serving(urls), 120, lambda versions: f"the replicas serve {versions}, not v{new}",
+                   lambda versions: versions == [new] * len(urls), pause_s=0.5)  # fmt: skip
         time.sleep(2)  # the load sees each replica on the new version for a while
         self.command(after, "history", "--limit", "3")
         return decision, after.lines

@@ -25,7 +25,11 @@ from typing import Any
 
 import httpx
 
-from load_tests.benchmark import BIN, ROOT, free_port, serve_bentoml, stop, wait_ready
+from devtools.paths import BIN, ROOT
+from devtools.ports import free_port
+from devtools.processes import stop
+from devtools.serving import serve_bentoml
+from devtools.waits import wait_ready
 
 # What a run of the pipeline reads and writes: the code its stages run, their inputs and outputs, and DVC's
 # state. The tests, docs and the service are not needed to retrain.

@@ -20,13 +20,12 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from devtools.paths import BIN, ROOT
+
 CONTAINERS_CONF = ROOT / "deploy" / "containers.conf"
 STAND_IN_LABEL = "org.opencontainers.image.description"
 

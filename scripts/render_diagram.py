@@ -1,6 +1,6 @@
 """Render the architecture diagram (docs/architecture.mmd, also in the README) to docs/architecture.png and .svg.
 
-    python scripts/render_diagram.py [--check]
+    python -m scripts.render_diagram [--check]
 
 Mermaid runs in headless Chromium (Playwright driving Debian's ``chromium``);
 its JavaScript comes from the npm registry's ``mermaid`` package, fetched once
@@ -17,9 +17,9 @@ import sys
 import tarfile
 from pathlib import Path
 
-from scripts.browser import chromium
+from devtools.browser import chromium
+from devtools.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "docs" / "architecture.mmd"
 MERMAID_VERSION = "11.17.2"
 CACHE = ROOT / ".cache" / f"mermaid-{MERMAID_VERSION}.min.js"

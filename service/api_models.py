@@ -72,13 +72,13 @@ class PayloadTooLarge(BentoMLException):
     error_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
 
 
-def check_batch_size(houses: int, field: str) -> None:
-    """413 for more houses than a request may hold (``HOUSING_MAX_BATCH_SIZE``).
+def check_batch_size(houses: int, field: str, limit: int | None = None) -> None:
+    """413 for more houses than a request may hold (``limit``, by default ``HOUSING_MAX_BATCH_SIZE``).
 
     Called before validation where the count is known early: validating houses
     only to refuse them would hold the worker longer than the largest legal batch.
     """
-    limit = settings().max_batch_size
+    limit = limit or settings().max_batch_size
     if houses > limit:
         raise PayloadTooLarge(f"{field}: at most {limit} houses per request, got {houses}")
 
@@ -430,7 +430,7 @@ class Health(BaseModel):
                 "model_runtime_problem": None,
                 "interval_runtime": "lleaves",
                 "interval_runtime_problem": None,
-                "explain_runtime": "tables",
+                "explain_runtime": "pred_contrib",
                 "explain_runtime_problem": None,
             }
         },
@@ -453,16 +453,25 @@ class Health(BaseModel):
     interval_runtime_problem: str | None = Field(
         default=None, description="Why compiled code is not serving the scale model, if it is not."
     )
-    explain_runtime: Literal["tables", "pred_contrib"] | None = Field(
+    explain_runtime: Literal["pred_contrib"] | None = Field(
         default=None,
-        description="What computes /explain's TreeSHAP values: this worker's tables (built on its first explanation) "
-        "or LightGBM's pred_contrib (until then, or for a forest the tables do not model); null: not a forest.",
+        description="What computes /explain's TreeSHAP values: LightGBM's pred_contrib; null: not a forest.",
     )
-    explain_runtime_problem: str | None = Field(default=None, description="Why the tables are not in use, if not.")
+    explain_runtime_problem: str | None = Field(
+        default=None, description="Always null (kept for earlier clients): nothing but LightGBM explains."
+    )
     model_errors: list[str] = Field(
         default_factory=list,
         description="Why a worker of this replica still serves its old model (a reload or the registry's champion "
         "that did not load); empty when none.",
+    )
+    prediction_log_problem: str | None = Field(
+        default=None,
+        description="Why this worker's prediction log is not storing rows now (its database unreachable, its disk "
+        "full), and how many rows wait in memory; null while it stores them.",
+    )
+    prediction_log_dropped_rows: int = Field(
+        default=0, description="Rows this worker could not keep since it started: its queue was full."
     )
 
 

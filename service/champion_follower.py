@@ -4,8 +4,9 @@ With ``HOUSING_FOLLOW_CHAMPION`` the first worker of each replica polls the
 registry every ``HOUSING_CHAMPION_POLL_S``. When the alias points at a version
 the replica does not serve, it imports that version from the registry's
 artifact store into the replica's own BentoML store (housing.registry, as the
-pipeline does) and asks the replica's workers to switch (service.reload), which
-they do between two requests. A version that cannot be imported or loaded
+pipeline does) and asks the replica's workers to switch (housing.log.reloads), which
+they do between two requests. The poll is a chore of the worker's model-follower
+thread (housing.periodic), beside its reload watcher. A version that cannot be imported or loaded
 leaves the old one serving: the error is on the worker's report (``/health``)
 and ``housing_champion_follow_failures_total`` counts the attempts.
 """
@@ -13,15 +14,18 @@ and ``housing_champion_follow_failures_total`` counts the attempts.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import bentoml
 
 from housing.model_format import ModelLabels
 from housing.registry import champion_version, served_model
 from service.prometheus_metrics import CHAMPION_FOLLOW_FAILURES
+
+if TYPE_CHECKING:  # MLflow loads with the first poll, in the worker (see housing.model_format)
+    from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
 
@@ -52,24 +56,15 @@ class ChampionFollower:
     serving: Callable[[], str]
     roll_out: Callable[[str], object]
     report_error: Callable[[str], None]
-    poll_s: float
 
-    def start(self) -> None:
-        from mlflow import MlflowClient  # on start, in the worker (see housing.model_format)
+    _client: MlflowClient | None = field(default=None, init=False, repr=False)
 
-        self._stop = threading.Event()
-        self._client = MlflowClient(self.tracking_uri)
-        self._thread = threading.Thread(target=self._run, name="champion-follower", daemon=True)
-        self._thread.start()
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            from mlflow import MlflowClient
 
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """Stop polling and wait for a poll in progress (it may write to the log's store, closed next)."""
-        self._stop.set()
-        self._thread.join(timeout_s)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.poll_s):
-            self.follow()
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
 
     def follow(self) -> str | None:
         """One poll: the bento tag a switch was asked for, None when the champion is served (or unreadable)."""
@@ -77,11 +72,11 @@ class ChampionFollower:
             serving = self.serving()
             labels = labels_of(serving)
             reg = Registered(labels.mlflow_model, labels.mlflow_alias, serving.partition(":")[0])
-            champion = champion_version(self._client, reg)
+            champion = champion_version(self.client(), reg)
             if champion is None or str(champion.version) == labels.mlflow_version:
                 self.report_error("")
                 return None
-            bento_model = served_model(self._client, reg, str(champion.version))
+            bento_model = served_model(self.client(), reg, str(champion.version))
             log.info("champion follower: @%s is v%s; switching to %s", reg.alias, champion.version, bento_model.tag)
             self.roll_out(str(bento_model.tag))
             return str(bento_model.tag)

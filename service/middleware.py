@@ -1,11 +1,13 @@
-"""Request plumbing: request ids, the body-size limit and one JSON log line per API request.
+"""Request plumbing: request ids, body limits, the concurrency bound, page headers and one JSON log line per request.
 
-:class:`RequestMiddleware` is a plain ASGI middleware (no extra task per
-request). It takes the ``X-Request-ID`` header or makes one, hands it to the
-API through the request headers, returns it on every response, refuses
-requests to guarded paths without their token (401/403), bodies that are not
-JSON (415) and bodies larger than the limit (413) before anything parses them,
-and writes one
+:class:`RequestMiddleware` is a plain ASGI middleware (no extra task per request). It gives every request
+an id of the server's making (a client's ``X-Request-ID``, kept for correlation, with a random suffix: no
+client can choose the id that another's rows, and so its feedback, are stored under), hands it to the API
+through the request headers and returns it on every response. Before anything parses a body it refuses
+requests to guarded paths without their token (401/403), bodies that are not JSON (415), larger than the
+limit (413) or not in full within the read timeout (408); only then does a request take one of the worker's
+concurrency slots (429 past them), so a slow client costs a socket, not a slot. Every HTML page gets
+security headers (no framing, no sniffing, a content security policy). It writes one
 JSON line per API or admin request with the status and latency. The API
 handlers add their own fields (model version, record count) through the request
 state. A validation error answer is capped (:func:`capped_error`): a body with
@@ -15,19 +17,22 @@ Lines are formatted and written by a background thread (:class:`BackgroundHandle
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import logging.handlers
 import re
+import secrets
 import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
 
-from service.prometheus_metrics import VALIDATION_FAILURES, failed_fields
+from service.prometheus_metrics import ABANDONED_REQUESTS, VALIDATION_FAILURES, failed_fields
 
 log = logging.getLogger("housing.requests")
 
@@ -36,6 +41,20 @@ _VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 STATE_KEY = "housing"
 # A guard gets a request's Authorization header: None to let it in, else (status, why not).
 Guard = Callable[[str | None], "tuple[int, str] | None"]
+# The API's paths, the only values of a metric's path label besides "other".
+KNOWN_PATHS = frozenset({"/predict", "/predict_batch", "/invocations", "/feedback", "/explain"})
+# Paths that never wait for a concurrency slot: a probe or a scrape must answer while the worker is busy.
+UNBOUNDED_PATHS = frozenset({"/metrics", "/healthz", "/livez", "/readyz"})
+# Every HTML page: no framing (clickjacking through Swagger's "Try it out"), no type sniffing, and only the
+# page's own origin for scripts, styles and calls (the pages carry inline scripts and styles of their own).
+PAGE_HEADERS = [
+    (b"content-security-policy", b"default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' "
+     b"'unsafe-inline'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+     b"form-action 'self'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+]  # fmt: skip
 # An error answer names this many errors at most and is never larger than MAX_ERROR_BYTES.
 MAX_ERRORS = 10
 MAX_ERROR_BYTES = 64 * 1024
@@ -63,7 +82,7 @@ class BackgroundHandler(logging.Handler):
     of a prediction's time when done in the request; appending the record to a
     deque costs next to nothing. The thread writes each batch as one block
     (:func:`write_block`), and polls rather than being woken, for the reason
-    service.prediction_log gives. :meth:`close` writes what is left.
+    housing.log.writer gives. :meth:`close` writes what is left.
     """
 
     def __init__(self, targets: list[logging.Handler], interval_s: float = 0.1):
@@ -178,6 +197,10 @@ class RequestMiddleware:
         guards: Mapping[str, Guard] | None = None,
         json_paths: tuple[str, ...] = (),
         max_values: Mapping[str, Callable[[], int]] | None = None,
+        body_timeout_s: Callable[[], float] = lambda: 5.0,
+        max_concurrency: Callable[[], int] = lambda: 128,
+        limits: Mapping[str, Callable[[], str]] | None = None,
+        unavailable: Mapping[str, Callable[[], str | None]] | None = None,
     ):
         self.app = app
         self.max_body_bytes = max_body_bytes
@@ -185,6 +208,11 @@ class RequestMiddleware:
         self.guards = dict(guards or {})
         self.json_paths = json_paths
         self.max_values = dict(max_values or {})
+        self.body_timeout_s = body_timeout_s
+        self.max_concurrency = max_concurrency
+        self.limits = dict(limits or {})
+        self.unavailable = dict(unavailable or {})
+        self._slots: asyncio.Semaphore | None = None
 
     def _logged(self, path: str) -> bool:
         """Paths in ``logged_paths``, and the paths below them (``/admin`` covers ``/admin/reload``)."""
@@ -195,8 +223,10 @@ class RequestMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        request_id = self._request_id(scope)
+        request_id, client_id = self._request_id(scope)
         fields: dict[str, Any] = {"request_id": request_id, "start": start}
+        if client_id is not None:
+            fields["client_request_id"] = client_id
         scope.setdefault("state", {})[STATE_KEY] = fields
         status = 500
         error_body = bytearray()
@@ -206,7 +236,8 @@ class RequestMiddleware:
             nonlocal status, error_body
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (REQUEST_ID_HEADER, request_id.encode())]
+                headers = [*message.get("headers", []), (REQUEST_ID_HEADER, request_id.encode())]
+                message["headers"] = headers + PAGE_HEADERS if _is_page(headers) else headers
                 if status == 400:  # held until the whole error is known, so that it can be capped
                     held.update(message)
                     return
@@ -224,29 +255,62 @@ class RequestMiddleware:
             guard = self.guards.get(scope["path"])
             refusal = guard(_header(scope, b"authorization")) if guard else None
             media_type = (_header(scope, b"content-type") or "application/json").split(";")[0].strip().lower()
+            why_not = (check := self.unavailable.get(scope["path"])) and check()
             if refusal is not None:
                 await _error(send_with_id, refusal[0], refusal[1])
+            elif why_not:
+                await _error(send_with_id, 503, why_not)
             elif scope["path"] in self.json_paths and not _is_json(media_type):
                 await _error(send_with_id, 415, f"content-type: send application/json, not {media_type!r}")
-            elif (body := await self._read_body(receive)) is None:
-                await _error(send_with_id, 413, f"request body exceeds the limit of {self.max_body_bytes()} bytes")
+            elif isinstance(body := await self._read_body(receive), _Unread):
+                await self._unread(body, scope["path"], send_with_id)
             elif (too_many := self._too_many_values(scope["path"], body)) is not None:
                 await _error(send_with_id, 413, too_many)
             else:
-                await self.app(scope, _replay(body, receive), send_with_id)
+                await self._in_a_slot(scope, _replay(body, receive), send_with_id)
         finally:
             if self._logged(scope["path"]):
                 self._log(scope, fields, status, start)
                 for field in failed_fields(bytes(error_body)) if status == 400 else []:
                     VALIDATION_FAILURES.labels(scope["path"], field).inc()
 
-    def _request_id(self, scope: dict[str, Any]) -> str:
+    def _request_id(self, scope: dict[str, Any]) -> tuple[str, str | None]:
+        """The request's id and the id its client asked for (None: none, or not a valid one).
+
+        A client's id gets 64 random bits after a ``~``: whatever id a client sends, the id its rows are
+        stored under (and that feedback names) is one nobody else can send first.
+        """
         headers = [(k, v) for k, v in scope["headers"] if k != REQUEST_ID_HEADER]
         given = next((v for k, v in scope["headers"] if k == REQUEST_ID_HEADER), b"")
-        request_id = given.decode() if _VALID_REQUEST_ID.match(given) else uuid.uuid4().hex
-        # The API reads the id from the header, so an invalid or missing one is replaced here.
+        client_id = given.decode() if _VALID_REQUEST_ID.match(given) else None
+        request_id = f"{client_id}~{secrets.token_hex(8)}" if client_id else uuid.uuid4().hex
+        # The API reads the id from the header.
         scope["headers"] = [*headers, (REQUEST_ID_HEADER, request_id.encode())]
-        return request_id
+        return request_id, client_id
+
+    async def _in_a_slot(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Run the request in one of the worker's ``max_concurrency`` slots, or answer 429 when none is free."""
+        if scope["path"] in UNBOUNDED_PATHS:
+            await self.app(scope, receive, send)
+            return
+        if self._slots is None:  # made in the worker's own event loop
+            self._slots = asyncio.Semaphore(self.max_concurrency())
+        if self._slots.locked():
+            await _error(send, 429, "too many requests at once on this worker; retry")
+            return
+        async with self._slots:
+            await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _unread(body: _Unread, path: str, send: Any) -> None:
+        """The answer to a body that was never read in full: too large (413), too slow (408), or no one to answer."""
+        if body.reason == "gone":
+            ABANDONED_REQUESTS.labels(_known_path(path), "client_gone").inc()
+        elif body.reason == "slow":
+            ABANDONED_REQUESTS.labels(_known_path(path), "body_timeout").inc()
+            await _error(send, 408, f"request body: not received in full within {body.limit:g} s")
+        else:
+            await _error(send, 413, f"request body exceeds the limit of {body.limit:.0f} bytes")
 
     def _too_many_values(self, path: str, body: bytes) -> str | None:
         """Why ``body`` holds more JSON values than the largest legal request to ``path`` (None if it does not).
@@ -258,19 +322,27 @@ class RequestMiddleware:
         budget = self.max_values.get(path)
         if budget is None or (commas := body.count(b",")) <= (most := budget()):
             return None
-        return f"request body: {commas + 1} JSON values, more than the {most + 1} the largest legal request holds"
+        limit = f" ({what()})" if (what := self.limits.get(path)) else ""
+        return (
+            f"request body: {commas + 1} JSON values, more than the {most + 1} the largest legal request holds{limit}"
+        )
 
-    async def _read_body(self, receive: Any) -> bytes | None:
-        """The whole body, or None once it grows past the limit (whatever Content-Length claimed)."""
-        chunks, size, more, limit = [], 0, True, self.max_body_bytes()
+    async def _read_body(self, receive: Any) -> bytes | _Unread:
+        """The whole body; or why not: it grew past the limit (whatever Content-Length claimed), it did not arrive
+        within the read timeout, or the client went away."""
+        chunks, size, more, limit, timeout_s = [], 0, True, self.max_body_bytes(), self.body_timeout_s()
+        deadline = time.monotonic() + timeout_s
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                return _Unread("slow", timeout_s)
             if message["type"] == "http.disconnect":
-                break
+                return _Unread("gone", 0)
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                return None
+                return _Unread("large", limit)
             chunks.append(chunk)
             more = message.get("more_body", False)
         return b"".join(chunks)
@@ -285,6 +357,24 @@ class RequestMiddleware:
             "latency_ms": round((time.perf_counter() - start) * 1000, 3),
         }
         log.info("request", extra={"fields": extra})
+
+
+@dataclass(frozen=True)
+class _Unread:
+    """A body that was not read in full: ``reason`` is ``large`` (over ``limit`` bytes), ``slow`` (not within
+    ``limit`` seconds) or ``gone`` (the client hung up)."""
+
+    reason: str
+    limit: float
+
+
+def _is_page(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(k.lower() == b"content-type" and v.lower().startswith(b"text/html") for k, v in headers)
+
+
+def _known_path(path: str) -> str:
+    """``path`` as a metric label: one of the API's paths, else ``other`` (a client must not grow the label set)."""
+    return path if path in KNOWN_PATHS else "other"
 
 
 def _is_json(media_type: str) -> bool:
@@ -303,6 +393,8 @@ async def _error(send: Any, status: int, message: str) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
+    elif status == 503:
+        headers.append((b"retry-after", b"5"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

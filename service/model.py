@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import bentoml
 import numpy as np
 
 from housing.columns import read_columns
 from housing.compiled_forest import ForestRuntime
-from housing.explain import Explanation, ForestExplainer, explain_forest, folding_matrix
+from housing.explain import Explanation, explain_forest, folding_matrix
 from housing.model_card import CARD_FILE, ModelCard
 from housing.model_format import (
     MLFLOW_MODEL_FOLDER,
@@ -24,6 +23,7 @@ from housing.model_format import (
     extra_file,
     fitted_pipeline,
     load_mlflow_model,
+    reference_of,
     target_inverse,
 )
 from service import prometheus_metrics
@@ -36,6 +36,9 @@ if TYPE_CHECKING:  # the model's libraries load with the model (see housing.mode
     from housing.conformal import ConformalRegressor
 
 PARALLEL_ROWS = 1000
+# Explaining a house takes LightGBM 6-8 ms (TreeSHAP walks every path of every tree), what the compiled forest takes
+# to price about a thousand: from this many houses (some 50 ms of one core) an explanation takes every core.
+PARALLEL_EXPLAIN_ROWS = 8
 # Probe houses on which a compiled forest must price as the booster does: the example house moved
 # across the state and through the income range (rows of every ocean_proximity value would not add much).
 PROBE_SHIFTS = [
@@ -63,8 +66,6 @@ class ServedModel:
     scale_forest: ForestRuntime | None = None
     # The version's model card (housing.model_card); None for a version registered without one.
     card: ModelCard | None = None
-    # Exact TreeSHAP values of the forest (housing.explain); None for models of other families.
-    explainer: ForestExplainer | None = None
 
     def identity(self) -> dict[str, str]:
         """The name and version a prediction response carries."""
@@ -105,25 +106,26 @@ class ServedModel:
         """Bounds (n_houses, 2) in USD at ``coverage`` from :meth:`price_and_scale`'s answer; None without intervals."""
         return None if self.intervals is None or scale is None else self.intervals.bounds(prices, scale, coverage)
 
-    def threads_for(self, columns: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
-        """The forests' predict-time arguments for these houses: every core from ``PARALLEL_ROWS`` houses, else none."""
+    def threads_for(self, columns: Mapping[str, Sequence[Any]], from_rows: int = PARALLEL_ROWS) -> dict[str, Any]:
+        """The forests' predict-time arguments for these houses: every core from ``from_rows`` houses, else none."""
         rows = len(next(iter(columns.values())))
-        return self.parallel if rows >= PARALLEL_ROWS else {}
+        return self.parallel if rows >= from_rows else {}
 
     def explain(self, columns: Mapping[str, Sequence[Any]]) -> Explanation:
         """Each raw input's contribution (USD) to the prices :meth:`predict` gives these houses (housing.explain).
 
         The prices are :meth:`predict`'s (the same features through the same forest runtime, computed
-        once for both), the exact TreeSHAP values the explainer's (tables, or the booster's
-        ``pred_contrib`` until they are built). Raises :class:`NotExplainableError` for a model of
-        another family.
+        once for both), the values LightGBM's exact TreeSHAP (``pred_contrib``) of the same forest,
+        on every core from ``PARALLEL_EXPLAIN_ROWS`` houses. Raises :class:`NotExplainableError`
+        for a model of another family.
         """
-        if self.forest is None or self.explainer is None:
+        if self.forest is None:
             raise NotExplainableError(not_explainable(self))
         pipeline, inverse, fold = self._explaining
         features = _features(pipeline, read_columns(columns))
         prices = forest_prices(self.forest, features, inverse, **self.threads_for(columns))
-        return explain_forest(self.explainer, features, fold, prices, inverse)
+        threads = self.threads_for(columns, PARALLEL_EXPLAIN_ROWS).get("num_threads", 1)
+        return explain_forest(self.forest.booster, features, fold, prices, inverse, threads)
 
     @cached_property
     def _explaining(self) -> tuple[Pipeline, Callable[[np.ndarray], np.ndarray] | None, np.ndarray]:
@@ -175,7 +177,6 @@ def load_served_model(bento_model: bentoml.Model, compiled_dir: Path | None = No
         intervals=intervals,
         scale_forest=scale_forest,
         card=card_of(bento_model, meta),
-        explainer=None if forest is None else ForestExplainer(forest.booster),
         info=ModelInfo(
             model_name=meta.mlflow_model,
             model_version=meta.mlflow_version,
@@ -274,9 +275,3 @@ def card_of(bento_model: bentoml.Model, meta: ModelMetadata) -> ModelCard | None
     if not path.is_file():
         return None
     return ModelCard.model_validate_json(path.read_text()).with_version(meta.mlflow_model, meta.mlflow_version)
-
-
-def reference_of(bento_model: bentoml.Model) -> dict[str, Any]:
-    """The training data's profile saved with the model (housing.drift_stats.reference_profile)."""
-    profile = ModelMetadata.model_validate(bento_model.info.metadata).reference_profile
-    return cast(dict[str, Any], json.loads((Path(bento_model.path_of(MLFLOW_MODEL_FOLDER)) / profile).read_text()))

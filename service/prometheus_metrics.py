@@ -3,8 +3,9 @@
 Declared at module level in the default registry: ``bentoml serve`` sets
 ``PROMETHEUS_MULTIPROC_DIR`` for every worker and serves the multiprocess
 collector, so counters and histograms add up across workers. Gauges say how
-they combine: the queue depth is summed over live workers, the model-info
-gauge is the latest value any worker set.
+they combine: the model-info gauge is the latest value any worker set. The
+prediction log's metrics are the log's own (housing.log.metrics), and the
+drift gauges the drift check's (housing.drift_check); ``/metrics`` serves them all.
 """
 
 from __future__ import annotations
@@ -35,37 +36,18 @@ BATCH_SIZE = Histogram(
 VALIDATION_FAILURES = Counter(
     "housing_validation_failures", "Invalid requests, by endpoint and the field they broke.", ["endpoint", "field"]
 )
-LOG_QUEUE = Gauge(
-    "housing_prediction_log_queue",
-    "Requests the prediction log writer found waiting at its latest wake-up (every 50 ms by default).",
-    multiprocess_mode="livesum",
-)
-LOG_WRITE_FAILURES = Counter("housing_prediction_log_write_failures", "Failed prediction-log writes (retried).")
-DUPLICATE_IDS = Counter(
-    "housing_prediction_log_duplicate_ids", "Requests logged under a server-made id: their X-Request-ID was taken."
-)
-DEAD_LETTER_ROWS = Counter(
-    "housing_prediction_log_dead_letter_rows",
-    "Rows the database refused after every retry, kept in the dead-letter file.",
-)
 CHAMPION_FOLLOW_FAILURES = Counter(
     "housing_champion_follow_failures",
     "Polls of the registry's champion that could not import or switch to it (the old model keeps serving).",
 )
-PRUNED_ROWS = Counter(
-    "housing_prediction_log_pruned_rows", "Predictions deleted past the log's retention (none with feedback)."
+ABANDONED_REQUESTS = Counter(
+    "housing_abandoned_requests",
+    "Requests whose work stopped unfinished, by API path (or other) and reason: client_gone (hung up), "
+    "body_timeout (body not received in time), timeout (past the server's timeout).",
+    ["endpoint", "reason"],
 )
 FEEDBACK_REFUSED = Counter(
     "housing_feedback_refused", "Feedback refused, by reason (unauthorized, duplicate, unknown, busy).", ["reason"]
-)
-DRIFT_SCORE = Gauge(
-    "housing_drift_psi",
-    "PSI of each feature over the latest drift window.",
-    ["feature"],
-    multiprocess_mode="mostrecent",
-)
-DRIFT_DETECTED = Gauge(
-    "housing_drift_detected", "1 when any feature drifted in the latest drift check.", multiprocess_mode="mostrecent"
 )
 ACCURACY = Gauge(
     "housing_accuracy_usd",

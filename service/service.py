@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from http import HTTPStatus
 from typing import Any, cast
 
@@ -16,8 +18,16 @@ from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.routing import Route
 
 from housing.columns import FEATURE_COLUMNS
+from housing.explain import Explanation, concatenate
+from housing.jobs import JobRunner
+from housing.log.queries import LogReader
+from housing.log.reloads import Watcher, request_model, this_replica
+from housing.log.store import DISK_FULL
+from housing.log.writer import RequestRows, open_log
+from housing.periodic import Periodic
 from housing.registry import tracking_uri
 from housing.settings import settings, variable
 from service import prometheus_metrics
@@ -45,16 +55,16 @@ from service.champion_follower import ChampionFollower
 from service.middleware import RequestMiddleware, close_request_log, configure_request_log, request_state
 from service.model import NotExplainableError, ServedModel, load_served_model
 from service.openapi import OpenAPIDocument, served_document
-from service.prediction_log import PREDICTIONS, RequestRows, open_log
-from service.reload import Watcher, request_model, this_replica
+from service.served_paths import label_unserved_paths, served_path
+from service.state import ServingState
 from service.view_cache import ViewCache
 from service.views import views
 
-# Explanations of up to this many houses are computed on the event loop (see explain).
-INLINE_EXPLAIN_HOUSES = 4
 API_PATHS = ("/predict", "/predict_batch", "/invocations", "/feedback", "/explain")
 # Requests written to the JSON request log: the API, and every admin call (refused logins too).
 LOGGED_PATHS = (*API_PATHS, "/admin")
+# Houses explained per step: about 0.3 s of a core, after which a request whose client went away stops.
+EXPLAIN_CHUNK = 48
 # JSON values a house has at most (its fields, and its place in a list), and small requests' headroom.
 VALUES_PER_HOUSE = len(FEATURE_COLUMNS) + 1
 SMALL_REQUEST_VALUES = 64
@@ -116,11 +126,19 @@ class TooManyRequests(BentoMLException):
     error_code = HTTPStatus.TOO_MANY_REQUESTS
 
 
+class ClientGone(BentoMLException):
+    """The client hung up before its answer was ready: the answer goes nowhere, the request log says 408."""
+
+    error_code = HTTPStatus.REQUEST_TIMEOUT
+
+
 class Unavailable(BentoMLException):
     error_code = HTTPStatus.SERVICE_UNAVAILABLE
 
 
 LOG_UNREACHABLE = "the prediction log's database is unreachable; retry in a few seconds"
+LOG_FULL = "the prediction log's disk is full; retry once an operator has freed space"
+LOG_REFUSING = "no price is given that the log cannot keep (HOUSING_LOG_FULL_POLICY=refuse); retry later"
 
 
 @info_app.exception_handler(psycopg.OperationalError)
@@ -128,6 +146,23 @@ async def log_unreachable(request: Request, exc: psycopg.OperationalError) -> JS
     """A view that reads the shared log while PostgreSQL restarts: 503 (retry), not an error of the service."""
     return JSONResponse({"detail": f"{request.url.path}: {LOG_UNREACHABLE}"}, status_code=503,
                         headers={"Retry-After": "2"})  # fmt: skip
+
+
+def log_refusal() -> str | None:
+    """Why a pricing request gets 503 now: the strict policy (``HOUSING_LOG_FULL_POLICY=refuse``) while the log
+    cannot store its rows (housing.log.writer); None when it may be answered."""
+    state: ServingState | None = getattr(info_app.state, "serving", None)
+    if settings().log_full_policy != "refuse" or state is None or state.log.accepting:
+        return None
+    return f"{state.log.problem or 'the prediction log is full'}: {LOG_REFUSING}"
+
+
+def feedback_refusal() -> str | None:
+    """Why feedback gets 503 now: the log cannot store it (None: it can)."""
+    state: ServingState | None = getattr(info_app.state, "serving", None)
+    if state is None or state.log.unavailable_reason is None:
+        return None
+    return f"feedback: {LOG_FULL if state.log.unavailable_reason == DISK_FULL else LOG_UNREACHABLE}"
 
 
 def feedback_guard(authorization: str | None) -> tuple[int, str] | None:
@@ -141,7 +176,9 @@ def feedback_guard(authorization: str | None) -> tuple[int, str] | None:
 @bentoml.service(
     name="housing-price-service",
     workers=2,
-    traffic={"timeout": 30, "max_concurrency": 256},
+    # The concurrency bound is service.middleware's (HOUSING_MAX_CONCURRENCY a worker), taken once the body is read:
+    # BentoML's would hold a slot while a slow client sends its body.
+    traffic={"timeout": 30},
     # The service writes its own JSON request log (service.middleware); BentoML's is redundant and slower.
     logging={"access": {"enabled": False}},
     # No trace exporter is configured, so OpenTelemetry spans on the prediction paths would go nowhere
@@ -158,31 +195,27 @@ class HousePricer:
 
     def __init__(self) -> None:
         config = settings()
-        self.model: ServedModel = load_served_model(self.model_ref, config.compiled_dir)
-        self.log = open_log(config)
-        self.views = ViewCache(config.view_cache_s)
+        model = load_served_model(self.model_ref, config.compiled_dir)
+        log = open_log(config)
+        self.state = ServingState(
+            model=model,
+            log=log,
+            reads=LogReader(log.store),
+            views=ViewCache(config.view_cache_s),
+            jobs=JobRunner(log.store, config.prediction_db.parent),
+            replica=this_replica(),
+            started=time.time(),
+        )
+        info_app.state.serving = self.state
+        # Explanations are the costliest work: this many at once per worker (see explain).
+        self.explaining = asyncio.Semaphore(config.explain_concurrency)
         # Feedback whose prediction is not in the log yet waits for it; this many at once per worker.
         self.feedback_waiters = asyncio.Semaphore(config.feedback_waiters)
-        prometheus_metrics.publish_model(self.model.info, serving=True)
+        prometheus_metrics.publish_model(model.info, serving=True)
         worker = bentoml.server_context.worker_index
         configure_request_log(config.log_dir, worker, config.log_max_bytes, config.log_backups, config.log_to_stdout)
-        self.started = time.time()
-        replica = this_replica()
-        self.watcher = Watcher(self.log.store, replica, f"{replica}#{worker or 0}", self._serving, self._switch,
-                               config.reload_poll_s)  # fmt: skip
-        self.watcher.start()
-        self.replica = replica
-        # One follower per replica (its first worker) imports the registry's champion; every worker switches.
-        self.follower: ChampionFollower | None = None
-        if config.follow_champion and worker in (None, 1):
-            self.follower = ChampionFollower(
-                tracking_uri(config.project_dir),
-                self._serving,
-                lambda bento_tag: request_model(self.log.store, bento_tag, replica),
-                self.watcher.set_note,
-                config.champion_poll_s,
-            )
-            self.follower.start()
+        self.follower = self._model_follower(f"{self.state.replica}#{worker or 0}", worker in (None, 1))
+        self.follower.start()
         warm_registry_client()
         # BentoML looks an API up on the instance for every request, and its descriptor then builds a new
         # caller, inspecting the method's signature: 5% of a prediction. The instance keeps each one built once.
@@ -192,12 +225,22 @@ class HousePricer:
         # collector's full passes, which otherwise stall a request now and then for tens of ms.
         gc.freeze()
 
+    def _model_follower(self, worker: str, first: bool) -> Periodic:
+        """The worker's one background thread for its model: it follows reload requests (housing.log.reloads)
+        and, on one worker per replica with ``HOUSING_FOLLOW_CHAMPION``, the registry's champion."""
+        config, store, replica = settings(), self.state.log.store, self.state.replica
+        watcher = Watcher(store, replica, worker, self._serving, self._switch)
+        chores: list[tuple[float, Callable[[], object]]] = [(config.reload_poll_s, watcher.poll)]
+        if config.follow_champion and first:
+            ask = partial(request_model, store, replica=replica)
+            follower = ChampionFollower(tracking_uri(config.project_dir), self._serving, ask, watcher.set_note)
+            chores.append((config.champion_poll_s, follower.follow))
+        return Periodic("model-follower", chores)
+
     @bentoml.on_shutdown
     def flush_logs(self) -> None:
-        if self.follower is not None:
-            self.follower.stop()
-        self.watcher.stop()
-        self.log.close()
+        self.follower.stop()
+        self.state.log.close()
         close_request_log()
 
     @bentoml.api(route="/predict")
@@ -237,15 +280,13 @@ class HousePricer:
         add up to the price. Explanations are not predictions: they are not written to the prediction log.
         """
         houses = request.houses()
-        check_batch_size(len(houses), "houses")
-        model = self.model  # one model for the whole request, as for a prediction
+        check_batch_size(len(houses), "houses", settings().max_explain_houses)
+        model = self.state.model  # one model for the whole request, as for a prediction
+        if self.explaining.locked():
+            raise TooManyRequests(f"explain: {settings().explain_concurrency} explanations at once per worker; retry")
         try:
-            # A few houses take about 2 ms each, less than a hop to a thread; a batch goes to one, so the
-            # worker keeps serving meanwhile (the sparse products and LightGBM release the GIL).
-            if len(houses) <= INLINE_EXPLAIN_HOUSES:
-                explanation = model.explain(columns_of(houses))
-            else:
-                explanation = await asyncio.to_thread(model.explain, columns_of(houses))
+            async with self.explaining:
+                explanation = await self._explain(model, columns_of(houses), ctx)
         except NotExplainableError as exc:
             raise Conflict(str(exc)) from None
         state = request_state(ctx.request.state)
@@ -268,11 +309,11 @@ class HousePricer:
                 prometheus_metrics.FEEDBACK_REFUSED.labels("unknown").inc()
                 raise NotFound(f"request_id: no prediction {feedback.request_id!r} (index {feedback.index}) in the log")
             args = (feedback.request_id, feedback.index, feedback.actual_price_usd)
-            recorded = await asyncio.to_thread(self.log.record_feedback, *args, authenticated=True)
-        except self.log.store.error as exc:
-            if not self.log.store.is_outage(exc):
+            recorded = await asyncio.to_thread(self.state.log.record_feedback, *args, authenticated=True)
+        except self.state.log.store.error as exc:
+            if not (why := self.state.log.store.unavailable(exc)):
                 raise
-            raise Unavailable(f"feedback: {LOG_UNREACHABLE}") from None
+            raise Unavailable(f"feedback: {LOG_FULL if why == DISK_FULL else LOG_UNREACHABLE}") from None
         if not recorded:
             prometheus_metrics.FEEDBACK_REFUSED.labels("duplicate").inc()
             raise Conflict(f"request_id: feedback for {feedback.request_id!r} (index {feedback.index}) is recorded "
@@ -286,16 +327,33 @@ class HousePricer:
             error_usd=feedback.actual_price_usd - predicted,
         )
 
+    async def _explain(self, model: ServedModel, columns: dict[str, list[Any]], ctx: bentoml.Context) -> Explanation:
+        """``model.explain`` of the houses, a chunk at a time on a thread (a house takes LightGBM 6-8 ms, which
+        releases the GIL: the worker keeps serving meanwhile), stopping between chunks once the client has gone
+        or the server's timeout has cancelled the request: nobody would receive the rest."""
+        houses, parts = len(columns[FEATURE_COLUMNS[0]]), []
+        try:
+            for start in range(0, houses, EXPLAIN_CHUNK):
+                if start and await ctx.request.is_disconnected():
+                    prometheus_metrics.ABANDONED_REQUESTS.labels("/explain", "client_gone").inc()
+                    raise ClientGone("explain: the client went away; the rest of its houses were not explained")
+                chunk = {name: values[start : start + EXPLAIN_CHUNK] for name, values in columns.items()}
+                parts.append(await asyncio.to_thread(model.explain, chunk))
+        except asyncio.CancelledError:  # the server's timeout: the chunk in flight ends, no other starts
+            prometheus_metrics.ABANDONED_REQUESTS.labels("/explain", "timeout").inc()
+            raise
+        return concatenate(parts)
+
     def __is_ready__(self) -> bool:
-        return getattr(self, "model", None) is not None
+        return getattr(self, "state", None) is not None
 
     def _serving(self) -> str:
-        return self.model.info.bento_tag
+        return self.state.model.info.bento_tag
 
     def _switch(self, bento_tag: str) -> None:
         """Load ``bento_tag`` beside the served model, then swap: requests in flight finish on the old one."""
         model = load_served_model(bentoml.models.get(bento_tag), settings().compiled_dir)
-        old, self.model = self.model, model
+        old, self.state.model = self.state.model, model
         prometheus_metrics.publish_model(old.info, serving=False)
         prometheus_metrics.publish_model(model.info, serving=True)
         gc.freeze()  # the new model lives as long as the old one did (see __init__)
@@ -311,7 +369,7 @@ class HousePricer:
         check_batch_size(len(houses), field)
         state = request_state(ctx.request.state)
         columns = columns_of(houses)
-        model = self.model  # one model for the whole request, even if a reload swaps it meanwhile
+        model = self.state.model  # one model for the whole request, even if a reload swaps it meanwhile
         prices, scale = model.price_and_scale(columns)
         nominal = model.bounds(prices, scale)
         logged = nominal if nominal is not None else np.full((len(houses), 2), None)
@@ -321,7 +379,7 @@ class HousePricer:
         priced = prices.tolist()
         lower, upper = logged.T.tolist()
         logged_columns = {"idx": range(len(houses)), "price_usd": priced, "lower_usd": lower, "upper_usd": upper}
-        self.log.add(PREDICTIONS, RequestRows({**logged_columns, **columns}, shared))
+        self.state.log.add(RequestRows({**logged_columns, **columns}, shared))
         intervals = nominal if coverage is None else model.bounds(prices, scale, coverage)
         state.update(model_version=version, records=len(houses))
         prometheus_metrics.PRICED_HOUSES.labels(endpoint, version).inc(len(houses))
@@ -335,14 +393,15 @@ class HousePricer:
         Few requests may wait at once (``feedback_waiters``); past them the answer is 429, so a burst of
         feedback for unknown ids cannot tie up the worker's threads.
         """
-        if (row := await asyncio.to_thread(self.log.prediction, request_id, index)) is not None:
+        reads = self.state.reads
+        if (row := await asyncio.to_thread(reads.prediction, request_id, index)) is not None:
             return row
         if self.feedback_waiters.locked():
             prometheus_metrics.FEEDBACK_REFUSED.labels("busy").inc()
             raise TooManyRequests("request_id: too many feedback requests are waiting for their prediction; retry")
         async with self.feedback_waiters:
             deadline, pause = time.monotonic() + settings().feedback_grace_s, 0.02
-            while (row := await asyncio.to_thread(self.log.prediction, request_id, index)) is None:
+            while (row := await asyncio.to_thread(reads.prediction, request_id, index)) is None:
                 if time.monotonic() >= deadline:
                     return None
                 await asyncio.sleep(pause)
@@ -357,12 +416,21 @@ cast(Any, HousePricer).add_asgi_middleware(
     logged_paths=LOGGED_PATHS,
     guards={"/feedback": feedback_guard},
     json_paths=API_PATHS,
+    body_timeout_s=lambda: settings().body_timeout_s,
+    unavailable=dict.fromkeys(("/predict", "/predict_batch", "/invocations"), log_refusal)
+    | {"/feedback": feedback_refusal},
+    limits={
+        "/predict_batch": lambda: f"at most {settings().max_batch_size} houses",
+        "/invocations": lambda: f"at most {settings().max_batch_size} houses",
+        "/explain": lambda: f"at most {settings().max_explain_houses} houses",
+    },
+    max_concurrency=lambda: settings().max_concurrency,
     max_values={
         "/predict": lambda: SMALL_REQUEST_VALUES,
         "/feedback": lambda: SMALL_REQUEST_VALUES,
         "/predict_batch": lambda: settings().max_batch_size * VALUES_PER_HOUSE + SMALL_REQUEST_VALUES,
         "/invocations": lambda: settings().max_batch_size * VALUES_PER_HOUSE + SMALL_REQUEST_VALUES,
-        "/explain": lambda: settings().max_batch_size * VALUES_PER_HOUSE + SMALL_REQUEST_VALUES,
+        "/explain": lambda: settings().max_explain_houses * VALUES_PER_HOUSE + SMALL_REQUEST_VALUES,
     },
 )
 # /docs.json as valid OpenAPI 3.0 (BentoML's own mixes in 3.1): see service.openapi.
@@ -372,3 +440,11 @@ cast(Any, HousePricer).add_asgi_middleware(
 )
 # Keep-alive connections spread across the workers, however they arrive: see service.balance.
 cast(Any, HousePricer).add_asgi_middleware(ConnectionBalancer, board=worker_board)
+# Request metrics labelled by the paths the service serves, never by a path a client made up: see service.served_paths.
+label_unserved_paths(
+    served_path(
+        [api.route for api in cast(Any, HousePricer).apis.values()],
+        [*(route.path for route in info_app.routes if isinstance(route, Route)),
+         *(route.path for router in (views, admin, history) for route in router.routes if isinstance(route, Route))],
+    )
+)  # fmt: skip

@@ -1,8 +1,9 @@
 """The read-only views of the service: the model, its health, drift, accuracy, traffic and the dashboard.
 
-Each is cheap whatever the size of the log: /stats reads per-minute totals, /drift
-reads the latest window, and /drift and /accuracy answers are reused for a few
-seconds (service.view_cache) while no new prediction or feedback came in.
+Each reads the worker's state (service.state) and the log's read API (housing.log.queries); none costs
+more as the log grows: /stats reads per-minute totals, /drift reads the latest window, and /drift and
+/accuracy answers are reused for a few seconds (service.view_cache) while no new prediction or feedback
+came in.
 """
 
 from __future__ import annotations
@@ -11,20 +12,21 @@ import time
 from pathlib import Path
 from typing import Any, Literal, cast
 
-import bentoml
 import numpy as np
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import HTMLResponse, PlainTextResponse
 
 from housing.columns import FEATURE_COLUMNS
+from housing.drift_check import check_drift
 from housing.explain import mean_abs_contribution, top_contributions
+from housing.log.queries import accuracy_of
+from housing.log.reloads import live_workers
 from housing.model_card import ModelCard
 from housing.settings import settings
 from service import prometheus_metrics
 from service.api_models import Health, ModelInfo
-from service.drift_check import check_drift
 from service.model import ServedModel, not_explainable
-from service.reload import live_workers
+from service.state import Serving
 
 # The longest a time bucket of /accuracy may be, and the latest time it takes (year 2286).
 MAX_BUCKET_S = 366 * 24 * 3600.0
@@ -40,23 +42,19 @@ DASHBOARD_HTML = (Path(__file__).parent / "static" / "dashboard.html").read_text
 views = APIRouter(tags=["views"])
 
 
-def _service() -> Any:
-    """The running HousePricer (its model, log and view cache)."""
-    return bentoml.get_current_service()
-
-
 @views.get("/model", response_model=ModelInfo)
-def model_info() -> ModelInfo:
+def model_info(state: Serving) -> ModelInfo:
     """Registered name, version, run id, training metrics, feature schema and data version."""
-    return _service().model.info
+    return state.model.info
 
 
 @views.get("/model/card", response_model=ModelCard)
 def model_card(
+    state: Serving,
     format: Literal["json", "markdown"] = Query(default="json", description="`markdown` for the readable card."),
 ) -> ModelCard | PlainTextResponse:
     """The served version's model card (Mitchell et al. 2019): use, data, metrics per slice, coverage, limits."""
-    model = _service().model
+    model = state.model
     if model.card is None:
         raise HTTPException(404, f"model: version {model.info.model_version} was registered without a model card")
     if format == "markdown":
@@ -65,36 +63,41 @@ def model_card(
 
 
 @views.get("/drift")
-def drift() -> dict[str, Any]:
+def drift(state: Serving) -> dict[str, Any]:
     """Drift of the latest priced houses against the training data, per feature (also on /metrics)."""
-    service = _service()
+    model = state.model
     return cast(
         dict[str, Any],
-        service.views.get(
-            ("drift", service.model.info.bento_tag, service.log.newest()[0]),
-            lambda: check_drift(service.model.reference, service.log),
+        state.views.get(
+            ("drift", model.info.bento_tag, state.reads.newest()[0]), lambda: check_drift(model.reference, state.reads)
         ),
     )
 
 
 @views.get("/accuracy")
 def accuracy(
+    state: Serving,
     bucket_s: float | None = Query(
         default=None,
         ge=1,
         le=MAX_BUCKET_S,
         allow_inf_nan=False,
-        description="Split into time buckets of this many seconds.",
+        description="Split into time buckets of this many seconds (houses count by the minute they were priced in).",
     ),
     since_ts: float = Query(
-        default=0.0, ge=0, le=MAX_TS, allow_inf_nan=False, description="Only predictions made after this Unix time."
+        default=0.0,
+        ge=0,
+        le=MAX_TS,
+        allow_inf_nan=False,
+        description="Only predictions made from this Unix time on, to the minute.",
     ),
 ) -> dict[str, Any]:
     """MAE and RMSE (USD), and interval coverage, against received feedback, per model version; with ``bucket_s``,
     over time."""
-    log = _service().log
-    key = ("accuracy", bucket_s, since_ts, log.newest()[1])
-    rows = _service().views.get(key, lambda: log.accuracy(since_ts, bucket_s))
+    # The log is read once per new feedback; the parameters only pick and add up what was read.
+    reads = state.reads
+    minutes = state.views.get(("accuracy", reads.newest()[1]), reads.accuracy_minutes)
+    rows = accuracy_of(minutes, since_ts, bucket_s)
     if bucket_s is None:
         for row in rows:
             prometheus_metrics.ACCURACY.labels("mae", row["model_version"]).set(row["mae"])
@@ -107,17 +110,19 @@ def accuracy(
 
 
 @views.get("/stats")
-def stats() -> dict[str, Any]:
+def stats(state: Serving) -> dict[str, Any]:
     """Traffic per minute (last hour) and per hour (last day) with request latency, and the latest predictions.
 
     Request ids are cut short: they are the keys of feedback.
     """
-    log, now = _service().log, time.time()
-    return {"per_minute": log.traffic(now, 60, 60), "per_hour": log.traffic(now, 3600, 24), "recent": log.recent(20)}
+    reads, now = state.reads, time.time()
+    return {"per_minute": reads.traffic(now, 60, 60), "per_hour": reads.traffic(now, 3600, 24),
+            "recent": reads.recent(20)}  # fmt: skip
 
 
 @views.get("/explain/recent")
 def explain_recent(
+    state: Serving,
     limit: int = Query(default=10, ge=1, le=MAX_EXPLAINED, description="How many of the latest predictions."),
 ) -> dict[str, Any]:
     """The top reasons for the latest predictions: each one's largest input contributions (USD), newest first.
@@ -125,25 +130,26 @@ def explain_recent(
     The served model explains the logged inputs (see ``POST /explain``); after a model change its price may
     differ from the logged one. 409 when the served model is not a LightGBM forest.
     """
-    service = _service()
-    model, log = _explainable(service.model), service.log
-    key = ("explain_recent", model.info.bento_tag, limit, log.newest()[0])
-    return cast(dict[str, Any], service.views.get(key, lambda: _recent_reasons(model, log.recent(limit))))
+    model, reads = _explainable(state.model), state.reads
+    # The latest MAX_EXPLAINED are explained at most once per view_cache_s; ``limit`` only slices them.
+    latest = state.views.get(
+        ("explain_recent", model.info.bento_tag), lambda: _recent_reasons(model, reads.recent(MAX_EXPLAINED))
+    )
+    return {**latest, "predictions": latest["predictions"][:limit]}
 
 
 @views.get("/explain/importance")
-def explain_importance() -> dict[str, Any]:
+def explain_importance(state: Serving) -> dict[str, Any]:
     """The model's global importance: each raw input's mean absolute contribution (USD) over the latest
     ``IMPORTANCE_HOUSES`` priced houses, recomputed at most every ``IMPORTANCE_REFRESH_S`` seconds (an exact
     explanation of a large forest costs milliseconds a house). 409 when the served model is not a LightGBM forest.
     """
-    service = _service()
-    model, log = _explainable(service.model), service.log
+    model, reads = _explainable(state.model), state.reads
     return cast(
         dict[str, Any],
-        service.views.get(
+        state.views.get(
             ("explain_importance", model.info.bento_tag),
-            lambda: _importance(model, log.recent_inputs(IMPORTANCE_HOUSES)),
+            lambda: _importance(model, reads.recent_inputs(IMPORTANCE_HOUSES)),
             ttl_s=IMPORTANCE_REFRESH_S,
         ),
     )
@@ -186,25 +192,26 @@ def dashboard() -> str:
 
 
 @views.get("/health", response_model=Health)
-def health() -> Health:
+def health(state: Serving) -> Health:
     """A one-look summary: model, uptime and the prediction log's backlog."""
-    service, config = _service(), settings()
+    model, log = state.model, state.log
     # Any worker of the replica that could not load a model (a reload, or the registry's champion) says so.
-    workers = live_workers(service.log.store, service.replica, config.worker_max_age_s)
+    workers = live_workers(log.store, state.replica, settings().worker_max_age_s)
     errors = sorted({worker["error"] for worker in workers if worker["error"]})
-    healthy = service.log.write_failures == service.log.dead_letters == 0 and not errors
+    healthy = log.write_failures == log.dead_letters == log.dropped == 0 and not errors and log.problem is None
     return Health(
         status="ok" if healthy else "degraded",
         model_errors=errors,
-        model_name=service.model.info.model_name,
-        model_version=service.model.info.model_version,
-        uptime_s=round(time.time() - service.started, 1),
-        prediction_log_queue=service.log.pending,
-        prediction_log_write_failures=service.log.write_failures,
-        model_runtime=forest.runtime if (forest := service.model.forest) else "scikit-learn",
+        model_name=model.info.model_name,
+        model_version=model.info.model_version,
+        uptime_s=round(time.time() - state.started, 1),
+        prediction_log_queue=log.pending,
+        prediction_log_write_failures=log.write_failures,
+        prediction_log_problem=log.problem,
+        prediction_log_dropped_rows=log.dropped,
+        model_runtime=forest.runtime if (forest := model.forest) else "scikit-learn",
         model_runtime_problem=forest.problem if forest else None,
-        interval_runtime=scale.runtime if (scale := service.model.scale_forest) else None,
+        interval_runtime=scale.runtime if (scale := model.scale_forest) else None,
         interval_runtime_problem=scale.problem if scale else None,
-        explain_runtime=explainer.runtime if (explainer := service.model.explainer) else None,
-        explain_runtime_problem=explainer.problem if explainer else None,
+        explain_runtime="pred_contrib" if forest else None,
     )

@@ -20,16 +20,15 @@ import mlflow
 import pandas as pd
 import pytest
 
+from devtools.local_stores import PostgresServer
 from housing.columns import FEATURE_COLUMNS, TARGET_COLUMN
 from housing.params import Params, load_params
 from housing.settings import HousingSettings
-from operations.local_stores import PostgresServer
 from tests.stores.engines import LogDatabase
 from tests.synthetic import synthetic_housing
-from tests.workspace import BIN, Workspace, run_pipeline
+from tests.workspace import BIN, ROOT, Workspace, run_pipeline
 from training.ingest import ingest
 
-ROOT = Path(__file__).resolve().parents[1]
 _BENTOML_HOME = tempfile.mkdtemp(prefix="housing-bentoml-")
 # Every server of the session shares one cache of compiled forests: each model compiles once.
 _COMPILED_DIR = tempfile.mkdtemp(prefix="housing-compiled-")

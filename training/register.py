@@ -9,9 +9,9 @@ scored is logged on the same run as the version's *evidence* (a pyfunc model of
 its own, named by the version's ``evidence_model`` tag). The registered version
 is tagged with the evidence's metrics, the data version (the DVC/MD5 hash of the
 raw CSV, and of the feedback), what the served model was fitted on and its row
-count; its model card (training.model_card) is logged beside the model file and
+count; its model card (training.card_builder) is logged beside the model file and
 is the version's description.
-It then challenges the champion on the current test split (training.champion
+It then challenges the champion on the current test split (housing.registry
 records the decision). The decision compares training-split fits: the
 challenger's evidence with the champion's, both priced on the same test houses
 (the refit learned them, so its own figures prove nothing); the served model
@@ -51,7 +51,6 @@ from housing import pyfunc_flavor
 from housing.columns import CATEGORICAL_COLUMN, FEATURE_COLUMNS, NUMERIC_COLUMNS
 from housing.compiled_forest import compile_forest
 from housing.conformal import ConformalRegressor
-from housing.decisions import Decision, record
 from housing.drift_stats import reference_profile
 from housing.model_format import (
     MLFLOW_MODEL_FOLDER,
@@ -64,10 +63,9 @@ from housing.model_format import (
     load_model,
 )
 from housing.params import Params, RegisterParams, load_params
-from housing.registry import champion_version, is_served, served_model, tagged_metrics
+from housing.registry import Decision, champion_version, crown, is_served, record, served_model, tagged_metrics
 from housing.settings import HousingSettings
-from training.champion import crown
-from training.model_card import build_card, write_card
+from training.card_builder import build_card, write_card
 from training.prepare import load_split
 from training.refit import TRAINING_SPLIT, labelled_rows
 from training.scoring import regression_metrics

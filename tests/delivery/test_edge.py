@@ -13,11 +13,11 @@ import os
 import re
 import selectors
 import shutil
-import signal
 import socket
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +25,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from load_tests.benchmark import free_port
+from devtools.ports import free_port
+from devtools.processes import stop
+from devtools.waits import wait_ready
 from service.api_models import EXAMPLE_HOUSE
 from tests.service.server import Server, start_server
 from tests.workspace import ROOT
@@ -104,26 +106,11 @@ def edge(tmp_path_factory: pytest.TempPathFactory, server: Server) -> Iterator[E
         nginx(prefix, conf), stdout=output.open("w"), stderr=subprocess.STDOUT, start_new_session=True
     )
     running = Edge(f"http://127.0.0.1:{port}", port, process, output)
-    deadline = time.monotonic() + 30
     try:
-        while True:
-            assert process.poll() is None, f"nginx exited with {process.returncode}:\n{output.read_text()}"
-            assert time.monotonic() < deadline, f"nginx not answering after 30 s:\n{output.read_text()}"
-            try:
-                if httpx.get(f"{running.url}/livez", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+        wait_ready(f"{running.url}/livez", process, 30, log=output)
         yield running
     finally:
-        if process.poll() is None:
-            process.terminate()  # SIGTERM: nginx's fast shutdown, master and workers
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+        stop(process, 30)  # SIGTERM: nginx's fast shutdown, master and workers
 
 
 @pytest.fixture
@@ -170,14 +157,17 @@ def test_predictions_pass_through_with_their_request_id(edge: Edge, server: Serv
     proxied = http.post(f"{edge.url}/predict", json=EXAMPLE_HOUSE, headers={"X-Request-ID": "edge-proxied-1"})
     assert direct.status_code == proxied.status_code == 200, proxied.text
     assert proxied.json()["price_usd"] == direct.json()["price_usd"]
-    assert proxied.headers["x-request-id"] == proxied.json()["request_id"] == "edge-proxied-1"
+    assert proxied.headers["x-request-id"] == proxied.json()["request_id"]
+    assert proxied.json()["request_id"].startswith("edge-proxied-1~")
     assert proxied.headers["server"] == "nginx"  # server_tokens off: no version
     # Without an id (or with one the service would refuse) nginx makes one; its access log and the answer agree.
     made = http.post(f"{edge.url}/predict", json=EXAMPLE_HOUSE, headers={"X-Request-ID": "bad id!"})
     assert made.status_code == 200
-    request_id = made.headers["x-request-id"]
+    assert made.json()["request_id"] == made.headers["x-request-id"]
+    # The service keeps nginx's id for correlation, with a suffix of its own.
+    request_id, suffix = made.headers["x-request-id"].split("~")
     assert re.fullmatch(r"[0-9a-f]{32}", request_id)
-    assert made.json()["request_id"] == request_id
+    assert re.fullmatch(r"[0-9a-f]{16}", suffix)
     # nginx writes the access log line after the answer has gone.
     deadline = time.monotonic() + 5
     while f'"request_id":"{request_id}"' not in edge.output.read_text():
@@ -307,3 +297,26 @@ def test_stalled_bodies_never_reach_the_service_and_one_client_has_at_most_the_l
         for sock in sockets:
             sock.close()
     assert http.post(f"{edge.url}/predict", json=EXAMPLE_HOUSE).status_code == 200
+
+
+def test_the_edge_forwards_the_services_routes_and_nothing_else(edge: Edge, server: Server, http: httpx.Client) -> None:
+    documented = [
+        *http.get(f"{server.url}/docs.json").json()["paths"],
+        *http.get(f"{server.url}/openapi.json").json()["paths"],
+    ]
+    pages = ["/", "/docs", "/docs.json", "/openapi.json", "/static_content/swagger-ui.css", "/livez", "/readyz"]
+    for path in [*documented, *pages]:
+        answer = http.get(f"{edge.url}{path}")
+        assert "x-request-id" in answer.headers, f"{path}: {answer.status_code}, not forwarded"  # the service answered
+    for path in [f"/x-{uuid.uuid4()}", "/predict/", "/metrics", "/schema.json", "/admin/", "/static_content/a/b"]:
+        answer = http.get(f"{edge.url}{path}")
+        assert answer.status_code == 404, path
+        assert "x-request-id" not in answer.headers, f"{path} reached the service"
+
+
+def test_one_client_gets_two_batches_a_minute(edge: Edge, http: httpx.Client) -> None:
+    """The last test of the module: it spends this client's batches for a minute."""
+    statuses = [http.post(f"{edge.url}/predict_batch", json=[EXAMPLE_HOUSE]).status_code for _ in range(4)]
+    assert statuses.count(429) >= 2, statuses
+    assert set(statuses) <= {200, 429}
+    assert http.post(f"{edge.url}/predict", json=EXAMPLE_HOUSE).status_code == 200  # single houses still pass

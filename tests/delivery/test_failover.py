@@ -8,6 +8,7 @@ retried once it reached a replica (it may have been logged), GET is retried on t
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -23,7 +24,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from load_tests.benchmark import free_port
+from devtools.ports import free_port
+from devtools.processes import stop
+from devtools.waits import wait_for_process, wait_until
 from service.api_models import EXAMPLE_HOUSE
 from tests.service.server import Server, start_server
 from tests.workspace import ROOT
@@ -80,13 +83,6 @@ class Proxy:
         return self.metric("haproxy_server_status", f'proxy="replicas",server="{server}",state="UP"') == 1
 
 
-def wait_for(condition, timeout_s: float, message: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, message
-        time.sleep(0.2)
-
-
 @pytest.fixture(scope="module")
 def replicas(tmp_path_factory: pytest.TempPathFactory, workspace) -> Iterator[list[Server]]:  # type: ignore[no-untyped-def]
     """Two replicas, each with its own SQLite log, started side by side."""
@@ -116,15 +112,47 @@ def proxy(tmp_path_factory: pytest.TempPathFactory, replicas: list[Server]) -> I
     )
     running = Proxy(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{stats_port}", process, output)
     try:
-        wait_for(
-            lambda: process.poll() is None and _answers(running) and running.up("replica1") and running.up("replica2"),
+        wait_for_process(
+            lambda: _answers(running) and running.up("replica1") and running.up("replica2"),
+            "haproxy with both replicas up",
+            process,
             30,
-            f"haproxy not ready with both replicas up:\n{output.read_text()[-3000:]}",
+            output,
         )
         yield running
     finally:
-        process.terminate()
-        process.wait(10)
+        stop(process, 10)
+
+
+def test_the_proxy_hands_a_replica_whole_requests_only(proxy: Proxy, replicas: list[Server]) -> None:
+    """A client that pauses mid-body holds a proxy connection, not a replica's: the replica gets the request whole."""
+    body = json.dumps(EXAMPLE_HOUSE).encode()
+    host, port = proxy.url.removeprefix("http://").split(":")
+    head = "\r\n".join([
+        "POST /predict HTTP/1.1", f"Host: {host}", "Content-Type: application/json", f"Content-Length: {len(body)}",
+        "X-Request-ID: slow-body", "Connection: close", "", "",
+    ]).encode()  # fmt: skip
+    started = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=30) as client:
+        client.sendall(head + body[:10])
+        time.sleep(1.5)
+        client.sendall(body[10:])
+        answer = client.recv(65536).decode()
+    took = time.monotonic() - started
+    assert answer.startswith("HTTP/1.1 200"), answer[:200]
+    line = wait_until(lambda: _logged(replicas, "slow-body"), 10, "the replicas never logged the slow request")
+    # The replica saw the request start only once the body was whole: its latency excludes the client's pause.
+    assert took >= 1.5
+    assert line["latency_ms"] < 500, line
+
+
+def _logged(replicas: list[Server], client_id: str) -> dict | None:
+    for server in replicas:
+        for path in server.log_dir.glob("requests*.log"):
+            for text in path.read_text().splitlines():
+                if (line := json.loads(text)).get("client_request_id") == client_id:
+                    return line
+    return None
 
 
 def _answers(proxy: Proxy) -> bool:
@@ -217,7 +245,7 @@ def test_one_replica_killed_under_load_the_other_takes_the_traffic(
     # The surviving replica took the traffic: every request sent after the kill was answered 200.
     assert len(after) > 100
     assert [outcome for outcome in after if outcome.status != 200] == []
-    wait_for(lambda: not proxy.up("replica2"), 10, "haproxy still counts the killed replica as up")
+    wait_until(lambda: not proxy.up("replica2"), 10, "haproxy still counts the killed replica as up", pause_s=0.2)
     assert proxy.up("replica1")
     retries = proxy.metric("haproxy_backend_retry_warnings_total", 'proxy="replicas"')
     redispatches = proxy.metric("haproxy_backend_redispatch_warnings_total", 'proxy="replicas"')

@@ -1,4 +1,4 @@
-"""docs/summary.md: its figures are the reports' figures, and the committed page is current."""
+"""docs/summary.md and README.md's benchmark table: their figures are the reports' figures, and both are current."""
 
 from __future__ import annotations
 
@@ -6,11 +6,15 @@ import json
 import shutil
 from pathlib import Path
 
-from scripts.summary import REPORTS, SUMMARY, render
+from scripts.figures import README, REPORTS, SUMMARY, render, render_readme
 
 
 def test_committed_summary_is_current() -> None:
-    assert SUMMARY.read_text() == render(), "docs/summary.md is out of date: run make summary"
+    assert SUMMARY.read_text() == render(), "docs/summary.md is out of date: run make figures"
+
+
+def test_committed_readme_table_is_current() -> None:
+    assert README.read_text() == render_readme(), "README.md's benchmark table is out of date: run make figures"
 
 
 def test_figures_are_those_of_the_reports() -> None:

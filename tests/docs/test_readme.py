@@ -14,6 +14,8 @@ import yaml
 from prometheus_client import Counter
 from prometheus_client.metrics import MetricWrapperBase
 
+from housing import drift_check
+from housing.log import metrics as log_metrics
 from housing.settings import HousingSettings, variable
 from operations import cli
 from scripts import image
@@ -146,7 +148,8 @@ def test_every_housing_command_named_exists(capsys: pytest.CaptureFixture[str]) 
 
 def test_every_metric_named_exists_with_its_labels() -> None:
     declared = {}
-    for metric in vars(prometheus_metrics).values():
+    declaring = [*vars(prometheus_metrics).values(), *vars(log_metrics).values(), *vars(drift_check).values()]
+    for metric in declaring:
         if isinstance(metric, MetricWrapperBase):
             exposed = f"{metric._name}_total" if isinstance(metric, Counter) else metric._name
             declared[exposed] = set(metric._labelnames)

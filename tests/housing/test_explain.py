@@ -9,10 +9,8 @@ from lightgbm import LGBMRegressor
 from sklearn.compose import TransformedTargetRegressor
 from sklearn.pipeline import Pipeline
 
-from housing import tree_shap
 from housing.columns import FEATURE_COLUMNS, OCEAN_PROXIMITY_CATEGORIES
 from housing.explain import (
-    ForestExplainer,
     explain_forest,
     folding_matrix,
     in_usd,
@@ -39,19 +37,15 @@ def log_target(X_sample: pd.DataFrame, y_sample: pd.Series) -> TransformedTarget
     return model.fit(X_sample, y_sample)
 
 
-def explained(model: Pipeline | TransformedTargetRegressor, houses: pd.DataFrame, tables: bool = True):
-    """How the service explains: the model's prices, the forest's values (from tables or not), the features' sources."""
+def explained(model: Pipeline | TransformedTargetRegressor, houses: pd.DataFrame, num_threads: int = 1):
+    """How the service explains: the model's prices, the booster's values, the features' sources."""
     steps = fitted_pipeline(model)
     features = steps.named_steps["features"]
     fold = folding_matrix(features.get_feature_sources_out())
-    explainer = ForestExplainer(steps.named_steps["model"].booster_)
-    if tables:
-        explainer.start()
-        assert explainer.wait(60)
-        assert (explainer.runtime, explainer.problem) == ("tables", None)
-    else:
-        assert explainer.runtime == "pred_contrib"  # until its first explanation has built the tables
-    return explain_forest(explainer, features.transform(houses), fold, model.predict(houses), target_inverse(model))
+    booster = steps.named_steps["model"].booster_
+    return explain_forest(
+        booster, features.transform(houses), fold, model.predict(houses), target_inverse(model), num_threads
+    )
 
 
 def test_every_engineered_feature_has_raw_sources(plain: Pipeline) -> None:
@@ -79,32 +73,33 @@ def test_a_source_that_is_not_a_raw_input_is_refused() -> None:
         folding_matrix([()])
 
 
-@pytest.mark.parametrize("tables", [True, False], ids=["tables", "pred_contrib"])
+@pytest.mark.parametrize("num_threads", [1, 2])
 def test_contributions_sum_to_the_price_and_fold_the_feature_values(
-    plain: Pipeline, X_sample: pd.DataFrame, tables: bool
+    plain: Pipeline, X_sample: pd.DataFrame, num_threads: int
 ) -> None:
     houses = X_sample.head(200)
-    explanation = explained(plain, houses, tables)
+    explanation = explained(plain, houses, num_threads)
     assert explanation.contributions_usd.shape == (200, len(FEATURE_COLUMNS))
     np.testing.assert_allclose(explanation.price_usd, plain.predict(houses))
     total = explanation.base_usd + explanation.contributions_usd.sum(axis=1)
     assert np.abs(total - explanation.price_usd).max() < 1.0
     assert np.ptp(explanation.base_usd) == 0  # one base value: the forest's average score
-    # ocean_proximity gets exactly the values of its one-hot columns, nothing else.
+    # LightGBM's own values, each feature's folded onto its sources: ocean_proximity gets exactly the values of
+    # its one-hot columns, nothing else.
     features = plain.named_steps["features"]
     values = plain.named_steps["model"].booster_.predict(features.transform(houses), pred_contrib=True)
+    np.testing.assert_array_equal(explanation.base_usd, values[:, -1])
+    fold = folding_matrix(features.get_feature_sources_out())
+    np.testing.assert_allclose(explanation.contributions_usd, values[:, :-1] @ fold, rtol=1e-12, atol=1e-9)
     one_hot = [i for i, name in enumerate(features.get_feature_names_out()) if name.startswith("ocean_proximity_")]
     np.testing.assert_allclose(
         explanation.contributions_usd[:, FEATURE_COLUMNS.index("ocean_proximity")], values[:, one_hot].sum(axis=1)
     )
 
 
-@pytest.mark.parametrize("tables", [True, False], ids=["tables", "pred_contrib"])
-def test_a_log_target_is_explained_in_usd(
-    log_target: TransformedTargetRegressor, X_sample: pd.DataFrame, tables: bool
-) -> None:
+def test_a_log_target_is_explained_in_usd(log_target: TransformedTargetRegressor, X_sample: pd.DataFrame) -> None:
     houses = X_sample.head(200)
-    explanation = explained(log_target, houses, tables)
+    explanation = explained(log_target, houses)
     prices = log_target.predict(houses)
     np.testing.assert_allclose(explanation.price_usd, prices)
     total = explanation.base_usd + explanation.contributions_usd.sum(axis=1)
@@ -136,35 +131,3 @@ def test_top_contributions_and_importance() -> None:
     assert top == [{"input": "b", "contribution_usd": -20.0}, {"input": "a", "contribution_usd": 5.0}]
     assert mean_abs_contribution(contributions, ("a", "b", "c")) == {"a": 4.0, "b": 12.0, "c": 0.5}
     assert mean_abs_contribution(np.empty((0, 3)), ("a", "b", "c")) == {"a": 0.0, "b": 0.0, "c": 0.0}
-
-
-def test_a_forest_the_tables_refuse_is_explained_by_pred_contrib(X_sample: pd.DataFrame, y_sample: pd.Series) -> None:
-    # Missing values the forest routes on their own: a split the tables do not model.
-    rows = X_sample[["median_income", "housing_median_age"]].to_numpy(dtype=float, copy=True)
-    rows[::7, 0] = np.nan
-    booster = LGBMRegressor(n_estimators=5, random_state=0, verbose=-1).fit(rows, y_sample).booster_
-    explainer = ForestExplainer(booster)
-    first = explainer.contributions(rows[:3])
-    assert explainer.wait(60)
-    assert explainer.runtime == "pred_contrib"
-    assert "missing values NaN" in str(explainer.problem)
-    again = explainer.contributions(rows[:3])
-    expected = booster.predict(rows[:3], pred_contrib=True)
-    for base, values in (first, again):
-        np.testing.assert_array_equal(np.column_stack([values, base]), expected)
-
-
-def test_where_the_kernel_cannot_compile_pred_contrib_explains(
-    X_sample: pd.DataFrame, y_sample: pd.Series, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def no_llvm() -> None:
-        raise OSError("llvmlite: no native target")
-
-    monkeypatch.setattr(tree_shap, "shap_values_kernel", no_llvm)
-    rows = X_sample[["median_income", "housing_median_age"]].to_numpy(dtype=float)
-    booster = LGBMRegressor(n_estimators=5, random_state=0, verbose=-1).fit(rows, y_sample).booster_
-    explainer = ForestExplainer(booster)
-    first = explainer.contributions(rows[:3])
-    assert explainer.wait(60)
-    assert (explainer.runtime, explainer.problem) == ("pred_contrib", "tables refused: llvmlite: no native target")
-    np.testing.assert_array_equal(np.column_stack([first[1], first[0]]), booster.predict(rows[:3], pred_contrib=True))

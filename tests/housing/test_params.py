@@ -6,10 +6,9 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from devtools.paths import ROOT
 from housing.params import load_params
 from housing.settings import HousingSettings
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_params_yaml_is_valid() -> None:

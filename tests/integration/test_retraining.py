@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from devtools.houses import request_records
 from housing.columns import FEATURE_COLUMNS, TARGET_COLUMN
-from load_tests.benchmark import request_records
 from service.api_models import EXAMPLE_HOUSE
 from tests.service.conftest import FEEDBACK
 from tests.service.server import Server, start_server

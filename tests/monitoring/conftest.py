@@ -10,7 +10,8 @@ import httpx
 import pytest
 import yaml
 
-from load_tests.benchmark import free_port
+from devtools.ports import free_port
+from devtools.waits import wait_until
 from service.api_models import EXAMPLE_HOUSE
 from tests.service.conftest import FEEDBACK
 from tests.service.server import Server, start_server
@@ -74,12 +75,5 @@ def query(url: str, promql: str) -> list[dict]:
 
 
 def wait_for(url: str, promql: str, timeout_s: float = 60) -> list[dict]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if result := query(url, promql):
-                return result
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"no data for {promql!r} after {timeout_s} s")
+    """The query's result once it has one."""
+    return wait_until(lambda: query(url, promql), timeout_s, f"no data for {promql!r} after {timeout_s} s", pause_s=0.5)

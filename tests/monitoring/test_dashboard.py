@@ -5,9 +5,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from scripts.browser import chromium
+from devtools.browser import chromium
+from housing.log.queries import short_id
 from service.api_models import EXAMPLE_HOUSE
-from service.prediction_log import short_id
 from tests.service.server import Server
 from tests.workspace import ROOT
 

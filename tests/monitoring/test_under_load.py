@@ -20,9 +20,11 @@ ENDPOINTS = {"/predict", "/predict_batch", "/feedback", "/predict [invalid]"}
 
 
 def run_load(*args: str, **env: str) -> subprocess.CompletedProcess:
-    """`python load_tests/run_load.py ARGS`, as `make load` runs it, with ``env`` added to the environment."""
-    command = [str(BIN / "python"), str(ROOT / "load_tests" / "run_load.py"), *args]
-    return subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True, timeout=120, check=False)
+    """`python -m load_tests.run_load ARGS`, as `make load` runs it, with ``env`` added to the environment."""
+    command = [str(BIN / "python"), "-m", "load_tests.run_load", *args]
+    return subprocess.run(
+        command, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 def load_service(scraped: tuple[Server, str], workspace: Workspace, out: Path, users: int, seconds: int) -> list[str]:

@@ -19,7 +19,7 @@ import pytest
 
 from housing.columns import CATEGORICAL_COLUMN, FEATURE_COLUMNS
 from housing.drift_stats import drift_report
-from housing.log_store import LogStore
+from housing.log.store import LogStore
 from housing.slices import band_names
 from operations.cli import main
 

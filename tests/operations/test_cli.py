@@ -8,8 +8,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from housing.jobs import job_lock
 from operations.cli import main
-from service.retrain_jobs import retrain_lock
 from tests.workspace import ROOT, Workspace
 
 
@@ -63,7 +63,7 @@ def test_retrain_finds_nothing_to_do_and_waits_its_turn(
     args = ["retrain", "--project-dir", str(tmp_path), "--db", str(tmp_path / "p.db")]
     assert housing(*args) == 0
     assert json.loads(capsys.readouterr().out)["message"] == "no drift, and accuracy on feedback within bounds"
-    with retrain_lock(tmp_path / "p.db"):
+    with job_lock(tmp_path):
         assert housing(*args) == 75
     assert capsys.readouterr().out.strip() == "a retraining is already running"
 

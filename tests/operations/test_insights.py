@@ -17,8 +17,9 @@ import pytest
 
 from housing.columns import FEATURE_COLUMNS, TARGET_COLUMN
 from housing.drift_stats import reference_profile
-from housing.log_schema import MIGRATIONS, PREDICTIONS
-from housing.log_store import SQLiteStore, migrate
+from housing.log.queries import LogReader
+from housing.log.schema import MIGRATIONS
+from housing.log.store import SQLiteStore, migrate
 from housing.params import Params
 from housing.settings import settings
 from operations.cli import main
@@ -29,8 +30,8 @@ from operations.insights import (
     feedback_slices,
     latency_percentiles,
     traffic_over_time,
-    write_report,
 )
+from operations.insights_report import write_report
 from tests.operations.insights_sql import assert_drift_matches_sql, assert_report_matches_sql, housing_report
 from tests.stores.engines import LogDatabase
 from tests.synthetic import synthetic_housing
@@ -143,7 +144,7 @@ def fill(log_db: LogDatabase, start: float, houses: pd.DataFrame, bounds: bool) 
              **{name: (None if pd.isna(value) else value) for name, value in house[list(FEATURE_COLUMNS)].items()}}
             for i, (_, house) in enumerate(request.iterrows())
         ]  # fmt: skip
-        log.add(PREDICTIONS, rows)
+        log.add(rows)
         first += size
     assert log.flush()
     for number, size in enumerate(sizes):
@@ -234,7 +235,7 @@ def test_the_findings_follow_the_data(profile: dict[str, Any], tmp_path: Path) -
         # Dearer houses: the same 5% error is twice as many USD.
         houses.loc[houses.ocean_proximity == worst, TARGET_COLUMN] *= 2
         fill(database, time.time() - 3600, houses, bounds=False)
-        report = build_report(database.store(), profile, options())
+        report = build_report(LogReader(database.store()), profile, options())
         database.close()
         error = next(s for s in report["findings"] if s.startswith("On "))
         figures = report["feedback"]["by"]["ocean_proximity"][worst]
@@ -253,7 +254,7 @@ def test_a_log_older_than_the_code_is_refused(tmp_path: Path, capsys: pytest.Cap
     with pytest.raises(SystemExit) as exit_:
         main(args)
     assert exit_.value.code == 1
-    expected = f"has schema version {latest - 1}, this report reads version {latest}: start the service once"
+    expected = f"has schema version {latest - 1}, this code reads version {latest}: start the service once"
     assert expected in capsys.readouterr().out
 
 
@@ -261,7 +262,7 @@ def test_a_feature_never_logged_leaves_its_figures_empty_not_broken(profile: dic
     houses = synthetic_housing(330, seed=9).assign(total_bedrooms=np.nan)  # clients that never send it
     database = LogDatabase("sqlite", tmp_path, None)
     fill(database, time.time() - 3600, houses, bounds=False)
-    report = build_report(database.store(), profile, options())
+    report = build_report(LogReader(database.store()), profile, options())
     database.close()
     bedrooms = report["inputs"]["features"]["total_bedrooms"]
     assert (bedrooms["log_median"], bedrooms["log_deciles"], bedrooms["p_value"]) == (None, None, None)

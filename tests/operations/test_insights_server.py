@@ -11,10 +11,10 @@ import httpx
 import pandas as pd
 import pytest
 
+from devtools.houses import request_records
 from housing.columns import TARGET_BOUNDS, TARGET_COLUMN
-from housing.log_store import SQLiteStore
+from housing.log.store import SQLiteStore
 from housing.params import load_params
-from load_tests.benchmark import request_records
 from tests.operations.insights_sql import assert_drift_matches_sql, assert_report_matches_sql, housing_report
 from tests.service.conftest import FEEDBACK
 from tests.service.server import start_server

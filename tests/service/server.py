@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import time
 from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import psutil
 
-from load_tests.benchmark import free_port
+from devtools.ports import free_port
+from devtools.processes import stop
+from devtools.waits import wait_ready
 from tests.service.conftest import FEEDBACK_TOKEN
 from tests.workspace import BIN, ROOT
 
@@ -44,22 +43,8 @@ class Server:
                 process.kill()
 
     def stop(self, timeout_s: float = 60.0) -> int | None:
-        """Graceful shutdown, as an orchestrator does it: SIGTERM, then wait; past ``timeout_s``, kill.
-
-        BentoML's workers run in process groups of their own: a worker still stuck when the time is up
-        is killed by its pid, or it would outlive its server. None when the server had to be killed.
-        """
-        processes = self.processes()
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            return self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            for process in processes:
-                with suppress(psutil.NoSuchProcess):
-                    process.kill()
-            self.process.wait(10)
-            return None
+        """Graceful shutdown, as an orchestrator does it (devtools.processes.stop): None when it had to be killed."""
+        return stop(self.process, timeout_s)
 
 
 def start_server(
@@ -97,15 +82,9 @@ def start_server(
         start_new_session=True,
     )
     server = Server(f"http://127.0.0.1:{port}", process, root / "predictions.db", root / "log", output)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"bentoml serve exited with {process.returncode}:\n{output.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    server.stop()
-    raise TimeoutError(f"bentoml serve not ready after {timeout_s} s:\n{output.read_text()[-3000:]}")
+    try:
+        wait_ready(f"{server.url}/readyz", process, timeout_s, log=output)
+    except TimeoutError:
+        server.stop()
+        raise
+    return server

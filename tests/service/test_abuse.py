@@ -2,7 +2,8 @@
 
 Each section is one defect of the issue, encoded as what must hold once it is fixed:
 
-1. a reused X-Request-ID never stops the prediction log (and nothing is lost on SIGTERM);
+1. a reused X-Request-ID gets an id of its own each time and never stops the prediction log (and nothing
+   is lost on SIGTERM);
 2. /model/history runs in process: no subprocess per request, fast, and its 503 names no path;
 3. an invalid body costs no more than the largest legal batch, and its answer stays under 64 KB;
 4. feedback needs its own token, the first answer is kept, values outside the target's range are
@@ -38,9 +39,10 @@ import pandas as pd
 import psutil
 import pytest
 
+from devtools.houses import request_records
 from housing.columns import FEATURE_COLUMNS
-from housing.log_store import SQLiteStore, migrate
-from load_tests.benchmark import request_records
+from housing.log.queries import LogReader
+from housing.log.store import SQLiteStore, migrate
 from service.api_models import EXAMPLE_HOUSE
 from tests.service.conftest import ADMIN, ADMIN_TOKEN, FEEDBACK, FEEDBACK_TOKEN
 from tests.service.server import Server, start_server
@@ -128,13 +130,16 @@ def logged(db: Path, request_id: str, houses: int = 1) -> bool:
     return query(db, "SELECT COUNT(*) FROM predictions WHERE request_id = ?", request_id)[0][0] >= houses
 
 
-def price(server: Server, http: httpx.Client, request_id: str, houses: list[dict[str, Any]] | None = None) -> Any:
-    """Price one house (or a batch) under ``request_id`` and wait until its rows are in the log."""
+def price(server: Server, http: httpx.Client, client_id: str, houses: list[dict[str, Any]] | None = None) -> Any:
+    """Price one house (or a batch) with ``X-Request-ID: client_id`` and wait until its rows are in the log under
+    the id its answer carries; the answer."""
     if houses is None:
-        response = http.post("/predict", json=EXAMPLE_HOUSE, headers={"X-Request-ID": request_id})
+        response = http.post("/predict", json=EXAMPLE_HOUSE, headers={"X-Request-ID": client_id})
     else:
-        response = http.post("/predict_batch", json=houses, headers={"X-Request-ID": request_id})
+        response = http.post("/predict_batch", json=houses, headers={"X-Request-ID": client_id})
     assert response.status_code == 200, response.text
+    request_id = response.json()["request_id"]
+    assert request_id.startswith(f"{client_id}~"), request_id
     assert eventually(lambda: logged(server.db, request_id, len(houses or [1]))), f"{request_id} never logged"
     return response.json()
 
@@ -174,8 +179,7 @@ def houses(test_rows: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def test_feedback_needs_the_feedback_token(server: Server, http: httpx.Client) -> None:
-    request_id = new_id("trust")
-    price(server, http, request_id)
+    request_id = price(server, http, new_id("trust"))["request_id"]
     body = {"request_id": request_id, "actual_price_usd": 400_000.0}
     missing = http.post("/feedback", json=body)
     assert missing.status_code == 401, f"feedback without Authorization: {missing.status_code} {missing.text}"
@@ -196,8 +200,7 @@ def stored_feedback(db: Path, request_id: str) -> list[float]:
 
 
 def test_the_first_feedback_for_a_prediction_is_kept(server: Server, http: httpx.Client) -> None:
-    request_id = new_id("trust")
-    price(server, http, request_id)
+    request_id = price(server, http, new_id("trust"))["request_id"]
     first = http.post("/feedback", json={"request_id": request_id, "actual_price_usd": 450_000.0}, headers=FEEDBACK)
     assert first.status_code == 200, first.text
     assert eventually(lambda: stored_feedback(server.db, request_id) == [450_000.0]), stored_feedback(
@@ -213,8 +216,7 @@ def test_the_first_feedback_for_a_prediction_is_kept(server: Server, http: httpx
 
 @pytest.mark.parametrize("actual", [10_000_000.0, 10_000.0], ids=["above the target range", "below it"])
 def test_feedback_outside_the_target_range_is_refused(server: Server, http: httpx.Client, actual: float) -> None:
-    request_id = new_id("trust")
-    price(server, http, request_id)
+    request_id = price(server, http, new_id("trust"))["request_id"]
     response = http.post("/feedback", json={"request_id": request_id, "actual_price_usd": actual}, headers=FEEDBACK)
     assert response.status_code == 400, f"feedback of {actual:,.0f} USD: {response.status_code} {response.text}"
     assert "actual_price_usd" in response.text, response.text
@@ -223,8 +225,7 @@ def test_feedback_outside_the_target_range_is_refused(server: Server, http: http
 
 
 def test_a_correction_is_a_logged_admin_action(server: Server, http: httpx.Client) -> None:
-    request_id = new_id("trust")
-    price(server, http, request_id)
+    request_id = price(server, http, new_id("trust"))["request_id"]
     first = http.post("/feedback", json={"request_id": request_id, "actual_price_usd": 450_000.0}, headers=FEEDBACK)
     assert first.status_code == 200, first.text
     correction = {"request_id": request_id, "index": 0, "actual_price_usd": 350_000.0, "reason": "typo in the deed"}
@@ -252,8 +253,7 @@ def test_a_correction_is_a_logged_admin_action(server: Server, http: httpx.Clien
 
 
 def test_training_uses_only_authenticated_feedback(server: Server, http: httpx.Client, tmp_path: Path) -> None:
-    request_id = new_id("trust")
-    price(server, http, request_id, [EXAMPLE_HOUSE, EXAMPLE_HOUSE])
+    request_id = price(server, http, new_id("trust"), [EXAMPLE_HOUSE, EXAMPLE_HOUSE])["request_id"]
     receipt = http.post(
         "/feedback", json={"request_id": request_id, "index": 0, "actual_price_usd": 400_000.0}, headers=FEEDBACK
     )
@@ -270,7 +270,7 @@ def test_training_uses_only_authenticated_feedback(server: Server, http: httpx.C
         )
     store = SQLiteStore(copy, read_only=True)
     try:
-        exported = set(labeled_feedback(store)["feedback_id"])
+        exported = set(labeled_feedback(LogReader(store))["feedback_id"])
     finally:
         store.close()
     assert f"{request_id}:0" in exported, "authenticated feedback is missing from the training rows"
@@ -365,9 +365,9 @@ def test_failed_admin_logins_are_in_the_request_log(server: Server, http: httpx.
 
     def admin_lines() -> dict[str, tuple[str, int]]:
         return {
-            line.get("request_id"): (line.get("path"), line.get("status"))
+            line.get("client_request_id"): (line.get("path"), line.get("status"))
             for line in request_lines(server)
-            if line.get("request_id") in (wrong_id, missing_id)
+            if line.get("client_request_id") in (wrong_id, missing_id)
         }
 
     lines = eventually(lambda: len(admin_lines()) == 2, 3.0) and admin_lines()
@@ -439,61 +439,52 @@ def test_model_history_spawns_no_process_and_answers_fast(server: Server, http: 
 # The last tests of the shared server: the second one stops it.
 
 
-def reuse_an_id(server: Server, houses: list[dict[str, Any]], dup: str) -> tuple[list[str], str]:
-    """4 /predict under ``dup``, 40 under fresh ids, one batch of 500: (the fresh ids, the batch's id)."""
-    fresh = [f"{dup}-fresh-{i}" for i in range(40)]
-    batch = f"{dup}-batch"
+def reuse_an_id(server: Server, houses: list[dict[str, Any]], dup: str) -> dict[str, int]:
+    """4 /predict under ``dup``, 40 under fresh ids, one batch of 500: the id each answer carries, with its houses."""
+    answered: dict[str, int] = {}
     with httpx.Client(base_url=server.url, timeout=30) as http:
         for i in range(4):
             response = http.post("/predict", json=houses[i], headers={"X-Request-ID": dup})
             assert response.status_code == 200, f"predict #{i} under a reused id: {response.text}"
-        for i, request_id in enumerate(fresh):
-            response = http.post("/predict", json=houses[i], headers={"X-Request-ID": request_id})
+            answered[response.json()["request_id"]] = 1
+        for i in range(40):
+            response = http.post("/predict", json=houses[i], headers={"X-Request-ID": f"{dup}-fresh-{i}"})
             assert response.status_code == 200, response.text
-        response = http.post("/predict_batch", json=houses, headers={"X-Request-ID": batch})
+            answered[response.json()["request_id"]] = 1
+        response = http.post("/predict_batch", json=houses, headers={"X-Request-ID": f"{dup}-batch"})
         assert response.status_code == 200, response.text
-    return fresh, batch
+        answered[response.json()["request_id"]] = MAX_BATCH
+    return answered
 
 
-def missing_rows(db: Path, dup: str, fresh: list[str], batch: str) -> list[str]:
-    """What the log lacks of reuse_an_id's traffic (empty when every answered request kept its rows)."""
-    dups = [
-        rid
-        for (rid,) in query(
-            db, "SELECT request_id FROM predictions WHERE request_id = ? OR request_id LIKE ?", dup, f"{dup}~%"
-        )
-    ]
-    marks = f"({', '.join('?' * len(fresh))})"
-    saved = {rid for (rid,) in query(db, f"SELECT request_id FROM predictions WHERE request_id IN {marks}", *fresh)}  # noqa: S608 - placeholders only
-    (batch_rows,) = query(db, "SELECT COUNT(*) FROM predictions WHERE request_id = ?", batch)[0]
+def missing_rows(db: Path, dup: str, answered: dict[str, int]) -> list[str]:
+    """What the log lacks of reuse_an_id's traffic (empty when every answer's id holds its rows and no others)."""
+    stored = dict(query(db, "SELECT request_id, COUNT(*) FROM predictions WHERE request_id LIKE ? "
+                            "GROUP BY request_id", f"{dup}%"))  # fmt: skip
     problems = []
-    if len(dups) != 4:
-        problems.append(f"{len(dups)} of 4 rows under {dup!r} or {dup + '~…'!r}: {sorted(dups)}")
-    if dups.count(dup) != 1 or not all(re.fullmatch(rf"{dup}~[0-9a-f]{{8}}", rid) for rid in dups if rid != dup):
-        problems.append(f"want one {dup!r} and the others {dup + '~<8 hex>'!r}, got {sorted(dups)}")
-    if lost := sorted(set(fresh) - saved):
-        problems.append(f"{len(lost)} of 40 fresh predictions never logged, e.g. {lost[:3]}")
-    if batch_rows != MAX_BATCH:
-        problems.append(f"{batch_rows} of {MAX_BATCH} batch rows logged")
+    if len(answered) != 45:
+        problems.append(f"the 45 answers carry {len(answered)} distinct ids: a reused client id was handed out twice")
+    if wrong := {rid: (n, stored.get(rid)) for rid, n in answered.items() if stored.get(rid) != n}:
+        problems.append(f"{len(wrong)} answered ids lack their rows, e.g. {list(wrong.items())[:3]}")
+    if extra := sorted(set(stored) - set(answered)):
+        problems.append(f"rows under ids no answer carries: {extra[:3]}")
     return problems
 
 
-def test_reused_request_id_does_not_stop_the_log(server: Server, houses: list[dict[str, Any]]) -> None:
-    fresh, batch = reuse_an_id(server, houses, "dup-1")
-    eventually(lambda: not missing_rows(server.db, "dup-1", fresh, batch), 5.0)
-    problems = missing_rows(server.db, "dup-1", fresh, batch)
+def test_a_reused_request_id_gets_ids_of_its_own_and_stops_nothing(
+    server: Server, houses: list[dict[str, Any]]
+) -> None:
+    answered = reuse_an_id(server, houses, "dup-1")
+    assert all(re.fullmatch(r"dup-1(-fresh-\d+|-batch)?~[0-9a-f]{16}", rid) for rid in answered), list(answered)[:5]
+    eventually(lambda: not missing_rows(server.db, "dup-1", answered), 5.0)
+    problems = missing_rows(server.db, "dup-1", answered)
     assert not problems, f"5 s after the traffic: {'; '.join(problems)}"
     with httpx.Client(base_url=server.url, timeout=30) as http:
         for _ in range(4):  # two workers answer /health
             health = http.get("/health").json()
             assert (health["status"], health["prediction_log_write_failures"]) == ("ok", 0), health
-        metrics = http.get("/metrics").text
-        counted = sum(
-            float(value)
-            for value in re.findall(r"^housing_prediction_log_duplicate_ids_total(?:\{[^}]*\})? (\S+)$", metrics, re.M)
-        )
-        assert counted >= 3, f"housing_prediction_log_duplicate_ids_total is {counted}, want >= 3"
-        for request_id, index in [(fresh[7], 0), (batch, MAX_BATCH - 1)]:
+        batch = next(rid for rid, n in answered.items() if n == MAX_BATCH)
+        for request_id, index in [(next(iter(answered)), 0), (batch, MAX_BATCH - 1)]:
             receipt = http.post(
                 "/feedback",
                 json={"request_id": request_id, "index": index, "actual_price_usd": 250_000.0},
@@ -503,10 +494,10 @@ def test_reused_request_id_does_not_stop_the_log(server: Server, houses: list[di
 
 
 def test_reused_request_id_loses_no_row_on_sigterm(server: Server, houses: list[dict[str, Any]]) -> None:
-    fresh, batch = reuse_an_id(server, houses, "dup-2")
+    answered = reuse_an_id(server, houses, "dup-2")
     code = server.stop(60)  # at once: the rows may still be queued
     assert code is not None, "the server did not stop within 60 s of SIGTERM (killed)"
-    assert not (problems := missing_rows(server.db, "dup-2", fresh, batch)), "; ".join(problems)
+    assert not (problems := missing_rows(server.db, "dup-2", answered)), "; ".join(problems)
     assert code == 0, f"bentoml serve exited with {code} on SIGTERM"
 
 
@@ -609,8 +600,7 @@ def plain_http(plain_server: Server) -> Iterator[httpx.Client]:
 
 
 def test_feedback_is_disabled_without_a_feedback_token(plain_server: Server, plain_http: httpx.Client) -> None:
-    request_id = new_id("plain")
-    price(plain_server, plain_http, request_id)
+    request_id = price(plain_server, plain_http, new_id("plain"))["request_id"]
     body = {"request_id": request_id, "actual_price_usd": 400_000.0}
     response = plain_http.post("/feedback", json=body, headers=FEEDBACK)
     assert response.status_code == 403, f"feedback on a server without a feedback token: {response.status_code}"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from starlette.testclient import TestClient
 
+from housing.jobs import job_lock
 from housing.settings import settings
 from service.admin import warm_registry_client
-from service.retrain_jobs import retrain_lock
 from tests.service.conftest import ADMIN
 from tests.workspace import ROOT
 
@@ -53,7 +53,7 @@ def test_one_retraining_at_a_time(client: TestClient) -> None:
     status = client.get("/admin/retrain", headers=ADMIN)
     assert status.status_code == 200
     assert status.json()["running"] is False
-    with retrain_lock(settings().prediction_db):
+    with job_lock(settings().prediction_db.parent):
         busy = client.post("/admin/retrain", headers=ADMIN, json={"force": True})
         assert client.get("/admin/retrain", headers=ADMIN).json()["running"] is True
     assert busy.status_code == 409

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from housing.jobs import job_lock
 from housing.settings import settings
-from service.retrain_jobs import retrain_lock
 from tests.service.conftest import ADMIN
 
 PATH = "/admin/retrain/alert"
@@ -55,7 +55,7 @@ def test_a_resolved_alert_starts_nothing(client: TestClient) -> None:
 
 
 def test_a_firing_alert_during_a_retraining_is_answered_by_it(client: TestClient) -> None:
-    with retrain_lock(settings().prediction_db):
+    with job_lock(settings().prediction_db.parent):
         response = client.post(PATH, json=notification("firing", "resolved"), headers=ADMIN)
     assert response.status_code == 202, response.text
     assert response.json() == {"state": "running", "alerts": ["HousingDriftDetected"], "status": "/admin/retrain"}

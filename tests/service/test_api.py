@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 from starlette.testclient import TestClient
 
+from devtools.houses import request_records
 from housing.model_format import fitted_pipeline
-from load_tests.benchmark import request_records
 from service.api_models import EXAMPLE_HOUSE, House, columns_of
 from service.middleware import MAX_ERROR_BYTES, MAX_ERRORS, capped_error
 from service.model import load_served_model
@@ -33,8 +33,8 @@ def test_predict_one_house(client: TestClient, champion: dict) -> None:
     response = client.post("/predict", json=EXAMPLE_HOUSE, headers={"X-Request-ID": "req-123"})
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["request_id"] == "req-123"
-    assert response.headers["x-request-id"] == "req-123"
+    assert body["request_id"].startswith("req-123~")  # the client's id, kept for correlation, made unique
+    assert response.headers["x-request-id"] == body["request_id"]
     assert body["model_name"] == "housing-price-model"
     assert body["model_version"] == champion["version"]
     assert 50_000 < body["price_usd"] < 600_000
@@ -49,7 +49,7 @@ def test_request_id_is_generated_or_replaced(client: TestClient) -> None:
     unsafe = client.post("/predict", json=EXAMPLE_HOUSE, headers={"X-Request-ID": "bad id\nwith newline"})
     assert unsafe.json()["request_id"] != "bad id\nwith newline"
     failed = client.post("/predict", json={"nope": 1}, headers={"X-Request-ID": "err-1"})
-    assert failed.headers["x-request-id"] == "err-1"
+    assert failed.headers["x-request-id"].startswith("err-1~")
 
 
 def test_requests_reuse_the_api_callers_built_at_start(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -197,8 +197,9 @@ def test_json_request_log(client: TestClient, service_env: dict) -> None:
     lines = [
         json.loads(line) for line in (Path(service_env["HOUSING_LOG_DIR"]) / "requests.log").read_text().splitlines()
     ]
-    ok = next(line for line in lines if line["request_id"] == "log-ok")
-    bad = next(line for line in lines if line["request_id"] == "log-bad")
+    ok = next(line for line in lines if line.get("client_request_id") == "log-ok")
+    bad = next(line for line in lines if line.get("client_request_id") == "log-bad")
+    assert ok["request_id"].startswith("log-ok~")
     assert ok["status"] == 200
     assert ok["path"] == "/predict"
     assert ok["records"] == 1

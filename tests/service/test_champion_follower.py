@@ -28,8 +28,8 @@ class Replica:
 
     def follower(self) -> ChampionFollower:
         follower = ChampionFollower("sqlite:///unused.db", lambda: self.serving, self.switches.append,
-                                    self.errors.append, poll_s=60)  # fmt: skip
-        follower._client = None  # type: ignore[assignment]  # the registry is faked below
+                                    self.errors.append)  # fmt: skip
+        follower._client = object()  # type: ignore[assignment]  # the registry is faked below
         return follower
 
 

@@ -12,11 +12,12 @@ import pandas as pd
 import pytest
 from starlette.testclient import TestClient
 
+from devtools.houses import request_records
+from housing.drift_check import check_drift
 from housing.drift_stats import reference_profile
-from load_tests.benchmark import request_records
+from housing.log.queries import LogReader
+from housing.log.writer import PredictionLog
 from operations.cli import main as cli_main
-from service.drift_check import check_drift
-from service.prediction_log import PredictionLog
 from tests.workspace import BIN, ROOT
 
 pytestmark = pytest.mark.integration
@@ -37,7 +38,7 @@ def test_too_few_logged_houses_give_no_verdict(test_rows: pd.DataFrame, tmp_path
     profile = {**reference_profile(test_rows), "thresholds": {"psi": 0.2, "p_value": 0.001}}
     profile["window"] = {"rows": 1000, "min_rows": 200}
     log = PredictionLog(tmp_path / "empty.db")
-    assert check_drift(profile, log) == {
+    assert check_drift(profile, LogReader(log.store)) == {
         "status": "insufficient_data",
         "rows": 0,
         "min_rows": 200,

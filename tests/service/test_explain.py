@@ -15,13 +15,14 @@ import pandas as pd
 import pytest
 from starlette.testclient import TestClient
 
+from devtools.houses import request_records
 from housing.columns import FEATURE_COLUMNS
-from housing.explain import ForestExplainer
+from housing.explain import folding_matrix, in_usd
+from housing.log.queries import short_id
+from housing.model_format import fitted_pipeline, target_inverse
 from housing.params import Params
-from load_tests.benchmark import request_records
 from service.api_models import EXAMPLE_HOUSE, ModelInfo
 from service.model import ServedModel, fast_predict, forest_runtime
-from service.prediction_log import short_id
 from training.estimators import build_model
 
 
@@ -36,7 +37,8 @@ def test_one_house_is_explained_at_its_predicted_price(client: TestClient, champ
     response = client.post("/explain", json=EXAMPLE_HOUSE, headers={"X-Request-ID": "explain-one"})
     assert response.status_code == 200, response.text
     body = response.json()
-    assert (body["request_id"], body["count"]) == ("explain-one", 1)
+    assert body["request_id"].startswith("explain-one~")
+    assert body["count"] == 1
     assert (body["model_name"], body["model_version"]) == (champion["model_name"], champion["version"])
     (explanation,) = body["explanations"]
     assert explanation["price_usd"] == predicted["price_usd"]
@@ -44,15 +46,18 @@ def test_one_house_is_explained_at_its_predicted_price(client: TestClient, champ
     # Income is what prices this Berkeley block group, whose median income is 83,252 USD.
     assert max(explanation["contributions_usd"], key=lambda name: explanation["contributions_usd"][name]) in {
         "median_income", "longitude", "latitude"}  # fmt: skip
-    # The first explanation came from pred_contrib and started the tables; once built they give the same values.
-    explainer = bentoml.get_current_service().model.explainer
-    assert explainer.wait(120)
+    # LightGBM's exact TreeSHAP values of the champion's booster, folded onto the inputs and taken to USD.
+    model = bentoml.get_current_service().state.model
+    pipeline = fitted_pipeline(model.estimator)
+    features = pipeline[:-1].transform(pd.DataFrame([EXAMPLE_HOUSE]))
+    values = model.forest.booster.predict(features, pred_contrib=True)
+    fold = folding_matrix(pipeline.named_steps["features"].get_feature_sources_out())
+    expected = in_usd(values[:, -1], values[:, :-1] @ fold, np.array([predicted["price_usd"]]),
+                      target_inverse(model.estimator))  # fmt: skip
+    assert explanation["base_usd"] == pytest.approx(expected.base_usd[0], abs=1e-6)
+    assert list(explanation["contributions_usd"].values()) == pytest.approx(expected.contributions_usd[0], abs=1e-6)
     health = client.get("/health").json()
-    assert (health["explain_runtime"], health["explain_runtime_problem"]) == ("tables", None)
-    (again,) = client.post("/explain", json=EXAMPLE_HOUSE).json()["explanations"]
-    assert again["base_usd"] == pytest.approx(explanation["base_usd"], abs=1e-6)
-    for name, value in explanation["contributions_usd"].items():
-        assert again["contributions_usd"][name] == pytest.approx(value, abs=1e-6), name
+    assert (health["explain_runtime"], health["explain_runtime_problem"]) == ("pred_contrib", None)
 
 
 def test_a_batch_is_explained_house_by_house(client: TestClient, test_rows: pd.DataFrame) -> None:
@@ -67,27 +72,29 @@ def test_a_batch_is_explained_house_by_house(client: TestClient, test_rows: pd.D
 
 
 def test_explanations_are_requests_not_predictions(client: TestClient, service_env: dict) -> None:
-    assert client.post("/explain", json=[EXAMPLE_HOUSE] * 3, headers={"X-Request-ID": "explain-unlogged"}).is_success
-    assert client.post("/predict", json=EXAMPLE_HOUSE, headers={"X-Request-ID": "explain-after"}).is_success
+    explained = client.post("/explain", json=[EXAMPLE_HOUSE] * 3, headers={"X-Request-ID": "explain-unlogged"})
+    priced = client.post("/predict", json=EXAMPLE_HOUSE, headers={"X-Request-ID": "explain-after"})
+    assert explained.is_success
+    assert priced.is_success
     db = Path(service_env["HOUSING_PREDICTION_DB"])
     # The prediction after it reaching the log means the explanation would have too.
-    bentoml.get_current_service().log.flush()
+    bentoml.get_current_service().state.log.flush()
     with sqlite3.connect(db) as log:
         logged = {row[0] for row in log.execute("SELECT DISTINCT request_id FROM predictions")}
-    assert "explain-after" in logged
-    assert "explain-unlogged" not in logged
+    assert priced.json()["request_id"] in logged
+    assert explained.json()["request_id"] not in logged
     for handler in logging.getLogger("housing.requests").handlers:
         handler.flush()
     request_log = Path(service_env["HOUSING_LOG_DIR"]) / "requests.log"
     lines = [json.loads(line) for line in request_log.read_text().splitlines()]
-    (line,) = [line for line in lines if line["request_id"] == "explain-unlogged"]
+    (line,) = [line for line in lines if line.get("client_request_id") == "explain-unlogged"]
     assert (line["path"], line["status"], line["records"]) == ("/explain", 200, 3)
 
 
 def test_the_views_explain_the_latest_predictions(client: TestClient) -> None:
     client.post("/predict_batch", json=[EXAMPLE_HOUSE, {**EXAMPLE_HOUSE, "median_income": 2.0}])
     latest = client.post("/predict", json={**EXAMPLE_HOUSE, "total_bedrooms": None}).json()
-    bentoml.get_current_service().log.flush()
+    bentoml.get_current_service().state.log.flush()
     recent = client.get("/explain/recent", params={"limit": 3}).json()
     assert len(recent["predictions"]) == 3
     newest = recent["predictions"][0]
@@ -112,10 +119,10 @@ def test_a_model_of_another_family_gets_409(
     linear = build_model({"model": "ridge", "alpha": 1.0}, params.features, "none", seed=0).fit(X_sample, y_sample)
     service = bentoml.get_current_service()
     served = dataclasses.replace(
-        service.model, estimator=linear, predictor=linear.predict, forest=None, intervals=None,
-        info=service.model.info.model_copy(update={"family": "linear"}),
+        service.state.model, estimator=linear, predictor=linear.predict, forest=None, intervals=None,
+        info=service.state.model.info.model_copy(update={"family": "linear"}),
     )  # fmt: skip
-    monkeypatch.setattr(service, "model", served)
+    monkeypatch.setattr(service.state, "model", served)
     assert client.post("/predict", json=EXAMPLE_HOUSE).status_code == 200  # it serves prices...
     for response in (client.post("/explain", json=EXAMPLE_HOUSE), client.get("/explain/recent"),
                      client.get("/explain/importance")):  # fmt: skip
@@ -146,8 +153,9 @@ def test_the_served_path_explains_a_log_target_forest(
     assert forest is not None
     info = ModelInfo(model_name="m", model_version="1", run_id="r", bento_tag="m:1", family="gradient_boosting",
                      data_version="d", test_metrics={}, cv_metrics={}, feature_schema={})  # fmt: skip
+    # 100 houses: LightGBM explains them on two threads (PARALLEL_EXPLAIN_ROWS).
     served = ServedModel(estimator=model, predictor=fast_predict(model, forest), info=info, reference={}, forest=forest,
-                         explainer=ForestExplainer(forest.booster))  # fmt: skip
+                         parallel={"num_threads": 2})  # fmt: skip
     houses = X_sample.head(100)
     explanation = served.explain({name: houses[name].tolist() for name in houses.columns})
     np.testing.assert_allclose(explanation.price_usd, model.predict(houses), rtol=1e-9)

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import logging.handlers
+import re
 from pathlib import Path
 from typing import Any
 
@@ -79,12 +80,16 @@ def test_a_long_error_is_capped_and_keeps_its_length_header() -> None:
     assert (len(body["detail"]), body["more_errors"]) == (MAX_ERRORS, 1000 - MAX_ERRORS)
 
 
-def test_request_ids_are_kept_when_valid_and_made_otherwise() -> None:
+def test_request_ids_are_the_servers_own_with_a_clients_id_kept_for_correlation() -> None:
     with client() as http:
         kept = http.post("/api", content=b"{}", headers={"X-Request-ID": "abc-1"})
+        again = http.post("/api", content=b"{}", headers={"X-Request-ID": "abc-1"})
         made = http.post("/api", content=b"{}", headers={"X-Request-ID": "not valid!"})
-    assert kept.headers["x-request-id"] == kept.json()["id"] == "abc-1"
-    assert made.headers["x-request-id"] == made.json()["id"] != "not valid!"
+    assert kept.headers["x-request-id"] == kept.json()["id"]
+    assert re.fullmatch(r"abc-1~[0-9a-f]{16}", kept.json()["id"])
+    assert again.json()["id"] != kept.json()["id"]  # the same client id twice: two ids, neither can take the other's
+    assert made.headers["x-request-id"] == made.json()["id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", made.json()["id"])
 
 
 def record(i: int) -> logging.LogRecord:

@@ -6,9 +6,10 @@ import bentoml
 import numpy as np
 import pandas as pd
 
+from devtools.houses import request_records
 from housing.params import Params
 from housing.settings import HousingSettings
-from load_tests.benchmark import batch_stages, request_records, served_champion
+from load_tests.benchmark import batch_stages, served_champion
 from service.api_models import House, columns_of
 from service.model import PARALLEL_ROWS, fast_predict, forest_runtime, load_served_model
 from training.estimators import build_model

@@ -18,7 +18,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from load_tests.benchmark import request_records
+from devtools.houses import request_records
 from service.api_models import EXAMPLE_HOUSE
 from tests.service.bad_requests import BAD_REQUESTS, BadRequest, error_text
 from tests.service.conftest import FEEDBACK
@@ -43,14 +43,16 @@ def http(server: Server) -> Iterator[httpx.Client]:
 def test_happy_paths(http: httpx.Client, champion: dict, test_rows: pd.DataFrame) -> None:
     single = http.post("/predict", json=EXAMPLE_HOUSE, headers={"X-Request-ID": "srv-1"})
     assert single.status_code == 200, single.text
-    assert single.headers["x-request-id"] == "srv-1"
+    assert single.headers["x-request-id"] == single.json()["request_id"]
+    assert single.json()["request_id"].startswith("srv-1~")
     assert single.json()["model_version"] == champion["version"]
     batch = http.post("/predict_batch", json=request_records(test_rows.head(50)))
     assert batch.status_code == 200
     assert batch.json()["count"] == 50
     mlflow_style = http.post("/invocations", json={"dataframe_records": request_records(test_rows.head(50))})
     assert mlflow_style.json()["predictions"] == pytest.approx(batch.json()["prices_usd"], rel=1e-12)
-    receipt = http.post("/feedback", json={"request_id": "srv-1", "actual_price_usd": 400_000.0}, headers=FEEDBACK)
+    sold = {"request_id": single.json()["request_id"], "actual_price_usd": 400_000.0}
+    receipt = http.post("/feedback", json=sold, headers=FEEDBACK)
     assert receipt.status_code == 200, receipt.text
     assert http.get("/model").json()["model_version"] == champion["version"]
     assert http.get("/health").json()["status"] == "ok"
@@ -181,7 +183,7 @@ def test_every_200_has_exactly_one_row_under_load(tmp_path: Path, workspace, tes
             r = client.post("/predict_batch", json=houses[:5], headers={"X-Request-ID": request_id})
         else:
             r = client.post("/predict", json={**houses[0], "latitude": 99.0}, headers={"X-Request-ID": request_id})
-        return request_id, kind, r.status_code
+        return r.headers["x-request-id"], kind, r.status_code
 
     with client, ThreadPoolExecutor(32) as pool:
         outcomes = list(pool.map(call, plan))

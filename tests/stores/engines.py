@@ -1,6 +1,6 @@
 """Real database engines for the tests: one test's prediction-log database on SQLite or PostgreSQL.
 
-The PostgreSQL server (operations.local_stores) is started once per session;
+The PostgreSQL server (devtools.local_stores) is started once per session;
 each test gets a schema of its own.
 """
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from housing.log_store import LogStore, PostgresStore, SQLiteStore
-from operations.local_stores import PostgresServer
-from service.prediction_log import PredictionLog
+from devtools.local_stores import PostgresServer
+from housing.log.store import LogStore, PostgresStore, SQLiteStore
+from housing.log.writer import PredictionLog
 
 
 class LogDatabase:

@@ -1,6 +1,6 @@
 """The shared-store setup end to end: two `bentoml serve` replicas, each with its own BentoML store, the
 prediction log in PostgreSQL and the registry on an `mlflow server` backed by PostgreSQL with its artifacts in
-SeaweedFS's S3 (operations.local_stores, as `make shared-stores` runs them), under 32 clients.
+SeaweedFS's S3 (devtools.local_stores, as `make shared-stores` runs them), under 32 clients.
 
 In order, on the same fleet: a promotion mid-load reaches both replicas; PostgreSQL restarted mid-load costs no
 answer and no row; feedback and views are shared; SIGTERM on a replica loses no row; SIGKILL's loss is measured.
@@ -26,8 +26,9 @@ import psycopg
 import pytest
 from mlflow import MlflowClient
 
-from housing.log_schema import PREDICTIONS
-from operations.local_stores import S3_KEYS, SharedStores, free_port, shared_stores
+from devtools.local_stores import S3_KEYS, SharedStores, shared_stores
+from devtools.ports import free_port
+from housing.log.schema import PREDICTIONS
 from scripts.fleet import Load, import_champion
 from service.api_models import EXAMPLE_HOUSE
 from tests.service.conftest import FEEDBACK

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from housing.columns import FEATURE_COLUMNS, TARGET_COLUMN
-from housing.log_schema import PREDICTIONS
-from housing.log_store import SQLiteStore
-from tests.service.test_prediction_log import give_feedback, row
+from housing.log.queries import LogReader
+from housing.log.store import SQLiteStore
+from tests.housing.log.rows import give_feedback, row
 from tests.stores.engines import LogDatabase
 from training import feedback, prepare
 from training.feedback import COLUMNS, FEEDBACK_ID, labeled_feedback
@@ -19,11 +19,11 @@ from training.prepare import add_feedback
 
 def test_priced_houses_with_feedback_become_training_rows(log_db: LogDatabase) -> None:
     log = log_db.log()
-    log.add(PREDICTIONS, [row("a"), row("b", 0), row("b", 1), row("c")])
+    log.add([row("a"), row("b", 0), row("b", 1), row("c")])
     give_feedback(log, [("b", 1, 250_000.0), ("a", 0, 900_000.0)])
     log.record_feedback("c", 0, 300_000.0, authenticated=False)  # anonymous: never a label
     log.close()
-    df = labeled_feedback(log_db.store())
+    df = labeled_feedback(LogReader(log_db.store()))
     assert list(df.columns) == COLUMNS
     assert sorted(df[FEEDBACK_ID]) == ["a:0", "b:1"]
     # A sale above the survey's cap is censored at it, as the training data is.
@@ -32,7 +32,8 @@ def test_priced_houses_with_feedback_become_training_rows(log_db: LogDatabase) -
 
 
 def test_no_log_means_an_empty_export(tmp_path: Path) -> None:
-    df = labeled_feedback(SQLiteStore(tmp_path / "missing.db", read_only=True))
+    df = labeled_feedback(LogReader(SQLiteStore(tmp_path / "missing.db", read_only=True)))
+    assert not (tmp_path / "missing.db").exists()
     assert df.empty
     assert list(df.columns) == COLUMNS
 
@@ -67,10 +68,7 @@ def test_the_feedback_and_prepare_stages_put_labeled_houses_into_the_split(
     sample.to_csv(tmp_path / "data" / "raw" / "housing.csv", index=False)
     log = log_db.log()
     sold = sample.head(50)
-    log.add(
-        PREDICTIONS,
-        [{**row(f"r{i}"), **house} for i, house in enumerate(sold[list(FEATURE_COLUMNS)].to_dict("records"))],
-    )
+    log.add([{**row(f"r{i}"), **house} for i, house in enumerate(sold[list(FEATURE_COLUMNS)].to_dict("records"))])
     give_feedback(log, [(f"r{i}", 0, price) for i, price in enumerate(sold[TARGET_COLUMN])])
     log.close()
     monkeypatch.chdir(tmp_path)

@@ -1,4 +1,4 @@
-"""operations.local_stores' ports and start-up errors, without starting the stores (tests/stores starts them)."""
+"""The local stores' ports and start-up errors (devtools), without starting the stores (tests/stores starts them)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from operations import local_stores
-from operations.local_stores import GRPC_OFFSET, PAIRED_PORTS, SeaweedS3, free_port_pairs, start_logged, wait_for
+from devtools import ports
+from devtools.local_stores import SeaweedS3
+from devtools.ports import GRPC_OFFSET, PAIRED_PORTS, free_port_pairs
+from devtools.processes import start_logged
+from devtools.waits import wait_for_process
 
 # Linux hands out outgoing connections' ports from here up (/proc/sys/net/ipv4/ip_local_port_range).
 EPHEMERAL_START = 32_768
@@ -31,7 +34,7 @@ def test_a_port_whose_grpc_twin_is_taken_is_passed_over(monkeypatch: pytest.Monk
         holder.bind(("127.0.0.1", held + GRPC_OFFSET))
         holder.listen()
         picks = iter([held, held, other])
-        monkeypatch.setattr(local_stores.random, "choice", lambda _: next(picks))
+        monkeypatch.setattr(ports.random, "choice", lambda _: next(picks))
         assert free_port_pairs(1) == [other]
 
 
@@ -40,7 +43,7 @@ def test_a_server_that_dies_at_start_is_reported_with_the_end_of_its_log(tmp_pat
     script = "import sys; print('listen tcp 127.0.0.1:18333: bind: address already in use'); sys.exit(255)"
     process = start_logged([sys.executable, "-c", script], log)
     with pytest.raises(RuntimeError, match=r"(?s)exited with 255.*address already in use"):
-        wait_for(lambda: False, "the server", process, log, timeout_s=30)
+        wait_for_process(lambda: False, "the server", process, 30, log)
 
 
 def test_a_server_that_never_answers_is_reported_with_its_log(tmp_path: Path) -> None:
@@ -49,7 +52,7 @@ def test_a_server_that_never_answers_is_reported_with_its_log(tmp_path: Path) ->
     process = start_logged([sys.executable, "-c", script], log)
     try:
         with pytest.raises(TimeoutError, match=r"(?s)not ready after 3 s.*waiting for the master"):
-            wait_for(lambda: False, "the server", process, log, timeout_s=3)
+            wait_for_process(lambda: False, "the server", process, 3, log)
     finally:
         process.kill()
         process.wait()

@@ -1,13 +1,14 @@
 """Switching every worker of a replica to a new model without a restart.
 
-A reload is a row in the log store's ``model_requests`` table (housing.log_store:
+A reload is a row in the log store's ``model_requests`` table (housing.log.store:
 the SQLite file of the prediction log, or the shared PostgreSQL database), so every
 worker and the ``housing`` CLI see it. A request names its replica (one BentoML
 store: a host and its ``BENTOML_HOME``), because a bento tag names a model within
 one store. Each worker's watcher thread polls the table, loads the requested
 model beside the one it serves, swaps them between two requests, and reports what
 it serves in ``workers``, its heartbeat. Whoever asked can wait on those reports
-until every live worker of the replica has switched.
+until every live worker of the replica has switched: the admin endpoints, the CLI and the retraining job
+all roll out through :func:`roll_out`.
 """
 
 from __future__ import annotations
@@ -15,15 +16,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from housing.log_schema import RELOAD_REQUESTS, WORKERS
-from housing.log_store import LogStore, migrate, open_store
+from housing.log.schema import RELOAD_REQUESTS, WORKERS
+from housing.log.store import LogStore, migrate, open_store
 from housing.settings import settings
 
 log = logging.getLogger(__name__)
@@ -77,42 +77,28 @@ def wait_for_workers(
 
 @dataclass
 class Watcher:
-    """One worker's thread that follows reload requests and reports what the worker serves."""
+    """What one worker does to follow reload requests: :meth:`poll` (every ``reload_poll_s``, on the worker's
+    background thread) switches to the newest requested model and reports what the worker serves."""
 
     store: LogStore
     replica: str
     worker: str
     serving: Callable[[], str]
     switch: Callable[[str], None]
-    poll_s: float
 
-    def start(self) -> None:
+    def __post_init__(self) -> None:
         # Requests older than this worker were made before it loaded the store's latest model.
         self._since = time.time()
         self._error = ""
         self.note = ""
         self._report(loaded=True)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="model-watcher", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """Stop polling and wait for a poll in progress: the store may be closed next, under its feet."""
-        self._stop.set()
-        self._thread.join(timeout_s)
 
     def set_note(self, note: str) -> None:
         """Report ``note`` (another source's error, such as the champion follower's; empty: none) from now on."""
         self.note = note
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.poll_s):
-            try:
-                self._follow()
-            except Exception:  # the watcher must outlive a bad model or a database that is away
-                log.exception("model watcher: poll failed")
-
-    def _follow(self) -> None:
+    def poll(self) -> None:
+        """Serve the newest model asked of this replica since the last poll, and report (the heartbeat)."""
         rows = self.store.query(_LATEST_REQUEST, [self.replica, self._since])
         wanted = rows[0][1] if rows else None
         loaded = False
@@ -142,7 +128,8 @@ def roll_out(store: LogStore, bento_tag: str, replica: str | None = None) -> dic
 
 
 def roll_out_from(db: Path, bento_tag: str) -> dict[str, Any]:
-    """:func:`roll_out` from outside the service (the CLI): through the store the settings name (or the file ``db``)."""
+    """:func:`roll_out` from outside the service (the CLI, the retraining job): through the store the settings
+    name (or the SQLite file ``db``)."""
     store = open_store(settings().model_copy(update={"prediction_db": db}))
     try:
         migrate(store)

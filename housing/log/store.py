@@ -5,7 +5,7 @@ unset, the log is the SQLite file ``HOUSING_PREDICTION_DB`` (sqlite-utils render
 its tables). Both run the same SQL, written with ``?`` placeholders; a
 :class:`LogStore` says what differs (placeholders, DDL types, how a writer locks
 out the others, which errors mean the database is away rather than the rows are
-bad). :func:`migrate` brings either to the schema of housing.log_schema.
+bad). :func:`migrate` brings either to the schema of housing.log.schema.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from housing.log_schema import (
+from housing.log.schema import (
     DEFAULTS,
     INDEXES,
     LATENCY_BUCKETS_MS,
@@ -45,6 +45,8 @@ _PG_LOCK_KEY = 0x686F7573696E67
 # How long a SQLite connection waits for another's lock; a starting worker retries its switch to WAL as long.
 SQLITE_BUSY_TIMEOUT_S = 30.0
 _PG_TYPES = {int: "BIGINT", float: "DOUBLE PRECISION", str: "TEXT"}
+# What a store's :meth:`LogStore.unavailable` says when its disk is full.
+DISK_FULL = "disk full"
 
 
 class Session:
@@ -104,11 +106,12 @@ class LogStore(ABC):
 
     @abstractmethod
     def create_table_sql(self, table: str) -> str:
-        """``CREATE TABLE IF NOT EXISTS`` for a table of housing.log_schema."""
+        """``CREATE TABLE IF NOT EXISTS`` for a table of housing.log.schema."""
 
-    def is_outage(self, exc: BaseException) -> bool:
-        """Whether ``exc`` says the database is unreachable (rows wait for it), not that the rows are bad."""
-        return False
+    def unavailable(self, exc: BaseException) -> str | None:
+        """Why ``exc`` says the rows cannot be stored *now* (they wait for the database), or None when it says the
+        rows themselves are bad: ``"disk full"`` or ``"unreachable"``."""
+        return None
 
     @abstractmethod
     def prepare(self) -> None:
@@ -200,6 +203,9 @@ class SQLiteStore(LogStore):
     def table_columns(self, session: Session, table: str) -> set[str]:
         return {row[1] for row in session.execute(f"PRAGMA table_info({table})").fetchall()}
 
+    def unavailable(self, exc: BaseException) -> str | None:
+        return DISK_FULL if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL else None
+
     def column_sql(self, name: str, kind: type, not_null: bool, default: object) -> str:
         import sqlite_utils  # with pandas, about 0.4 s: loaded when a table is made (see housing.model_format)
 
@@ -269,9 +275,12 @@ class PostgresStore(LogStore):
     def prepare(self) -> None:
         """Nothing: the database exists (an operator made it) and the pool is open."""
 
-    def is_outage(self, exc: BaseException) -> bool:
-        # OperationalError covers a refused or dropped connection, an admin shutdown and the pool's timeout.
-        return isinstance(exc, psycopg.OperationalError)
+    def unavailable(self, exc: BaseException) -> str | None:
+        # SQLSTATE 53100; the other OperationalErrors are a refused or dropped connection, an admin shutdown and the
+        # pool's timeout.
+        if isinstance(exc, psycopg.errors.DiskFull):
+            return DISK_FULL
+        return "unreachable" if isinstance(exc, psycopg.OperationalError) else None
 
     def table_columns(self, session: Session, table: str) -> set[str]:
         rows = session.execute(

@@ -1,4 +1,4 @@
-"""The model card of the model the register stage logs: its figures from the reports, its words from here.
+"""Builds the model card of the model the register stage logs: its figures from the reports, its words from here.
 
 Every number comes from the pipeline's own outputs (reports/metrics.json, the
 data validation report, the split files, reports/refit.json); the prose around

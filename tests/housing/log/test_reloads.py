@@ -1,4 +1,4 @@
-"""Reload requests through the log store (SQLite, then PostgreSQL); watcher threads stand in for workers."""
+"""Reload requests through the log store (SQLite, then PostgreSQL); watchers on threads stand in for workers."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from housing.log_store import LogStore, migrate
-from service.reload import Watcher, live_workers, request_model, wait_for_workers
+from housing.log.reloads import Watcher, live_workers, request_model, wait_for_workers
+from housing.log.store import LogStore, migrate
+from housing.periodic import Periodic
 from tests.stores.engines import LogDatabase
 
 REPLICA = "host:/bentoml"
@@ -19,7 +20,8 @@ class FakeWorker:
 
     def __init__(self, store: LogStore, name: str, replica: str = REPLICA) -> None:
         self.tag = "model:v1"
-        self.watcher = Watcher(store, replica, name, lambda: self.tag, self.switch, poll_s=0.05)
+        self.watcher = Watcher(store, replica, name, lambda: self.tag, self.switch)
+        self.thread = Periodic("model-follower", [(0.05, self.watcher.poll)])
 
     def switch(self, tag: str) -> None:
         if tag.startswith("broken"):
@@ -38,10 +40,10 @@ def store(log_db: LogDatabase) -> LogStore:
 def workers(store: LogStore) -> Iterator[list[FakeWorker]]:
     started = [FakeWorker(store, f"{REPLICA}#{index}") for index in (1, 2)]
     for worker in started:
-        worker.watcher.start()
+        worker.thread.start()
     yield started
     for worker in started:
-        worker.watcher.stop()
+        worker.thread.stop()
 
 
 def test_every_worker_follows_a_reload(store: LogStore, workers: list[FakeWorker]) -> None:
@@ -57,7 +59,7 @@ def test_every_worker_follows_a_reload(store: LogStore, workers: list[FakeWorker
 
 def test_a_reload_stays_within_its_replica(store: LogStore, workers: list[FakeWorker]) -> None:
     other = FakeWorker(store, "other:/bentoml#1", replica="other:/bentoml")
-    other.watcher.start()
+    other.thread.start()
     try:
         request_model(store, "model:v2", REPLICA)
         assert wait_for_workers(store, REPLICA, "model:v2", timeout_s=10, max_age_s=5)[0]
@@ -65,7 +67,7 @@ def test_a_reload_stays_within_its_replica(store: LogStore, workers: list[FakeWo
         assert other.tag == "model:v1"
         assert [r["worker"] for r in live_workers(store, "other:/bentoml", max_age_s=5)] == ["other:/bentoml#1"]
     finally:
-        other.watcher.stop()
+        other.thread.stop()
 
 
 def test_a_model_that_fails_to_load_leaves_the_old_one_serving(store: LogStore, workers: list[FakeWorker]) -> None:
@@ -81,12 +83,12 @@ def test_a_model_that_fails_to_load_leaves_the_old_one_serving(store: LogStore, 
 def test_a_worker_ignores_requests_older_than_itself(store: LogStore) -> None:
     request_model(store, "model:old", REPLICA)
     late = FakeWorker(store, f"{REPLICA}#1")
-    late.watcher.start()
+    late.thread.start()
     try:
         time.sleep(0.3)
         assert late.tag == "model:v1"
     finally:
-        late.watcher.stop()
+        late.thread.stop()
 
 
 def test_without_running_workers_a_reload_does_not_wait(store: LogStore) -> None:

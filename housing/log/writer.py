@@ -1,32 +1,37 @@
-"""The prediction log: every priced house and every feedback, written off the request path.
+"""The log's writer: every priced house and every feedback, written off the request path.
 
-Requests only append rows to an in-memory deque; one background thread per
-process wakes every ``interval_s`` and drains it in batches (one transaction
-per batch) into the store (housing.log_store: a WAL-mode SQLite file that several
-worker processes write, or a PostgreSQL database shared by every replica), so a
-request never waits for the database. No row is dropped: a request whose id is
-already logged (a client may reuse ``X-Request-ID``) keeps its rows under a
-server-made id; while the database is unreachable (PostgreSQL restarting) the
-rows wait in the queue and the writer retries until it is back; a write that
-keeps failing for any other reason is retried a bounded number of times, then
-its rows go to a dead-letter JSONL file, so one bad batch never stops the log.
-:meth:`PredictionLog.close` flushes what is pending on shutdown.
+Requests only append rows to an in-memory deque (the service's whole hand-off); one background thread
+per process wakes every ``interval_s`` and drains it in batches (one transaction per batch) into the
+store (housing.log.store: a WAL-mode SQLite file that several worker processes write, or a PostgreSQL
+database shared by every replica), so a request never waits for the database. No row is dropped: a
+request whose id is already logged (a client may reuse ``X-Request-ID``) keeps its rows under a
+server-made id; while the database cannot store rows (PostgreSQL restarting, or its disk or the SQLite
+file's disk full) the rows wait in the queue and the writer retries until it can; a write that keeps
+failing for any other reason is retried a bounded number of times, then its rows go to a dead-letter
+JSONL file, so one bad batch never stops the log. :meth:`PredictionLog.close` flushes what is pending on
+shutdown.
 
-The writer also keeps per-minute traffic totals (requests, houses and a
-latency histogram), so ``/stats`` reads at most a day of minutes, never the log.
+The queue is bounded in memory (``max_queued_bytes``, from a measured cost per request and per row): past
+the bound, a request's rows are dropped and counted
+(``housing_prediction_log_dropped_rows_total``, a log line), never blocking or crashing anything. Whoever
+must not answer without a stored row asks :attr:`PredictionLog.accepting` first (the service's strict
+policy, ``HOUSING_LOG_FULL_POLICY=refuse``, answers 503 then). The dead-letter file sits beside the log,
+often on the same disk: it is never where waiting rows go, and rows it cannot take are counted as dropped.
+
+The writer also keeps per-minute traffic totals (requests, houses and a latency histogram), so
+``/stats`` reads at most a day of minutes, never the log. With a retention, the same thread deletes
+predictions older than it between two drains, one chunk of a few thousand rows at a time (those with
+feedback stay: they are training data), so pruning a large backlog never holds the queue up for long.
 Feedback is written at once, not queued: the first answer for a house is kept.
-With a retention, a second thread deletes predictions older than it, a few
-thousand rows per transaction (those with feedback stay: they are training data).
 
-The writer polls rather than being woken: waking it on every request (as a
-``queue.Queue`` does) cost 15% of a single prediction's time in lock handoffs.
+The writer polls rather than being woken: waking it on every request (as a ``queue.Queue`` does) cost
+15% of a single prediction's time in lock handoffs.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import threading
 import time
 import uuid
@@ -36,20 +41,19 @@ from itertools import repeat
 from pathlib import Path
 from typing import Any, overload
 
-from housing.columns import CATEGORICAL_COLUMN, NUMERIC_COLUMNS
-from housing.log_schema import (
-    CORRECTIONS,
-    FEEDBACK,
-    LATENCY_BUCKETS_MS,
-    LATENCY_COLUMNS,
-    PREDICTIONS,
-    SCHEMAS,
-    TRAFFIC,
-    TRAFFIC_SLOT_S,
+from housing.log.metrics import (
+    DEAD_LETTER_ROWS,
+    DROPPED_ROWS,
+    DUPLICATE_IDS,
+    LOG_QUEUE,
+    LOG_UNAVAILABLE,
+    LOG_WRITE_FAILURES,
+    PRUNED_ROWS,
+    QUEUED_BYTES,
 )
-from housing.log_store import LogStore, Session, SQLiteStore, add_traffic, migrate, open_store
+from housing.log.schema import CORRECTIONS, FEEDBACK, PREDICTIONS, SCHEMAS, TRAFFIC, TRAFFIC_SLOT_S
+from housing.log.store import LogStore, Session, SQLiteStore, add_traffic, migrate, open_store
 from housing.settings import HousingSettings
-from service.prometheus_metrics import DEAD_LETTER_ROWS, DUPLICATE_IDS, LOG_QUEUE, LOG_WRITE_FAILURES, PRUNED_ROWS
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +66,19 @@ _CORRECT_FEEDBACK = f"""UPDATE {FEEDBACK} SET actual_price_usd = ?, ts = ?, auth
 _RECORD_CORRECTION = f"""INSERT INTO {CORRECTIONS} (request_id, idx, ts, previous_price_usd, actual_price_usd, reason)
                          VALUES (?, ?, ?, ?, ?, ?)"""  # noqa: S608  # nosec B608
 _ID_TAKEN = f"SELECT 1 FROM {PREDICTIONS} WHERE request_id = ? LIMIT 1"  # noqa: S608  # nosec B608
-_NEWEST = f"SELECT (SELECT MAX(id) FROM {PREDICTIONS}), (SELECT MAX(id) FROM {FEEDBACK})"  # noqa: S608  # nosec B608
-_PREDICTION = f"SELECT * FROM {PREDICTIONS} WHERE request_id = ? AND idx = ? LIMIT 1"  # noqa: S608  # nosec B608
-_RECENT = f"SELECT * FROM {PREDICTIONS} ORDER BY id DESC LIMIT ?"  # noqa: S608  # nosec B608
 # Predictions past retention without feedback (feedback is training data), a chunk at a time.
 _PRUNE = f"""DELETE FROM {PREDICTIONS} WHERE id IN (
                 SELECT p.id FROM {PREDICTIONS} p WHERE p.ts < ? AND NOT EXISTS (
                     SELECT 1 FROM {FEEDBACK} f WHERE f.request_id = p.request_id AND f.idx = p.idx)
                 LIMIT ?)"""  # noqa: S608  # nosec B608
 _PRUNE_TRAFFIC = f"DELETE FROM {TRAFFIC} WHERE slot < ?"  # noqa: S608  # nosec B608
-# The longest pause between two writes while the database is unreachable.
+# The longest pause between two writes while the database cannot store rows.
 _MAX_OUTAGE_PAUSE_S = 2.0
+# Dropped rows are logged at most once per this many seconds, with the count since the last line.
+_DROP_LOG_EVERY_S = 10.0
+# What a queued request holds in memory (tracemalloc, Python 3.11): about 1.9 KB for a one-house request (its
+# columns, their lists, the shared fields) and 170 bytes per house of a 10,000-house batch.
+REQUEST_BYTES, ROW_BYTES = 2_000, 180
 Pending = list[tuple[str, Sequence[dict[str, Any]]]]
 
 
@@ -135,9 +141,9 @@ def row_values(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> Iterable
 
 
 class PredictionLog:
-    """Collect rows for the store; a daemon thread writes them in batches, another prunes past retention.
+    """Collect rows for the store; a daemon thread writes them in batches and prunes past retention.
 
-    ``store`` is a :class:`housing.log_store.LogStore` (whoever made it closes it), or the path of a SQLite
+    ``store`` is a :class:`housing.log.store.LogStore` (whoever made it closes it), or the path of a SQLite
     file (closed with the log). Dead letters go to ``dead_letter_path`` (by default beside the SQLite file).
     """
 
@@ -151,6 +157,7 @@ class PredictionLog:
         retention_s: float | None = None,
         prune_interval_s: float = 600.0,
         prune_chunk: int = 5000,
+        max_queued_bytes: int = 256 * 2**20,
     ):
         self.store = SQLiteStore(store) if isinstance(store, Path) else store
         self.owns_store = isinstance(store, Path)
@@ -158,12 +165,21 @@ class PredictionLog:
         self.interval_s = interval_s
         self.max_retries = max_retries
         self.retention_s = retention_s
+        self.prune_interval_s = prune_interval_s
         self.prune_chunk = prune_chunk
+        self.max_queued_bytes = max_queued_bytes
         self.write_failures = 0
         self.dead_letters = 0
         self.pruned = 0
-        # Since when the database has been unreachable (None while it answers): /health reports it.
-        self.outage_since: float | None = None
+        self.dropped = 0
+        # Since when, and why, the database cannot store rows (None while it does): /health reports it.
+        self.unavailable_since: float | None = None
+        self.unavailable_reason: str | None = None
+        # Bytes queued and bytes taken off the queue so far: only add() (under its lock) moves the first and only the
+        # writer thread the second, so their difference is the queue's size without a lock on the writer's side.
+        self._bytes_in = self._bytes_out = self._requests_in = self._requests_out = 0
+        self._adding = threading.Lock()
+        self._dropped_since_line, self._last_drop_line = 0, 0.0
         if dead_letter_path is None:
             if not isinstance(self.store, SQLiteStore):
                 raise ValueError("a prediction log on a server needs a dead_letter_path")
@@ -173,23 +189,54 @@ class PredictionLog:
         self._writing = False
         self._stop = threading.Event()
         migrate(self.store)
+        # The pass of retention in progress (its cutoff and the rows deleted so far), and when the next one starts:
+        # the first waits one interval, as a starting worker has better things to do.
+        self._prune_pass: tuple[float, int] | None = None
+        self._next_prune = time.monotonic() + prune_interval_s
         self._thread = threading.Thread(target=self._run, name="prediction-log-writer", daemon=True)
         self._thread.start()
-        self._pruner: threading.Thread | None = None
-        if retention_s is not None:
-            self._pruner = threading.Thread(target=self._prune_every, args=(prune_interval_s,),
-                                            name="prediction-log-pruner", daemon=True)  # fmt: skip
-            self._pruner.start()
 
     # -- request path -------------------------------------------------------
-    def add(self, table: str, rows: Sequence[dict[str, Any]]) -> None:
-        """Queue one request's ``rows`` for ``table`` (predictions); returns at once."""
+    def add(self, rows: Sequence[dict[str, Any]], table: str = PREDICTIONS) -> bool:
+        """Queue one request's ``rows`` for ``table`` (the priced houses); returns at once.
+
+        False, with the rows dropped and counted, when the queue would pass ``max_queued_bytes``.
+        """
+        cost = REQUEST_BYTES + ROW_BYTES * len(rows)
+        with self._adding:
+            if self._bytes_in - self._bytes_out + cost > self.max_queued_bytes:
+                self._drop(len(rows), "the queue is full")
+                return False
+            self._bytes_in += cost
+            self._requests_in += 1
         self._pending.append((table, rows))
+        return True
 
     @property
     def pending(self) -> int:
         """Requests whose rows are queued but not yet written."""
         return len(self._pending)
+
+    @property
+    def queued_bytes(self) -> int:
+        """What the queued requests hold in memory, estimated (a request counts until its batch is stored or set
+        aside)."""
+        return self._bytes_in - self._bytes_out
+
+    @property
+    def accepting(self) -> bool:
+        """Whether a request's rows will be stored: the database takes rows and the queue has room."""
+        return self.unavailable_since is None and self.queued_bytes < self.max_queued_bytes
+
+    @property
+    def problem(self) -> str | None:
+        """Why rows are not being stored now, for /health; None while they are."""
+        if self.unavailable_since is None:
+            return None
+        return (f"prediction log: {self.store.describe()} {self.unavailable_reason} for "
+                f"{time.time() - self.unavailable_since:.0f} s; {self._requests_in - self._requests_out:,} requests "
+                f"wait in memory ({self.queued_bytes / 2**20:.2f} of at most {self.max_queued_bytes / 2**20:.2f} MB), "
+                f"{self.dropped:,} rows dropped")  # fmt: skip
 
     # -- lifecycle ------------------------------------------------------------
     def flush(self, timeout_s: float = 30.0) -> bool:
@@ -200,11 +247,9 @@ class PredictionLog:
         return not (self._pending or self._writing)
 
     def close(self, timeout_s: float = 30.0) -> None:
-        """Write everything still queued, then stop the writer and the pruner (and close a store of its own)."""
+        """Write everything still queued, then stop the writer (and close a store of its own)."""
         self._stop.set()
         self._thread.join(timeout_s)
-        if self._pruner is not None:
-            self._pruner.join(timeout_s)
         if self._thread.is_alive():
             log.error("prediction log: %d requests still unwritten at shutdown", self.pending)
         elif self.owns_store:
@@ -228,81 +273,6 @@ class PredictionLog:
             session.execute(_RECORD_CORRECTION, [request_id, idx, now, found[0], actual_price_usd, reason])
         return float(found[0])
 
-    # -- reads ----------------------------------------------------------------
-    def prediction(self, request_id: str, idx: int) -> dict[str, Any] | None:
-        rows = self.store.query_dicts(_PREDICTION, [request_id, idx])
-        return rows[0] if rows else None
-
-    def newest(self) -> tuple[int, int]:
-        """The ids of the newest prediction and the newest feedback (0 when none): what a cached view depends on."""
-        ((prediction, feedback),) = self.store.query(_NEWEST)
-        return int(prediction or 0), int(feedback or 0)
-
-    def recent_inputs(self, rows: int) -> dict[str, list[Any]]:
-        """The raw inputs of the latest ``rows`` priced houses, as columns."""
-        names = [*NUMERIC_COLUMNS, CATEGORICAL_COLUMN]
-        sql = f"SELECT {', '.join(names)} FROM {PREDICTIONS} ORDER BY id DESC LIMIT ?"  # noqa: S608 - names are ours  # nosec B608
-        records = self.store.query(sql, [rows])
-        return {name: [record[i] for record in records] for i, name in enumerate(names)}
-
-    def accuracy(self, since_ts: float = 0.0, bucket_s: float | None = None) -> list[dict[str, Any]]:
-        """MAE and RMSE (USD) of priced houses that received authenticated feedback, per model version.
-
-        ``coverage`` is the share of those sale prices inside their logged interval,
-        over the ``n_interval`` houses that have one (None without any). With
-        ``bucket_s`` the figures are split into time buckets of that many seconds
-        (by prediction time), oldest first: accuracy over time.
-        """
-        sql = f"""
-            SELECT p.model_version, {self.store.trunc.format("p.ts / ?")} * ? AS bucket_start, COUNT(*) AS n,
-                   AVG(ABS(f.actual_price_usd - p.price_usd)) AS mae,
-                   AVG((f.actual_price_usd - p.price_usd) * (f.actual_price_usd - p.price_usd)) AS mse,
-                   COUNT(p.lower_usd) AS n_interval,
-                   SUM(CASE WHEN f.actual_price_usd BETWEEN p.lower_usd AND p.upper_usd THEN 1 ELSE 0 END) AS covered
-            FROM {FEEDBACK} f JOIN {PREDICTIONS} p ON p.request_id = f.request_id AND p.idx = f.idx
-            WHERE p.ts >= ? AND f.authenticated = 1
-            GROUP BY p.model_version, bucket_start
-            ORDER BY bucket_start, p.model_version
-        """  # noqa: S608 - table names are ours; the values are parameters  # nosec B608
-        # Without buckets every prediction falls in one bucket that starts at 0.
-        width = float(bucket_s) if bucket_s else math.inf
-        rows = self.store.query_dicts(sql, [width, 0.0 if width == math.inf else width, since_ts])
-        # SQLite builds without math functions have no SQRT.
-        return [
-            {**row, "bucket_start": float(row["bucket_start"]), "n": int(row["n"]), "rmse": math.sqrt(row.pop("mse")),
-             "n_interval": int(row["n_interval"]),
-             "coverage": int(row.pop("covered")) / int(row["n_interval"]) if row["n_interval"] else None}
-            for row in rows
-        ]  # fmt: skip
-
-    def traffic(self, now: float, bucket_s: int, buckets: int) -> list[dict[str, Any]]:
-        """Requests, houses and request latency (p50/p95 in ms) per time bucket, oldest first.
-
-        Covers the ``buckets`` buckets of ``bucket_s`` seconds (a multiple of a
-        minute) before ``now``; empty buckets are included with zero requests.
-        Summed by the database from the per-minute totals: the cost does not grow with the
-        log. Percentiles are the upper bound of their histogram bucket (``LATENCY_BUCKETS_MS``).
-        """
-        first = int(now // bucket_s) - buckets + 1
-        per = bucket_s // TRAFFIC_SLOT_S
-        sums = ", ".join(f"SUM({name})" for name in ["requests", "houses", *LATENCY_COLUMNS])
-        sql = f"SELECT slot / ? - ?, {sums} FROM {TRAFFIC} WHERE slot >= ? GROUP BY 1"  # noqa: S608 - our names  # nosec B608
-        # PostgreSQL sums integers as NUMERIC (Decimal): back to int.
-        totals = {int(position): [int(n) for n in counts]
-                  for position, *counts in self.store.query(sql, [per, first, first * per])}  # fmt: skip
-        empty = [0] * (2 + len(LATENCY_BUCKETS_MS))
-        return [
-            {"start": float((first + i) * bucket_s), "requests": requests, "houses": houses,
-             "p50_ms": _percentile(histogram, 0.5), "p95_ms": _percentile(histogram, 0.95)}
-            for i in range(buckets)
-            for requests, houses, *histogram in [totals.get(i, empty)]
-        ]  # fmt: skip
-
-    def recent(self, limit: int) -> list[dict[str, Any]]:
-        """The latest ``limit`` priced houses, newest first, with request ids cut short (they are feedback keys)."""
-        rows = self.store.query_dicts(_RECENT, [limit])
-        return [{**row, "request_id": short_id(row["request_id"])} for row in rows]
-
     # -- retention ------------------------------------------------------------
     def prune(self, now: float | None = None) -> int:
         """Delete predictions (and traffic minutes) older than the retention, in chunks; the rows deleted.
@@ -314,25 +284,40 @@ class PredictionLog:
         cutoff = (time.time() if now is None else now) - self.retention_s
         deleted = 0
         while not self._stop.is_set():
-            with self.store.transaction() as session:
-                chunk = session.execute(_PRUNE, [cutoff, self.prune_chunk]).rowcount
+            chunk = self._prune_chunk(cutoff)
             deleted += chunk
             if chunk < self.prune_chunk:
                 break
+        self._prune_traffic(cutoff)
+        return deleted
+
+    def _prune_chunk(self, cutoff: float) -> int:
         with self.store.transaction() as session:
-            session.execute(_PRUNE_TRAFFIC, [int(cutoff // TRAFFIC_SLOT_S)])
+            deleted = int(session.execute(_PRUNE, [cutoff, self.prune_chunk]).rowcount)
         self.pruned += deleted
         PRUNED_ROWS.inc(deleted)
         return deleted
 
-    def _prune_every(self, interval_s: float) -> None:
-        # The first pass waits one interval: a starting worker has better things to do.
-        while not self._stop.wait(interval_s):
-            try:
-                if (deleted := self.prune()) > 0:
-                    log.info("prediction log: pruned %d predictions past retention", deleted)
-            except Exception:  # the pruner must outlive a database that is away for a while
-                log.exception("prediction log: pruning failed; trying again in %.0f s", interval_s)
+    def _prune_traffic(self, cutoff: float) -> None:
+        with self.store.transaction() as session:
+            session.execute(_PRUNE_TRAFFIC, [int(cutoff // TRAFFIC_SLOT_S)])
+
+    def _prune_due(self) -> None:
+        """One chunk of the retention pass in progress, or of a new one when it is time: called between drains."""
+        if self.retention_s is None or (self._prune_pass is None and time.monotonic() < self._next_prune):
+            return
+        cutoff, deleted = self._prune_pass or (time.time() - self.retention_s, 0)
+        try:
+            chunk = self._prune_chunk(cutoff)
+            if chunk == self.prune_chunk:
+                self._prune_pass = (cutoff, deleted + chunk)
+                return
+            self._prune_traffic(cutoff)
+            if deleted + chunk:
+                log.info("prediction log: pruned %d predictions past retention", deleted + chunk)
+        except Exception:  # the writer must outlive a failed pass (a database away for a while): next interval
+            log.exception("prediction log: pruning failed; trying again in %.0f s", self.prune_interval_s)
+        self._prune_pass, self._next_prune = None, time.monotonic() + self.prune_interval_s
 
     # -- writer thread --------------------------------------------------------
     def _run(self) -> None:
@@ -340,32 +325,36 @@ class PredictionLog:
         while not stopping:
             stopping = self._stop.wait(self.interval_s)
             self._drain()
+            if not stopping:
+                self._prune_due()
 
     def _drain(self) -> None:
         LOG_QUEUE.set(len(self._pending))
+        QUEUED_BYTES.set(self.queued_bytes)
         # Set before taking rows off the deque, so flush() never sees neither pending nor writing rows.
         self._writing = True
         try:
             while self._pending:
                 count = min(self.batch_size, len(self._pending))
-                self._write([self._pending.popleft() for _ in range(count)])
+                items = [self._pending.popleft() for _ in range(count)]
+                self._write(items)
+                self._bytes_out += sum(REQUEST_BYTES + ROW_BYTES * len(rows) for _, rows in items)
+                self._requests_out += len(items)
         finally:
             self._writing = False
 
     def _write(self, items: Pending) -> None:
         """Write one batch of requests; retried ``max_retries`` times, then kept in the dead-letter file.
 
-        While the database is unreachable the batch waits (and the queue grows) without using up
-        its retries, until the log is closed: a database restart loses no row.
+        While the database cannot store rows (unreachable, or its disk full) the batch waits, and the queue
+        behind it grows, without using up its retries, until the log is closed: a database restart, or a disk
+        that fills and is freed, loses no row the queue could hold.
         """
         delay, attempt = 0.05, 0
         while attempt <= self.max_retries:
             try:
                 self._insert_batch(items)
-                if self.outage_since is not None:
-                    log.warning("prediction log: %s is back after %.1f s", self.store.describe(),
-                                time.time() - self.outage_since)  # fmt: skip
-                    self.outage_since = None
+                self._available()
                 return
             except self.store.integrity_error:
                 # A request id that is logged already: write request by request, renaming the repeats.
@@ -374,11 +363,8 @@ class PredictionLog:
             except self.store.error as exc:
                 self.write_failures += 1
                 LOG_WRITE_FAILURES.inc()
-                if self.store.is_outage(exc) and not self._stop.is_set():
-                    if self.outage_since is None:
-                        self.outage_since = time.time()
-                        log.error("prediction log: %s is unreachable (%s); rows wait in the queue",
-                                  self.store.describe(), exc)  # fmt: skip
+                if (reason := self.store.unavailable(exc)) and not self._stop.is_set():
+                    self._unavailable(reason, exc)
                     self._stop.wait(min(delay, _MAX_OUTAGE_PAUSE_S))
                     delay = min(delay * 2, _MAX_OUTAGE_PAUSE_S)
                     continue
@@ -388,6 +374,30 @@ class PredictionLog:
                     time.sleep(delay)
                     delay = min(delay * 2, 5.0)
         self._dead_letter(items)
+
+    def _unavailable(self, reason: str, exc: Exception) -> None:
+        if self.unavailable_since is None:
+            self.unavailable_since, self.unavailable_reason = time.time(), reason
+            LOG_UNAVAILABLE.set(1)
+            log.error("prediction log: %s cannot store rows (%s: %s); they wait in memory, at most %d MB",
+                      self.store.describe(), reason, exc, self.max_queued_bytes // 2**20)  # fmt: skip
+
+    def _available(self) -> None:
+        if self.unavailable_since is not None:
+            log.warning("prediction log: %s stores rows again after %.1f s (%s); %d rows dropped meanwhile",
+                        self.store.describe(), time.time() - self.unavailable_since, self.unavailable_reason,
+                        self.dropped)  # fmt: skip
+            self.unavailable_since = self.unavailable_reason = None
+            LOG_UNAVAILABLE.set(0)
+
+    def _drop(self, rows: int, why: str) -> None:
+        """Count ``rows`` no store will hold, and say so in the log at most every ``_DROP_LOG_EVERY_S``."""
+        self.dropped += rows
+        DROPPED_ROWS.inc(rows)
+        self._dropped_since_line += rows
+        if time.monotonic() - self._last_drop_line >= _DROP_LOG_EVERY_S:
+            log.error("prediction log: %d rows dropped (%s); %d in all", self._dropped_since_line, why, self.dropped)
+            self._dropped_since_line, self._last_drop_line = 0, time.monotonic()
 
     def _insert_batch(self, items: Pending) -> None:
         with self.store.transaction() as session:
@@ -424,9 +434,8 @@ class PredictionLog:
                 out.writelines(json.dumps({"table": table, "rows": list(request_rows)}) + "\n"
                                for table, request_rows in items)  # fmt: skip
             log.error("prediction log: %d rows kept in %s", rows, self.dead_letter_path)
-        except OSError:
-            log.exception("prediction log: %d rows lost: neither the database nor %s took them", rows,
-                          self.dead_letter_path)  # fmt: skip
+        except OSError as exc:
+            self._drop(rows, f"neither the database nor {self.dead_letter_path} took them: {exc}")
 
 
 def open_log(config: HousingSettings, path: Path | None = None) -> PredictionLog:
@@ -444,14 +453,10 @@ def open_log(config: HousingSettings, path: Path | None = None) -> PredictionLog
         dead_letter_path=config.dead_letter_path,
         retention_s=config.retention_s,
         prune_interval_s=config.log_prune_interval_s,
+        max_queued_bytes=config.log_queue_max_mb * 2**20,
     )
     log.owns_store = True
     return log
-
-
-def short_id(request_id: str) -> str:
-    """The start of a request id: enough to recognise it, not enough to send feedback for it."""
-    return request_id[: min(8, len(request_id) // 2)] + "…"
 
 
 def _insert(session: Session, table: str, requests: Iterable[Sequence[dict[str, Any]]]) -> None:
@@ -463,16 +468,3 @@ def _insert(session: Session, table: str, requests: Iterable[Sequence[dict[str, 
     columns = [name for name in SCHEMAS[table] if name != "id"]
     sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"  # noqa: S608  # nosec B608
     session.executemany(sql, [values for rows in requests for values in row_values(rows, columns)])
-
-
-def _percentile(histogram: Sequence[int], q: float) -> float | None:
-    """Upper bound (ms) of the latency bucket holding the nearest-rank ``q`` percentile (None when empty)."""
-    total = sum(histogram)
-    if not total:
-        return None
-    rank, seen = max(1, math.ceil(q * total)), 0
-    for bound, count in zip(LATENCY_BUCKETS_MS, histogram, strict=True):
-        seen += count
-        if seen >= rank:
-            return bound
-    return LATENCY_BUCKETS_MS[-1]

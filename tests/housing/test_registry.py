@@ -1,4 +1,5 @@
-"""Champion/challenger decisions, rollback and history against a real MLflow store and BentoML store."""
+"""The registry (housing.registry): champion/challenger decisions, rollback and history against a real MLflow store
+and BentoML store, directly and through a project's registry."""
 
 from __future__ import annotations
 
@@ -16,12 +17,23 @@ from mlflow import MlflowClient
 from sklearn.base import BaseEstimator
 
 from housing.columns import FEATURE_COLUMNS, TARGET_COLUMN
-from housing.decisions import history, record
 from housing.model_format import PROFILE_TAG
 from housing.params import Params, RegisterParams
-from housing.registry import champion_version, is_served, served_model
+from housing.registry import (
+    NoProjectError,
+    NoRegistryError,
+    ProjectRegistry,
+    champion_version,
+    crown,
+    history,
+    is_served,
+    record,
+    rollback,
+    rollback_target,
+    served_model,
+)
 from tests.conftest import tracking_store
-from training.champion import crown, rollback, rollback_target
+from tests.workspace import Workspace
 from training.estimators import build_model, save_model
 from training.register import EVIDENCE_NAME, EVIDENCE_TAG, NoChampionError, challenge, log_model_file, register
 from training.scoring import regression_metrics
@@ -126,10 +138,12 @@ def test_champion_challenger_rollback_and_history(reg: RegisterParams, params: P
     assert is_served(reg, strong)
 
     assert rollback_target(client, reg) == weak
-    rolled = rollback(client, reg, reason="bad release")
+    rolled, restored = rollback(client, reg, reason="bad release")
     assert (rolled.champion_before, rolled.champion_after, rolled.reason) == (strong, weak, "bad release")
+    assert rolled.trigger == "manual"
     assert str(champion_version(client, reg).version) == weak
     assert is_served(reg, weak)  # re-imported: the store's latest model is the champion again
+    assert restored.tag == served_model(client, reg, weak).tag
     with pytest.raises(LookupError, match="first champion"):
         rollback_target(client, reg)
 
@@ -223,3 +237,28 @@ def test_a_model_below_the_floor_is_not_registered(
         assert entry["action"] == "reject"
         assert entry["version"] is None
         assert entry["metrics_after"] == {"rmse": 60000.0, "r2": 0.7}
+
+
+def test_a_project_registry_names_its_project_and_makes_no_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the project's own store, mlflow.db
+    with pytest.raises(NoProjectError):
+        ProjectRegistry(tmp_path)
+    (tmp_path / "params.yaml").write_text((Path(__file__).parents[2] / "params.yaml").read_text())
+    registry = ProjectRegistry(tmp_path)
+    assert registry.names.model_name == "housing-price-model"
+    with pytest.raises(NoRegistryError, match="run the pipeline"):
+        registry.client()
+    assert not (tmp_path / "mlflow.db").exists()  # a reader never makes the store
+
+
+def test_a_project_registry_reads_the_history_and_refuses_a_rollback_past_the_first(
+    champion: dict, workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    registry = ProjectRegistry(workspace.path)
+    (first,) = registry.history()
+    assert (first["action"], first["version"]) == ("promote", champion["version"])
+    with pytest.raises(LookupError, match="first champion"):
+        registry.rollback(reason="nothing before it")

@@ -5,9 +5,9 @@ priced house (the first answer; ``authenticated`` says whether a client with the
 feedback token sent it, and only such feedback trains a model); every admin
 correction of feedback in ``feedback_corrections``; per-minute request totals in
 ``traffic``; reload requests and each worker's report in ``model_requests`` and
-``workers``.
+``workers``; each retraining job's state in ``jobs``.
 
-The schema is defined once, here, for every engine (housing.log_store renders
+The schema is defined once, here, for every engine (housing.log.store renders
 it for SQLite and PostgreSQL). It changes by :data:`MIGRATIONS`, applied in
 order at start; each step is idempotent, so a log made before versioning began
 is upgraded in place.
@@ -25,6 +25,7 @@ CORRECTIONS = "feedback_corrections"
 TRAFFIC = "traffic"
 RELOAD_REQUESTS = "model_requests"
 WORKERS = "workers"
+JOBS = "jobs"
 # The table that records which migrations a log has had.
 MIGRATIONS_TABLE = "schema_migrations"
 # The feedback column that says a client with the feedback token sent it: only such feedback trains a model.
@@ -74,17 +75,29 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "seen_ts": float,
         "error": str,
     },
+    # ``detail`` is the job's own account as JSON: its reasons, decision and outcome (housing.jobs).
+    JOBS: {
+        "id": int,
+        "kind": str,
+        "state": str,
+        "started": float,
+        "finished": float,
+        "pid": int,
+        "host": str,
+        "detail": str,
+    },
 }
 # The primary key of each table; "id" keys are numbered by the database.
 PRIMARY_KEYS = {TRAFFIC: "slot", WORKERS: "worker"}
 # Columns that may be NULL (a house without a bedroom count or interval; a worker that never loaded a model).
-NULLABLE = {PREDICTIONS: {"total_bedrooms", "lower_usd", "upper_usd"}, WORKERS: {"loaded_ts"}}
+NULLABLE = {PREDICTIONS: {"total_bedrooms", "lower_usd", "upper_usd"}, WORKERS: {"loaded_ts"}, JOBS: {"finished"}}
 # The value a NOT NULL column takes when an insert leaves it out.
 DEFAULTS: dict[str, dict[str, object]] = {TRAFFIC: dict.fromkeys(["requests", "houses", *LATENCY_COLUMNS], 0)}
 INDEXES: dict[str, list[tuple[list[str], bool]]] = {
     PREDICTIONS: [(["request_id", "idx"], True), (["ts"], False), (["model_version", "ts"], False)],
     FEEDBACK: [(["request_id", "idx"], True), (["ts"], False)],
     CORRECTIONS: [(["request_id", "idx"], False)],
+    JOBS: [(["kind", "id"], False)],
 }
 
 
@@ -120,4 +133,5 @@ MIGRATIONS = (
     # Workers were numbered per host; on a shared database they are named by host, process and index.
     Migration(4, "reload requests and the workers' reports", create=(RELOAD_REQUESTS, WORKERS), recreate=(WORKERS,)),
     Migration(5, "each price's interval", add_columns={PREDICTIONS: {"lower_usd": None, "upper_usd": None}}),
+    Migration(6, "the retraining jobs' state", create=(JOBS,)),
 )

@@ -1,0 +1,158 @@
+"""`make figures`: every figure docs/summary.md and README.md quote, from the reports in reports/.
+
+docs/summary.md is docs/summary.template.md filled in from reports/metrics.json and reports/data_validation.json
+(written by the pipeline) and reports/benchmark.json (written by `make bench`); README.md's benchmark table, between
+its markers, comes from reports/benchmark.json too. So no page states a number by hand, and both pages say the same.
+`make bench` runs this after the benchmark; `--check` only says whether both files are current.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from string import Template
+from typing import Any
+
+from devtools.paths import ROOT
+from load_tests.benchmark import BATCH_PAUSE_S
+
+REPORTS = ROOT / "reports"
+TEMPLATE = ROOT / "docs" / "summary.template.md"
+SUMMARY = ROOT / "docs" / "summary.md"
+README = ROOT / "README.md"
+README_START, README_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
+
+
+def read(reports: Path, name: str) -> dict[str, Any]:
+    return dict(json.loads((reports / name).read_text()))
+
+
+def family_rows(metrics: dict[str, Any]) -> str:
+    """One table row per family, best cross-validated RMSE first, the winner in bold."""
+    ranked = sorted(metrics["families"].items(), key=lambda item: item[1]["cv"]["rmse"])
+    return "\n".join(
+        f"| {f'**{name}**' if name == metrics['winner'] else name} | "
+        f"{family['cv']['rmse']:,.0f} ± {family['cv']['rmse_std']:,.0f} | {family['cv']['r2']:.3f} |"
+        for name, family in ranked
+    )
+
+
+def figures(reports: Path) -> dict[str, str]:
+    """Every figure the template names, formatted, from the report files."""
+    metrics, validation = read(reports, "metrics.json"), read(reports, "data_validation.json")
+    test, floor = metrics["test"], metrics["quality_floor"]
+    return {
+        "rows": f"{validation['rows']:,}",
+        "train_rows": f"{metrics['train_rows']:,}",
+        "test_rows": f"{metrics['test_rows']:,}",
+        "families": family_rows(metrics),
+        "winner": metrics["winner"],
+        "test_rmse": f"{test['rmse']:,.0f}",
+        "test_mae": f"{test['mae']:,.0f}",
+        "test_r2": f"{test['r2']:.3f}",
+        "floor_rmse": f"{floor['max_rmse']:,.0f}",
+        "floor_r2": f"{floor['min_r2']:g}",
+        "floor_verdict": "met" if floor["met"] else "**missed**",
+        "intervals": interval_sentence(metrics.get("intervals")),
+        "refit": refit_sentence(metrics["refit"]),
+        # The README's benchmark table, from the same function and the same file.
+        "benchmark": table(read(reports, "benchmark.json")),
+    }
+
+
+def interval_sentence(intervals: dict | None) -> str:
+    """How the price intervals did on the test split, or that the model has none."""
+    if intervals is None:
+        return "The model gives no price intervals."
+    return (
+        f"Every price comes with a conformal interval at {intervals['nominal']:.0%} nominal coverage:\n"
+        f"{intervals['coverage']:.1%} of test prices fell inside theirs, median width "
+        f"{intervals['median_width']:,.0f} USD."
+    )
+
+
+def refit_sentence(refit: dict[str, Any]) -> str:
+    """What the served model learned from, and what learning every labelled row gains on held-out houses."""
+    rmse, coverage = refit["rmse"], refit["intervals"]["coverage"]
+    served = (
+        f"The served model is that configuration refitted on all {refit['rows']:,} labelled rows, test split included"
+        if refit["enabled"]
+        else "The served model is that training-split fit"
+    )
+    return (
+        f"{served}. In {refit['repeats']} repeats of\n{refit['folds']}-fold cross-validation over them, learning "
+        "every row rather than a training-split share changed held-out RMSE\n"
+        f"by {-rmse['gain']:+,.0f} ± {rmse['gain_std']:,.0f} USD ({-rmse['relative_gain']:+.1%}), and the refit's "
+        f"intervals held {coverage:.1%} of held-out prices."
+    )
+
+
+def render(reports: Path = REPORTS, template: Path = TEMPLATE) -> str:
+    return Template(template.read_text()).substitute(figures(reports))
+
+
+def table(results: dict[str, Any]) -> str:
+    """The README's benchmark table (Markdown, with the line above it) from reports/benchmark.json's ``results``."""
+    s, t, e = results["summary"], results["targets"], results["explain_c1"]
+    stages = " · ".join(f"{name.replace('_', ' ')} {ms:.0f}" for name, ms in results["batch_stages_ms"].items())
+
+    def mark(name: str) -> str:
+        return "met" if t[name]["met"] else "**missed**"
+
+    return "\n".join(
+        [
+            f"Model {results['model']['name']} v{results['model']['version']} ({results['model']['family']}), "
+            f"{results['machine']['cpus']} cores, measured by `make bench` (wrk; both servers with 2 workers):",
+            "",
+            "| measure | value | target | |",
+            "|---|---|---|---|",
+            f"| single record, concurrency 1: p50 / p99 | {s['single_p50_ms']:.2f} / {s['single_p99_ms']:.2f} ms | p50 ≤ 1.5 ms | {mark('single_p50_ms')} |",
+            f"| explaining one house (`POST /explain`), concurrency 1: p50 / p99 | {s['explain_p50_ms']:.2f} / {s['explain_p99_ms']:.2f} ms (`/predict` right after it: p50 {e['predict_p50_ms']:.2f} ms; load average {e['load_avg_1m']}) | p50 ≤ 10 ms | {mark('explain_p50_ms')} |",
+            f"| 32 clients: throughput | {s['throughput_rps']:,.0f} req/s | | |",
+            f"| the same model on LightGBM's booster (not compiled): p50 / 10,000-record batch / 32 clients | {s['booster_single_p50_ms']:.2f} ms / {s['booster_batch_10k_ms']:.0f} ms / {s['booster_throughput_rps']:,.0f} req/s | | |",
+            f"| throughput ratio (compiled / booster) | {s['throughput_vs_booster']:.2f}× | ≥ 1× | {mark('throughput_vs_booster')} |",
+            f"| 32 clients (one burst of keep-alive connections): requests per worker | {' / '.join(f'{n:,}' for n in s['per_worker_32'].values())} (least served: {s['least_worker_share']:.0%}) | | |",
+            f"| 32 clients: p99 | {s['p99_32_ms']:.1f} ms | ≤ 50 ms | {mark('p99_32_ms')} |",
+            f"| one 10,000-record batch | {s['batch_10k_ms']:.0f} ms | ≤ 100 ms | {mark('batch_10k_ms')} |",
+            f"| the same batch {BATCH_PAUSE_S:g} s after the one before (the log writer idle) | {s['batch_10k_paused_ms']:.0f} ms | | |",
+            f"| the same batch through BentoML with the same request and answer and no model (`load_tests/batch_floor.py`: HTTP, JSON and pydantic alone) | {s['batch_floor_ms']:.0f} ms | | |",
+            f"| the same batch in process, by stage (no HTTP; forest on {results['batch_stages_runtime']}) | {stages} ms; all but the forest {s['batch_without_forest_ms']:.0f} ms | | |",
+            f"| costliest invalid body (of {len(results['invalid_bodies'])}, `reports/benchmark.json`) | {s['worst_invalid_ms']:.0f} ms: {s['invalid_vs_batch']:.2f}× the batch | ≤ 1× the largest legal batch | {mark('invalid_vs_batch')} |",
+            f"| `mlflow models serve` as installed (uvicorn on asyncio + h11), same model and load | {s['mlflow_throughput_rps']:,.0f} req/s | | |",
+            f"| throughput ratio (this service / MLflow as installed) | {s['throughput_ratio']:.1f}× | ≥ 4× | {mark('throughput_ratio')} |",
+            f"| `mlflow models serve` given uvloop + httptools too | {s['mlflow_fast_throughput_rps']:,.0f} req/s | | |",
+            f"| throughput ratio (this service / MLflow with uvloop + httptools) | {s['throughput_ratio_fast']:.1f}× | | |",
+        ]
+    )  # fmt: skip
+
+
+def render_readme(reports: Path = REPORTS, readme: Path = README) -> str:
+    """``readme`` with the benchmark table of ``reports`` between its markers."""
+    content = readme.read_text()
+    pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.DOTALL)
+    if not pattern.search(content):
+        raise SystemExit(f"{readme} has no {README_START} ... {README_END} section")
+    block = f"{README_START}\n{table(read(reports, 'benchmark.json'))}\n{README_END}"
+    return pattern.sub(lambda _: block, content)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if docs/summary.md or README.md is not current")
+    args = parser.parse_args()
+    pages = {SUMMARY: render(), README: render_readme()}
+    if args.check:
+        stale = [path for path, text in pages.items() if not path.exists() or path.read_text() != text]
+        for path in pages:
+            print(f"{path.relative_to(ROOT)} is {'out of date: run make figures' if path in stale else 'current'}")
+        sys.exit(1 if stale else 0)
+    for path, text in pages.items():
+        path.write_text(text)
+        print(f"wrote {path.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
