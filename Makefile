@@ -139,7 +139,7 @@ report: setup ## Insights from the prediction log: reports/insights/report.md wi
 	housing report
 
 test: setup tools ## Run the whole test suite with coverage (real pipeline, servers, system tools)
-	python -m pytest --cov --cov-report=term --cov-report=xml $(PYTEST_ARGS)
+	python -m pytest --cov --cov-report=term --cov-report=xml --durations=25 $(PYTEST_ARGS)
 
 test-fast: setup ## Unit tests only: synthetic data, no pipeline, no server, no system tools (about a minute)
 	python -m pytest -m "not integration" -q $(PYTEST_ARGS)

@@ -35,9 +35,12 @@ from devtools.processes import stop
 from devtools.serving import FEEDBACK_AUTH, serve_bentoml
 from devtools.waits import wait_ready, wait_until
 from housing.columns import NUMERIC_BOUNDS, TARGET_COLUMN
+from housing.registry import tracking_uri
 
 MODEL_NAME = "housing-price-model"
-TEST_CSV = ROOT / "data" / "processed" / "test.csv"
+# The DVC project the walkthrough shows: HOUSING_PROJECT_DIR, else this checkout (as `make demo` runs it).
+PROJECT = Path(os.environ.get("HOUSING_PROJECT_DIR") or ROOT).resolve()
+TEST_CSV = PROJECT / "data" / "processed" / "test.csv"
 RULE = "━" * 78
 TRIM = 400
 BATCH = 500
@@ -99,13 +102,13 @@ def expect(response: httpx.Response, status: int = 200) -> Any:
 def run_command(
     out: Transcript, *args: str, env: dict[str, str] | None = None, tail: int = 12
 ) -> subprocess.CompletedProcess[str]:
-    """Run a project command from the repository root, ``env`` added to the environment, and print it with the
-    last ``tail`` lines of its output."""
+    """Run a project command in the project, ``env`` added to the environment, and print it with the last
+    ``tail`` lines of its output."""
     out.say("$ " + " ".join(args))
     # The venv's tools first on PATH: DVC's stages run `python -m ...`, as under make.
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **(env or {})}
     result = subprocess.run(
-        [str(BIN / args[0]), *args[1:]], cwd=ROOT, env=env, capture_output=True, text=True, check=False
+        [str(BIN / args[0]), *args[1:]], cwd=PROJECT, env=env, capture_output=True, text=True, check=False
     )
     for line in (result.stdout + result.stderr).strip().splitlines()[-tail:] if tail else []:
         out.say(f"  {line}")
@@ -125,7 +128,8 @@ def richer(houses: pd.DataFrame) -> pd.DataFrame:
 def champion_version() -> str:
     from mlflow import MlflowClient  # slow to import: only once the pipeline step needs it
 
-    return str(MlflowClient().get_model_version_by_alias(MODEL_NAME, "champion").version)
+    client = MlflowClient(tracking_uri(PROJECT))
+    return str(client.get_model_version_by_alias(MODEL_NAME, "champion").version)
 
 
 @dataclass
@@ -282,7 +286,7 @@ class Walkthrough:
 
     def model(self, out: Transcript) -> None:
         info = expect(out.call(self.client, "GET", "/model"))
-        metrics = json.loads((ROOT / "reports" / "metrics.json").read_text())
+        metrics = json.loads((PROJECT / "reports" / "metrics.json").read_text())
         check(info["model_version"] == self.champion, f"/model says v{info['model_version']}")
         check(round(info["test_metrics"]["rmse"]) == round(metrics["test"]["rmse"]), "test RMSE differs from reports/")
         out.say(
@@ -302,7 +306,7 @@ def pipeline(out: Transcript) -> str:
     stale = [stage for stage, changes in json.loads(result.stdout).items() if changes != ["always changed"]]
     check(not stale, f"stages not up to date: {', '.join(stale)} (make pipeline runs them)")
     out.say("✓ every stage is up to date")
-    metrics = json.loads((ROOT / "reports" / "metrics.json").read_text())
+    metrics = json.loads((PROJECT / "reports" / "metrics.json").read_text())
     test = metrics["test"]
     out.say(f"winner: {metrics['winner']} of {', '.join(metrics['families'])}")
     out.say(f"test split ({metrics['test_rows']:,} houses): RMSE {test['rmse']:,.0f} USD, R² {test['r2']:.3f}")

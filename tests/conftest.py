@@ -32,8 +32,6 @@ from training.ingest import ingest
 _BENTOML_HOME = tempfile.mkdtemp(prefix="housing-bentoml-")
 # Every server of the session shares one cache of compiled forests: each model compiles once.
 _COMPILED_DIR = tempfile.mkdtemp(prefix="housing-compiled-")
-# The store the user's own commands use; the demo test runs the real system against it.
-USER_BENTOML_HOME = os.environ.get("BENTOML_HOME")
 
 
 # Fixtures that run the real pipeline, read the real data, or start a server or a system tool: a test that

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import re
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -32,10 +33,22 @@ def modules(*packages: str) -> Iterator[Path]:
         yield from sorted(path for path in (ROOT / package).rglob("*.py") if "__pycache__" not in path.parts)
 
 
-def strings(path: Path) -> Iterator[str]:
-    """The source of every string literal of a module but its docstrings (prose), f-strings whole."""
+@cache
+def parsed(path: Path) -> tuple[str, ast.Module]:
+    """A module's source and syntax tree, read once for every rule."""
     source = path.read_text()
-    tree = ast.parse(source)
+    return source, ast.parse(source)
+
+
+@cache
+def strings(path: Path) -> tuple[str, ...]:
+    """The source of every string literal of a module but its docstrings (prose), f-strings whole."""
+    source, tree = parsed(path)
+    lines = source.splitlines(keepends=True)
+    offsets = [0]
+    for line in lines:
+        offsets.append(offsets[-1] + len(line.encode()))
+    raw = source.encode()
     docstrings = {
         id(node.body[0].value)
         for node in ast.walk(tree)
@@ -45,15 +58,19 @@ def strings(path: Path) -> Iterator[str]:
     }
     # An f-string's literal parts report the whole f-string as their source: read each f-string once.
     parts = {id(value) for node in ast.walk(tree) if isinstance(node, ast.JoinedStr) for value in node.values}
+    found = []
     for node in ast.walk(tree):
         literal = isinstance(node, ast.JoinedStr) or (isinstance(node, ast.Constant) and isinstance(node.value, str))
-        if literal and id(node) not in docstrings | parts:
-            yield ast.get_source_segment(source, node) or ""
+        if literal and id(node) not in docstrings | parts and node.end_lineno is not None:
+            start = offsets[node.lineno - 1] + node.col_offset
+            end = offsets[node.end_lineno - 1] + (node.end_col_offset or 0)
+            found.append(raw[start:end].decode())
+    return tuple(found)
 
 
 def imports(path: Path) -> Iterator[tuple[str, list[str]]]:
     """(module, names) of each import statement of a module."""
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(parsed(path)[1]):
         if isinstance(node, ast.Import):
             yield from ((alias.name, []) for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
@@ -133,7 +150,7 @@ def test_the_registry_has_one_module() -> None:
     described = [
         relative(path)
         for path in modules(*PRODUCT)
-        if (doc := ast.get_docstring(ast.parse(path.read_text()))) and doc.startswith("The model registry")
+        if (doc := ast.get_docstring(parsed(path)[1])) and doc.startswith("The model registry")
     ]
     assert described == ["housing/registry.py"]
     assert not (ROOT / "training" / "champion.py").exists()

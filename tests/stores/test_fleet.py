@@ -75,17 +75,20 @@ class Fleet:
 
 
 def register_with_the_pipeline(workspace: Workspace, stores: SharedStores, folder: Path) -> Workspace:
-    """The real pipeline's register stage, run twice against the shared stores from a copy of the session's project.
+    """The real pipeline's register stage against the shared stores, from a copy of the session's project.
 
-    The first run makes v1 ``@champion`` (its model and reports go to the S3 artifact store through the MLflow
-    server); the second registers the same model as v2, which is refused as not better: the version the tests
-    promote by hand. Then ``dvc push`` sends the project's data and models to a DVC remote in the same S3.
+    The run makes v1 ``@champion`` (its model and reports go to the S3 artifact store through the MLflow
+    server). v2, the version the tests promote by hand, is the same logged model registered again through the
+    shared registry (the pipeline refusing a model that is not better is tests/integration/test_retraining.py's).
+    Then ``dvc push`` sends the project's data and models to a DVC remote in the same S3.
     """
     repo = Workspace(folder / "repo", {**workspace.env, **stores.env, "BENTOML_HOME": str(folder / "pipeline-home")},
                      "")  # fmt: skip
     shutil.copytree(workspace.path, repo.path, ignore=shutil.ignore_patterns("mlflow.db", "mlruns", "mlartifacts"))
-    for _ in range(2):
-        repo.run("dvc", "repro", "--force", "--single-item", "register")
+    repo.run("dvc", "repro", "--force", "--single-item", "register")
+    registry = MlflowClient(stores.env["MLFLOW_TRACKING_URI"])
+    first = registry.get_model_version(MODEL, "1")
+    registry.create_model_version(MODEL, first.source, first.run_id, tags=first.tags)
     repo.run("dvc", "remote", "add", "--local", "--force", "shared-s3", f"{stores.dvc_bucket}/cache")
     repo.run("dvc", "remote", "modify", "--local", "shared-s3", "endpointurl", stores.env["MLFLOW_S3_ENDPOINT_URL"])
     repo.run("dvc", "push", "-r", "shared-s3")
@@ -128,7 +131,7 @@ def fleet(workspace: Workspace, champion: dict) -> Iterator[Fleet]:
 def test_the_pipeline_registers_into_the_shared_stores(fleet: Fleet) -> None:
     registry = fleet.registry
     assert registry.get_model_version_by_alias(MODEL, "champion").version == "1"
-    second = registry.get_model_version(MODEL, "2")  # the same model again: registered, not promoted
+    second = registry.get_model_version(MODEL, "2")  # the same model again: registered, not champion
     assert second.tags["data_version"] == registry.get_model_version(MODEL, "1").tags["data_version"]
     s3 = fleet.s3()
     artifacts = [item["Key"] for item in s3.list_objects_v2(Bucket="mlflow").get("Contents", [])]
