@@ -93,7 +93,7 @@ BAD_REQUESTS = [
     BadRequest("explain: bad house in a list", "/explain", _json([house(), house(households=0.0)]), 400, "households", "greater_than_equal"),
     BadRequest("explain: empty list", "/explain", b"[]", 400, "houses", "too_short"),
     BadRequest("explain: string body", "/explain", _json("house"), 400, "", "model_type"),
-    BadRequest("explain: more houses than a batch", "/explain", _json([house()] * 501), 413, "houses", "at most 500 houses"),
+    BadRequest("explain: more houses than its limit", "/explain", _json([house()] * 201), 413, "houses", "at most 200 houses"),
 ]  # fmt: skip
 
 

@@ -26,6 +26,7 @@ def service_env(tmp_path_factory: pytest.TempPathFactory, workspace: Workspace) 
         "HOUSING_PREDICTION_DB": str(root / "predictions.db"),
         "HOUSING_LOG_DIR": str(root / "log"),
         "HOUSING_MAX_BATCH_SIZE": "500",
+        "HOUSING_MAX_EXPLAIN_HOUSES": "200",
         "HOUSING_MAX_BODY_BYTES": str(1024 * 1024),
         "PROMETHEUS_MULTIPROC_DIR": str(root / "prometheus"),
         "HOUSING_ADMIN_TOKEN": ADMIN_TOKEN,

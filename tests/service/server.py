@@ -67,6 +67,7 @@ def start_server(
         "HOUSING_PREDICTION_DB": str(root / "predictions.db"),
         "HOUSING_LOG_DIR": str(root / "log"),
         "HOUSING_MAX_BATCH_SIZE": "500",
+        "HOUSING_MAX_EXPLAIN_HOUSES": "200",
         "HOUSING_FEEDBACK_TOKEN": FEEDBACK_TOKEN,
         "BENTOML_PORT": str(port),
         **(extra_env or {}),
