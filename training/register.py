@@ -192,7 +192,7 @@ def log_version(client: MlflowClient, params: Params, metrics: dict[str, Any]) -
     served = json.loads(params.refit.summary_path.read_text())
     extra: dict[str, Any] = {
         "input_example": input_example(params.prepare.test_path),
-        "pip_requirements": [f"{package}=={version(package)}" for package in RUNTIME_PACKAGES],
+        "pip_requirements": runtime_requirements(),
     }
     with _winner_run(client, metrics):
         mlflow.log_metrics({f"test_{name}": value for name, value in metrics["test"].items()})
@@ -221,6 +221,12 @@ def log_version(client: MlflowClient, params: Params, metrics: dict[str, Any]) -
     for key, value in (tags | ({} if evidence is None else {EVIDENCE_TAG: evidence.model_uri})).items():
         client.set_model_version_tag(reg.model_name, model_version, key, value)
     return model_version
+
+
+def runtime_requirements() -> list[str]:
+    """The served model's pinned packages. Given, MLflow need not infer them: inferring loads the model in a
+    subprocess for every logged model."""
+    return [f"{package}=={version(package)}" for package in RUNTIME_PACKAGES]
 
 
 def log_model_file(

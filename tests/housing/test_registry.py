@@ -35,7 +35,15 @@ from housing.registry import (
 from tests.conftest import tracking_store
 from tests.workspace import Workspace
 from training.estimators import build_model, save_model
-from training.register import EVIDENCE_NAME, EVIDENCE_TAG, NoChampionError, challenge, log_model_file, register
+from training.register import (
+    EVIDENCE_NAME,
+    EVIDENCE_TAG,
+    NoChampionError,
+    challenge,
+    log_model_file,
+    register,
+    runtime_requirements,
+)
 from training.scoring import regression_metrics
 
 
@@ -78,10 +86,12 @@ def log_version(
     mlflow.set_experiment(reg.experiment)
     with tempfile.TemporaryDirectory() as folder, mlflow.start_run():
         save_model(model, Path(folder) / "model.skops")
-        info = log_model_file(Path(folder) / "model.skops", reg.model_name)
+        info = log_model_file(Path(folder) / "model.skops", reg.model_name, pip_requirements=runtime_requirements())
         if evidence is not None:
             save_model(evidence, Path(folder) / "evidence.skops")
-            evidence_uri = log_model_file(Path(folder) / "evidence.skops", None, name=EVIDENCE_NAME).model_uri
+            evidence_uri = log_model_file(
+                Path(folder) / "evidence.skops", None, name=EVIDENCE_NAME, pip_requirements=runtime_requirements()
+            ).model_uri
     if corrupt:  # a truncated upload: the serialized model is no longer readable
         (model_file,) = Path(urlparse(mlflow.get_logged_model(info.model_id).artifact_location).path).rglob("*.skops")
         model_file.write_bytes(model_file.read_bytes()[:100])
