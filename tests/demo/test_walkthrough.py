@@ -15,7 +15,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
 from scripts.fleet import scratch_project
@@ -48,21 +47,10 @@ def test_the_demo_passes_every_step(project: Path) -> None:
     assert re.search(r"server on port \d+ stopped", result.stdout)
 
 
-def test_a_failing_step_exits_1_and_stops_the_server(project: Path) -> None:
-    # A batch limit below the demo's batch makes the batch step get a 413.
-    result = run(project, sys.executable, "-m", "scripts.demo", HOUSING_MAX_BATCH_SIZE="100")
-    assert result.returncode == 1
-    assert "demo failed" in result.stderr
-    assert "/predict_batch: status 413" in result.stderr
-    port = re.search(r"server on port (\d+) stopped", result.stdout)
-    assert port, result.stdout
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(f"http://127.0.0.1:{port[1]}/livez", timeout=2)
-
-
 def test_make_demo_is_the_pipeline_then_the_walkthrough() -> None:
     """What `make demo` runs, read from the Makefile the way make does (a dry run)."""
-    result = subprocess.run(["make", "-n", "demo"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+    dry_run = ["make", "-n", "--no-print-directory", "demo"]  # no "Leaving directory" lines under `make test`
+    result = subprocess.run(dry_run, cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
     lines = result.stdout.splitlines()
     assert any(line.strip().startswith("dvc repro") for line in lines), result.stdout
     assert lines[-1].strip() == "python -m scripts.demo"

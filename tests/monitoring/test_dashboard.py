@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import pytest
+from playwright.sync_api import expect
 
 from devtools.browser import chromium
 from housing.log.queries import short_id
@@ -25,7 +28,8 @@ def test_dashboard_shows_the_api_numbers_and_refreshes(scraped: tuple[Server, st
         page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
         page.on("pageerror", lambda error: errors.append(str(error)))
         page.goto(f"{server.url}/dashboard")
-        page.wait_for_function("document.getElementById('updated').textContent.startsWith('updated')", timeout=30_000)
+        # Locators, not JS conditions: the page's Content-Security-Policy (no eval) stays in force.
+        expect(page.locator("#updated")).to_have_text(re.compile("^updated"), timeout=30_000)
 
         model = api.get("/model").json()
         assert page.text_content("#model") == f"housing-price-model v{model['model_version']}"
@@ -63,10 +67,7 @@ def test_dashboard_shows_the_api_numbers_and_refreshes(scraped: tuple[Server, st
 
         # Live: a new prediction appears at the top of the table without a reload.
         new_id = api.post("/predict", json=EXAMPLE_HOUSE, headers={"X-Request-ID": "dashboard-live-check"}).json()
-        page.wait_for_function(
-            "document.querySelector('#recent tr:nth-child(2) td:nth-child(2)').textContent"
-            f" === '{short_id(new_id['request_id'])}'",
-            timeout=30_000,
-        )
+        newest = page.locator("#recent tr:nth-child(2) td:nth-child(2)")
+        expect(newest).to_have_text(short_id(new_id["request_id"]), timeout=30_000)
     assert not errors, errors
     assert SCREENSHOT.stat().st_size > 20_000

@@ -61,5 +61,6 @@ def test_prometheus_loads_the_alert_rules(scraped: tuple[Server, str]) -> None:
     assert set(rules) == {
         "HousingHighErrorRate", "HousingHighLatencyP99", "HousingDriftDetected",
         "HousingAccuracyDegraded", "HousingIntervalCoverageLow", "HousingNoTraffic", "HousingPredictionLogFailing",
+        "HousingPredictionLogUnavailable", "HousingPredictionLogDroppingRows",
     }  # fmt: skip
     assert all(rule["health"] == "ok" for rule in rules.values())

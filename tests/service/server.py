@@ -47,6 +47,20 @@ class Server:
         return stop(self.process, timeout_s)
 
 
+# The session's own settings a server keeps: the data's source and the shared cache of compiled forests.
+INHERITED_SETTINGS = ("HOUSING_DATA_SOURCE", "HOUSING_COMPILED_DIR")
+
+
+def inherited_environment() -> dict[str, str]:
+    """This process's environment without the service's settings: the in-process service of the session
+    (tests/service/conftest.py ``client``) keeps its own in the environment, and a server gets only its test's."""
+    return {
+        key: value
+        for key, value in os.environ.items()
+        if key in INHERITED_SETTINGS or not key.startswith(("HOUSING_", "PROMETHEUS_MULTIPROC_DIR"))
+    }
+
+
 def start_server(
     root: Path,
     extra_env: dict[str, str] | None = None,
@@ -62,7 +76,7 @@ def start_server(
     port = free_port()
     root.mkdir(parents=True, exist_ok=True)
     env = {
-        **os.environ,
+        **inherited_environment(),
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
         "HOUSING_PREDICTION_DB": str(root / "predictions.db"),
         "HOUSING_LOG_DIR": str(root / "log"),

@@ -88,7 +88,9 @@ def register_with_the_pipeline(workspace: Workspace, stores: SharedStores, folde
     repo.run("dvc", "repro", "--force", "--single-item", "register")
     registry = MlflowClient(stores.env["MLFLOW_TRACKING_URI"])
     first = registry.get_model_version(MODEL, "1")
-    registry.create_model_version(MODEL, first.source, first.run_id, tags=first.tags)
+    # Read over REST a version carries no model id (MLflow 3 leaves it out of the message): its source names it.
+    logged = first.source.removeprefix("models:/")
+    registry.create_model_version(MODEL, first.source, first.run_id, tags=first.tags, model_id=logged)
     repo.run("dvc", "remote", "add", "--local", "--force", "shared-s3", f"{stores.dvc_bucket}/cache")
     repo.run("dvc", "remote", "modify", "--local", "shared-s3", "endpointurl", stores.env["MLFLOW_S3_ENDPOINT_URL"])
     repo.run("dvc", "push", "-r", "shared-s3")
