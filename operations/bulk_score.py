@@ -185,7 +185,7 @@ class _ChunkWriter:
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            schema = self._parquet.schema_arrow if self._parquet is not None else None
+            schema = self._parquet.schema if self._parquet is not None else None
             table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
             if self._parquet is None:
                 self._parquet = pq.ParquetWriter(self.partial, table.schema)
