@@ -5,6 +5,7 @@ The real engines (MLflow's pyfunc here, Spark's spark_udf) price the same files 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +129,12 @@ def test_a_failed_run_leaves_no_output(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         score_file(job, failing, "7")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+
+
+def test_the_spark_engine_says_how_to_install_what_it_lacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from operations import spark_engine
+
+    monkeypatch.setitem(sys.modules, "pyspark", None)  # as if the extra were not installed
+    hint = r"pip install '\.\[spark\]'.*make tools"
+    with pytest.raises(ScoreError, match=hint), spark_engine.spark_scorer("models:/m/1", "local"):
+        pass
