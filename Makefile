@@ -89,6 +89,11 @@ bench: setup tools ## Benchmark against `mlflow models serve` and the booster, t
 	@# README.md and docs/summary.md quote the benchmark's figures.
 	python -m scripts.figures
 
+.PHONY: bench-score
+bench-score: setup tools ## housing score on 1,000,000 rows (local, then a tenth on Spark) beside MLflow pyfunc's predict: reports/bench_score.json
+	python -m load_tests.bench_score --spark
+	python -m scripts.figures
+
 SOAK_MINUTES ?= 30
 .PHONY: soak
 soak: setup tools ## Steady mixed traffic at half capacity for SOAK_MINUTES (30); fails if memory, open files or p99 grow: reports/soak/
