@@ -182,7 +182,8 @@ def score_command(args: argparse.Namespace) -> int:
     print(f"scored {summary.scored:,} of {summary.rows:,} rows with {model_uri} into {job.target} "
           f"in {summary.seconds:.1f} s ({rate:,.0f} rows/s)")  # fmt: skip
     if summary.rejected:
-        print(f"{summary.rejected:,} rows rejected (row, field and rule in {job.rejects})", file=sys.stderr)
+        rows = f"{summary.rejected:,} row{'s' * (summary.rejected != 1)}"
+        print(f"{rows} rejected (row, field and rule in {job.rejects})", file=sys.stderr)
         return 1
     return 0
 
