@@ -210,15 +210,14 @@ class _ChunkWriter:
         self.partial.unlink(missing_ok=True)
 
 
-def priced_rows(chunk: pd.DataFrame, values: dict[str, np.ndarray], keep: np.ndarray, priced: pd.DataFrame,
+def priced_rows(chunk: pd.DataFrame, houses: pd.DataFrame, keep: np.ndarray, priced: pd.DataFrame,
                 version: str) -> pd.DataFrame:  # fmt: skip
-    """The accepted rows as the output holds them: every input column (the house's numbers as parsed), then the
-    price, its bounds and the model version."""
+    """The accepted rows (``keep``) as the output holds them: every input column (the house's numbers as the model
+    read them: ``houses``, from :func:`model_frame`), then the price, its bounds and the model version."""
     rows = chunk.loc[keep].reset_index(drop=True)
-    frame = model_frame(values, keep)
     for name in NUMERIC_COLUMNS:
         if name in rows:
-            rows[name] = frame[name]
+            rows[name] = houses[name]
     return rows.assign(**{name: priced[name].to_numpy(dtype=float) for name in PRICE_COLUMNS}, model_version=version)
 
 
@@ -249,7 +248,7 @@ def score_file(
             keep, broken = split_rejected(values, FileColumns)
             houses = model_frame(values, keep)
             priced = scorer(houses) if len(houses) else pd.DataFrame(columns=list(PRICE_COLUMNS), dtype=float)
-            output.write(priced_rows(chunk, values, keep, priced, version))
+            output.write(priced_rows(chunk, houses, keep, priced, version))
             if broken:
                 rejects.write(rejected_rows(chunk, broken, rows + 1))
             rows, scored, rejected = rows + len(chunk), scored + len(houses), rejected + len(broken)
