@@ -161,18 +161,19 @@ def columns_model(name: str, *, fail_fast: bool) -> type[BaseModel]:
     """
 
     # Unknown columns: refused by extra="forbid" (a file's other columns are never validated: they pass through).
-    def column(item: Any, default: Any = ...) -> Any:
-        return (Annotated[list[item], Field(min_length=1, fail_fast=fail_fast)], default)
+    def column(field: str, item: Any, default: Any = ...) -> Any:
+        rules = Field(min_length=1, fail_fast=fail_fast, description=f"One per house: {DESCRIPTIONS[field]}")
+        return (Annotated[list[item], rules], default)
 
     fields: dict[str, Any] = {
-        column_name: column(Annotated[float, Field(**value_rules(column_name))])
-        for column_name in NUMERIC_COLUMNS
-        if column_name != "total_bedrooms"
+        field: column(field, Annotated[float, Field(**value_rules(field))])
+        for field in NUMERIC_COLUMNS
+        if field != "total_bedrooms"
     }
-    fields["total_bedrooms"] = column(Annotated[float | None, Field(**value_rules("total_bedrooms"))], None)
-    fields["ocean_proximity"] = column(OceanProximity)
-    model = create_model(name, __base__=_Columns, **fields)
-    return model
+    bedrooms = Annotated[float | None, Field(**value_rules("total_bedrooms"))]
+    fields["total_bedrooms"] = column("total_bedrooms", bedrooms, None)
+    fields["ocean_proximity"] = column("ocean_proximity", OceanProximity)
+    return create_model(name, __base__=_Columns, **fields)
 
 
 @dataclass(frozen=True)

@@ -281,9 +281,12 @@ def test_health_and_probes(client: TestClient, champion: dict) -> None:
 
 def test_openapi_documents_every_endpoint_with_an_example(client: TestClient) -> None:
     spec = client.get("/docs.json").json()
-    for path in ("/predict", "/predict_batch", "/invocations", "/feedback"):
+    for path in ("/predict", "/predict_batch", "/predict_columns", "/invocations", "/feedback"):
         assert path in spec["paths"], path
     schemas = spec["components"]["schemas"]
+    columns = schemas["HouseColumnsIODescriptor"]
+    assert {column["maxItems"] for column in columns["properties"].values()} == {500}  # HOUSING_MAX_BATCH_SIZE
+    assert columns["example"]["latitude"] == [EXAMPLE_HOUSE["latitude"]]
     examples = {name for name, schema in schemas.items() if schema.get("example")}
     assert examples >= {"HouseIODescriptor", "FeedbackIODescriptor", "InvocationIODescriptor"}, sorted(schemas)
     assert any("dataframe_split" in json.dumps(schemas[name].get("example")) for name in schemas)
