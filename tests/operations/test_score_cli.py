@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from operations import cli
 from operations.bulk_score import PRICE_COLUMNS
 from tests.workspace import BIN, Workspace
 
@@ -89,3 +90,21 @@ def test_spark_prices_the_file_as_the_local_engine_does(
     for name in PRICE_COLUMNS:
         np.testing.assert_allclose(out[name], expected[name], rtol=1e-6)
     assert pd.read_csv(houses.with_name("spark.rejects.csv"))["row"].tolist() == [11, 201]
+
+
+def test_the_command_in_process_says_what_it_did(
+    local: tuple[pd.DataFrame, str, str], workspace: Workspace, houses: Path, champion: dict,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # restored after: pin_model points MLflow at the project
+    target = houses.with_name("in-process.csv")
+    try:
+        with pytest.raises(SystemExit) as exited:
+            cli.main(["score", str(houses), str(target), "--project-dir", str(workspace.path)])
+    finally:
+        mlflow.set_tracking_uri(None)
+    out, err = capsys.readouterr()
+    assert exited.value.code == 1
+    assert f"scored 298 of 300 rows with models:/housing-price-model/{champion['version']} into {target}" in out
+    assert err.strip() == f"2 rows rejected (row, field and rule in {houses.with_name('in-process.rejects.csv')})"
+    np.testing.assert_allclose(pd.read_csv(target)["price_usd"], local[0]["price_usd"], rtol=1e-12)
