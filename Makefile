@@ -41,10 +41,14 @@ UV_PIN := $(if $(CONSTRAINTS),$(shell grep '^uv==' $(CONSTRAINTS)),uv)
 install = $(BIN)/uv pip install --quiet --compile-bytecode --python $(1) $(2) \
 	|| { echo "uv could not install: falling back to pip" >&2; $(1) -m pip install --quiet $(2); }
 
+# The project's extras: the dev tools, and PySpark (housing score --engine spark, whose test runs it). A variable,
+# since a comma inside $(call ...) would split its argument.
+EXTRAS := dev,spark
+
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --no-deps '$(UV_PIN)'
-	$(call install,$(BIN)/python,--upgrade pip $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[dev,spark]')
+	$(call install,$(BIN)/python,--upgrade pip $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[$(EXTRAS)]')
 	touch $@
 
 pipeline: setup ## Run the DVC pipeline (ingest ▸ validate ▸ feedback ▸ prepare ▸ train ▸ refit_effect ▸ evaluate ▸ refit ▸ register)
