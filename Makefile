@@ -41,10 +41,14 @@ UV_PIN := $(if $(CONSTRAINTS),$(shell grep '^uv==' $(CONSTRAINTS)),uv)
 install = $(BIN)/uv pip install --quiet --compile-bytecode --python $(1) $(2) \
 	|| { echo "uv could not install: falling back to pip" >&2; $(1) -m pip install --quiet $(2); }
 
+# The project's extras: the dev tools, and PySpark (housing score --engine spark, whose test runs it). A variable,
+# since a comma inside $(call ...) would split its argument.
+EXTRAS := dev,spark
+
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --no-deps '$(UV_PIN)'
-	$(call install,$(BIN)/python,--upgrade pip $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[dev]')
+	$(call install,$(BIN)/python,--upgrade pip $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[$(EXTRAS)]')
 	touch $@
 
 pipeline: setup ## Run the DVC pipeline (ingest ▸ validate ▸ feedback ▸ prepare ▸ train ▸ refit_effect ▸ evaluate ▸ refit ▸ register)
@@ -68,11 +72,12 @@ image: build ## Build the image with `bentoml containerize` (docker, else podman
 # Debian/Ubuntu packages named after the command they provide (hadolint, actionlint, shellcheck come with `setup`).
 SYSTEM_TOOLS := wrk prometheus docker-compose ffmpeg espeak-ng nginx podman runc mmdebstrap iptables haproxy
 # Debian packages whose programs are not on PATH under the package's name: checked with dpkg
-# (prometheus-alertmanager ships amtool, which checks monitoring/alertmanager.yml).
-SYSTEM_PACKAGES := postgresql prometheus-alertmanager
+# (prometheus-alertmanager ships amtool, which checks monitoring/alertmanager.yml; default-jre-headless is the
+# Java that `housing score --engine spark` runs Spark on).
+SYSTEM_PACKAGES := postgresql prometheus-alertmanager default-jre-headless
 # Debian packages Chromium; Ubuntu's package is a snap stub, so there Playwright fetches its own build.
 UBUNTU := $(shell grep -qs '^ID=ubuntu' /etc/os-release && echo yes)
-tools: setup ## Install the system tools the tests and benchmarks use (wrk, Prometheus, Chromium, docker-compose, ffmpeg, espeak-ng, nginx, podman, PostgreSQL)
+tools: setup ## Install the system tools the tests and benchmarks use (wrk, Prometheus, Chromium, docker-compose, ffmpeg, espeak-ng, nginx, podman, PostgreSQL, Java)
 	@missing=""; for tool in $(SYSTEM_TOOLS) $(if $(UBUNTU),,chromium); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	for package in $(SYSTEM_PACKAGES); do dpkg-query -W -f='$${Status}' $$package 2>/dev/null | grep -q "ok installed" || missing="$$missing $$package"; done; \
 	if [ -n "$$missing" ]; then \
@@ -86,6 +91,11 @@ bench: setup tools ## Benchmark against `mlflow models serve` and the booster, t
 	python -m load_tests.benchmark
 	python -m load_tests.log_stores
 	@# README.md and docs/summary.md quote the benchmark's figures.
+	python -m scripts.figures
+
+.PHONY: bench-score
+bench-score: setup tools ## housing score on 1,000,000 rows (local, then a tenth on Spark) beside MLflow pyfunc's predict: reports/bench_score.json
+	python -m load_tests.bench_score --spark
 	python -m scripts.figures
 
 SOAK_MINUTES ?= 30

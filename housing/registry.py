@@ -86,6 +86,25 @@ def champion_version(client: MlflowClient, reg: RegisteredModel) -> ModelVersion
         return None
 
 
+def pin_model(model_uri: str, project_dir: Path) -> tuple[str, str]:
+    """Point MLflow at the project's store (:func:`tracking_uri`) and pin ``model_uri`` to what it names now.
+
+    A ``models:/`` URI (``@alias``, ``/version``, ``/stage``) becomes ``models:/<name>/<version>`` and its version,
+    so a job that loads the model more than once (or on other machines: Spark's executors) loads one version even if
+    the alias moves meanwhile. Any other URI (``runs:/…``, a path) names no registered version: it is kept, with
+    an empty version.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+    mlflow.set_tracking_uri(tracking_uri(project_dir))
+    if not model_uri.startswith("models:/"):
+        return model_uri, ""
+    name, version = get_model_name_and_version(MlflowClient(), model_uri)  # type: ignore[no-untyped-call]  # MLflow leaves it untyped
+    return f"models:/{name}/{version}", str(version)
+
+
 def tagged_metrics(version: ModelVersion, prefix: str = "test_") -> dict[str, float]:
     """The metrics register.py tagged the version with, e.g. ``test_rmse`` -> ``{"rmse": ...}``."""
     return {key.removeprefix(prefix): float(value) for key, value in version.tags.items() if key.startswith(prefix)}

@@ -97,6 +97,11 @@ class HousingSettings(BaseSettings):
         description="Explanations each worker computes at once; past them the answer is 429, so explanations never "
         "take every worker.",
     )
+    score_chunk_rows: int = Field(
+        default=50_000,
+        gt=0,
+        description="Rows `housing score` reads, validates, prices and writes at a time: what bounds its memory.",
+    )
     writer_batch_size: int = Field(default=500, gt=0, description="Most rows the log writer inserts at once.")
     writer_interval_s: float = Field(default=0.05, gt=0, description="Longest a logged row waits to be written.")
     writer_max_retries: int = Field(

@@ -13,8 +13,11 @@ Measures, on this machine and in this order:
      have stopped: where the batch's time goes, and what the forest leaves to everything else,
   8. the batch of (3) through BentoML with the service's request and answer models and no model behind
      them (load_tests/batch_floor.py): the floor under the batch's time on this machine,
+  9. the same 10,000 houses as columns (POST /predict_columns: one list per field), back to back and with the
+     log writer idle, beside (3),
 and writes reports/benchmark.json, from which `python -m scripts.figures` (run next by `make bench`) writes the
-README's table. ``--explain-only`` measures (6) alone on one service and prints it (no files written).
+README's table. ``--explain-only`` measures (6) alone on one service and prints it, ``--columns-only`` (9) and (3)
+alone, in alternating rounds (no files written).
 
 MLflow runs twice: as `pip install mlflow` ships it (uvicorn on asyncio and h11: MLflow does not
 install uvloop or httptools), which is the baseline of the throughput target, and with the uvloop and
@@ -43,7 +46,7 @@ import bentoml
 import httpx
 import numpy as np
 
-from devtools.houses import houses_from
+from devtools.houses import as_columns, houses_from
 from devtools.paths import BIN, ROOT
 from devtools.ports import free_port
 from devtools.processes import start_logged, stop
@@ -61,6 +64,7 @@ TARGETS = {
     "throughput_vs_booster": 1.0,
     "p99_32_ms": 50.0,
     "batch_10k_ms": 100.0,
+    "columns_10k_ms": 100.0,
     "invalid_vs_batch": 1.0,
     "explain_p50_ms": 10.0,
 }
@@ -121,8 +125,9 @@ def wrk_per_worker(call: tuple[str, str], clients: int, seconds: int, workdir: P
     return {**run, "per_worker": {worker: after[worker] - before[worker] for worker in sorted(after)}}
 
 
-def batch_latency(url: str, houses: list[dict[str, Any]], runs: int, pause_s: float = 0.0) -> dict[str, float]:
-    """Median, fastest and slowest of ``runs`` posts of ``houses`` to ``url``, in ms.
+def batch_latency(url: str, houses: Any, runs: int, pause_s: float = 0.0) -> dict[str, float]:
+    """Median, fastest and slowest of ``runs`` posts of ``houses`` (a JSON body: a list of houses, or columns) to
+    ``url``, in ms.
 
     Back to back (``pause_s`` 0), each batch shares the cores with the log writer storing the one before it;
     a pause long enough for the writer to finish times a batch on its own.
@@ -262,6 +267,40 @@ def explain_latency(url: str, one: dict[str, Any], seconds: int, workdir: Path) 
     return {**explained, "predict_p50_ms": predicted["p50_ms"], "load_avg_1m": round(load, 2)}
 
 
+def columns_latency(url: str, houses: list[dict[str, Any]], runs: int) -> dict[str, dict[str, float]]:
+    """``houses`` as columns (POST /predict_columns), back to back and with the log writer idle (9)."""
+    columns = as_columns(houses)
+    return {
+        "columns_10k": batch_latency(f"{url}/predict_columns", columns, runs),
+        "columns_10k_paused": batch_latency(f"{url}/predict_columns", columns, runs, BATCH_PAUSE_S),
+    }
+
+
+def columns_only(args: argparse.Namespace) -> dict[str, Any]:
+    """Only (9) and (3), on one service, in ``args.rounds`` alternating rounds: columns beside the list of houses."""
+    workdir = Path(tempfile.mkdtemp(prefix="housing-bench-columns-"))
+    batch = houses_from(ROOT / "data" / "processed" / "test.csv", args.batch)
+    port = free_port()
+    url, server = f"http://127.0.0.1:{port}", serve_bentoml(port, workdir)
+    rounds: dict[str, list[dict[str, float]]] = {}
+    try:
+        wait_ready(f"{url}/readyz", server)
+        wait_runtime(url, "lleaves", COMPILE_WAIT_S)
+        for _ in range(args.rounds):
+            measured = columns_latency(url, batch, args.batch_runs) | {
+                "batch_10k": batch_latency(f"{url}/predict_batch", batch, args.batch_runs),
+                "batch_10k_paused": batch_latency(f"{url}/predict_batch", batch, args.batch_runs, BATCH_PAUSE_S),
+            }
+            for name, result in measured.items():
+                rounds.setdefault(name, []).append(result)
+        model_version = httpx.get(f"{url}/model").json()["model_version"]
+    finally:
+        stop(server)
+        shutil.rmtree(workdir, ignore_errors=True)
+    medians = {name: statistics.median(run["median_ms"] for run in runs) for name, runs in rounds.items()}
+    return {"model_version": model_version, "houses": args.batch, "median_ms": medians, "rounds": rounds}
+
+
 def explain_only(args: argparse.Namespace) -> dict[str, Any]:
     """Only (6), on one service: a quick check of the explanation's latency."""
     workdir = Path(tempfile.mkdtemp(prefix="housing-bench-explain-"))
@@ -320,6 +359,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         batch = houses_from(test_csv, args.batch)
         results["batch_10k"] = batch_latency(f"{ours}/predict_batch", batch, args.batch_runs)
         results["batch_10k_paused"] = batch_latency(f"{ours}/predict_batch", batch, args.batch_runs, BATCH_PAUSE_S)
+        results |= columns_latency(ours, batch, args.batch_runs)
         results["booster_batch_10k"] = batch_latency(f"{booster}/predict_batch", batch, args.batch_runs)
         results["floor_batch_10k"] = batch_latency(f"{floor}/predict_batch", batch, args.batch_runs)
         results["invalid_bodies"] = invalid_body_latency(ours, invalid_bodies(one, args.batch), args.batch_runs)
@@ -353,6 +393,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         / max(1, sum(results["single_c32"]["per_worker"].values())),
         "batch_10k_ms": results["batch_10k"]["median_ms"],
         "batch_10k_paused_ms": results["batch_10k_paused"]["median_ms"],
+        "columns_10k_ms": results["columns_10k"]["median_ms"],
+        "columns_10k_paused_ms": results["columns_10k_paused"]["median_ms"],
         "batch_without_forest_ms": sum(ms for name, ms in results["batch_stages_ms"].items() if name != "forest"),
         "batch_floor_ms": results["floor_batch_10k"]["median_ms"],
         "worst_invalid_ms": max(r["median_ms"] for r in results["invalid_bodies"].values()),
@@ -385,11 +427,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating throughput rounds per server")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "benchmark.json")
     parser.add_argument("--explain-only", action="store_true", help="measure (6) only and print it")
+    parser.add_argument("--columns-only", action="store_true", help="measure (9) beside (3) only and print them")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (make bench installs it: apt-get install wrk)")
     if args.explain_only:
         print(json.dumps(explain_only(args), indent=2))
+        return
+    if args.columns_only:
+        print(json.dumps(columns_only(args), indent=2))
         return
     results = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,9 @@
     housing report [--out DIR] [--since TIME | --days N] [--db PATH] [--project-dir DIR]
         insights from the prediction log (operations.insights): ``report.md`` with PNG figures and
         ``report.json`` in ``reports/insights``.
+    housing score INPUT OUTPUT [--model URI] [--engine local|spark] [--spark-master URL] [--overwrite]
+        price a CSV or Parquet file of houses into another, a chunk at a time (operations.bulk_score); rows
+        that break the API's rules go to ``<output stem>.rejects.csv`` and make the exit status 1.
 
 The commands that touch MLflow work from the project directory, whose
 ``params.yaml`` names the model and whose ``mlflow.db`` is the default store.
@@ -25,12 +28,17 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import bentoml
 from mlflow.exceptions import MlflowException
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from housing.drift_check import check_drift
 from housing.jobs import AlreadyRunningError, job_lock
@@ -39,8 +47,9 @@ from housing.log.reloads import roll_out_from
 from housing.log.store import LogStore, migrate, open_store
 from housing.model_format import reference_of
 from housing.params import load_params
-from housing.registry import ProjectRegistry
+from housing.registry import NoProjectError, NoRegistryError, ProjectRegistry, pin_model
 from housing.settings import settings
+from operations.bulk_score import ScoreError, ScoreJob, Scorer, check_job, local_scorer, score_file
 from operations.insights import ReportOptions, build_report
 from operations.insights_report import write_report
 from operations.retrain import retrain
@@ -158,6 +167,51 @@ def report_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def score_command(args: argparse.Namespace) -> int:
+    """Exit status 0 when every row is priced, 1 when some were rejected, 2 when the job could not run."""
+    job = ScoreJob(args.input, args.output, args.chunk_rows or settings().score_chunk_rows, args.overwrite)
+    try:
+        total = check_job(job)
+        model_uri, version = pin_model(args.model or _champion_uri(args.project_dir), args.project_dir)
+        with _scorer(args.engine, model_uri, args.spark_master) as scorer, _progress(total) as progress:
+            summary = score_file(job, scorer, version, progress)
+    except (ScoreError, MlflowException, NoProjectError, NoRegistryError) as exc:
+        print(f"housing score: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
+        return 2
+    rate = summary.rows / summary.seconds if summary.seconds else 0.0
+    print(f"scored {summary.scored:,} of {summary.rows:,} rows with {model_uri} into {job.target} "
+          f"in {summary.seconds:.1f} s ({rate:,.0f} rows/s)")  # fmt: skip
+    if summary.rejected:
+        rows = f"{summary.rejected:,} row{'s' * (summary.rejected != 1)}"
+        print(f"{rows} rejected (row, field and rule in {job.rejects})", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _champion_uri(project_dir: Path) -> str:
+    """``models:/<register.model_name>@<register.alias>`` of the project's params.yaml."""
+    names = ProjectRegistry(project_dir).names
+    return f"models:/{names.model_name}@{names.alias}"
+
+
+def _scorer(engine: str, model_uri: str, master: str) -> AbstractContextManager[Scorer]:
+    if engine == "spark":
+        from operations.spark_engine import spark_scorer  # PySpark is an optional extra
+
+        return spark_scorer(model_uri, master)
+    return nullcontext(local_scorer(model_uri))
+
+
+@contextmanager
+def _progress(total: int | None) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr (rows done, time spent and left) that the scoring loop advances; off a terminal,
+    none (the summary line says what was done)."""
+    columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), disable=not sys.stderr.isatty()) as progress:
+        task = progress.add_task("rows", total=total)
+        yield partial(progress.advance, task)
+
+
 def _utc_time(text: str) -> datetime:
     """An ISO 8601 time; without a zone, UTC."""
     moment = datetime.fromisoformat(text.removesuffix("Z"))
@@ -212,6 +266,16 @@ def main(argv: list[str] | None = None) -> None:
     report.add_argument("--bucket-minutes", type=_positive, help="traffic bucket width (default: fits the period)")
     report.add_argument("--min-slice", type=_positive, default=20, help="houses a slice needs to be named in findings")
     report.set_defaults(run=report_command)
+    score = commands.add_parser("score", help="price a CSV or Parquet file of houses into another; bad rows rejected")
+    score.add_argument("input", type=Path, help="houses: .csv or .parquet, one column per field of a house")
+    score.add_argument("output", type=Path, help="every input column plus price, bounds and model version")
+    score.add_argument("--model", help="any MLflow model URI (default: models:/housing-price-model@champion)")
+    score.add_argument("--engine", choices=("local", "spark"), default="local", help="price here, or on Spark")
+    score.add_argument("--spark-master", default="local[*]", help="the Spark master of --engine spark")
+    score.add_argument("--overwrite", action="store_true", help="replace the output and rejects files")
+    score.add_argument("--chunk-rows", type=_positive, help="rows at a time (default: HOUSING_SCORE_CHUNK_ROWS)")
+    score.add_argument("--project-dir", type=Path, default=Path(), help="the DVC project (default: .)")
+    score.set_defaults(run=score_command)
     for command in (retrain_parser, rollback, reload, history, report):
         command.add_argument("--db", type=Path, help="prediction log (default: HOUSING_PREDICTION_DB)")
         command.add_argument("--project-dir", type=Path, default=Path(), help="the DVC project (default: .)")

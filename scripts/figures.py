@@ -1,8 +1,8 @@
 """`make figures`: every figure docs/summary.md and README.md quote, from the reports in reports/.
 
 docs/summary.md is docs/summary.template.md filled in from reports/metrics.json and reports/data_validation.json
-(written by the pipeline) and reports/benchmark.json (written by `make bench`); README.md's benchmark table, between
-its markers, comes from reports/benchmark.json too. So no page states a number by hand, and both pages say the same.
+(written by the pipeline), reports/benchmark.json (written by `make bench`) and reports/bench_score.json (`make
+bench-score`); README.md's benchmark tables, between their markers, come from the same files. So no page states a number by hand, and both pages say the same.
 `make bench` runs this after the benchmark; `--check` only says whether both files are current.
 """
 
@@ -24,6 +24,7 @@ TEMPLATE = ROOT / "docs" / "summary.template.md"
 SUMMARY = ROOT / "docs" / "summary.md"
 README = ROOT / "README.md"
 README_START, README_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
+SCORE_START, SCORE_END = "<!-- bench-score:start -->", "<!-- bench-score:end -->"
 
 
 def read(reports: Path, name: str) -> dict[str, Any]:
@@ -58,8 +59,9 @@ def figures(reports: Path) -> dict[str, str]:
         "floor_verdict": "met" if floor["met"] else "**missed**",
         "intervals": interval_sentence(metrics.get("intervals")),
         "refit": refit_sentence(metrics["refit"]),
-        # The README's benchmark table, from the same function and the same file.
+        # The README's benchmark tables, from the same functions and the same files.
         "benchmark": table(read(reports, "benchmark.json")),
+        "bulk_scoring": score_table(reports),
     }
 
 
@@ -118,6 +120,7 @@ def table(results: dict[str, Any]) -> str:
             f"| 32 clients: p99 | {s['p99_32_ms']:.1f} ms | ≤ 50 ms | {mark('p99_32_ms')} |",
             f"| one 10,000-record batch | {s['batch_10k_ms']:.0f} ms | ≤ 100 ms | {mark('batch_10k_ms')} |",
             f"| the same batch {BATCH_PAUSE_S:g} s after the one before (the log writer idle) | {s['batch_10k_paused_ms']:.0f} ms | | |",
+            *columns_rows(results),
             f"| the same batch through BentoML with the same request and answer and no model (`load_tests/batch_floor.py`: HTTP, JSON and pydantic alone) | {s['batch_floor_ms']:.0f} ms | | |",
             f"| the same batch in process, by stage (no HTTP; forest on {results['batch_stages_runtime']}) | {stages} ms; all but the forest {s['batch_without_forest_ms']:.0f} ms | | |",
             f"| costliest invalid body (of {len(results['invalid_bodies'])}, `reports/benchmark.json`) | {s['worst_invalid_ms']:.0f} ms: {s['invalid_vs_batch']:.2f}× the batch | ≤ 1× the largest legal batch | {mark('invalid_vs_batch')} |",
@@ -129,14 +132,54 @@ def table(results: dict[str, Any]) -> str:
     )  # fmt: skip
 
 
+def columns_rows(results: dict[str, Any]) -> list[str]:
+    """The table's rows of the 10,000 houses as columns (POST /predict_columns); none in a benchmark from before it."""
+    s, t = results["summary"], results["targets"]
+    if "columns_10k_ms" not in s:
+        return []
+    mark = "met" if t["columns_10k_ms"]["met"] else "**missed**"
+    return [
+        f"| the same 10,000 houses as columns (`POST /predict_columns`) | {s['columns_10k_ms']:.0f} ms "
+        f"({s['columns_10k_paused_ms']:.0f} ms with the log writer idle) | ≤ 100 ms | {mark} |"
+    ]
+
+
+def score_table(reports: Path) -> str:
+    """The bulk-scoring table (Markdown, with the line above it) from ``reports``' bench_score.json, if measured."""
+    if not (reports / "bench_score.json").exists():
+        return "Bulk scoring (`housing score`) is measured by `make bench-score`, which has not been run yet."
+    r = read(reports, "bench_score.json")
+    s = r["summary"]
+    rows = [
+        f"`housing score` of {s['rows']:,} houses (a {r['input_mb']:.0f} MB CSV into Parquet, {r['chunk_rows']:,} rows "
+        f"a chunk) with `{r['model_uri']}`, {r['machine']['cpus']} cores, measured by `make bench-score`:",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| local engine: read, validate, price with bounds, write; the whole run (start-up and model load included) / the scoring loop | {s['local_rows_per_s']:,.0f} rows/s ({r['local']['seconds']:.0f} s) / {s['local_scoring_rows_per_s']:,.0f} rows/s ({r['local']['scoring_s']:.0f} s) |",
+        f"| local engine: peak memory, all {s['rows']:,} rows / a tenth of them | {s['local_peak_rss_mb']:,.0f} MB / {s['local_tenth_peak_rss_mb']:,.0f} MB |",
+        f"| baseline: MLflow pyfunc's `predict` of the same rows with bounds, in memory, one call in one process | {s['pyfunc_rows_per_s']:,.0f} rows/s (peak memory {s['pyfunc_peak_rss_mb']:,.0f} MB) |",
+        f"| local engine / baseline | {s['local_vs_pyfunc']:.2f}× |",
+    ]
+    if "spark_tenth_rows_per_s" in s:
+        rows.append(
+            f"| Spark engine (`local[*]`), a tenth of the rows: the whole run / the scoring loop | {s['spark_tenth_rows_per_s']:,.0f} rows/s ({r['spark_tenth']['seconds']:.0f} s) / {s['spark_tenth_scoring_rows_per_s']:,.0f} rows/s ({r['spark_tenth']['scoring_s']:.0f} s) |"
+        )
+    return "\n".join(rows)
+
+
 def render_readme(reports: Path = REPORTS, readme: Path = README) -> str:
-    """``readme`` with the benchmark table of ``reports`` between its markers."""
+    """``readme`` with the benchmark tables of ``reports`` between their markers."""
     content = readme.read_text()
-    pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.DOTALL)
-    if not pattern.search(content):
-        raise SystemExit(f"{readme} has no {README_START} ... {README_END} section")
-    block = f"{README_START}\n{table(read(reports, 'benchmark.json'))}\n{README_END}"
-    return pattern.sub(lambda _: block, content)
+    blocks = {(README_START, README_END): lambda: table(read(reports, "benchmark.json")),
+              (SCORE_START, SCORE_END): lambda: score_table(reports)}  # fmt: skip
+    for (start, end), block in blocks.items():
+        pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.DOTALL)
+        if not pattern.search(content):
+            raise SystemExit(f"{readme} has no {start} ... {end} section")
+        text = f"{start}\n{block()}\n{end}"
+        content = pattern.sub(lambda _, text=text: text, content)
+    return content
 
 
 def main() -> None:

@@ -13,8 +13,7 @@ more than a valid one.
 from __future__ import annotations
 
 from http import HTTPStatus
-from itertools import islice
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 from bentoml.exceptions import BentoMLException
 from pydantic import (
@@ -29,43 +28,10 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError, from_json
 
-from housing.columns import FEATURE_COLUMNS, NUMERIC_BOUNDS, OCEAN_PROXIMITY_CATEGORIES, TARGET_BOUNDS
+from housing.columns import FEATURE_COLUMNS, TARGET_BOUNDS
 from housing.explain import Explanation
+from housing.house_schema import EXAMPLE_HOUSE, House, Houses, columns_model
 from housing.settings import settings
-
-OceanProximity = Literal["<1H OCEAN", "INLAND", "ISLAND", "NEAR BAY", "NEAR OCEAN"]
-assert set(get_args(OceanProximity)) == set(OCEAN_PROXIMITY_CATEGORIES)  # noqa: S101 - one list, checked at import  # nosec B101
-
-
-def bounded(name: str, description: str, *, default: Any = ...) -> Any:
-    """A strict, finite float field within ``NUMERIC_BOUNDS[name]``."""
-    bounds = NUMERIC_BOUNDS[name]
-    return Field(
-        default,
-        ge=bounds.low,
-        le=bounds.high,
-        strict=True,
-        allow_inf_nan=False,
-        description=description,
-    )
-
-
-EXAMPLE_HOUSE: dict[str, Any] = {
-    "longitude": -122.23,
-    "latitude": 37.88,
-    "housing_median_age": 41.0,
-    "total_rooms": 880.0,
-    "total_bedrooms": 129.0,
-    "population": 322.0,
-    "households": 126.0,
-    "median_income": 8.3252,
-    "ocean_proximity": "NEAR BAY",
-}
-
-
-MAX_UNKNOWN_FIELDS = 5
-# The fields of a House, as a set to check a house's keys against (the same names as FEATURE_COLUMNS).
-HOUSE_FIELDS = frozenset(FEATURE_COLUMNS)
 
 
 class PayloadTooLarge(BentoMLException):
@@ -83,59 +49,6 @@ def check_batch_size(houses: int, field: str, limit: int | None = None) -> None:
         raise PayloadTooLarge(f"{field}: at most {limit} houses per request, got {houses}")
 
 
-class House(BaseModel):
-    """One census block group, as raw features."""
-
-    # Unknown fields are kept (extra="allow") and refused by _checked once the fields are valid. Refusing
-    # them in a hook before the fields (which a flood of them needs: one error, not one each) made pydantic
-    # copy every house of a batch into a Python dict first: a third of validating 10,000 houses. The
-    # documented schema still allows no other field.
-    model_config = ConfigDict(
-        extra="allow", frozen=True, json_schema_extra={"example": EXAMPLE_HOUSE, "additionalProperties": False}
-    )
-
-    longitude: float = bounded("longitude", "Degrees east; inside California's bounding box.")
-    latitude: float = bounded("latitude", "Degrees north; inside California's bounding box.")
-    housing_median_age: float = bounded("housing_median_age", "Median age of the houses, years (census cap 52).")
-    total_rooms: float = bounded("total_rooms", "Rooms in the block group.")
-    total_bedrooms: float | None = bounded("total_bedrooms", "Bedrooms; optional, imputed when missing.", default=None)
-    population: float = bounded("population", "People living in the block group.")
-    households: float = bounded("households", "Households; at least one.")
-    median_income: float = bounded("median_income", "Median income, tens of thousands of USD (census range).")
-    ocean_proximity: OceanProximity = Field(description="Location relative to the ocean.")
-
-    @model_validator(mode="after")
-    def _checked(self) -> House:
-        """No unknown field, and no more bedrooms than rooms; errors located as the fields' own."""
-        unknown, bedrooms = self.__pydantic_extra__, self.total_bedrooms
-        if not unknown and (bedrooms is None or bedrooms <= self.total_rooms):
-            return self
-        errors = [*_unknown_field_errors(unknown or {}), *_bedroom_errors(bedrooms, self.total_rooms)]
-        # Raised inside a validator, a ValidationError's errors join the others under this house's location.
-        raise ValidationError.from_exception_data(type(self).__name__, errors)
-
-
-def _unknown_field_errors(unknown: dict[str, Any]) -> list[InitErrorDetails]:
-    """One error per unknown field, as ``extra="forbid"`` gives, or one for them all past ``MAX_UNKNOWN_FIELDS``."""
-    if len(unknown) <= MAX_UNKNOWN_FIELDS:
-        return [{"type": "extra_forbidden", "loc": (name,), "input": value} for name, value in unknown.items()]
-    names = ", ".join(islice(unknown, MAX_UNKNOWN_FIELDS))
-    counts = {"count": len(unknown), "names": names, "more": len(unknown) - MAX_UNKNOWN_FIELDS}
-    return [{"type": PydanticCustomError("extra_forbidden", "{count} unknown fields: {names} and {more} more", counts),
-             "loc": (), "input": None}]  # fmt: skip
-
-
-def _bedroom_errors(bedrooms: float | None, rooms: float) -> list[InitErrorDetails]:
-    if bedrooms is None or bedrooms <= rooms:
-        return []
-    error = ValueError(f"must not exceed total_rooms ({bedrooms:g} > {rooms:g})")
-    return [{"type": "value_error", "loc": ("total_bedrooms",), "input": bedrooms, "ctx": {"error": error}}]
-
-
-assert House.model_fields.keys() == HOUSE_FIELDS  # noqa: S101 - one list, checked at import  # nosec B101
-
-# At least one house; validation of a list stops at its first bad house.
-Houses = Annotated[list[House], Field(min_length=1, fail_fast=True)]
 # No batch holds more houses than this (the service's own limit is lower: HOUSING_MAX_BATCH_SIZE).
 MAX_INDEX = 1_000_000
 
@@ -185,6 +98,30 @@ def columns_of(houses: list[House]) -> dict[str, list[Any]]:
     return {name: [getattr(house, name) for house in houses] for name in FEATURE_COLUMNS}
 
 
+# House's rules over columns (housing.house_schema), each column stopping at its first bad value.
+_HouseColumnFields: Any = columns_model("HouseColumnFields", fail_fast=True)
+
+
+class HouseColumns(_HouseColumnFields):
+    """Houses as columns: one JSON list per field of a house, the same length each (``total_bedrooms`` may be
+    left out, or hold nulls). Every value is held to a house's rules; an error names the field and the row."""
+
+    model_config = ConfigDict(json_schema_extra={"example": {name: [value] for name, value in EXAMPLE_HOUSE.items()}})
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_too_many(cls, data: Any) -> Any:
+        """413 before any value is validated, for a column longer than a request may hold."""
+        if isinstance(data, dict):
+            check_batch_size(max((len(v) for v in data.values() if isinstance(v, list)), default=0), "columns")
+        return data
+
+    def columns(self) -> dict[str, list[Any]]:
+        """The houses as :func:`columns_of` gives them (a missing ``total_bedrooms`` as nulls)."""
+        rows = len(self.longitude)
+        return {name: getattr(self, name) or [None] * rows for name in FEATURE_COLUMNS}
+
+
 class ModelIdentity(BaseModel):
     model_name: str = Field(description="Registered MLflow model name.")
     model_version: str = Field(description="Registered MLflow model version.")
@@ -206,6 +143,15 @@ class Prediction(ModelIdentity):
 
 class BatchPrediction(ModelIdentity):
     prices_usd: list[float] = Field(description="One predicted price per house, in request order.")
+    lower_usd: list[float] | None = Field(default=None, description=f"Lower bounds, USD. {INTERVAL_DESCRIPTION}")
+    upper_usd: list[float] | None = Field(default=None, description="Upper bounds, USD.")
+    interval_coverage: float | None = Field(default=None, description="Nominal coverage of the bounds (0.9: 90%).")
+    count: int
+    request_id: str
+
+
+class ColumnPrediction(ModelIdentity):
+    price_usd: list[float] = Field(description="One predicted price per row, USD, in the columns' order.")
     lower_usd: list[float] | None = Field(default=None, description=f"Lower bounds, USD. {INTERVAL_DESCRIPTION}")
     upper_usd: list[float] | None = Field(default=None, description="Upper bounds, USD.")
     interval_coverage: float | None = Field(default=None, description="Nominal coverage of the bounds (0.9: 90%).")

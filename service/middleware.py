@@ -42,7 +42,7 @@ STATE_KEY = "housing"
 # A guard gets a request's Authorization header: None to let it in, else (status, why not).
 Guard = Callable[[str | None], "tuple[int, str] | None"]
 # The API's paths, the only values of a metric's path label besides "other".
-KNOWN_PATHS = frozenset({"/predict", "/predict_batch", "/invocations", "/feedback", "/explain"})
+KNOWN_PATHS = frozenset({"/predict", "/predict_batch", "/predict_columns", "/invocations", "/feedback", "/explain"})
 # Paths that never wait for a concurrency slot: a probe or a scrape must answer while the worker is busy.
 UNBOUNDED_PATHS = frozenset({"/metrics", "/healthz", "/livez", "/readyz"})
 # Every HTML page: no framing (clickjacking through Swagger's "Try it out"), no type sniffing, and only the

@@ -135,7 +135,8 @@ def _exclusive(schema: dict[str, Any], bound: str, closed: str) -> None:
 
 
 def limit_batches(document: dict[str, Any], max_houses: int) -> dict[str, Any]:
-    """``document`` with ``maxItems`` on every list of houses (and MLflow's rows): the service's batch limit.
+    """``document`` with ``maxItems`` on every list of houses (MLflow's rows, each column of houses as columns): the
+    service's batch limit.
 
     The limit is a setting the handlers check before validating (a 413), so the models do not carry it.
     """
@@ -150,6 +151,9 @@ def limit_batches(document: dict[str, Any], max_houses: int) -> dict[str, Any]:
             rows = node.get("properties", {}).get("data") if node.get("title") == "DataFrameSplit" else None
             if isinstance(rows, dict):
                 rows["maxItems"] = max_houses
+            if str(node.get("title", "")).startswith("HouseColumns"):  # houses as columns: a list per field
+                for column in node.get("properties", {}).values():
+                    column["maxItems"] = max_houses
             for value in node.values():
                 visit(value)
 

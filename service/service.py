@@ -34,12 +34,14 @@ from service import prometheus_metrics
 from service.admin import admin, history, warm_registry_client
 from service.api_models import (
     BatchPrediction,
+    ColumnPrediction,
     ExplainRequest,
     Explanations,
     Feedback,
     FeedbackReceipt,
     House,
     HouseBatch,
+    HouseColumns,
     Invocation,
     InvocationParams,
     InvocationResponse,
@@ -60,7 +62,7 @@ from service.state import ServingState
 from service.view_cache import ViewCache
 from service.views import views
 
-API_PATHS = ("/predict", "/predict_batch", "/invocations", "/feedback", "/explain")
+API_PATHS = ("/predict", "/predict_batch", "/predict_columns", "/invocations", "/feedback", "/explain")
 # Requests written to the JSON request log: the API, and every admin call (refused logins too).
 LOGGED_PATHS = (*API_PATHS, "/admin")
 # Houses explained per step: about 0.3 s of a core, after which a request whose client went away stops.
@@ -246,22 +248,34 @@ class HousePricer:
     @bentoml.api(route="/predict")
     async def predict(self, house: House, /, ctx: bentoml.Context) -> Prediction:
         """Price one house, with its interval."""
-        priced = self._price("predict", [house], ctx)
+        priced = self._price("predict", columns_of([house]), ctx)
         lower, upper = (None, None) if priced.intervals is None else priced.intervals[0].tolist()
         return Prediction(price_usd=priced.prices[0], lower_usd=lower, upper_usd=upper, **priced.identity())
 
     @bentoml.api(route="/predict_batch")
     async def predict_batch(self, houses: HouseBatch, /, ctx: bentoml.Context) -> BatchPrediction:
         """Price a list of houses, with their intervals; prices come back in the same order."""
-        priced = self._price("predict_batch", houses.root, ctx, field="houses")
+        priced = self._price("predict_batch", columns_of(houses.root), ctx, field="houses")
         return BatchPrediction(prices_usd=priced.prices, lower_usd=priced.lower, upper_usd=priced.upper,
                                count=len(priced.prices), **priced.identity())  # fmt: skip
+
+    @bentoml.api(route="/predict_columns")
+    async def predict_columns(self, houses: HouseColumns, /, ctx: bentoml.Context) -> ColumnPrediction:
+        """Price houses sent as columns (one list per field), with their intervals: one list per output column.
+
+        The same houses, rules, errors and log rows as /predict_batch, in the form a data frame has: no object
+        per house to parse, validate or answer.
+        """
+        priced = self._price("predict_columns", houses.columns(), ctx, field="columns")
+        return ColumnPrediction(price_usd=priced.prices, lower_usd=priced.lower, upper_usd=priced.upper,
+                                count=len(priced.prices), **priced.identity())  # fmt: skip
 
     @bentoml.api(route="/invocations")
     async def invocations(self, request: Invocation, /, ctx: bentoml.Context) -> InvocationResponse:
         """MLflow's scoring protocol, for clients of `mlflow models serve`; ``params.intervals`` adds bounds."""
         params = request.params or InvocationParams()
-        priced = self._price("invocations", request.houses(), ctx, field="dataframe", coverage=params.coverage)
+        houses = columns_of(request.houses())
+        priced = self._price("invocations", houses, ctx, field="dataframe", coverage=params.coverage)
         if not params.intervals:
             return InvocationResponse(predictions=priced.prices)
         if priced.intervals is None:
@@ -359,16 +373,17 @@ class HousePricer:
         gc.freeze()  # the new model lives as long as the old one did (see __init__)
 
     def _price(
-        self, endpoint: str, houses: list[House], ctx: bentoml.Context, field: str = "house",
+        self, endpoint: str, columns: dict[str, list[Any]], ctx: bentoml.Context, field: str = "house",
         coverage: float | None = None,
     ) -> Priced:  # fmt: skip
-        """Prices and bounds, the request id and the model that priced them; queues one log row per house.
+        """Prices and bounds of houses given as columns (``columns_of``), the request id and the model that priced
+        them; queues one log row per house.
 
         The log keeps the bounds at the model's nominal coverage, whatever ``coverage`` the answer has.
         """
+        houses = range(len(columns[FEATURE_COLUMNS[0]]))
         check_batch_size(len(houses), field)
         state = request_state(ctx.request.state)
-        columns = columns_of(houses)
         model = self.state.model  # one model for the whole request, even if a reload swaps it meanwhile
         prices, scale = model.price_and_scale(columns)
         nominal = model.bounds(prices, scale)
@@ -378,7 +393,7 @@ class HousePricer:
                   "latency_ms": (time.perf_counter() - state["start"]) * 1000}  # fmt: skip
         priced = prices.tolist()
         lower, upper = logged.T.tolist()
-        logged_columns = {"idx": range(len(houses)), "price_usd": priced, "lower_usd": lower, "upper_usd": upper}
+        logged_columns = {"idx": houses, "price_usd": priced, "lower_usd": lower, "upper_usd": upper}
         self.state.log.add(RequestRows({**logged_columns, **columns}, shared))
         intervals = nominal if coverage is None else model.bounds(prices, scale, coverage)
         state.update(model_version=version, records=len(houses))
@@ -417,10 +432,11 @@ cast(Any, HousePricer).add_asgi_middleware(
     guards={"/feedback": feedback_guard},
     json_paths=API_PATHS,
     body_timeout_s=lambda: settings().body_timeout_s,
-    unavailable=dict.fromkeys(("/predict", "/predict_batch", "/invocations"), log_refusal)
+    unavailable=dict.fromkeys(("/predict", "/predict_batch", "/predict_columns", "/invocations"), log_refusal)
     | {"/feedback": feedback_refusal},
     limits={
         "/predict_batch": lambda: f"at most {settings().max_batch_size} houses",
+        "/predict_columns": lambda: f"at most {settings().max_batch_size} houses",
         "/invocations": lambda: f"at most {settings().max_batch_size} houses",
         "/explain": lambda: f"at most {settings().max_explain_houses} houses",
     },
@@ -429,6 +445,7 @@ cast(Any, HousePricer).add_asgi_middleware(
         "/predict": lambda: SMALL_REQUEST_VALUES,
         "/feedback": lambda: SMALL_REQUEST_VALUES,
         "/predict_batch": lambda: settings().max_batch_size * VALUES_PER_HOUSE + SMALL_REQUEST_VALUES,
+        "/predict_columns": lambda: settings().max_batch_size * VALUES_PER_HOUSE + SMALL_REQUEST_VALUES,
         "/invocations": lambda: settings().max_batch_size * VALUES_PER_HOUSE + SMALL_REQUEST_VALUES,
         "/explain": lambda: settings().max_explain_houses * VALUES_PER_HOUSE + SMALL_REQUEST_VALUES,
     },

@@ -38,6 +38,12 @@ def _json(value: Any) -> bytes:
     return json.dumps(value).encode()
 
 
+def columns(rows: int = 3, **changes: Any) -> dict[str, Any]:
+    """``rows`` copies of the example house as columns (/predict_columns), with whole columns changed or dropped."""
+    out = {name: [value] * rows for name, value in EXAMPLE_HOUSE.items()} | changes
+    return {k: v for k, v in out.items() if v is not _DROP}
+
+
 BAD_REQUESTS = [
     BadRequest("missing field", "/predict", _json(house(median_income=_DROP)), 400, "median_income", "missing"),
     BadRequest("unknown field", "/predict", _json(house(owner="me")), 400, "owner", "extra_forbidden"),
@@ -88,6 +94,18 @@ BAD_REQUESTS = [
     BadRequest("invocations: empty split", "/invocations", _json({"dataframe_split": {"columns": [], "data": [[]] * 300}}), 400, "dataframe_records", "missing"),
     BadRequest("invocations: more rows than a batch", "/invocations", _json({"dataframe_split": {"columns": [], "data": [[]] * 3000}}), 413, "dataframe_split.data", "at most 500 houses"),
     BadRequest("not JSON", "/predict", b"longitude=1", 400, "", "json_invalid"),
+    BadRequest("columns: bad value names its field and row", "/predict_columns", _json(columns(latitude=[37.88, 37.88, 10.0])), 400, '["latitude", 2]', "greater_than_equal"),
+    BadRequest("columns: text for a number", "/predict_columns", _json(columns(total_rooms=[880.0, "880", 880.0])), 400, '["total_rooms", 1]', "float_type"),
+    BadRequest("columns: null for a required number", "/predict_columns", _json(columns(population=[None, 322.0, 322.0])), 400, '["population", 0]', "float_type"),
+    BadRequest("columns: more bedrooms than rooms", "/predict_columns", _json(columns(total_bedrooms=[129.0, 1000.0, None])), 400, '["total_bedrooms", 1]', "must not exceed total_rooms"),
+    BadRequest("columns: unknown category", "/predict_columns", _json(columns(ocean_proximity=["NEAR BAY", "NEAR BAY", "NEAR LAKE"])), 400, '["ocean_proximity", 2]', "literal_error"),
+    BadRequest("columns: missing column", "/predict_columns", _json(columns(median_income=_DROP)), 400, "median_income", "missing"),
+    BadRequest("columns: unknown column", "/predict_columns", _json(columns(owner=["me"] * 3)), 400, "owner", "extra_forbidden"),
+    BadRequest("columns: columns of different lengths", "/predict_columns", _json(columns(households=[126.0])), 400, "households", "column_length"),
+    BadRequest("columns: a value where a column goes", "/predict_columns", _json(columns(households=126.0)), 400, "households", "list_type"),
+    BadRequest("columns: empty columns", "/predict_columns", _json(columns(rows=0)), 400, "longitude", "too_short"),
+    BadRequest("columns: houses as rows", "/predict_columns", _json([house()]), 400, "", "model_type"),
+    BadRequest("columns: more rows than a batch", "/predict_columns", _json(columns(rows=501)), 413, "columns", "at most 500 houses"),
     BadRequest("explain: bad field", "/explain", _json(house(latitude=48.85)), 400, "latitude", "less_than_equal"),
     BadRequest("explain: unknown field", "/explain", _json(house(owner="me")), 400, "owner", "extra_forbidden"),
     BadRequest("explain: bad house in a list", "/explain", _json([house(), house(households=0.0)]), 400, "households", "greater_than_equal"),

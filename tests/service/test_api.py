@@ -177,6 +177,33 @@ def test_every_prediction_is_logged_once(client: TestClient, service_env: dict) 
     assert "idx_predictions_request_id_idx" in indexes
 
 
+def test_columns_price_as_the_batch_does_and_are_logged_like_it(
+    client: TestClient, service_env: dict, test_rows: pd.DataFrame
+) -> None:
+    houses = request_records(test_rows.head(25))  # some without total_bedrooms: a null in its column
+    columns = {name: [house.get(name) for house in houses] for name in EXAMPLE_HOUSE}
+    answer = client.post("/predict_columns", json=columns)
+    assert answer.status_code == 200, answer.text
+    priced, batch = answer.json(), client.post("/predict_batch", json=houses).json()
+    assert (priced["count"], priced["model_version"], priced["interval_coverage"]) == (
+        25, batch["model_version"], batch["interval_coverage"])  # fmt: skip
+    assert (priced["price_usd"], priced["lower_usd"], priced["upper_usd"]) == (
+        batch["prices_usd"], batch["lower_usd"], batch["upper_usd"])  # fmt: skip
+    without_bedrooms = {name: values for name, values in columns.items() if name != "total_bedrooms"}
+    assert client.post("/predict_columns", json=without_bedrooms).status_code == 200
+    _wait_for_rows(Path(service_env["HOUSING_PREDICTION_DB"]), [priced["request_id"]])
+    with sqlite3.connect(service_env["HOUSING_PREDICTION_DB"]) as db:
+        logged = db.execute(
+            "SELECT idx, endpoint, price_usd, lower_usd, latitude FROM predictions WHERE request_id = ? ORDER BY idx",
+            [priced["request_id"]],
+        ).fetchall()
+    assert [row[0] for row in logged] == list(range(25))
+    assert {row[1] for row in logged} == {"predict_columns"}
+    assert [row[2] for row in logged] == priced["price_usd"]
+    assert [row[3] for row in logged] == priced["lower_usd"]
+    assert [row[4] for row in logged] == columns["latitude"]
+
+
 def _wait_for_rows(db_path: Path, request_ids: list[str], timeout_s: float = 10.0) -> None:
     """The writer is asynchronous: wait until every request has reached the log."""
     deadline = time.monotonic() + timeout_s
@@ -254,9 +281,12 @@ def test_health_and_probes(client: TestClient, champion: dict) -> None:
 
 def test_openapi_documents_every_endpoint_with_an_example(client: TestClient) -> None:
     spec = client.get("/docs.json").json()
-    for path in ("/predict", "/predict_batch", "/invocations", "/feedback"):
+    for path in ("/predict", "/predict_batch", "/predict_columns", "/invocations", "/feedback"):
         assert path in spec["paths"], path
     schemas = spec["components"]["schemas"]
+    columns = schemas["HouseColumnsIODescriptor"]
+    assert {column["maxItems"] for column in columns["properties"].values()} == {500}  # HOUSING_MAX_BATCH_SIZE
+    assert columns["example"]["latitude"] == [EXAMPLE_HOUSE["latitude"]]
     examples = {name for name, schema in schemas.items() if schema.get("example")}
     assert examples >= {"HouseIODescriptor", "FeedbackIODescriptor", "InvocationIODescriptor"}, sorted(schemas)
     assert any("dataframe_split" in json.dumps(schemas[name].get("example")) for name in schemas)

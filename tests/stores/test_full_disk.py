@@ -22,6 +22,7 @@ import httpx
 import psycopg
 import pytest
 
+from devtools.houses import as_columns
 from devtools.local_stores import PostgresServer
 from devtools.waits import wait_until
 from housing.log.schema import PREDICTIONS
@@ -144,10 +145,14 @@ def test_a_503_of_the_strict_policy_says_why(servers: dict[str, Server], disk: S
     try:
         # The first request after the disk filled is accepted (its row waits); once its write fails, the log refuses.
         wait_until(lambda: _refused(strict.url, answers), timeout_s=30, failure="the strict service never refused")
+        # Every pricing route is refused alike, houses sent as columns too.
+        columns = httpx.post(f"{strict.url}/predict_columns", json=as_columns([EXAMPLE_HOUSE]), timeout=30)
     finally:
         disk.free()
     assert "HOUSING_LOG_FULL_POLICY=refuse" in answers[-1].text
     assert "disk full" in answers[-1].text
+    assert columns.status_code == 503, columns.text
+    assert "HOUSING_LOG_FULL_POLICY=refuse" in columns.text
 
 
 def _refused(url: str, answers: list[httpx.Response] | None = None) -> bool:
