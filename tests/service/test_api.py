@@ -332,7 +332,8 @@ def test_a_long_list_of_errors_is_cut_to_the_first_few() -> None:
     errors = [
         {"type": "missing", "loc": [i, "longitude"], "msg": "Field required", "input": "x" * 5000} for i in range(500)
     ]
-    capped = json.loads(capped_error(json.dumps({"error": "500 validation errors for House", "detail": errors}).encode()))
+    answer = {"error": "500 validation errors for House", "detail": errors}
+    capped = json.loads(capped_error(json.dumps(answer).encode()))
     assert capped["error"].startswith("500 validation errors for House; the first 10 are in detail, 490 more")
     assert len(capped["detail"]) == MAX_ERRORS
     assert capped["more_errors"] == 500 - MAX_ERRORS
