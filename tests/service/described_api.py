@@ -54,7 +54,7 @@ def check_described(doc: dict[str, Any], package: str, model_version: str) -> No
         body = op.get("requestBody", {}).get("content", {}).get("application/json")
         assert body is None or body.get("example") is not None, name  # an example request to try
         for parameter in op.get("parameters", []):
-            assert "example" in parameter or "default" in parameter["schema"], (name, parameter["name"])
+            assert {"example", "default"} & {*parameter, *parameter["schema"]}, (name, parameter["name"])
         for status, answer in op["responses"].items():
             if int(status) >= 400:
                 assert resolve(doc, answer["content"]["application/json"]["schema"]), (name, status)
