@@ -70,9 +70,7 @@ def missing(target: str) -> list[Tool]:
     """The tools ``target`` needs that are not installed here."""
     skipped = DOCKER_REPLACES if docker_answers() else set()
     return [
-        tool
-        for tool in NEEDS[target]
-        if tool.name not in skipped and not PRESENT.get(tool.name, on_path(tool.name))()
+        tool for tool in NEEDS[target] if tool.name not in skipped and not PRESENT.get(tool.name, on_path(tool.name))()
     ]
 
 

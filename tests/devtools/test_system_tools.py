@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -91,4 +90,5 @@ def test_the_target_stops_before_anything_else_runs(tmp_path: Path, target: str)
     assert len(lines) == 1, lines
     assert f"make {target} needs" in lines[0]
     assert "run `make tools` first" in lines[0]
-    assert sorted(os.listdir(tmp_path)) == ["Makefile", "bin", "devtools", "pyproject.toml", "requirements"]  # no .venv, no pipeline output
+    left = sorted(path.name for path in tmp_path.iterdir())
+    assert left == ["Makefile", "bin", "devtools", "pyproject.toml", "requirements"]  # no .venv, no pipeline output
