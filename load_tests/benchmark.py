@@ -387,7 +387,7 @@ def main() -> None:
     parser.add_argument("--explain-only", action="store_true", help="measure (6) only and print it")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
-        raise SystemExit("wrk is not installed (make bench installs it: apt-get install wrk)")
+        raise SystemExit("wrk is not installed: run `make tools` first (it installs wrk)")
     if args.explain_only:
         print(json.dumps(explain_only(args), indent=2))
         return
