@@ -58,7 +58,7 @@ run: setup pipeline serve ## Set everything up, run the pipeline and serve the f
 serve: setup ## Serve the champion from the BentoML store on PORT (3000)
 	bentoml serve service.service:HousePricer --host 0.0.0.0 --port $(PORT)
 
-build: pipeline ## Build the bento (service + champion model + generated Dockerfile)
+build: setup ## Build the bento (service + champion model + generated Dockerfile)
 	bentoml build
 
 # need-<target>: stop at once, in one line naming `make tools`, when a system tool <target> runs is missing
@@ -69,7 +69,7 @@ need-%:
 	$(if $(absent),$(error $(absent)))
 
 .PHONY: image
-image: need-image build ## Build the image with `bentoml containerize` (docker, else podman): housing-price-service:<version> and :latest
+image: need-image pipeline build ## Build the image with `bentoml containerize` (docker, else podman): housing-price-service:<version> and :latest
 	python -m scripts.image --bento housing-price-service:latest
 
 # Debian/Ubuntu packages named after the command they provide (hadolint, actionlint, shellcheck come with `setup`).
