@@ -65,8 +65,15 @@ serve: setup ## Serve the champion from the BentoML store on PORT (3000)
 build: setup ## Build the bento (service + champion model + generated Dockerfile)
 	bentoml build
 
+# need-<target>: stop at once, in one line naming `make tools`, when a system tool <target> runs is missing
+# (devtools/system_tools.py, standard library only: it runs before setup and the pipeline).
+# (Not .PHONY: make would skip the pattern rule for a phony target. No file of the name is ever made.)
+need-%:
+	$(eval absent := $(shell $(PYTHON) -m devtools.system_tools $*))
+	$(if $(absent),$(error $(absent)))
+
 .PHONY: image
-image: build ## Build the image with `bentoml containerize` (docker, else podman): housing-price-service:<version> and :latest
+image: need-image pipeline build ## Build the image with `bentoml containerize` (docker, else podman): housing-price-service:<version> and :latest
 	python -m scripts.image --bento housing-price-service:latest
 
 # Debian/Ubuntu packages named after the command they provide (hadolint, actionlint, shellcheck come with `setup`).
@@ -87,7 +94,7 @@ tools: setup ## Install the system tools the tests and benchmarks use (wrk, Prom
 	fi
 	$(if $(UBUNTU),command -v chromium >/dev/null || python -m playwright install --with-deps chromium)
 
-bench: setup tools ## Benchmark against `mlflow models serve` and the booster, then the log stores: reports/benchmark.json, log_stores.json
+bench: need-bench pipeline ## Benchmark against `mlflow models serve` and the booster, then the log stores: reports/benchmark.json, log_stores.json
 	python -m load_tests.benchmark
 	python -m load_tests.log_stores
 	@# README.md and docs/summary.md quote the benchmark's figures.
@@ -105,18 +112,18 @@ soak: setup tools ## Steady mixed traffic at half capacity for SOAK_MINUTES (30)
 
 LOAD_USERS ?= 32
 LOAD_TIME ?= 30s
-load: setup ## Headless Locust run against a fresh server; fails past the thresholds in the locustfile
+load: pipeline ## Headless Locust run against a fresh server on the champion; fails past the thresholds in the locustfile
 	python -m load_tests.run_load --users $(LOAD_USERS) --run-time $(LOAD_TIME)
 
 .PHONY: shared-stores
-shared-stores: setup tools ## PostgreSQL + SeaweedFS S3 + mlflow server in var/shared-stores, the pipeline into them, the service on PORT
+shared-stores: need-shared-stores setup ## PostgreSQL + SeaweedFS S3 + mlflow server in var/shared-stores, the pipeline into them, the service on PORT
 	python -m devtools.local_stores --port $(PORT)
 
 .PHONY: demo demo-video figures
 demo: pipeline ## Walk through the system on the real data: serve, predict, bad input, feedback, drift, metrics
 	python -m scripts.demo
 
-demo-video: pipeline ## Record the narrated 5-minute walkthrough as reports/demo/demo.mp4 (Chromium, espeak-ng, ffmpeg), checked
+demo-video: need-demo-video pipeline ## Record the narrated 5-minute walkthrough as reports/demo/demo.mp4 (Chromium, espeak-ng, ffmpeg), checked
 	python -m scripts.demo_video
 
 figures: setup ## Regenerate the figures README.md and docs/summary.md quote, from the reports in reports/

@@ -10,5 +10,6 @@ out of the wheel, the bento and every image (tests/devtools/test_packaging.py ho
 - ``serving``: a throwaway ``bentoml serve`` of the service on loopback, and its feedback token;
 - ``houses``: houses as request bodies, from the pipeline's test split;
 - ``local_stores``: PostgreSQL, SeaweedFS's S3 and MLflow's server on one machine (``make shared-stores``);
-- ``browser``: headless Chromium through Playwright.
+- ``browser``: headless Chromium through Playwright;
+- ``system_tools``: the system tools a make target needs, checked before it starts (standard library only).
 """

@@ -430,7 +430,7 @@ def main() -> None:
     parser.add_argument("--columns-only", action="store_true", help="measure (9) beside (3) only and print them")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
-        raise SystemExit("wrk is not installed (make bench installs it: apt-get install wrk)")
+        raise SystemExit("wrk is not installed: run `make tools` first (it installs wrk)")
     if args.explain_only:
         print(json.dumps(explain_only(args), indent=2))
         return

@@ -8,8 +8,8 @@
 # and a CPython build of the same minor version already on this machine (pyenv's tree, or PYTHON_PREFIX),
 # so the generated Dockerfile builds unchanged: its FROM finds the local image and no pull happens.
 # It is not the real base: Debian 12 (the host's release, which the CPython build links against) instead of
-# the official image's, and larger (no slimming of the interpreter beyond dropping its tests and static
-# library). Never push an image built on it; the release workflow builds on the real base.
+# the official image's, and larger (228 MB: Perl, and the interpreter's bytecode, which the official image
+# leaves out). Never push an image built on it; the release workflow builds on the real base.
 #
 # Idempotent and cached: when IMAGE already exists locally it does nothing. Needs root (mmdebstrap), apt
 # access to Debian's archive and `podman` or `docker` (ENGINE=podman|docker, else whichever answers).
@@ -54,14 +54,21 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 echo "building the offline stand-in $IMAGE: Debian $SUITE + CPython $full_version from $PYTHON_PREFIX"
-# The official image's runtime libraries for CPython, plus CA certificates, time zones and netbase.
+# The official image's runtime libraries for CPython, plus CA certificates, time zones and netbase, as the
+# official image has them: no recommended packages, no translations, manuals or docs but the copyrights.
 # The hooks run on the host with "$1" the new root: CPython goes to /usr/local as in the official image, without
-# its test suite, static library or anything installed beside pip; its scripts' #! lines point at
-# /usr/local/bin; the host's CA bundle is trusted, so package installs work wherever the host's do.
+# its test suite, static library, IDLE, Tk, the optimised (-O) bytecode or anything installed beside pip; its
+# scripts' #! lines point at /usr/local/bin; the host's CA bundle is trusted, so package installs work wherever
+# the host's do. (Perl's 50 MB stay: mmdebstrap merges /usr with Debian's usrmerge, which needs it.)
 mmdebstrap --quiet --variant=minbase \
 	--include=ca-certificates,netbase,tzdata,libsqlite3-0,libssl3,libffi8,libbz2-1.0,liblzma5,zlib1g,libncursesw6,libreadline8,libuuid1,libgdbm6 \
+	--aptopt='APT::Install-Recommends "false"' \
+	--dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/man/*' \
+	--dpkgopt='path-exclude=/usr/share/info/*' --dpkgopt='path-exclude=/usr/share/doc/*' \
+	--dpkgopt='path-include=/usr/share/doc/*/copyright' \
 	--customize-hook="cp -a '$PYTHON_PREFIX/.' \"\$1/usr/local/\"" \
-	--customize-hook="rm -rf \"\$1/usr/local/lib/python$version/test\" \"\$1/usr/local/lib/python$version/\"config-*/*.a" \
+	--customize-hook="cd \"\$1/usr/local/lib/python$version\" && rm -rf test idlelib tkinter turtledemo config-*/*.a" \
+	--customize-hook="find \"\$1/usr/local/lib/python$version\" -name '*.opt-[12].pyc' -delete" \
 	--customize-hook="find \"\$1/usr/local/lib/python$version/site-packages\" -mindepth 1 -maxdepth 1 ! -name 'pip' ! -name 'pip-*' ! -name README.txt -exec rm -rf {} +" \
 	--customize-hook="grep -rlI '^#!.*python' \"\$1/usr/local/bin\" | xargs sed -i '1s|^#!.*python.*$|#!/usr/local/bin/python$version|'" \
 	--customize-hook="ln -sf python3 \"\$1/usr/local/bin/python\"; ln -sf pip3 \"\$1/usr/local/bin/pip\"" \

@@ -69,6 +69,7 @@ from scripts.narration import (
     timeline,
     tool,
 )
+from service.api_docs import GROUPS
 
 OUT_DIR = ROOT / "reports" / "demo"
 WIDTH, HEIGHT = 1600, 900
@@ -431,11 +432,11 @@ class Recording:
         }
 
     def swagger(self, service_url: str) -> None:
-        # BentoML's page lists every route and serves its own assets; FastAPI's /docs loads them from a CDN.
-        self.frames.screenshot(service_url, "Swagger UI (/): the prediction API",
-                               "BentoML documents every endpoint with a worked example",
-                               top="Service APIs")  # fmt: skip
-        self.frames.screenshot(service_url, "Swagger UI (/): the GET views",
+        # The service's Swagger page (service/api_docs.py): every route, grouped by purpose, from its own assets.
+        self.frames.screenshot(service_url, "Swagger UI (/): pricing",
+                               "every operation with an example request and the errors it can answer",
+                               top=GROUPS["pricing"])  # fmt: skip
+        self.frames.screenshot(service_url, "Swagger UI (/): the model and monitoring",
                                "the served model, health, drift, accuracy, traffic statistics, the dashboard",
                                top="/model")  # fmt: skip
 

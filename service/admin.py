@@ -76,7 +76,11 @@ class Alert(BaseModel):
 class AlertNotification(BaseModel):
     """The body of Alertmanager's webhook (version 4): https://prometheus.io/docs/alerting/latest/configuration/"""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={"example": {"version": "4", "status": "firing", "alerts": [
+            {"status": "firing", "labels": {"alertname": "HousingDriftDetected"}}]}},
+    )  # fmt: skip
 
     version: Literal["4"]
     status: Literal["firing", "resolved"]

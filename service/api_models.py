@@ -7,7 +7,8 @@ counts, at least one household, no more bedrooms than rooms, a known
 ``ocean_proximity``. Unknown fields are refused, named once the house's own fields
 are valid. A failure names the field (and, in a batch, the record's index) and the
 rule. Lists stop at their first bad house, so a large body of bad values costs no
-more than a valid one.
+more than a valid one. The APIs' models are ``bentoml.IODescriptor``s, which BentoML uses as they are:
+errors and the OpenAPI document name them (``House``), not a class it derives (``HouseIODescriptor``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Annotated, Any, Literal
 
+from bentoml import IODescriptor
 from bentoml.exceptions import BentoMLException
 from pydantic import (
     BaseModel,
@@ -30,7 +32,8 @@ from pydantic_core import InitErrorDetails, PydanticCustomError, from_json
 
 from housing.columns import FEATURE_COLUMNS, TARGET_BOUNDS
 from housing.explain import Explanation
-from housing.house_schema import EXAMPLE_HOUSE, House, Houses, columns_model
+from housing.house_schema import EXAMPLE_HOUSE, columns_model
+from housing.house_schema import House as CoreHouse
 from housing.settings import settings
 
 
@@ -49,17 +52,24 @@ def check_batch_size(houses: int, field: str, limit: int | None = None) -> None:
         raise PayloadTooLarge(f"{field}: at most {limit} houses per request, got {houses}")
 
 
+class House(CoreHouse, IODescriptor):
+    """One census block group, as raw features: housing.house_schema's rules, as the body BentoML parses."""
+
+
+# At least one house; validation of a list stops at its first bad house.
+Houses = Annotated[list[House], Field(min_length=1, fail_fast=True)]
+
+
 # No batch holds more houses than this (the service's own limit is lower: HOUSING_MAX_BATCH_SIZE).
 MAX_INDEX = 1_000_000
 
 
-class HouseBatch(RootModel[Houses]):
-    """A bare JSON array of houses.
+class HouseBatch(IODescriptor, RootModel[Houses]):
+    """A JSON array of houses (up to HOUSING_MAX_BATCH_SIZE)."""
 
-    A model rather than ``list[House]``: BentoML parses a bare list with Python's
-    ``json`` (a deeply nested or non-UTF-8 body raised a 500), a model with
-    pydantic's own parser, which answers such bodies with a validation error.
-    """
+    # A model rather than ``list[House]``: BentoML parses a bare list with Python's ``json`` (a deeply nested or
+    # non-UTF-8 body raised a 500), a model with pydantic's own parser, which answers such bodies with a 400.
+    model_config = ConfigDict(json_schema_extra={"example": [EXAMPLE_HOUSE, {**EXAMPLE_HOUSE, "median_income": 3.2}]})
 
     @classmethod
     def model_validate_json(cls, json_data: str | bytes | bytearray, **kwargs: Any) -> HouseBatch:
@@ -102,7 +112,7 @@ def columns_of(houses: list[House]) -> dict[str, list[Any]]:
 _HouseColumnFields: Any = columns_model("HouseColumnFields", fail_fast=True)
 
 
-class HouseColumns(_HouseColumnFields):
+class HouseColumns(_HouseColumnFields, IODescriptor):
     """Houses as columns: one JSON list per field of a house, the same length each (``total_bedrooms`` may be
     left out, or hold nulls). Every value is held to a house's rules; an error names the field and the row."""
 
@@ -133,7 +143,7 @@ INTERVAL_DESCRIPTION = (
 )
 
 
-class Prediction(ModelIdentity):
+class Prediction(ModelIdentity, IODescriptor):
     price_usd: float = Field(description="Predicted median house value, USD.")
     lower_usd: float | None = Field(default=None, description=f"Lower bound, USD. {INTERVAL_DESCRIPTION}")
     upper_usd: float | None = Field(default=None, description="Upper bound, USD.")
@@ -141,7 +151,7 @@ class Prediction(ModelIdentity):
     request_id: str = Field(description="Echoes X-Request-ID, or a generated id; quote it in /feedback.")
 
 
-class BatchPrediction(ModelIdentity):
+class BatchPrediction(ModelIdentity, IODescriptor):
     prices_usd: list[float] = Field(description="One predicted price per house, in request order.")
     lower_usd: list[float] | None = Field(default=None, description=f"Lower bounds, USD. {INTERVAL_DESCRIPTION}")
     upper_usd: list[float] | None = Field(default=None, description="Upper bounds, USD.")
@@ -150,7 +160,7 @@ class BatchPrediction(ModelIdentity):
     request_id: str
 
 
-class ColumnPrediction(ModelIdentity):
+class ColumnPrediction(ModelIdentity, IODescriptor):
     price_usd: list[float] = Field(description="One predicted price per row, USD, in the columns' order.")
     lower_usd: list[float] | None = Field(default=None, description=f"Lower bounds, USD. {INTERVAL_DESCRIPTION}")
     upper_usd: list[float] | None = Field(default=None, description="Upper bounds, USD.")
@@ -163,9 +173,12 @@ def _house_or_houses(body: Any) -> str:
     return "houses" if isinstance(body, list) else "house"
 
 
-class ExplainRequest(RootModel[Annotated[Annotated[House, Tag("house")] | Annotated[Houses, Tag("houses")],
-                                         Discriminator(_house_or_houses)]]):  # fmt: skip
-    """One house, or a JSON array of houses (up to ``HOUSING_MAX_BATCH_SIZE``).
+HouseOrHouses = Annotated[Annotated[House, Tag("house")] | Annotated[Houses, Tag("houses")],
+                          Discriminator(_house_or_houses)]  # fmt: skip
+
+
+class ExplainRequest(IODescriptor, RootModel[HouseOrHouses]):
+    """One house, or a JSON array of houses (up to HOUSING_MAX_EXPLAIN_HOUSES).
 
     A JSON array is validated as a list and anything else as a house, so an error
     names the field (``house.latitude``, ``houses.2.latitude``) and not every form it failed.
@@ -186,7 +199,7 @@ class HouseExplanation(BaseModel):
     )
 
 
-class Explanations(ModelIdentity):
+class Explanations(ModelIdentity, IODescriptor):
     explanations: list[HouseExplanation] = Field(description="One per house, in request order.")
     count: int
     request_id: str
@@ -227,7 +240,7 @@ class InvocationParams(BaseModel):
     )
 
 
-class Invocation(BaseModel):
+class Invocation(IODescriptor):
     """MLflow's scoring protocol: exactly one of ``dataframe_split`` or ``dataframe_records``, and ``params``."""
 
     model_config = ConfigDict(
@@ -276,13 +289,13 @@ class PricedRecord(BaseModel):
     upper_usd: float
 
 
-class InvocationResponse(BaseModel):
+class InvocationResponse(IODescriptor):
     """MLflow's answer: a price per record, or with ``params.intervals`` a record of price and bounds."""
 
     predictions: list[float] | list[PricedRecord]
 
 
-class Feedback(BaseModel):
+class Feedback(IODescriptor):
     """The actual sale price of a house the service priced."""
 
     model_config = ConfigDict(
@@ -323,7 +336,7 @@ class FeedbackCorrected(BaseModel):
     actual_price_usd: float
 
 
-class FeedbackReceipt(BaseModel):
+class FeedbackReceipt(IODescriptor):
     request_id: str
     index: int
     predicted_price_usd: float

@@ -409,14 +409,17 @@ def capped_error(body: bytes) -> bytes:
     if len(body) <= MAX_ERROR_BYTES and body.count(b'"loc"') <= MAX_ERRORS:
         return body
     try:
-        detail = json.loads(body).get("detail", [])
+        payload = json.loads(body)
+        detail, error = payload.get("detail", []), payload.get("error")
     except (ValueError, AttributeError, RecursionError):
-        detail = None
+        detail = error = None
     if not isinstance(detail, list):
         return json.dumps({"error": "invalid request body", "detail": []}).encode()
     kept = [_short_error(item) for item in detail[:MAX_ERRORS] if isinstance(item, dict)]
     more = len(detail) - len(kept)
-    summary = f"{len(detail)} validation errors; the first {len(kept)} are in detail, {more} more not shown"
+    # BentoML's summary names the request model ("12 validation errors for House"): it is kept.
+    counted = error if isinstance(error, str) and len(error) <= 200 else f"{len(detail)} validation errors"
+    summary = f"{counted}; the first {len(kept)} are in detail, {more} more not shown"
     capped = json.dumps({"error": summary, "detail": kept, "more_errors": more}, default=str).encode()
     return capped if len(capped) <= MAX_ERROR_BYTES else json.dumps({"error": summary, "detail": []}).encode()
 

@@ -8,8 +8,9 @@ generators, fuzzers) reject such a document. :func:`openapi_30` rewrites each sc
 into 3.0's words without dropping a bound, an example or a key (unknown keys keep
 their value under an ``x-`` name); :func:`limit_batches` documents the batch limit
 that the service checks itself (``HOUSING_MAX_BATCH_SIZE``, a 413, not a model
-bound). :class:`OpenAPIDocument` serves the result on BentoML's own path, built once
-per worker: BentoML regenerates its document on every request.
+bound); service.api_docs then says what the generated document does not (title, version, description,
+groups, error answers). :class:`OpenAPIDocument` serves the result on BentoML's own path, built once per
+worker and served model: BentoML regenerates its document on every request.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import copy
 import json
 from collections.abc import Callable
 from typing import Any
+
+from service.api_docs import Refusals, describe
 
 # The keys an OpenAPI 3.0 Schema Object may have (besides x- extensions).
 SCHEMA_KEYS_30 = frozenset(
@@ -34,9 +37,10 @@ DOCUMENT_PATH = "/docs.json"
 HOUSE_REF = "#/components/schemas/House"
 
 
-def served_document(generated: dict[str, Any], max_houses: int) -> dict[str, Any]:
-    """BentoML's generated document as valid OpenAPI 3.0, with the batch limit of ``max_houses``."""
-    return limit_batches(openapi_30(generated), max_houses)
+def served_document(generated: dict[str, Any], max_houses: int, refusals: Refusals, version: str) -> dict[str, Any]:
+    """BentoML's generated document as valid OpenAPI 3.0 describing this API (service.api_docs) as ``version``,
+    with the batch limit of ``max_houses``."""
+    return describe(limit_batches(openapi_30(generated), max_houses), refusals, version)
 
 
 def openapi_30(document: dict[str, Any]) -> dict[str, Any]:
@@ -169,19 +173,23 @@ def _refers_to_house(items: Any) -> bool:
 
 
 class OpenAPIDocument:
-    """ASGI middleware answering ``GET /docs.json`` with ``build()``, built on the first request and kept."""
+    """ASGI middleware answering ``GET /docs.json`` with ``build()``, built on the first request and kept while
+    ``key()`` (the served model) stays the same."""
 
-    def __init__(self, app: Any, build: Callable[[], dict[str, Any]]):
+    def __init__(self, app: Any, build: Callable[[], dict[str, Any]], key: Callable[[], object] = lambda: None):
         self.app = app
         self.build = build
-        self._body: bytes | None = None
+        self.key = key
+        self._built: tuple[object, bytes] | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"] != DOCUMENT_PATH or scope["method"] not in ("GET", "HEAD"):
             await self.app(scope, receive, send)
             return
-        if self._body is None:
-            self._body = json.dumps(self.build()).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(self._body)).encode())]
+        key = self.key()
+        if self._built is None or self._built[0] != key:
+            self._built = (key, json.dumps(self.build()).encode())
+        body = self._built[1]
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": self._body if scope["method"] == "GET" else b""})
+        await send({"type": "http.response.body", "body": body if scope["method"] == "GET" else b""})

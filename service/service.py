@@ -32,6 +32,7 @@ from housing.registry import tracking_uri
 from housing.settings import settings, variable
 from service import prometheus_metrics
 from service.admin import admin, history, warm_registry_client
+from service.api_docs import TITLE, Refusals, package_version
 from service.api_models import (
     BatchPrediction,
     ColumnPrediction,
@@ -54,9 +55,15 @@ from service.api_models import (
 from service.auth import bearer_refusal
 from service.balance import ConnectionBalancer, worker_board
 from service.champion_follower import ChampionFollower
-from service.middleware import RequestMiddleware, close_request_log, configure_request_log, request_state
+from service.middleware import (
+    UNBOUNDED_PATHS,
+    RequestMiddleware,
+    close_request_log,
+    configure_request_log,
+    request_state,
+)
 from service.model import NotExplainableError, ServedModel, load_served_model
-from service.openapi import OpenAPIDocument, served_document
+from service.openapi import DOCUMENT_PATH, OpenAPIDocument, served_document
 from service.served_paths import label_unserved_paths, served_path
 from service.state import ServingState
 from service.view_cache import ViewCache
@@ -70,23 +77,22 @@ EXPLAIN_CHUNK = 48
 # JSON values a house has at most (its fields, and its place in a list), and small requests' headroom.
 VALUES_PER_HOUSE = len(FEATURE_COLUMNS) + 1
 SMALL_REQUEST_VALUES = 64
-# GET endpoints (BentoML APIs are POST only); FastAPI documents them at /docs.
-info_app = FastAPI(
-    title="housing-price-service: model and health",
-    description="Views of the served model and admin operations. The prediction API is documented at /.",
-    docs_url=None,
-)
+# GET endpoints (BentoML APIs are POST only), admin operations, and the Swagger page; FastAPI's own
+# document of them stays at /openapi.json.
+info_app = FastAPI(title=f"{TITLE}: views and admin", docs_url=None, redoc_url=None)
 info_app.include_router(views)
 info_app.include_router(admin)
 info_app.include_router(history)
 
 
+@info_app.get("/", include_in_schema=False)
 @info_app.get("/docs", include_in_schema=False)
 def docs() -> HTMLResponse:
-    """Swagger UI from the assets BentoML serves for its own page: FastAPI's default needs a CDN."""
+    """Swagger UI of the whole API (/docs.json), from the assets BentoML serves: FastAPI's default needs a CDN,
+    and BentoML's page (the mounted app's routes come first) loads Google Tag Manager and links to BentoML."""
     return get_swagger_ui_html(
-        openapi_url=info_app.openapi_url or "/openapi.json",
-        title=info_app.title,
+        openapi_url=DOCUMENT_PATH,
+        title=TITLE,
         swagger_js_url="/static_content/swagger-ui-bundle.js",
         swagger_css_url="/static_content/swagger-ui.css",
         swagger_favicon_url="/static_content/favicon-light-32x32.png",
@@ -424,6 +430,10 @@ class HousePricer:
         return row
 
 
+# The routes that price houses (the strict log policy refuses them alike) and those that take batches.
+PRICING_PATHS = ("/predict", "/predict_batch", "/predict_columns", "/invocations")
+BATCH_PATHS = ("/predict_batch", "/predict_columns", "/invocations")
+
 # The decorator turned the class into a bentoml Service, which mypy cannot see.
 cast(Any, HousePricer).add_asgi_middleware(
     RequestMiddleware,
@@ -432,14 +442,9 @@ cast(Any, HousePricer).add_asgi_middleware(
     guards={"/feedback": feedback_guard},
     json_paths=API_PATHS,
     body_timeout_s=lambda: settings().body_timeout_s,
-    unavailable=dict.fromkeys(("/predict", "/predict_batch", "/predict_columns", "/invocations"), log_refusal)
-    | {"/feedback": feedback_refusal},
-    limits={
-        "/predict_batch": lambda: f"at most {settings().max_batch_size} houses",
-        "/predict_columns": lambda: f"at most {settings().max_batch_size} houses",
-        "/invocations": lambda: f"at most {settings().max_batch_size} houses",
-        "/explain": lambda: f"at most {settings().max_explain_houses} houses",
-    },
+    unavailable=dict.fromkeys(PRICING_PATHS, log_refusal) | {"/feedback": feedback_refusal},
+    limits=dict.fromkeys(BATCH_PATHS, lambda: f"at most {settings().max_batch_size} houses")
+    | {"/explain": lambda: f"at most {settings().max_explain_houses} houses"},
     max_concurrency=lambda: settings().max_concurrency,
     max_values={
         "/predict": lambda: SMALL_REQUEST_VALUES,
@@ -450,10 +455,34 @@ cast(Any, HousePricer).add_asgi_middleware(
         "/explain": lambda: settings().max_explain_houses * VALUES_PER_HOUSE + SMALL_REQUEST_VALUES,
     },
 )
-# /docs.json as valid OpenAPI 3.0 (BentoML's own mixes in 3.1): see service.openapi.
+# /docs.json as valid OpenAPI 3.0 (BentoML's own mixes in 3.1) describing this API: see service.openapi, api_docs.
+REFUSALS = Refusals(
+    api_paths=API_PATHS,
+    json_paths=API_PATHS,
+    tokens={"/feedback": "feedback", "/admin": "admin"},
+    unavailable=dict.fromkeys(PRICING_PATHS, "With the strict policy (HOUSING_LOG_FULL_POLICY=refuse), while "
+                              "the log cannot keep its rows: retry later.")
+    | {"/feedback": "The log cannot store feedback now (its database unreachable, or its disk full): retry later."},
+    limits=dict.fromkeys(BATCH_PATHS, "HOUSING_MAX_BATCH_SIZE") | {"/explain": "HOUSING_MAX_EXPLAIN_HOUSES"},
+    unbounded=UNBOUNDED_PATHS,
+)  # fmt: skip
+
+
+def api_version() -> str:
+    """The document's version: the package (the bento's tag, or the project's version) and the served model."""
+    service = cast(Any, HousePricer)
+    state: ServingState | None = getattr(info_app.state, "serving", None)
+    info = None if state is None else state.model.info
+    model = "no model loaded" if info is None else f"model {info.model_name} v{info.model_version}"
+    return f"{package_version(str(service.bento.tag) if service.bento else None)}, {model}"
+
+
 cast(Any, HousePricer).add_asgi_middleware(
     OpenAPIDocument,
-    build=lambda: served_document(cast(Any, HousePricer).openapi_spec.asdict(), settings().max_batch_size),
+    build=lambda: served_document(
+        cast(Any, HousePricer).openapi_spec.asdict(), settings().max_batch_size, REFUSALS, api_version()
+    ),
+    key=api_version,
 )
 # Keep-alive connections spread across the workers, however they arrive: see service.balance.
 cast(Any, HousePricer).add_asgi_middleware(ConnectionBalancer, board=worker_board)

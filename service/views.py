@@ -83,6 +83,7 @@ def accuracy(
         le=MAX_BUCKET_S,
         allow_inf_nan=False,
         description="Split into time buckets of this many seconds (houses count by the minute they were priced in).",
+        examples=[3600.0],
     ),
     since_ts: float = Query(
         default=0.0,

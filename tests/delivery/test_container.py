@@ -20,6 +20,7 @@ import pytest
 
 from service.api_models import EXAMPLE_HOUSE
 from tests.delivery.tools import validate
+from tests.service.described_api import check_described
 from tests.service.server import Server, start_server
 from tests.workspace import BIN, ROOT, Workspace
 
@@ -107,6 +108,14 @@ def test_start_command_serves_the_bento(container: Server, bento: Path, workspac
         registration = json.loads((workspace.path / "reports" / "registration.json").read_text())
         assert prediction.json()["model_version"] == registration["version"]  # the champion the bento pinned
     assert container.db.is_file()  # HOUSING_PREDICTION_DB is honoured
+
+
+def test_the_bento_s_document_describes_this_api(container: Server, bento: Path, workspace: Workspace) -> None:
+    """The built bento serves the same description, versioned by its tag (BentoML's would show its README)."""
+    registration = json.loads((workspace.path / "reports" / "registration.json").read_text())
+    doc = httpx.get(f"{container.url}/docs.json", timeout=30).json()
+    check_described(doc, f"{bento.parent.name}:{bento.name}", registration["version"])
+    assert (bento / "README.md").read_text() == doc["info"]["description"]  # bentofile.yaml's description
 
 
 def test_healthcheck_probes_the_port_served(container: Server, dockerfile: str) -> None:

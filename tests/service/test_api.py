@@ -7,6 +7,7 @@ import logging
 import re
 import sqlite3
 import time
+from importlib import metadata
 from pathlib import Path
 
 import bentoml
@@ -18,12 +19,14 @@ from starlette.testclient import TestClient
 
 from devtools.houses import request_records
 from housing.model_format import fitted_pipeline
+from service.api_docs import TITLE
 from service.api_models import EXAMPLE_HOUSE, House, columns_of
 from service.middleware import MAX_ERROR_BYTES, MAX_ERRORS, capped_error
 from service.model import load_served_model
 from tests.docs.readme import request_log_fields
 from tests.service.bad_requests import BAD_REQUESTS, BadRequest, error_text
 from tests.service.conftest import ADMIN, FEEDBACK
+from tests.service.described_api import check_described, request_model
 from tests.workspace import Workspace
 
 pytestmark = pytest.mark.integration
@@ -113,6 +116,10 @@ def test_bad_requests_get_a_clear_4xx(client: TestClient, bad: BadRequest) -> No
     text = error_text(response.json())
     assert bad.field in text
     assert bad.rule in text
+    assert "IODescriptor" not in response.text
+    if bad.status == 400 and "validation error" in response.json()["error"]:  # named as the document names it
+        model = request_model(client.get("/docs.json").json(), bad.path)
+        assert re.match(rf"\d+ validation errors? for {model}\b", response.json()["error"]), response.json()["error"]
     assert client.post("/predict", json=EXAMPLE_HOUSE).status_code == 200  # still serving
 
 
@@ -279,34 +286,38 @@ def test_health_and_probes(client: TestClient, champion: dict) -> None:
     assert client.get("/livez").status_code == 200
 
 
-def test_openapi_documents_every_endpoint_with_an_example(client: TestClient) -> None:
-    spec = client.get("/docs.json").json()
+def test_the_document_describes_this_api(client: TestClient, champion: dict) -> None:
+    doc = client.get("/docs.json").json()
+    check_described(doc, f"housing-price-mlops {metadata.version('housing-price-mlops')}", champion["version"])
     for path in ("/predict", "/predict_batch", "/predict_columns", "/invocations", "/feedback"):
-        assert path in spec["paths"], path
-    schemas = spec["components"]["schemas"]
-    columns = schemas["HouseColumnsIODescriptor"]
+        assert path in doc["paths"], path
+    schemas = doc["components"]["schemas"]
+    columns = schemas["HouseColumns"]
     assert {column["maxItems"] for column in columns["properties"].values()} == {500}  # HOUSING_MAX_BATCH_SIZE
     assert columns["example"]["latitude"] == [EXAMPLE_HOUSE["latitude"]]
-    examples = {name for name, schema in schemas.items() if schema.get("example")}
-    assert examples >= {"HouseIODescriptor", "FeedbackIODescriptor", "InvocationIODescriptor"}, sorted(schemas)
+    assert {name for name, schema in schemas.items() if schema.get("example")} >= {"House", "Feedback", "Invocation"}
     assert any("dataframe_split" in json.dumps(schemas[name].get("example")) for name in schemas)
 
 
 def test_get_endpoints_are_documented_with_examples(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
-    assert {"/model", "/health"} <= set(spec["paths"])
+    assert {"/model", "/health", "/model/history"} <= set(spec["paths"])
     schemas = spec["components"]["schemas"]
     assert schemas["ModelInfo"]["example"]["model_name"] == "housing-price-model"
     assert schemas["Health"]["example"]["status"] == "ok"
-    # Swagger UI for the GET endpoints, from assets the service serves itself (no CDN).
-    page = client.get("/docs")
-    assert page.status_code == 200
-    assert "/openapi.json" in page.text
-    assets = re.findall(r"(/static_content/[\w.-]+)", page.text)
+
+
+@pytest.mark.parametrize("page", ["/", "/docs"])
+def test_swagger_ui_shows_the_whole_api_from_the_service_s_own_assets(client: TestClient, page: str) -> None:
+    served = client.get(page)
+    assert served.status_code == 200
+    assert "/docs.json" in served.text
+    assert f"<title>{TITLE}</title>" in served.text
+    assert "googletagmanager" not in served.text  # BentoML's page loads it, and links to BentoML
+    assets = re.findall(r"(/static_content/[\w.-]+)", served.text)
     assert {"/static_content/swagger-ui-bundle.js", "/static_content/swagger-ui.css"} <= set(assets)
     for asset in assets:
         assert client.get(asset).status_code == 200, asset
-    assert "/model/history" in client.get("/openapi.json").json()["paths"]
 
 
 def test_service_prices_equal_mlflow_pyfunc(
@@ -353,7 +364,9 @@ def test_a_long_list_of_errors_is_cut_to_the_first_few() -> None:
     errors = [
         {"type": "missing", "loc": [i, "longitude"], "msg": "Field required", "input": "x" * 5000} for i in range(500)
     ]
-    capped = json.loads(capped_error(json.dumps({"error": "500 validation errors", "detail": errors}).encode()))
+    answer = {"error": "500 validation errors for House", "detail": errors}
+    capped = json.loads(capped_error(json.dumps(answer).encode()))
+    assert capped["error"].startswith("500 validation errors for House; the first 10 are in detail, 490 more")
     assert len(capped["detail"]) == MAX_ERRORS
     assert capped["more_errors"] == 500 - MAX_ERRORS
     assert capped["detail"][3]["loc"] == [3, "longitude"]

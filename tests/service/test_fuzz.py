@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from openapi_spec_validator import validate
 from pydantic import BaseModel
 
 from service.api_models import EXAMPLE_HOUSE, Feedback, House
+from tests.service.described_api import check_described
 from tests.service.server import Server, start_server
 from tests.workspace import BIN, Workspace
 
@@ -68,10 +70,12 @@ def resolve(doc: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
     return resolve(doc, doc["components"]["schemas"][ref.rsplit("/", 1)[1]]) if ref else schema
 
 
-def test_the_document_validates_as_declared_with_every_bound_and_example(server: Server) -> None:
+def test_the_document_validates_as_declared_with_every_bound_and_example(server: Server, champion: dict) -> None:
     doc = httpx.get(f"{server.url}/docs.json", timeout=30).json()
     assert doc["openapi"].startswith("3.0")
     validate(doc)  # as the version the document declares
+    # `bentoml serve` in the checkout describes this API as the in-process app and the bento do.
+    check_described(doc, f"housing-price-mlops {metadata.version('housing-price-mlops')}", champion["version"])
     validate(httpx.get(f"{server.url}/openapi.json", timeout=30).json())  # the GET routes' own (FastAPI, 3.1)
     for path, model in (("/predict", House), ("/feedback", Feedback)):
         served = body_schema(doc, path)["properties"]

@@ -90,13 +90,13 @@ def test_a_closed_bound_stricter_than_the_open_one_wins() -> None:
 def test_lists_of_houses_get_the_batch_limit() -> None:
     batch = {"type": "array", "minItems": 1, "items": {"$ref": HOUSE_REF}}
     split = {"title": "DataFrameSplit", "properties": {"data": {"type": "array", "items": {}}}}
-    columns = {"title": "HouseColumnsIODescriptor", "properties": {"latitude": {"type": "array", "items": {}}}}
-    schemas = {"DataFrameSplit": split, "HouseColumnsIODescriptor": columns}
+    columns = {"title": "HouseColumns", "properties": {"latitude": {"type": "array", "items": {}}}}
+    schemas = {"DataFrameSplit": split, "HouseColumns": columns}
     doc = {"paths": {"/b": {"schema": batch}}, "components": {"schemas": schemas}}
     limited = limit_batches(doc, 7)
     assert limited["paths"]["/b"]["schema"]["maxItems"] == 7
     assert limited["components"]["schemas"]["DataFrameSplit"]["properties"]["data"]["maxItems"] == 7
-    assert limited["components"]["schemas"]["HouseColumnsIODescriptor"]["properties"]["latitude"]["maxItems"] == 7
+    assert limited["components"]["schemas"]["HouseColumns"]["properties"]["latitude"]["maxItems"] == 7
     assert "maxItems" not in batch  # the generated document is left as it was
 
 
