@@ -126,9 +126,6 @@ def bedroom_errors(
 
 assert House.model_fields.keys() == HOUSE_FIELDS  # noqa: S101 - one list, checked at import  # nosec B101
 
-# At least one house; validation of a list stops at its first bad house.
-Houses = Annotated[list[House], Field(min_length=1, fail_fast=True)]
-
 
 class _Columns(BaseModel):
     """Houses as columns: the rows' count is the same in every column, and no row has more bedrooms than rooms."""

@@ -43,7 +43,6 @@ UNKNOWN_PATHS = 2000
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, workspace: Workspace) -> Iterator[Server]:
     env = {"HOUSING_MAX_BATCH_SIZE": str(MAX_BATCH), "HOUSING_MAX_EXPLAIN_HOUSES": str(MAX_EXPLAIN),
-           "HOUSING_MAX_BODY_BYTES": str(5_185_536),  # the production default, whatever another test set
            "HOUSING_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S), "HOUSING_ADMIN_TOKEN": ADMIN_TOKEN,
            "HOUSING_PROJECT_DIR": str(workspace.path), "HOUSING_VIEW_CACHE_S": "2"}  # fmt: skip
     running = start_server(tmp_path_factory.mktemp("round-two"), env)

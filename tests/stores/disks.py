@@ -27,17 +27,8 @@ class SmallDisk:
     def fill(self) -> int:
         """Write a file until the disk is full; the bytes it took."""
         written = 0
-        with self.filler.open("ab") as out:
-            try:
-                while True:
-                    out.write(b"\0" * FILL_CHUNK)
-                    out.flush()
-                    written += FILL_CHUNK
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-        # A write smaller than the chunk may still fit: take what is left byte by byte in ever smaller steps.
-        for size in (4096, 512, 1):
+        # Large writes first; a smaller one may still fit after them: take what is left in ever smaller steps.
+        for size in (FILL_CHUNK, 4096, 512, 1):
             try:
                 with self.filler.open("ab") as out:
                     while True:
