@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from mlflow.models import ModelSignature
 from mlflow.types import ParamSchema, ParamSpec
 
 from housing.conformal import ConformalRegressor
@@ -28,6 +29,13 @@ COVERAGE_PARAM = "coverage"
 def params_schema(coverage: float) -> ParamSchema:
     """The inference parameters of the signature; ``coverage`` is the model's nominal one."""
     return ParamSchema([ParamSpec(INTERVALS_PARAM, "boolean", False), ParamSpec(COVERAGE_PARAM, "double", coverage)])
+
+
+def offers_intervals(signature: ModelSignature | None) -> bool:
+    """Whether a logged model prices with intervals: its signature takes the interval parameters (training.register
+    declares them only for a model that has intervals; any other MLflow model answers prices alone)."""
+    params = signature.params if signature is not None else None
+    return params is not None and INTERVALS_PARAM in {param.name for param in params.params}
 
 
 class IntervalPricer:

@@ -1,7 +1,8 @@
 """`housing score`: price a file of houses (CSV or Parquet) into another file, a chunk at a time.
 
 The output keeps every input column and adds ``price_usd``, ``lower_usd`` and ``upper_usd`` (the registered
-model's conformal interval, as ``/predict`` answers it: housing.pyfunc_flavor) and ``model_version``. Each row is
+model's conformal interval, as ``/predict`` answers it: housing.pyfunc_flavor; empty from a model registered
+without intervals, or any other MLflow model) and ``model_version``. Each row is
 held to the API's rules (housing.house_schema, without stopping at the first bad value): a row that breaks one
 goes to ``<output stem>.rejects.csv`` beside the output with its row number (the first data row is 1), the
 field, the rule and its words, and is not priced; every other row is. What cannot work stops before any: an
@@ -157,15 +158,26 @@ def model_frame(values: dict[str, np.ndarray], keep: np.ndarray) -> pd.DataFrame
 
 
 def local_scorer(model_uri: str) -> Scorer:
-    """MLflow's pyfunc of ``model_uri`` in this process: prices and their bounds (``params={"intervals": True}``)."""
+    """MLflow's pyfunc of ``model_uri`` in this process: prices and their bounds (``params={"intervals": True}``),
+    or prices alone with empty bounds from a model without intervals."""
     import mlflow.pyfunc
 
+    from housing.pyfunc_flavor import offers_intervals
+
     model = mlflow.pyfunc.load_model(model_uri)
+    if not offers_intervals(model.metadata.signature):
+        return lambda houses: without_bounds(model.predict(houses))
 
     def score(houses: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(model.predict(houses, params={"intervals": True}))[list(PRICE_COLUMNS)]
 
     return score
+
+
+def without_bounds(prices: Any) -> pd.DataFrame:
+    """The priced frame of a model without intervals: its prices (shape (n_rows,) or (n_rows, 1)), bounds empty."""
+    price = np.asarray(prices, dtype=float).reshape(-1)
+    return pd.DataFrame({"price_usd": price, "lower_usd": np.nan, "upper_usd": np.nan})
 
 
 class _ChunkWriter:

@@ -21,7 +21,8 @@ from typing import Any
 import pandas as pd
 
 from housing.columns import FEATURE_COLUMNS
-from operations.bulk_score import PRICE_COLUMNS, ScoreError, Scorer
+from housing.pyfunc_flavor import offers_intervals
+from operations.bulk_score import PRICE_COLUMNS, ScoreError, Scorer, without_bounds
 
 INSTALL_HINT = "--engine spark needs PySpark and Java: pip install '.[spark]' (or uv pip install '.[spark]'), and Java "
 JAVA_HINT = "from the OS's packages (make tools, or apt-get install default-jre-headless)"
@@ -61,14 +62,19 @@ def spark_scorer(model_uri: str, master: str) -> Iterator[Scorer]:
         .getOrCreate()
     )
     try:
+        # A model without intervals answers one price per row: its bounds stay empty, as on the local engine.
+        intervals = offers_intervals(mlflow.models.get_model_info(model_uri).signature)
         udf = mlflow.pyfunc.spark_udf(
-            spark, model_uri, result_type=RESULT_TYPE, env_manager="local", params={"intervals": True}
-        )
+            spark, model_uri, result_type=RESULT_TYPE if intervals else "double", env_manager="local",
+            params={"intervals": True} if intervals else None,
+        )  # fmt: skip
 
         def score(houses: pd.DataFrame) -> pd.DataFrame:
             frame: Any = spark.createDataFrame(houses)
-            priced = frame.select(udf(struct(*FEATURE_COLUMNS)).alias("priced")).select("priced.*")
-            return priced.toPandas()[list(PRICE_COLUMNS)]
+            priced = frame.select(udf(struct(*FEATURE_COLUMNS)).alias("priced"))
+            if not intervals:
+                return without_bounds(priced.toPandas()["priced"])
+            return priced.select("priced.*").toPandas()[list(PRICE_COLUMNS)]
 
         yield score
     finally:

@@ -320,8 +320,7 @@ def challenge(
 
 def gives_intervals(reg: RegisterParams, version: str) -> bool:
     """Whether a registered version prices with intervals (its signature takes the interval parameters)."""
-    params = mlflow.models.get_model_info(f"models:/{reg.model_name}/{version}").signature.params
-    return params is not None and pyfunc_flavor.INTERVALS_PARAM in {param.name for param in params.params}
+    return pyfunc_flavor.offers_intervals(mlflow.models.get_model_info(f"models:/{reg.model_name}/{version}").signature)
 
 
 def _below_floor(metrics: dict[str, Any], champion: ModelVersion | None, trigger: str) -> Decision:

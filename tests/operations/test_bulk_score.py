@@ -8,12 +8,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import pytest
 
 from housing.columns import FEATURE_COLUMNS
-from operations.bulk_score import PRICE_COLUMNS, ScoreError, ScoreJob, check_job, score_file
+from operations.bulk_score import PRICE_COLUMNS, ScoreError, ScoreJob, check_job, local_scorer, score_file
 from tests.synthetic import synthetic_housing
 
 
@@ -138,3 +139,21 @@ def test_the_spark_engine_says_how_to_install_what_it_lacks(monkeypatch: pytest.
     hint = r"pip install '\.\[spark\]'.*make tools"
     with pytest.raises(ScoreError, match=hint), spark_engine.spark_scorer("models:/m/1", "local"):
         pass
+
+
+class IncomePricer(mlflow.pyfunc.PythonModel):
+    """An MLflow model of no flavor of this project's: one price per house, no intervals."""
+
+    def predict(self, context: object, model_input: pd.DataFrame) -> np.ndarray:
+        return model_input["median_income"].to_numpy() * 100_000
+
+
+def test_a_model_without_intervals_prices_every_row_and_leaves_the_bounds_empty(tmp_path: Path) -> None:
+    mlflow.pyfunc.save_model(tmp_path / "model", python_model=IncomePricer(), pip_requirements=[])
+    houses = houses_file(tmp_path / "in.csv")
+    job = ScoreJob(tmp_path / "in.csv", tmp_path / "out.csv", chunk_rows=20)
+    summary = score_file(job, local_scorer(str(tmp_path / "model")), "1")
+    out = read(tmp_path / "out.csv")
+    assert (summary.scored, summary.rejected) == (50, 0)
+    np.testing.assert_allclose(out["price_usd"], houses["median_income"] * 100_000)
+    assert out[["lower_usd", "upper_usd"]].isna().all().all()
