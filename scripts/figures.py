@@ -2,7 +2,7 @@
 
 docs/summary.md is docs/summary.template.md filled in from reports/metrics.json and reports/data_validation.json
 (written by the pipeline), reports/benchmark.json (written by `make bench`) and reports/bench_score.json (`make
-bench-score`); README.md's benchmark tables, between their markers, come from the same files. So no page states a number by hand, and both pages say the same.
+bench-score`); README.md's benchmark tables (and the last `make soak`'s, reports/soak/soak.json), between their markers, come from the same files. So no page states a number by hand, and both pages say the same.
 `make bench` runs this after the benchmark; `--check` only says whether both files are current.
 """
 
@@ -25,6 +25,7 @@ SUMMARY = ROOT / "docs" / "summary.md"
 README = ROOT / "README.md"
 README_START, README_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
 SCORE_START, SCORE_END = "<!-- bench-score:start -->", "<!-- bench-score:end -->"
+SOAK_START, SOAK_END = "<!-- soak:start -->", "<!-- soak:end -->"
 
 
 def read(reports: Path, name: str) -> dict[str, Any]:
@@ -113,6 +114,8 @@ def table(results: dict[str, Any]) -> str:
             "|---|---|---|---|",
             f"| single record, concurrency 1: p50 / p99 | {s['single_p50_ms']:.2f} / {s['single_p99_ms']:.2f} ms | p50 ≤ 1.5 ms | {mark('single_p50_ms')} |",
             f"| explaining one house (`POST /explain`), concurrency 1: p50 / p99 | {s['explain_p50_ms']:.2f} / {s['explain_p99_ms']:.2f} ms (`/predict` right after it: p50 {e['predict_p50_ms']:.2f} ms; load average {e['load_avg_1m']}) | p50 ≤ 10 ms | {mark('explain_p50_ms')} |",
+            *([f"| the largest `/explain` accepted ({s['explain_limit_houses']:,} houses, `HOUSING_MAX_EXPLAIN_HOUSES`): slowest of {results['explain_limit']['runs']} | {s['explain_limit_ms']:,.0f} ms: {s['explain_limit_share_of_timeout']:.1%} of the server's {results['explain_limit']['timeout_s']} s timeout | ≤ a third of it | {mark('explain_limit_share_of_timeout')} |"]
+              if "explain_limit_ms" in s else []),
             f"| 32 clients: throughput | {s['throughput_rps']:,.0f} req/s | | |",
             f"| the same model on LightGBM's booster (not compiled): p50 / 10,000-record batch / 32 clients | {s['booster_single_p50_ms']:.2f} ms / {s['booster_batch_10k_ms']:.0f} ms / {s['booster_throughput_rps']:,.0f} req/s | | |",
             f"| throughput ratio (compiled / booster) | {s['throughput_vs_booster']:.2f}× | ≥ 1× | {mark('throughput_vs_booster')} |",
@@ -168,11 +171,45 @@ def score_table(reports: Path) -> str:
     return "\n".join(rows)
 
 
+def soak_table(reports: Path) -> str:
+    """The last `make soak` run (reports/soak/soak.json): warm-up against end, and the verdict."""
+    if not (reports / "soak" / "soak.json").exists():
+        return "`make soak` has not been run yet."
+    r = read(reports / "soak", "soak.json")
+    warm, last = r["samples"][0], r["samples"][-1]
+    p99 = sorted(sample["p99_ms"] for sample in r["samples"])
+    rps = sorted(sample["requests_per_s"] for sample in r["samples"])
+
+    def row(measure: str, key: str, unit: str = "", digits: int = 0) -> str:
+        warm_value, last_value = (f"{sample[key]:,.{digits}f} {unit}".strip() for sample in (warm, last))
+        return f"| {measure} | {warm_value} | {last_value} ({last[key] / warm[key] - 1:+.1%}) |"
+
+    return "\n".join([
+        f"The last `make soak` ({r['minutes']:g} minutes on {r['cpus']} cores, measured {r['measured']}): "
+        f"{r['mix']['predict']}% one-house `/predict`, {r['mix']['predict_batch']}% {r['batch_houses']}-house "
+        f"`/predict_batch`, aimed at {r['target_rps']:,.0f} req/s (half the measured {r['capacity_rps']:,.0f}); "
+        f"{r['feedback']:,} feedbacks and {r['explained']:,} explanations beside them. "
+        f"Verdict: {'; '.join(r['problems']) or 'nothing grew or drifted'}.",
+        "",
+        f"| measure (server's processes) | after the warm-up ({warm['t_s']:.0f} s) | at the end ({last['t_s']:.0f} s) |",
+        "|---|---|---|",
+        row("resident memory", "rss_mb", "MB", 1),
+        row("open files", "open_files"),
+        row("threads", "threads"),
+        row("p50", "p50_ms", "ms", 2),
+        row("p99", "p99_ms", "ms", 2),
+        f"| p99 over the {len(p99)} intervals: median / worst | {p99[len(p99) // 2]:.1f} / {p99[-1]:.1f} ms | |",
+        f"| requests per second over the intervals: median / least | {rps[len(rps) // 2]:,.0f} / {rps[0]:,.0f} | |",
+        f"| failed or refused requests | {sum(s['errors'] + s['refused'] for s in r['samples'])} | |",
+    ])  # fmt: skip
+
+
 def render_readme(reports: Path = REPORTS, readme: Path = README) -> str:
     """``readme`` with the benchmark tables of ``reports`` between their markers."""
     content = readme.read_text()
     blocks = {(README_START, README_END): lambda: table(read(reports, "benchmark.json")),
-              (SCORE_START, SCORE_END): lambda: score_table(reports)}  # fmt: skip
+              (SCORE_START, SCORE_END): lambda: score_table(reports),
+              (SOAK_START, SOAK_END): lambda: soak_table(reports)}  # fmt: skip
     for (start, end), block in blocks.items():
         pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.DOTALL)
         if not pattern.search(content):
