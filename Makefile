@@ -155,11 +155,14 @@ retrain: setup ## Retrain if drift or feedback accuracy demand it, promote only 
 report: setup ## Insights from the prediction log: reports/insights/report.md with figures, and report.json
 	housing report
 
-test: setup tools ## Run the whole test suite with coverage (real pipeline, servers, system tools)
-	python -m pytest --cov --cov-report=term --cov-report=xml --durations=25 $(PYTEST_ARGS)
+# One pytest-xdist worker per core; each module runs whole on one worker, the heaviest first (tests/conftest.py).
+TEST_WORKERS ?= auto
+test: setup tools ## Run the whole test suite with coverage (real pipeline, servers, system tools), one worker per core
+	python -m pytest -n $(TEST_WORKERS) --dist loadscope \
+		--cov --cov-report=term --cov-report=xml --durations=25 $(PYTEST_ARGS)
 
-test-fast: setup ## Unit tests only: synthetic data, no pipeline, no server, no system tools (about a minute)
-	python -m pytest -m "not integration" -q $(PYTEST_ARGS)
+test-fast: setup ## Unit tests only: synthetic data, no pipeline, no server, no system tools (under a minute)
+	python -m pytest -n $(TEST_WORKERS) --dist loadscope -m "not integration" -q $(PYTEST_ARGS)
 
 lint: setup ## ruff lint, ruff format check and mypy: the pre-commit hooks (`pre-commit install` runs them on commit)
 	pre-commit run --all-files

@@ -15,6 +15,7 @@ Measures, on this machine and in this order:
      them (load_tests/batch_floor.py): the floor under the batch's time on this machine,
   9. the same 10,000 houses as columns (POST /predict_columns: one list per field), back to back and with the
      log writer idle, beside (3),
+ 10. the largest `/explain` the service accepts (HOUSING_MAX_EXPLAIN_HOUSES houses) beside the server's timeout,
 and writes reports/benchmark.json, from which `python -m scripts.figures` (run next by `make bench`) writes the
 README's table. ``--explain-only`` measures (6) alone on one service and prints it, ``--columns-only`` (9) and (3)
 alone, in alternating rounds (no files written).
@@ -67,6 +68,8 @@ TARGETS = {
     "columns_10k_ms": 100.0,
     "invalid_vs_batch": 1.0,
     "explain_p50_ms": 10.0,
+    # The largest accepted /explain finishes well inside the server's timeout: within a third of it.
+    "explain_limit_share_of_timeout": 1 / 3,
 }
 # Targets met from above (ratios); the others are ceilings.
 AT_LEAST = {"throughput_ratio", "throughput_vs_booster"}
@@ -267,6 +270,15 @@ def explain_latency(url: str, one: dict[str, Any], seconds: int, workdir: Path) 
     return {**explained, "predict_p50_ms": predicted["p50_ms"], "load_avg_1m": round(load, 2)}
 
 
+def explain_at_limit(url: str, test_csv: Path, runs: int) -> dict[str, Any]:
+    """The largest `/explain` the service accepts, timed as (3) times a batch, beside the server's timeout (10)."""
+    from service.service import HousePricer  # the service's own declaration of its timeout
+
+    limit, timeout_s = settings().max_explain_houses, HousePricer.config["traffic"]["timeout"]
+    timed = batch_latency(f"{url}/explain", houses_from(test_csv, limit), runs)
+    return {**timed, "houses": limit, "timeout_s": timeout_s, "share_of_timeout": timed["max_ms"] / 1000 / timeout_s}
+
+
 def columns_latency(url: str, houses: list[dict[str, Any]], runs: int) -> dict[str, dict[str, float]]:
     """``houses`` as columns (POST /predict_columns), back to back and with the log writer idle (9)."""
     columns = as_columns(houses)
@@ -355,6 +367,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             wrk(url, body, 8, 3, workdir)
         results["single_c1"] = wrk(*calls["single_c32"], 1, args.seconds, workdir)
         results["explain_c1"] = explain_latency(ours, one, args.seconds, workdir)
+        results["explain_limit"] = explain_at_limit(ours, test_csv, args.batch_runs)
         results["booster_c1"] = wrk(*calls["booster_c32"], 1, args.seconds, workdir)
         batch = houses_from(test_csv, args.batch)
         results["batch_10k"] = batch_latency(f"{ours}/predict_batch", batch, args.batch_runs)
@@ -386,6 +399,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "single_p99_ms": results["single_c1"]["p99_ms"],
         "explain_p50_ms": results["explain_c1"]["p50_ms"],
         "explain_p99_ms": results["explain_c1"]["p99_ms"],
+        "explain_limit_houses": results["explain_limit"]["houses"],
+        "explain_limit_ms": results["explain_limit"]["max_ms"],
+        "explain_limit_share_of_timeout": results["explain_limit"]["share_of_timeout"],
         "throughput_rps": results["single_c32"]["requests_per_s"],
         "p99_32_ms": results["single_c32"]["p99_ms"],
         "per_worker_32": results["single_c32"]["per_worker"],

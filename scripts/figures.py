@@ -179,6 +179,7 @@ def soak_table(reports: Path) -> str:
     warm, last = r["samples"][0], r["samples"][-1]
     p99 = sorted(sample["p99_ms"] for sample in r["samples"])
     rps = sorted(sample["requests_per_s"] for sample in r["samples"])
+    verdict = "; ".join(r["problems"]) or "nothing grew or drifted"
 
     def row(measure: str, key: str, unit: str = "", digits: int = 0) -> str:
         warm_value, last_value = (f"{sample[key]:,.{digits}f} {unit}".strip() for sample in (warm, last))
@@ -189,7 +190,7 @@ def soak_table(reports: Path) -> str:
         f"{r['mix']['predict']}% one-house `/predict`, {r['mix']['predict_batch']}% {r['batch_houses']}-house "
         f"`/predict_batch`, aimed at {r['target_rps']:,.0f} req/s (half the measured {r['capacity_rps']:,.0f}); "
         f"{r['feedback']:,} feedbacks and {r['explained']:,} explanations beside them. "
-        f"Verdict: {'; '.join(r['problems']) or 'nothing grew or drifted'}.",
+        f"Verdict: {verdict}.",
         "",
         f"| measure (server's processes) | after the warm-up ({warm['t_s']:.0f} s) | at the end ({last['t_s']:.0f} s) |",
         "|---|---|---|",

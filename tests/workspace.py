@@ -53,13 +53,8 @@ def small_params() -> dict:
     return params
 
 
-def make_workspace(path: Path, source: Path, params: dict) -> dict[str, str]:
-    """A fresh DVC project holding the pipeline code; returns its environment."""
-    path.mkdir(parents=True)
-    for package in ("housing", "training"):
-        shutil.copytree(ROOT / package, path / package, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "dvc.yaml", path)
-    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+def workspace_env(source: Path) -> dict[str, str]:
+    """The environment a workspace's commands run in, reading their data from ``source``."""
     # The session's BentoML home (see conftest) is kept, so the service tests can serve this model.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HOUSING_"))}
     env |= {
@@ -71,17 +66,40 @@ def make_workspace(path: Path, source: Path, params: dict) -> dict[str, str]:
     # The register stage compiles the champion's forest where the session's servers look for it.
     if "HOUSING_COMPILED_DIR" in os.environ:
         env["HOUSING_COMPILED_DIR"] = os.environ["HOUSING_COMPILED_DIR"]
+    return env
+
+
+def make_workspace(path: Path, source: Path, params: dict) -> dict[str, str]:
+    """A fresh DVC project holding the pipeline code; returns its environment."""
+    path.mkdir(parents=True)
+    for package in ("housing", "training"):
+        shutil.copytree(ROOT / package, path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", path)
+    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = workspace_env(source)
     subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=path, env=env, check=True)
     return env
 
 
+SAMPLE = "housing-sample.csv"
+FIRST_RUN = "first-run.log"
+
+
 def run_pipeline(root: Path, housing: pd.DataFrame) -> Workspace:
     """The whole pipeline on a 3,000-row sample, with a local DVC remote beside it."""
-    source = root / "housing-sample.csv"
+    source = root / SAMPLE
     housing.sample(3000, random_state=1).to_csv(source, index=False)
     path = root / "repo"
     ws = Workspace(path, make_workspace(path, source, small_params()), "")
     ws.run("dvc", "remote", "add", "-d", "storage", str(root / "remote"))
     result = ws.run("dvc", "repro")
     ws.first_run = result.stdout + result.stderr
+    (root / FIRST_RUN).write_text(ws.first_run)
     return ws
+
+
+def ran_pipeline(root: Path) -> Workspace | None:
+    """The workspace :func:`run_pipeline` left in ``root`` (another test process's), or None before it finished."""
+    if not (root / FIRST_RUN).is_file():
+        return None
+    return Workspace(root / "repo", workspace_env(root / SAMPLE), (root / FIRST_RUN).read_text())

@@ -316,9 +316,10 @@ def test_the_edge_forwards_the_services_routes_and_nothing_else(edge: Edge, serv
         assert "x-request-id" not in answer.headers, f"{path} reached the service"
 
 
-def test_one_client_gets_two_batches_a_minute(edge: Edge, http: httpx.Client) -> None:
-    """The last test of the module: it spends this client's batches for a minute."""
-    statuses = [http.post(f"{edge.url}/predict_batch", json=[EXAMPLE_HOUSE]).status_code for _ in range(4)]
-    assert statuses.count(429) >= 2, statuses
-    assert set(statuses) <= {200, 429}
-    assert http.post(f"{edge.url}/predict", json=EXAMPLE_HOUSE).status_code == 200  # single houses still pass
+def test_one_client_gets_two_batches_a_minute(edge: Edge) -> None:
+    """Two batch requests a minute, with a burst of two more: a client of its own (an address no other test used, so
+    its allowance is whole) gets three at once, then 429 until the next half minute."""
+    with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.2.1"), timeout=30) as client:
+        statuses = [client.post(f"{edge.url}/predict_batch", json=[EXAMPLE_HOUSE]).status_code for _ in range(5)]
+        assert statuses == [200, 200, 200, 429, 429], statuses
+        assert client.post(f"{edge.url}/predict", json=EXAMPLE_HOUSE).status_code == 200  # single houses still pass

@@ -14,6 +14,7 @@ from tests.service.server import start_server
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.timing
 def test_two_minutes_of_steady_traffic_leave_nothing_growing(tmp_path: Path, workspace) -> None:  # type: ignore[no-untyped-def]
     server = start_server(tmp_path / "server", {"HOUSING_MAX_BATCH_SIZE": "10000"})
     try:

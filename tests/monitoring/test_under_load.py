@@ -12,6 +12,8 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.service.conftest import FEEDBACK_TOKEN
 from tests.service.server import Server
 from tests.workspace import BIN, ROOT, Workspace
@@ -35,6 +37,7 @@ def load_service(scraped: tuple[Server, str], workspace: Workspace, out: Path, u
             "--run-time", f"{seconds}s", "--out", str(out)]  # fmt: skip
 
 
+@pytest.mark.timing
 def test_a_short_load_run_passes_and_ends_cleanly(
     scraped: tuple[Server, str], workspace: Workspace, tmp_path: Path
 ) -> None:
