@@ -9,8 +9,9 @@ from types import SimpleNamespace
 import pytest
 
 from housing.model_format import ModelLabels
+from housing.registry import Names as Registered
 from service import champion_follower
-from service.champion_follower import ChampionFollower, Registered
+from service.champion_follower import ChampionFollower
 from service.prometheus_metrics import CHAMPION_FOLLOW_FAILURES
 
 REG = Registered("housing-price-model", "champion", "housing-price-model")
