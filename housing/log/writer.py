@@ -296,22 +296,23 @@ class PredictionLog:
         cutoff = (time.time() if now is None else now) - self.retention_s
         deleted = 0
         while not self._stop.is_set():
-            chunk = self._prune_chunk(cutoff)
+            chunk, more = self._prune_chunk(cutoff)
             deleted += chunk
-            if chunk < self.prune_chunk:
+            if not more:
                 break
         self._prune_traffic(cutoff)
         return deleted
 
-    def _prune_chunk(self, cutoff: float) -> int:
-        """One chunk of each table's rows past ``cutoff``; the most deleted from one table (a full chunk: more wait)."""
+    def _prune_chunk(self, cutoff: float) -> tuple[int, bool]:
+        """One chunk of each table's rows past ``cutoff``: the predictions deleted, and whether more may wait (a table
+        gave a full chunk)."""
         deleted = {}
         for table, sql in _PRUNE.items():
             with self.store.transaction() as session:
                 deleted[table] = int(session.execute(sql, [cutoff, self.prune_chunk]).rowcount)
         self.pruned += deleted[PREDICTIONS]
         PRUNED_ROWS.inc(deleted[PREDICTIONS])
-        return max(deleted.values())
+        return deleted[PREDICTIONS], max(deleted.values()) == self.prune_chunk
 
     def _prune_traffic(self, cutoff: float) -> None:
         with self.store.transaction() as session:
@@ -323,8 +324,8 @@ class PredictionLog:
             return
         cutoff, deleted = self._prune_pass or (time.time() - self.retention_s, 0)
         try:
-            chunk = self._prune_chunk(cutoff)
-            if chunk == self.prune_chunk:
+            chunk, more = self._prune_chunk(cutoff)
+            if more:
                 self._prune_pass = (cutoff, deleted + chunk)
                 return
             self._prune_traffic(cutoff)
