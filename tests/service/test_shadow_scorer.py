@@ -53,7 +53,7 @@ def log(tmp_path: Path) -> PredictionLog:
 def scorer(log: PredictionLog, model: Challenger | None = None, **options: Any) -> ShadowScorer:
     """A scorer whose challengers are stand-ins (``model``, else a working one of the tag's version)."""
     settings = {"max_houses": 1000, "interval_s": 0.01, "batch_houses": 100} | options
-    return ShadowScorer(log, lambda tag: model or Challenger(tag.rpartition(":v")[2]), **settings)  # type: ignore[arg-type, return-value]
+    return ShadowScorer(log, lambda tag: model or Challenger(tag.rpartition(":v")[2]), **settings)
 
 
 def offer(log: PredictionLog, shadow: ShadowScorer, rows: RequestRows) -> None:
@@ -144,7 +144,7 @@ def test_a_challenger_that_does_not_load_leaves_the_last_one(log: PredictionLog)
             raise OSError("no such model")
         return Challenger("8")
 
-    shadow = ShadowScorer(log, load, 100, 0.01, 100)  # type: ignore[arg-type]
+    shadow = ShadowScorer(log, load, 100, 0.01, 100)
     shadow.switch("model-challenger:v8", 1.0)
     before = SHADOW_FAILURES.labels("load")._value.get()
     with pytest.raises(OSError, match="no such model"):

@@ -78,7 +78,7 @@ def test_a_shadow_from_start_to_refused_promotion(
 
         singles = [http.post("/predict", json=house).json() for house in houses[:20]]
         batch = http.post("/predict_batch", json=houses[20:]).json()
-        assert http.post("/predict_columns", json={"columns": {k: [h[k] for h in houses[:3]] for k in houses[0]}}
+        assert http.post("/predict_columns", json={k: [h[k] for h in houses[:3]] for k in houses[0]}
                          ).status_code == 200  # fmt: skip  # not shadowed
         for single in singles[:10]:
             sold = {"request_id": single["request_id"], "actual_price_usd": single["price_usd"] * 1.1}
