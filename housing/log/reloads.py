@@ -138,6 +138,8 @@ class Watcher:
         # Requests older than this worker were made before it loaded the store's latest model.
         self._since = time.time()
         self._error = self._shadow_error = ""
+        # The challenger that last failed to load, and when it may be tried again (another one is tried at once).
+        self._shadow_failed: tuple[str, float] | None = None
         self._shadow_retry = 0.0
         self.note = ""
         self._report(loaded=True)
@@ -170,15 +172,15 @@ class Watcher:
         if wanted == shadow.serving():
             self._shadow_error = ""
             return
-        if self._shadow_error and time.monotonic() < self._shadow_retry:
+        if wanted == self._shadow_failed and time.monotonic() < self._shadow_retry:
             return
         try:
             shadow.switch(*wanted)
-            self._shadow_error = ""
+            self._shadow_error, self._shadow_failed = "", None
         except Exception as exc:  # the champion serves on; the report says why the challenger does not
             log.exception("model watcher: cannot load the challenger %s", wanted[0])
             self._shadow_error = f"{_shadow_error(wanted[0])} {type(exc).__name__}: {exc}"
-            self._shadow_retry = time.monotonic() + self.retry_s
+            self._shadow_failed, self._shadow_retry = wanted, time.monotonic() + self.retry_s
 
     def _report(self, loaded: bool) -> None:
         now = time.time()

@@ -1,7 +1,8 @@
 """A shadow on a real `bentoml serve` (two workers): started through the admin API, it prices the same houses as
 the champion off the request path; feedback labels them; GET /shadow compares; promotion refuses on too few labelled
-houses (through the admin API and the CLI) and says why in the history; stopping ends it; and a SIGTERM loses no
-shadowed house. The registry is a copy of the session pipeline's, so its history stays the other tests'."""
+houses (through the admin API and the CLI) and says why in the history; stopping ends it; a challenger that does not
+load changes nothing for clients; and a SIGTERM loses no shadowed house. The registry is a copy of the session
+pipeline's, so its history stays the other tests'."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import pytest
 
 from devtools.houses import request_records
 from housing.log.queries import LogReader
+from housing.log.reloads import CHALLENGER, request_model, this_replica, wait_for_workers
 from housing.log.store import SQLiteStore
 from tests.service.conftest import ADMIN, ADMIN_TOKEN, FEEDBACK
 from tests.service.server import Server, inherited_environment, start_server
@@ -128,6 +130,20 @@ def test_a_shadow_from_start_to_refused_promotion(
         assert http.get("/health").json()["shadow_challenger"] is None
         http.post("/predict", json=houses[0])
         assert http.get("/shadow").json()["active"] is False
+
+        # A challenger that does not load (no such model in the store) changes nothing for clients.
+        missing = "housing-price-model-challenger:missing"
+        store = SQLiteStore(server.db)
+        try:
+            request_model(store, missing, this_replica(), CHALLENGER, 1.0)
+            switched, _ = wait_for_workers(store, this_replica(), missing, 30, 10, CHALLENGER)
+        finally:
+            store.close()
+        assert not switched
+        health = wait_for(lambda: (h := http.get("/health").json())["status"] == "degraded" and h)
+        assert any(error.startswith(f"challenger {missing}:") for error in health["model_errors"]), health
+        assert http.post("/predict", json=houses[0]).json()["price_usd"] == singles[0]["price_usd"]
+        assert 'housing_shadow_failures_total{stage="load"}' in http.get("/metrics").text
 
         # Started again, then SIGTERM right after a burst: every shadowed house is in the log.
         assert http.post("/admin/shadow", json={"version": version}, headers=ADMIN).status_code == 200
