@@ -200,7 +200,7 @@ def roll_out(
     request_model(store, bento_tag, replica, role, fraction)
     switched, workers = wait_for_workers(store, replica, bento_tag, config.reload_timeout_s, config.worker_max_age_s,
                                          role)  # fmt: skip
-    return {"bento_tag": bento_tag, "role": role, "switched": switched, "workers": workers}
+    return {"bento_tag": bento_tag, "switched": switched, "workers": workers}
 
 
 def roll_out_from(db: Path, bento_tag: str, role: str = CHAMPION, fraction: float | None = None) -> dict[str, Any]:
