@@ -4,10 +4,8 @@ decision is in the history, with the shadow's figures, and in the challenger's m
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -19,7 +17,6 @@ from housing.columns import FEATURE_COLUMNS
 from housing.log.writer import PredictionLog, RequestRows
 from housing.params import Params, RegisterParams, load_params
 from housing.registry import Decision, ProjectRegistry, crown, history, is_served
-from tests.conftest import tracking_store
 from tests.housing import test_registry
 from tests.housing.test_registry import fitted, log_version
 from tests.workspace import ROOT
@@ -28,16 +25,15 @@ from tests.workspace import ROOT
 split = test_registry.split
 
 
+# The registry tests' throwaway tracking store and names: a fixture.
+reg = test_registry.reg
+
+
 @pytest.fixture(scope="module")
-def names(params: Params, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegisterParams]:
-    """A throwaway tracking store, and model names no other test uses (the session's BentoML store is shared)."""
-    root = tmp_path_factory.mktemp("mlflow-shadow")
-    with tracking_store(f"sqlite:///{root / 'mlflow.db'}"):
-        mlflow.create_experiment("shadow-test", artifact_location=(root / "artifacts").as_uri())
-        yield params.register_.model_copy(
-            update={"model_name": "shadow-test-model", "bento_model_name": "shadow-test-model",
-                    "experiment": "shadow-test", "decisions_experiment": "shadow-test-decisions"}
-        )  # fmt: skip
+def names(reg: RegisterParams) -> RegisterParams:
+    """Model names no other test uses (the session's BentoML store is shared)."""
+    return reg.model_copy(update={"model_name": "shadow-test-model", "bento_model_name": "shadow-test-model",
+                                  "decisions_experiment": "shadow-test-decisions"})  # fmt: skip
 
 
 @pytest.fixture

@@ -20,13 +20,16 @@ from housing.log.reloads import (
     wait_for_workers,
 )
 from housing.log.schema import PREDICTIONS, SHADOW
-from housing.log.store import LogStore, migrate
+from housing.log.store import LogStore
 from housing.log.writer import RequestRows
 from housing.periodic import Periodic
+from tests.housing.log import test_reloads
 from tests.housing.log.rows import give_feedback, row
 from tests.stores.engines import LogDatabase
 
 REPLICA = "host:/bentoml"
+# A migrated store of the test's database: a fixture.
+store = test_reloads.store
 
 
 def shadow_rows(request_id: str, houses: int, version: str = "8", ts: float = 2.0) -> RequestRows:
@@ -105,13 +108,6 @@ class FakeShadow:
         if bento_tag.startswith("broken"):
             raise OSError("truncated model file")
         self.tag, self.fraction = bento_tag, fraction if bento_tag else 1.0
-
-
-@pytest.fixture
-def store(log_db: LogDatabase) -> LogStore:
-    store = log_db.store()
-    migrate(store)
-    return store
 
 
 @pytest.fixture
