@@ -40,7 +40,8 @@ import subprocess
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -281,16 +282,27 @@ def columns_latency(url: str, houses: list[dict[str, Any]], runs: int) -> dict[s
     }
 
 
-def columns_only(args: argparse.Namespace) -> dict[str, Any]:
-    """Only (9) and (3), on one service, in ``args.rounds`` alternating rounds: columns beside the list of houses."""
-    workdir = Path(tempfile.mkdtemp(prefix="housing-bench-columns-"))
-    batch = houses_from(ROOT / "data" / "processed" / "test.csv", args.batch)
+@contextmanager
+def one_service(prefix: str, **env: str) -> Iterator[tuple[str, Path]]:
+    """A service of its own (``env`` added to its environment) in a fresh folder, ready and on compiled code; its
+    URL and folder. Stopped and removed afterwards."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
     port = free_port()
-    url, server = f"http://127.0.0.1:{port}", serve_bentoml(port, workdir)
-    rounds: dict[str, list[dict[str, float]]] = {}
+    url, server = f"http://127.0.0.1:{port}", serve_bentoml(port, workdir, **env)
     try:
         wait_ready(f"{url}/readyz", server)
         wait_runtime(url, "lleaves", COMPILE_WAIT_S)
+        yield url, workdir
+    finally:
+        stop(server)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def columns_only(args: argparse.Namespace) -> dict[str, Any]:
+    """Only (9) and (3), on one service, in ``args.rounds`` alternating rounds: columns beside the list of houses."""
+    batch = houses_from(ROOT / "data" / "processed" / "test.csv", args.batch)
+    rounds: dict[str, list[dict[str, float]]] = {}
+    with one_service("housing-bench-columns-") as (url, _):
         for _ in range(args.rounds):
             measured = columns_latency(url, batch, args.batch_runs) | {
                 "batch_10k": batch_latency(f"{url}/predict_batch", batch, args.batch_runs),
@@ -299,20 +311,16 @@ def columns_only(args: argparse.Namespace) -> dict[str, Any]:
             for name, result in measured.items():
                 rounds.setdefault(name, []).append(result)
         model_version = httpx.get(f"{url}/model").json()["model_version"]
-    finally:
-        stop(server)
-        shutil.rmtree(workdir, ignore_errors=True)
     medians = {name: statistics.median(run["median_ms"] for run in runs) for name, runs in rounds.items()}
     return {"model_version": model_version, "houses": args.batch, "median_ms": medians, "rounds": rounds}
 
 
-def serve_shadowed(port: int, workdir: Path) -> subprocess.Popen[bytes]:
-    """The service with the admin token and the project's registry: a challenger can be put in its shadow."""
-    return serve_bentoml(port, workdir, HOUSING_ADMIN_TOKEN=ADMIN_TOKEN, HOUSING_PROJECT_DIR=str(ROOT))
+# The service with the admin token and the project's registry: a challenger can be put in its shadow.
+SHADOWED_ENV = {"HOUSING_ADMIN_TOKEN": ADMIN_TOKEN, "HOUSING_PROJECT_DIR": str(ROOT)}
 
 
 def measure_shadow(url: str, one: dict[str, Any], args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    """(10) on the service at ``url`` (see :func:`serve_shadowed`), the champion in its own shadow."""
+    """(10) on the service at ``url`` (started with ``SHADOWED_ENV``), the champion in its own shadow."""
     version = httpx.get(f"{url}/model").json()["model_version"]
     body = json.dumps(one)
     return shadow_cost(url, version, lambda clients: wrk(f"{url}/predict", body, clients, args.seconds, workdir),
@@ -321,34 +329,18 @@ def measure_shadow(url: str, one: dict[str, Any], args: argparse.Namespace, work
 
 def shadow_only(args: argparse.Namespace) -> dict[str, Any]:
     """Only (10), on one service: what a shadow costs."""
-    workdir = Path(tempfile.mkdtemp(prefix="housing-bench-shadow-"))
     one = houses_from(ROOT / "data" / "processed" / "test.csv", 1)[0]
-    port = free_port()
-    url, server = f"http://127.0.0.1:{port}", serve_shadowed(port, workdir)
-    try:
-        wait_ready(f"{url}/readyz", server)
-        wait_runtime(url, "lleaves", COMPILE_WAIT_S)
+    with one_service("housing-bench-shadow-", **SHADOWED_ENV) as (url, workdir):
         wrk(f"{url}/predict", json.dumps(one), 8, 3, workdir)  # warm-up
         return measure_shadow(url, one, args, workdir)
-    finally:
-        stop(server)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def explain_only(args: argparse.Namespace) -> dict[str, Any]:
     """Only (6), on one service: a quick check of the explanation's latency."""
-    workdir = Path(tempfile.mkdtemp(prefix="housing-bench-explain-"))
     one = houses_from(ROOT / "data" / "processed" / "test.csv", 1)[0]
-    port = free_port()
-    url, server = f"http://127.0.0.1:{port}", serve_bentoml(port, workdir)
-    try:
-        wait_ready(f"{url}/readyz", server)
-        wait_runtime(url, "lleaves", COMPILE_WAIT_S)
+    with one_service("housing-bench-explain-") as (url, workdir):
         results = {"model_version": httpx.get(f"{url}/model").json()["model_version"]}
         results["explain_c1"] = explain_latency(url, one, args.seconds, workdir)
-    finally:
-        stop(server)
-        shutil.rmtree(workdir, ignore_errors=True)
     return results
 
 
@@ -371,7 +363,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # The service's batch request and answer with no model behind them: the floor under a batch's time.
         "floor": serve_bentoml(ports["floor"], workdir / "floor", "load_tests.batch_floor:BatchFloor"),
         # The service again, with a challenger in its shadow in every other round.
-        "shadow": serve_shadowed(ports["shadow"], workdir / "shadow"),
+        "shadow": serve_bentoml(ports["shadow"], workdir / "shadow", **SHADOWED_ENV),
     }
     floor, shadowed = urls.pop("floor"), urls.pop("shadow")
     try:
