@@ -19,7 +19,7 @@ def test_differences_are_challenger_minus_champion_in_usd_and_percent() -> None:
     assert d["median_usd"] == pytest.approx(5_000.0)
     assert d["p95_abs_usd"] == pytest.approx(np.percentile([10_000, 10_000, 0, 30_000], 95))
     assert d["mean_pct"] == pytest.approx((10 - 5 + 0 + 30) / 4)
-    assert d["median_pct"] == pytest.approx(2.5)
+    assert d["median_pct"] == pytest.approx(5.0)
     assert d["p95_abs_pct"] == pytest.approx(np.percentile([10, 5, 0, 30], 95))
     assert differences(np.array([]), np.array([])) == {"houses": 0, "mean_usd": None, "median_usd": None,
                                                        "p95_abs_usd": None, "mean_pct": None, "median_pct": None,
