@@ -110,9 +110,9 @@ class ShadowScorer:
             self.model, self.tag, self.problem = None, "", None
             log.info("shadow: stopped")
         self.fraction = fraction if bento_tag else 1.0
-        for model, value in ((before, 0), (self.model, 1)):
-            if model is not None:
-                metrics.SHADOW_CHALLENGER.labels(model.info.model_version).set(value)
+        for served, value in ((before, 0), (self.model, 1)):
+            if served is not None:
+                metrics.SHADOW_CHALLENGER.labels(served.info.model_version).set(value)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def close(self, timeout_s: float = 30.0) -> None:
