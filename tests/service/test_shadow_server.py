@@ -83,7 +83,7 @@ def test_a_shadow_from_start_to_refused_promotion(
         assert http.post("/predict_columns", json={k: [h[k] for h in houses[:3]] for k in houses[0]}
                          ).status_code == 200  # fmt: skip  # not shadowed
         for single in singles[:10]:
-            sold = {"request_id": single["request_id"], "actual_price_usd": single["price_usd"] * 1.1}
+            sold = {"request_id": single["request_id"], "actual_price_usd": single["price_usd"] * 0.9}
             assert http.post("/feedback", json=sold, headers=FEEDBACK).status_code == 200
         assert wait_for(lambda: shadowed(server, version) == 40), shadowed(server, version)
 
