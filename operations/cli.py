@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import bentoml
+from bentoml.exceptions import BentoMLException
 from mlflow.exceptions import MlflowException
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -160,7 +161,7 @@ def shadow_command(args: argparse.Namespace) -> int:
                                      params.prepare.income_bands, params.shadow)  # fmt: skip
         else:
             answer = shadow.promote(registry, store, load_params(args.project_dir / "params.yaml"))
-    except (LookupError, ValueError, MlflowException) as exc:
+    except (LookupError, ValueError, MlflowException, BentoMLException) as exc:  # a version that cannot be imported too
         print(f"housing shadow {args.action}: {exc}", file=sys.stderr)
         return 1
     finally:
