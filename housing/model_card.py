@@ -114,3 +114,26 @@ def _slices(slices: dict[str, dict[str, SliceFigures]]) -> str:
             width = "" if f.mean_width is None else f"{f.mean_width:,.0f}"
             lines.append(f"| {column} = {value} | {f.rows:,} | {f.rmse:,.0f} | {f.mae:,.0f} | {coverage} | {width} |")
     return "\n".join(lines)
+
+
+def shadow_section(comparison: dict[str, Any], shadowed: int, decision: str) -> str:
+    """The section a shadow adds to the challenger's card (its registered description): what it was judged on
+    (housing.shadow_stats ``compare``), and the decision."""
+    diff, labelled = comparison["price_difference"], comparison["labelled"]
+    lines = [
+        f"Priced {shadowed:,} live houses in the shadow of v{comparison['champion_version']}; "
+        f"{comparison['houses_compared']:,} compared.",
+    ]
+    if diff["houses"]:
+        lines.append(f"Price difference (challenger minus champion): mean {diff['mean_usd']:,.0f} USD "
+                     f"({diff['mean_pct']:+.2f}%), median {diff['median_usd']:,.0f} USD, 95th percentile of the "
+                     f"absolute difference {diff['p95_abs_usd']:,.0f} USD ({diff['p95_abs_pct']:.2f}%).")  # fmt: skip
+    if labelled["houses"]:
+        champion, challenger = labelled["champion"], labelled["challenger"]
+        lines += ["", "| on the same houses with feedback | houses | RMSE (USD) | MAE (USD) |", "|---|---|---|---|",
+                  f"| champion | {labelled['houses']:,} | {champion['rmse']:,.0f} | {champion['mae']:,.0f} |",
+                  f"| challenger | {labelled['houses']:,} | {challenger['rmse']:,.0f} | {challenger['mae']:,.0f} |",
+                  "", f"Paired one-sided Wilcoxon test of the squared errors: p = {labelled['wilcoxon_p']:.3g} "
+                      f"(t-test p = {labelled['t_test_p']:.3g})."]  # fmt: skip
+    lines += ["", f"Decision: {decision}"]
+    return _section("Live shadow evaluation", "\n".join(lines))

@@ -166,6 +166,15 @@ class RetrainParams(_Section):
     max_rmse_ratio: float = Field(gt=0)
 
 
+class ShadowParams(_Section):
+    """When a challenger priced in shadow may replace the champion (housing.shadow)."""
+
+    # At least this many shadowed houses with feedback, on which the challenger's squared errors are lower than the
+    # champion's by a one-sided Wilcoxon signed-rank test at p below p_value.
+    min_labelled: int = Field(ge=1)
+    p_value: float = Field(gt=0, lt=1)
+
+
 class Params(_Section):
     """The whole of ``params.yaml``."""
 
@@ -180,6 +189,7 @@ class Params(_Section):
     register_: RegisterParams = Field(alias="register")
     drift: DriftParams
     retrain: RetrainParams
+    shadow: ShadowParams
 
     def data_source(self, settings: HousingSettings) -> str:
         """The effective data source: the environment's override, else params.yaml's."""

@@ -1,5 +1,5 @@
 """The model registry, its one owner: where MLflow's store is, the champion and the challenger, every decision,
-the history, rollback, and importing a version into a BentoML store.
+the history, rollback, the challenger in shadow, and importing a version into a BentoML store.
 
 Every change of champion (a promotion, and a rollback) and every refusal is recorded as a run of the
 decisions experiment (``register.decisions_experiment`` in params.yaml), tagged with the versions, the
@@ -40,6 +40,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Action = Literal["promote", "reject", "rollback"]
+# The alias of the version that prices live requests in shadow (housing.shadow), the suffix of its name in a BentoML
+# store (so that the champion's name keeps the champion as its latest model), and the tag holding the share of
+# requests it prices.
+CHALLENGER_ALIAS = "challenger"
+CHALLENGER_SUFFIX = "-challenger"
+FRACTION_TAG = "shadow_fraction"
 
 
 class RegisteredModel(Protocol):
@@ -56,6 +62,20 @@ class RegisteredModel(Protocol):
 
     @property
     def bento_model_name(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Names:
+    """A :class:`RegisteredModel` by value: a served model's labels name one, and so does the challenger."""
+
+    model_name: str
+    alias: str
+    bento_model_name: str
+
+
+def challenger_names(reg: RegisteredModel) -> Names:
+    """The challenger's names: the same registered model, its alias, and a BentoML name of its own."""
+    return Names(reg.model_name, CHALLENGER_ALIAS, reg.bento_model_name + CHALLENGER_SUFFIX)
 
 
 # -- where the registry is, and who is champion ----------------------------------
@@ -302,6 +322,91 @@ def rollback(
     return decision, crown(client, reg, decision)
 
 
+# -- the challenger in shadow ------------------------------------------------------------
+
+
+def challenger_version(client: MlflowClient, reg: RegisteredModel) -> ModelVersion | None:
+    """The version ``@challenger`` points at: the one in shadow; None when none is."""
+    return champion_version(client, challenger_names(reg))
+
+
+def shadow_fraction(version: ModelVersion) -> float:
+    """The share of requests the challenger ``version`` prices in shadow (all, unless its start said otherwise)."""
+    return float(version.tags.get(FRACTION_TAG, 1.0))
+
+
+def start_shadow(client: MlflowClient, reg: RegisteredModel, version: str, fraction: float = 1.0) -> bentoml.Model:
+    """Make ``version`` the challenger that prices ``fraction`` of the requests in shadow; its BentoML model.
+
+    It is imported into the BentoML store under the challenger's name first (a version that cannot be is refused
+    before the alias moves); replicas that follow the registry import it the same way. Raises ``ValueError`` for a
+    fraction outside (0, 1], MLflow's error for an unknown version.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction: a share of requests in (0, 1], got {fraction}")
+    mv = client.get_model_version(reg.model_name, version)  # raises for an unknown version
+    bento_model = served_model(client, challenger_names(reg), str(mv.version))
+    client.set_model_version_tag(reg.model_name, str(mv.version), FRACTION_TAG, f"{fraction:g}")
+    client.set_registered_model_alias(reg.model_name, CHALLENGER_ALIAS, str(mv.version))
+    return bento_model
+
+
+def stop_shadow(client: MlflowClient, reg: RegisteredModel) -> str | None:
+    """End the shadow: ``@challenger`` removed; the version it named, None when no shadow ran."""
+    current = challenger_version(client, reg)
+    if current is None:
+        return None
+    client.delete_registered_model_alias(reg.model_name, CHALLENGER_ALIAS)
+    return str(current.version)
+
+
+@dataclass(frozen=True)
+class ShadowVerdict:
+    """What a shadow proved: whether the challenger takes over, why, both models' figures on the same live houses
+    (``champion``: metrics before, ``challenger``: after) and the model card's section that reports them."""
+
+    promote: bool
+    reason: str
+    champion: dict[str, float]
+    challenger: dict[str, float]
+    card_section: str
+
+
+def settle_shadow(
+    client: MlflowClient, reg: RegisterParams, verdict: ShadowVerdict, trigger: str = "shadow"
+) -> tuple[Decision, bentoml.Model | None]:
+    """Promote the challenger (``@champion`` moves, ``@challenger`` goes) or refuse to, as ``verdict`` says; either way
+    the decision is recorded with the shadow's figures, and the challenger's model card (its description) gains the
+    shadow's section. The decision, and the new champion's BentoML model when it was promoted.
+
+    Raises ``LookupError`` when no challenger is in shadow.
+    """
+    challenger = challenger_version(client, reg)
+    if challenger is None:
+        raise LookupError(f"{reg.model_name} has no @{CHALLENGER_ALIAS}: no shadow to settle")
+    champion = champion_version(client, reg)
+    version, before = str(challenger.version), None if champion is None else str(champion.version)
+    decision = Decision(
+        action="promote" if verdict.promote else "reject",
+        version=version,
+        reason=f"shadow: {verdict.reason}",
+        champion_before=before,
+        champion_after=version if verdict.promote else before,
+        metrics_before=verdict.champion,
+        metrics_after=verdict.challenger,
+        trigger=trigger,
+    )
+    bento_model = None
+    if verdict.promote:
+        bento_model = crown(client, reg, decision)
+        client.delete_registered_model_alias(reg.model_name, CHALLENGER_ALIAS)
+    else:
+        record(client, reg, decision)
+    described = client.get_model_version(reg.model_name, version).description or ""
+    client.update_model_version(reg.model_name, version, description=f"{described.rstrip()}\n\n{verdict.card_section}")
+    return decision, bento_model
+
+
 # -- one project's registry, as the service and the CLI reach it ---------------------------
 
 
@@ -362,3 +467,30 @@ class ProjectRegistry:
         with self._changes:
             decision, bento_model = rollback(self.client(), self.names, to, reason, trigger)
         return decision, str(bento_model.tag)
+
+    def shadow(self) -> dict[str, Any]:
+        """The champion's version, the challenger's and the share of requests it prices (None where there is none)."""
+        with self._reads:
+            champion, challenger = (
+                champion_version(self.client(), self.names),
+                challenger_version(self._client, self.names),
+            )
+        return {"champion": None if champion is None else str(champion.version),
+                "challenger": None if challenger is None else str(challenger.version),
+                "fraction": None if challenger is None else shadow_fraction(challenger)}  # fmt: skip
+
+    def start_shadow(self, version: str, fraction: float = 1.0) -> str:
+        """:func:`start_shadow`, one change at a time; the challenger's bento tag."""
+        with self._changes:
+            return str(start_shadow(self.client(), self.names, version, fraction).tag)
+
+    def stop_shadow(self) -> str | None:
+        """:func:`stop_shadow`, one change at a time."""
+        with self._changes:
+            return stop_shadow(self.client(), self.names)
+
+    def settle_shadow(self, verdict: ShadowVerdict, trigger: str = "shadow") -> tuple[Decision, str | None]:
+        """:func:`settle_shadow`, one change at a time; the decision and the new champion's bento tag (if promoted)."""
+        with self._changes:
+            decision, bento_model = settle_shadow(self.client(), self.names, verdict, trigger)
+        return decision, None if bento_model is None else str(bento_model.tag)

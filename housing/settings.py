@@ -136,6 +136,19 @@ class HousingSettings(BaseSettings):
     project_dir: Path = Field(
         default=Path(), description="The DVC project that /admin/retrain and /admin/rollback work in."
     )
+    shadow_queue_houses: int = Field(
+        default=20_000,
+        gt=0,
+        description="Most houses a worker holds for its challenger in shadow; past them a request is not shadowed "
+        "(counted in housing_shadow_skipped_houses_total), never delayed.",
+    )
+    shadow_interval_s: float = Field(
+        default=0.1, gt=0, description="How often a worker's challenger prices the houses queued for it, at once."
+    )
+    shadow_batch_houses: int = Field(default=10_000, gt=0, description="Most houses a challenger prices in one call.")
+    shadow_compare_houses: int = Field(
+        default=200_000, gt=0, description="The latest shadowed houses GET /shadow and `housing shadow` compare."
+    )
     reload_poll_s: float = Field(default=1.0, gt=0, description="How often each worker checks for a reload.")
     reload_timeout_s: float = Field(default=60.0, gt=0, description="Longest a reload waits for every worker.")
     worker_max_age_s: float = Field(

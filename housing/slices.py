@@ -40,3 +40,8 @@ def slice_masks(X: pd.DataFrame, edges: Sequence[float]) -> dict[str, dict[str, 
         INCOME_BAND: {name: bands == index for index, name in enumerate(band_names(edges))},
     }
     return {column: {value: mask for value, mask in masks.items() if mask.any()} for column, masks in slices.items()}
+
+
+def band_edges(names: Sequence[str]) -> list[float]:
+    """The edges of the bands :func:`band_names` named, e.g. ``["0-1.5", "1.5-3", "3+"]`` -> ``[0.0, 1.5, 3.0]``."""
+    return [float(name.split("-")[0].removesuffix("+")) for name in names]

@@ -15,10 +15,12 @@ Measures, on this machine and in this order:
      them (load_tests/batch_floor.py): the floor under the batch's time on this machine,
   9. the same 10,000 houses as columns (POST /predict_columns: one list per field), back to back and with the
      log writer idle, beside (3),
- 10. the largest `/explain` the service accepts (HOUSING_MAX_EXPLAIN_HOUSES houses) beside the server's timeout,
+ 10. (1) and (2) on a service of their own with a challenger in shadow and without, in alternating rounds
+     (load_tests/bench_shadow.py): what a shadow costs the champion's clients,
+ 11. the largest `/explain` the service accepts (HOUSING_MAX_EXPLAIN_HOUSES houses) beside the server's timeout,
 and writes reports/benchmark.json, from which `python -m scripts.figures` (run next by `make bench`) writes the
 README's table. ``--explain-only`` measures (6) alone on one service and prints it, ``--columns-only`` (9) and (3)
-alone, in alternating rounds (no files written).
+alone, ``--shadow-only`` (10) alone, in alternating rounds (no files written).
 
 MLflow runs twice: as `pip install mlflow` ships it (uvicorn on asyncio and h11: MLflow does not
 install uvloop or httptools), which is the baseline of the throughput target, and with the uvloop and
@@ -39,7 +41,8 @@ import subprocess
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -56,6 +59,7 @@ from devtools.waits import wait_ready
 from housing.columns import read_columns
 from housing.model_format import fitted_pipeline, target_inverse
 from housing.settings import settings
+from load_tests.bench_shadow import ADMIN_TOKEN, MAX_P50_RATIO, MIN_THROUGHPUT_RATIO, shadow_cost
 from service.api_models import HouseBatch, columns_of
 from service.model import ServedModel, forest_prices, load_served_model
 
@@ -70,9 +74,11 @@ TARGETS = {
     "explain_p50_ms": 10.0,
     # The largest accepted /explain finishes well inside the server's timeout: within a third of it.
     "explain_limit_share_of_timeout": 1 / 3,
+    "shadow_single_p50_ratio": MAX_P50_RATIO,
+    "shadow_throughput_ratio": MIN_THROUGHPUT_RATIO,
 }
 # Targets met from above (ratios); the others are ceilings.
-AT_LEAST = {"throughput_ratio", "throughput_vs_booster"}
+AT_LEAST = {"throughput_ratio", "throughput_vs_booster", "shadow_throughput_ratio"}
 # Longest the compiled forest may take to be ready when the pipeline did not leave it cached.
 COMPILE_WAIT_S = 1800
 T = TypeVar("T")
@@ -288,16 +294,27 @@ def columns_latency(url: str, houses: list[dict[str, Any]], runs: int) -> dict[s
     }
 
 
-def columns_only(args: argparse.Namespace) -> dict[str, Any]:
-    """Only (9) and (3), on one service, in ``args.rounds`` alternating rounds: columns beside the list of houses."""
-    workdir = Path(tempfile.mkdtemp(prefix="housing-bench-columns-"))
-    batch = houses_from(ROOT / "data" / "processed" / "test.csv", args.batch)
+@contextmanager
+def one_service(prefix: str, **env: str) -> Iterator[tuple[str, Path]]:
+    """A service of its own (``env`` added to its environment) in a fresh folder, ready and on compiled code; its
+    URL and folder. Stopped and removed afterwards."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
     port = free_port()
-    url, server = f"http://127.0.0.1:{port}", serve_bentoml(port, workdir)
-    rounds: dict[str, list[dict[str, float]]] = {}
+    url, server = f"http://127.0.0.1:{port}", serve_bentoml(port, workdir, **env)
     try:
         wait_ready(f"{url}/readyz", server)
         wait_runtime(url, "lleaves", COMPILE_WAIT_S)
+        yield url, workdir
+    finally:
+        stop(server)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def columns_only(args: argparse.Namespace) -> dict[str, Any]:
+    """Only (9) and (3), on one service, in ``args.rounds`` alternating rounds: columns beside the list of houses."""
+    batch = houses_from(ROOT / "data" / "processed" / "test.csv", args.batch)
+    rounds: dict[str, list[dict[str, float]]] = {}
+    with one_service("housing-bench-columns-") as (url, _):
         for _ in range(args.rounds):
             measured = columns_latency(url, batch, args.batch_runs) | {
                 "batch_10k": batch_latency(f"{url}/predict_batch", batch, args.batch_runs),
@@ -306,27 +323,36 @@ def columns_only(args: argparse.Namespace) -> dict[str, Any]:
             for name, result in measured.items():
                 rounds.setdefault(name, []).append(result)
         model_version = httpx.get(f"{url}/model").json()["model_version"]
-    finally:
-        stop(server)
-        shutil.rmtree(workdir, ignore_errors=True)
     medians = {name: statistics.median(run["median_ms"] for run in runs) for name, runs in rounds.items()}
     return {"model_version": model_version, "houses": args.batch, "median_ms": medians, "rounds": rounds}
 
 
+# The service with the admin token and the project's registry: a challenger can be put in its shadow.
+SHADOWED_ENV = {"HOUSING_ADMIN_TOKEN": ADMIN_TOKEN, "HOUSING_PROJECT_DIR": str(ROOT)}
+
+
+def measure_shadow(url: str, one: dict[str, Any], args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """(10) on the service at ``url`` (started with ``SHADOWED_ENV``), the champion in its own shadow."""
+    version = httpx.get(f"{url}/model").json()["model_version"]
+    body = json.dumps(one)
+    return shadow_cost(url, version, lambda clients: wrk(f"{url}/predict", body, clients, args.seconds, workdir),
+                       args.rounds)  # fmt: skip
+
+
+def shadow_only(args: argparse.Namespace) -> dict[str, Any]:
+    """Only (10), on one service: what a shadow costs."""
+    one = houses_from(ROOT / "data" / "processed" / "test.csv", 1)[0]
+    with one_service("housing-bench-shadow-", **SHADOWED_ENV) as (url, workdir):
+        wrk(f"{url}/predict", json.dumps(one), 8, 3, workdir)  # warm-up
+        return measure_shadow(url, one, args, workdir)
+
+
 def explain_only(args: argparse.Namespace) -> dict[str, Any]:
     """Only (6), on one service: a quick check of the explanation's latency."""
-    workdir = Path(tempfile.mkdtemp(prefix="housing-bench-explain-"))
     one = houses_from(ROOT / "data" / "processed" / "test.csv", 1)[0]
-    port = free_port()
-    url, server = f"http://127.0.0.1:{port}", serve_bentoml(port, workdir)
-    try:
-        wait_ready(f"{url}/readyz", server)
-        wait_runtime(url, "lleaves", COMPILE_WAIT_S)
+    with one_service("housing-bench-explain-") as (url, workdir):
         results = {"model_version": httpx.get(f"{url}/model").json()["model_version"]}
         results["explain_c1"] = explain_latency(url, one, args.seconds, workdir)
-    finally:
-        stop(server)
-        shutil.rmtree(workdir, ignore_errors=True)
     return results
 
 
@@ -335,7 +361,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     test_csv = ROOT / "data" / "processed" / "test.csv"
     one = houses_from(test_csv, 1)[0]
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
-    ports = {name: free_port() for name in ("single_c32", "booster_c32", "mlflow_c32", "mlflow_fast_c32", "floor")}
+    ports = {name: free_port() for name in ("single_c32", "booster_c32", "mlflow_c32", "mlflow_fast_c32", "floor",
+                                            "shadow")}  # fmt: skip
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     # Every server stays up for the whole run (an idle one costs next to nothing), so the
     # throughput rounds can alternate between them and share whatever else the machine is doing.
@@ -347,13 +374,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "mlflow_fast_c32": serve_mlflow(ports["mlflow_fast_c32"], args.mlflow_workers, workdir, stock=False),
         # The service's batch request and answer with no model behind them: the floor under a batch's time.
         "floor": serve_bentoml(ports["floor"], workdir / "floor", "load_tests.batch_floor:BatchFloor"),
+        # The service again, with a challenger in its shadow in every other round.
+        "shadow": serve_bentoml(ports["shadow"], workdir / "shadow", **SHADOWED_ENV),
     }
-    floor = urls.pop("floor")
+    floor, shadowed = urls.pop("floor"), urls.pop("shadow")
     try:
         ours, booster = urls["single_c32"], urls["booster_c32"]
         wait_ready(f"{floor}/readyz", servers["floor"])
         for name in ("single_c32", "booster_c32"):
             wait_ready(f"{urls[name]}/readyz", servers[name])
+        wait_ready(f"{shadowed}/readyz", servers["shadow"])
         results["compile_wait_s"] = wait_runtime(ours, "lleaves", COMPILE_WAIT_S)
         wait_runtime(booster, "lightgbm", 0)
         for name in ("mlflow_c32", "mlflow_fast_c32"):
@@ -385,6 +415,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
         for name, runs in rounds.items():
             results[name] = median_run(runs)
+        wait_runtime(shadowed, "lleaves", COMPILE_WAIT_S)
+        results["shadow"] = measure_shadow(shadowed, one, args, workdir / "shadow")
         for name in ("mlflow_c32", "mlflow_fast_c32"):
             results[name]["workers"] = args.mlflow_workers
     finally:
@@ -424,6 +456,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "throughput_ratio": results["single_c32"]["requests_per_s"] / results["mlflow_c32"]["requests_per_s"],
         "mlflow_fast_throughput_rps": results["mlflow_fast_c32"]["requests_per_s"],
         "throughput_ratio_fast": results["single_c32"]["requests_per_s"] / results["mlflow_fast_c32"]["requests_per_s"],
+        "shadow_single_p50_ms": results["shadow"]["median"]["with"]["single_p50_ms"],
+        "shadow_throughput_rps": results["shadow"]["median"]["with"]["throughput_rps"],
+        "shadow_single_p50_ratio": results["shadow"]["single_p50_ratio"],
+        "shadow_throughput_ratio": results["shadow"]["throughput_ratio"],
     }
     summary = results["summary"]
     results["targets"] = {
@@ -444,6 +480,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "benchmark.json")
     parser.add_argument("--explain-only", action="store_true", help="measure (6) only and print it")
     parser.add_argument("--columns-only", action="store_true", help="measure (9) beside (3) only and print them")
+    parser.add_argument("--shadow-only", action="store_true", help="measure (10) only and print it")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: run `make tools` first (it installs wrk)")
@@ -452,6 +489,9 @@ def main() -> None:
         return
     if args.columns_only:
         print(json.dumps(columns_only(args), indent=2))
+        return
+    if args.shadow_only:
+        print(json.dumps({k: v for k, v in shadow_only(args).items() if k != "runs"}, indent=2))
         return
     results = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)

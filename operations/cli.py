@@ -11,6 +11,9 @@
         make every worker of the running service serve the BentoML store's latest model.
     housing history [--project-dir DIR] [--json]
         every promotion, refusal and rollback, newest first.
+    housing shadow start VERSION [--fraction F] | stop | show | promote  [--project-dir DIR] [--db PATH]
+        run a registered version in the champion's shadow on live requests (all, or the share F), end it, compare
+        it with the champion, or promote it if it beat the champion on enough labelled houses (housing.shadow).
     housing report [--out DIR] [--since TIME | --days N] [--db PATH] [--project-dir DIR]
         insights from the prediction log (operations.insights): ``report.md`` with PNG figures and
         ``report.json`` in ``reports/insights``.
@@ -36,10 +39,12 @@ from pathlib import Path
 from typing import Any
 
 import bentoml
+from bentoml.exceptions import BentoMLException
 from mlflow.exceptions import MlflowException
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from housing import shadow
 from housing.drift_check import check_drift
 from housing.jobs import AlreadyRunningError, job_lock
 from housing.log.queries import LogReader, OutdatedLogError
@@ -136,6 +141,37 @@ def history_command(args: argparse.Namespace) -> int:
             f"{entry['reason']}"
         )
     return 0
+
+
+def shadow_command(args: argparse.Namespace) -> int:
+    """Exit status 0 when done (a promotion: promoted), 1 when refused or a worker could not load the model."""
+    registry, store = ProjectRegistry(args.project_dir), _log_store(args.db)
+    try:
+        migrate(store)
+        if args.action == "start":
+            answer = shadow.start(registry, store, args.version, args.fraction)
+        elif args.action == "stop":
+            answer = shadow.stop(registry, store)
+        elif args.action == "show":
+            found = registry.shadow()
+            if found["challenger"] is None or found["champion"] is None:
+                raise shadow.NoShadowError("no challenger in shadow")
+            params = load_params(args.project_dir / "params.yaml")
+            answer = shadow.evidence(LogReader(store), found["champion"], found["challenger"],
+                                     params.prepare.income_bands, params.shadow)  # fmt: skip
+        else:
+            answer = shadow.promote(registry, store, load_params(args.project_dir / "params.yaml"))
+    except (LookupError, ValueError, MlflowException, BentoMLException) as exc:  # a version that cannot be imported too
+        print(f"housing shadow {args.action}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    print(json.dumps(answer, indent=2, default=str))
+    if args.action == "promote":
+        print(f"{'promoted' if answer['promoted'] else 'refused'}: {answer['decision']['reason']}", file=sys.stderr)
+        return 0 if answer["promoted"] else 1
+    rollout = answer.get("rollout")
+    return 0 if rollout is None or rollout["switched"] or not rollout["workers"] else 1
 
 
 def report_command(args: argparse.Namespace) -> int:
@@ -255,6 +291,15 @@ def main(argv: list[str] | None = None) -> None:
     history.add_argument("--json", action="store_true", help="print JSON")
     history.add_argument("--limit", type=int, default=100)
     history.set_defaults(run=history_command)
+    shadow_parser = commands.add_parser("shadow", help="run a challenger on live requests beside the champion")
+    shadow_parser.add_argument(
+        "action",
+        choices=("start", "stop", "show", "promote"),
+        help="start VERSION in shadow, stop it, compare it, or promote it on its evidence",
+    )
+    shadow_parser.add_argument("version", nargs="?", help="the registered version to start in shadow")
+    shadow_parser.add_argument("--fraction", type=float, default=1.0, help="the share of requests it prices (0-1]")
+    shadow_parser.set_defaults(run=shadow_command)
     report = commands.add_parser("report", help="insights from the prediction log: Markdown, figures and JSON")
     report.add_argument("--out", type=Path, default=Path("reports/insights"), help="folder for report.md and figures")
     period = report.add_mutually_exclusive_group()
@@ -276,10 +321,12 @@ def main(argv: list[str] | None = None) -> None:
     score.add_argument("--chunk-rows", type=_positive, help="rows at a time (default: HOUSING_SCORE_CHUNK_ROWS)")
     score.add_argument("--project-dir", type=Path, default=Path(), help="the DVC project (default: .)")
     score.set_defaults(run=score_command)
-    for command in (retrain_parser, rollback, reload, history, report):
+    for command in (retrain_parser, rollback, reload, history, report, shadow_parser):
         command.add_argument("--db", type=Path, help="prediction log (default: HOUSING_PREDICTION_DB)")
         command.add_argument("--project-dir", type=Path, default=Path(), help="the DVC project (default: .)")
     args = parser.parse_args(argv)
+    if args.command == "shadow" and (args.action == "start") != bool(args.version):
+        parser.error("housing shadow: give VERSION to start, and only to start")
     if getattr(args, "db", None) is None:
         args.db = settings().prediction_db
     args.db = args.db.resolve()

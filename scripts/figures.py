@@ -124,6 +124,7 @@ def table(results: dict[str, Any]) -> str:
             f"| one 10,000-record batch | {s['batch_10k_ms']:.0f} ms | ≤ 100 ms | {mark('batch_10k_ms')} |",
             f"| the same batch {BATCH_PAUSE_S:g} s after the one before (the log writer idle) | {s['batch_10k_paused_ms']:.0f} ms | | |",
             *columns_rows(results),
+            *shadow_rows(results),
             f"| the same batch through BentoML with the same request and answer and no model (`load_tests/batch_floor.py`: HTTP, JSON and pydantic alone) | {s['batch_floor_ms']:.0f} ms | | |",
             f"| the same batch in process, by stage (no HTTP; forest on {results['batch_stages_runtime']}) | {stages} ms; all but the forest {s['batch_without_forest_ms']:.0f} ms | | |",
             f"| costliest invalid body (of {len(results['invalid_bodies'])}, `reports/benchmark.json`) | {s['worst_invalid_ms']:.0f} ms: {s['invalid_vs_batch']:.2f}× the batch | ≤ 1× the largest legal batch | {mark('invalid_vs_batch')} |",
@@ -144,6 +145,26 @@ def columns_rows(results: dict[str, Any]) -> list[str]:
     return [
         f"| the same 10,000 houses as columns (`POST /predict_columns`) | {s['columns_10k_ms']:.0f} ms "
         f"({s['columns_10k_paused_ms']:.0f} ms with the log writer idle) | ≤ 100 ms | {mark} |"
+    ]
+
+
+def shadow_rows(results: dict[str, Any]) -> list[str]:
+    """The table's rows of a challenger in shadow (load_tests/bench_shadow.py); none in a benchmark from before it."""
+    s, t = results["summary"], results["targets"]
+    if "shadow_single_p50_ratio" not in s:
+        return []
+    without = results["shadow"]["median"]["without"]
+
+    def mark(name: str) -> str:
+        return "met" if t[name]["met"] else "**missed**"
+
+    return [
+        f"| with a challenger in shadow (`housing shadow start`): single-record p50, beside the same service without "
+        f"| {s['shadow_single_p50_ms']:.2f} ms against {without['single_p50_ms']:.2f} ms "
+        f"({s['shadow_single_p50_ratio']:.2f}×) | ≤ 1.1× | {mark('shadow_single_p50_ratio')} |",
+        f"| with a challenger in shadow: 32-client throughput, beside the same service without "
+        f"| {s['shadow_throughput_rps']:,.0f} against {without['throughput_rps']:,.0f} req/s "
+        f"({s['shadow_throughput_ratio']:.2f}×) | ≥ 0.9× | {mark('shadow_throughput_ratio')} |",
     ]
 
 

@@ -31,9 +31,10 @@ GROUPS = {
     "feedback": "The actual sale price of a priced house: the accuracy the service reports and the next "
     "model's labels. Needs the feedback token (`HOUSING_FEEDBACK_TOKEN`).",
     "model": "The model being served: what it is, its card, its importances and its history of promotions.",
-    "monitoring": "Is it up, is it right: probes, health, drift, accuracy, request statistics, Prometheus "
-    "metrics and the dashboard.",
-    "admin": "Operators' actions: reload, retrain, roll back, correct feedback. Needs the admin token "
+    "monitoring": "Is it up, is it right: probes, health, drift, accuracy, request statistics, the challenger in "
+    "shadow against the champion, Prometheus metrics and the dashboard.",
+    "admin": "Operators' actions: reload, retrain, roll back, run a challenger in shadow and promote it on its "
+    "evidence, correct feedback. Needs the admin token "
     "(`HOUSING_ADMIN_TOKEN`).",
 }
 # Each operation's group: by its path, or by the path's first segment.
@@ -44,7 +45,7 @@ GROUP_OF = {
     "/model": "model", "/explain/importance": "model",
     "/health": "monitoring", "/healthz": "monitoring", "/livez": "monitoring", "/readyz": "monitoring",
     "/metrics": "monitoring", "/drift": "monitoring", "/accuracy": "monitoring", "/stats": "monitoring",
-    "/explain/recent": "monitoring", "/dashboard": "monitoring",
+    "/explain/recent": "monitoring", "/dashboard": "monitoring", "/shadow": "monitoring",
     "/admin": "admin",
 }  # fmt: skip
 REF = "#/components/schemas/{}"
@@ -128,6 +129,14 @@ RAISED: dict[str, dict[int, str]] = {
     "POST /admin/retrain/alert": {409: RETRAINING, 503: NO_REGISTRY},
     "POST /admin/rollback": {409: "Nothing to roll back to, or an unknown version.", 503: NO_REGISTRY},
     "PUT /admin/feedback": {404: "No feedback recorded for this `request_id` and `index`."},
+    "GET /shadow": {503: LOG_DOWN},
+    "POST /admin/shadow": {409: "An unknown version.",
+                           503: f"{NO_REGISTRY} Or not every worker could load the challenger: the answer names them."},
+    "DELETE /admin/shadow": {503: NO_REGISTRY},
+    "POST /admin/shadow/promote": {
+        409: "No challenger in shadow, or its evidence does not show it beat the champion: the answer says why "
+             "(the refusal is recorded in the history).",
+        503: f"{NO_REGISTRY} Or no params.yaml in HOUSING_PROJECT_DIR, or not every worker loaded the new champion."},
 }  # fmt: skip
 
 

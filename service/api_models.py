@@ -432,12 +432,27 @@ class Health(BaseModel):
     prediction_log_dropped_rows: int = Field(
         default=0, description="Rows this worker could not keep since it started: its queue was full."
     )
+    shadow_challenger: str | None = Field(
+        default=None, description="The challenger version this worker prices in shadow (GET /shadow); null: none."
+    )
+    shadow_problem: str | None = Field(
+        default=None,
+        description="Why the challenger's last pricing failed (the champion serves on); null: it did not. "
+        "A challenger that does not load is in model_errors.",
+    )
 
 
 class RetrainRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"force": False}})
 
     force: bool = Field(default=False, description="Retrain even if neither drift nor accuracy demand it.")
+
+
+class ShadowStart(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"version": "7", "fraction": 0.5}})
+
+    version: str = Field(min_length=1, max_length=32, description="The registered version to run in shadow.")
+    fraction: float = Field(default=1.0, gt=0, le=1, description="The share of pricing requests it prices.")
 
 
 class RollbackRequest(BaseModel):

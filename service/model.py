@@ -198,6 +198,11 @@ def load_served_model(bento_model: bentoml.Model, compiled_dir: Path | None = No
     return served
 
 
+def load_bento_model(bento_tag: str, compiled_dir: Path | None = None) -> ServedModel:
+    """:func:`load_served_model` of the BentoML store's model ``bento_tag``."""
+    return load_served_model(bentoml.models.get(bento_tag), compiled_dir)
+
+
 def probe_houses() -> list[dict[str, Any]]:
     """The example house moved across the state and through the income range (see ``PROBE_SHIFTS``)."""
     return [

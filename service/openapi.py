@@ -10,7 +10,8 @@ their value under an ``x-`` name); :func:`limit_batches` documents the batch lim
 that the service checks itself (``HOUSING_MAX_BATCH_SIZE``, a 413, not a model
 bound); service.api_docs then says what the generated document does not (title, version, description,
 groups, error answers). :class:`OpenAPIDocument` serves the result on BentoML's own path, built once per
-worker and served model: BentoML regenerates its document on every request.
+worker and served model: BentoML regenerates its document on every request; :data:`docs_page` serves Swagger UI
+over it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,11 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from service.api_docs import Refusals, describe
+from fastapi import APIRouter
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+
+from service.api_docs import TITLE, Refusals, describe
 
 # The keys an OpenAPI 3.0 Schema Object may have (besides x- extensions).
 SCHEMA_KEYS_30 = frozenset(
@@ -35,6 +40,21 @@ SCHEMA_KEYS_30 = frozenset(
 _NULL = {"type": "null"}
 DOCUMENT_PATH = "/docs.json"
 HOUSE_REF = "#/components/schemas/House"
+docs_page = APIRouter(include_in_schema=False)
+
+
+@docs_page.get("/")
+@docs_page.get("/docs")
+def docs() -> HTMLResponse:
+    """Swagger UI of the whole API (/docs.json), from the assets BentoML serves: FastAPI's default needs a CDN,
+    and BentoML's page (the mounted app's routes come first) loads Google Tag Manager and links to BentoML."""
+    return get_swagger_ui_html(
+        openapi_url=DOCUMENT_PATH,
+        title=TITLE,
+        swagger_js_url="/static_content/swagger-ui-bundle.js",
+        swagger_css_url="/static_content/swagger-ui.css",
+        swagger_favicon_url="/static_content/favicon-light-32x32.png",
+    )
 
 
 def served_document(generated: dict[str, Any], max_houses: int, refusals: Refusals, version: str) -> dict[str, Any]:

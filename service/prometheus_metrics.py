@@ -80,6 +80,40 @@ FOREST_COMPILED = Gauge(
     ["model_version", "forest"],
     multiprocess_mode="liveall",
 )
+SHADOW_CHALLENGER = Gauge(
+    "housing_shadow_challenger",
+    "1 for the challenger a worker prices in shadow, 0 once it no longer does, by model version.",
+    ["model_version"],
+    multiprocess_mode="mostrecent",
+)
+SHADOW_HOUSES = Counter(
+    "housing_shadow_houses", "Houses the challenger priced in shadow, by its model version.", ["model_version"]
+)
+SHADOW_SKIPPED = Counter(
+    "housing_shadow_skipped_houses",
+    "Houses of shadowed requests the challenger did not price: its queue was full (HOUSING_SHADOW_QUEUE_HOUSES).",
+)
+SHADOW_FAILURES = Counter(
+    "housing_shadow_failures",
+    "Challenger failures, by stage: load (it did not load: tried again later) or price (it raised while pricing); "
+    "the champion serves on either way.",
+    ["stage"],
+)
+SHADOW_LATENCY = Histogram(
+    "housing_shadow_latency_seconds",
+    "Time of each of the challenger's pricing calls (one call prices every house queued since the last).",
+    buckets=[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5],
+)
+SHADOW_DIFFERENCE_USD = Histogram(
+    "housing_shadow_price_difference_usd",
+    "The challenger's price minus the champion's, per shadowed house (USD).",
+    buckets=[-100_000, -50_000, -20_000, -10_000, -5_000, -1_000, 0, 1_000, 5_000, 10_000, 20_000, 50_000, 100_000],
+)
+SHADOW_DIFFERENCE_PCT = Histogram(
+    "housing_shadow_price_difference_percent",
+    "The challenger's price minus the champion's, in % of the champion's, per shadowed house.",
+    buckets=[-50, -20, -10, -5, -2, -1, 0, 1, 2, 5, 10, 20, 50],
+)
 MODEL_INFO = Gauge(
     "housing_model_info",
     "The served model (value 1), identified by its labels.",

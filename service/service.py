@@ -16,15 +16,14 @@ import numpy as np
 import psycopg
 from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI, Request
-from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from starlette.routing import Route
 
 from housing.columns import FEATURE_COLUMNS
 from housing.explain import Explanation, concatenate
 from housing.jobs import JobRunner
 from housing.log.queries import LogReader
-from housing.log.reloads import Watcher, request_model, this_replica
+from housing.log.reloads import CHALLENGER, Watcher, asked_challenger, request_model, this_replica
 from housing.log.store import DISK_FULL
 from housing.log.writer import RequestRows, open_log
 from housing.periodic import Periodic
@@ -62,9 +61,11 @@ from service.middleware import (
     configure_request_log,
     request_state,
 )
-from service.model import NotExplainableError, ServedModel, load_served_model
-from service.openapi import DOCUMENT_PATH, OpenAPIDocument, served_document
+from service.model import NotExplainableError, ServedModel, load_bento_model, load_served_model
+from service.openapi import OpenAPIDocument, docs_page, served_document
 from service.served_paths import label_unserved_paths, served_path
+from service.shadow_routes import shadow_admin, shadow_view
+from service.shadow_scorer import ShadowScorer
 from service.state import ServingState
 from service.view_cache import ViewCache
 from service.views import views
@@ -80,23 +81,9 @@ SMALL_REQUEST_VALUES = 64
 # GET endpoints (BentoML APIs are POST only), admin operations, and the Swagger page; FastAPI's own
 # document of them stays at /openapi.json.
 info_app = FastAPI(title=f"{TITLE}: views and admin", docs_url=None, redoc_url=None)
-info_app.include_router(views)
-info_app.include_router(admin)
-info_app.include_router(history)
-
-
-@info_app.get("/", include_in_schema=False)
-@info_app.get("/docs", include_in_schema=False)
-def docs() -> HTMLResponse:
-    """Swagger UI of the whole API (/docs.json), from the assets BentoML serves: FastAPI's default needs a CDN,
-    and BentoML's page (the mounted app's routes come first) loads Google Tag Manager and links to BentoML."""
-    return get_swagger_ui_html(
-        openapi_url=DOCUMENT_PATH,
-        title=TITLE,
-        swagger_js_url="/static_content/swagger-ui-bundle.js",
-        swagger_css_url="/static_content/swagger-ui.css",
-        swagger_favicon_url="/static_content/favicon-light-32x32.png",
-    )
+ROUTERS = (views, admin, history, shadow_view, shadow_admin, docs_page)
+for router in ROUTERS:
+    info_app.include_router(router)
 
 
 @dataclass(frozen=True)
@@ -205,6 +192,10 @@ class HousePricer:
         config = settings()
         model = load_served_model(self.model_ref, config.compiled_dir)
         log = open_log(config)
+        load = partial(load_bento_model, compiled_dir=config.compiled_dir)
+        shadow = ShadowScorer(
+            log, load, config.shadow_queue_houses, config.shadow_interval_s, config.shadow_batch_houses
+        )
         self.state = ServingState(
             model=model,
             log=log,
@@ -213,6 +204,7 @@ class HousePricer:
             jobs=JobRunner(log.store, config.prediction_db.parent),
             replica=this_replica(),
             started=time.time(),
+            shadow=shadow,
         )
         info_app.state.serving = self.state
         # Explanations are the costliest work: this many at once per worker (see explain).
@@ -237,17 +229,23 @@ class HousePricer:
         """The worker's one background thread for its model: it follows reload requests (housing.log.reloads)
         and, on one worker per replica with ``HOUSING_FOLLOW_CHAMPION``, the registry's champion."""
         config, store, replica = settings(), self.state.log.store, self.state.replica
-        watcher = Watcher(store, replica, worker, self._serving, self._switch)
+        # A challenger that does not load is tried again at the next poll of the registry.
+        watcher = Watcher(
+            store, replica, worker, self._serving, self._switch, self.state.shadow, config.champion_poll_s
+        )
         chores: list[tuple[float, Callable[[], object]]] = [(config.reload_poll_s, watcher.poll)]
         if config.follow_champion and first:
             ask = partial(request_model, store, replica=replica)
-            follower = ChampionFollower(tracking_uri(config.project_dir), self._serving, ask, watcher.set_note)
+            follower = ChampionFollower(tracking_uri(config.project_dir), self._serving, ask, watcher.set_note,
+                                        partial(asked_challenger, store, replica),
+                                        partial(request_model, store, replica=replica, role=CHALLENGER))  # fmt: skip
             chores.append((config.champion_poll_s, follower.follow))
         return Periodic("model-follower", chores)
 
     @bentoml.on_shutdown
     def flush_logs(self) -> None:
         self.follower.stop()
+        self.state.shadow.close()  # its last prices join the log's queue before the log's final flush
         self.state.log.close()
         close_request_log()
 
@@ -372,7 +370,7 @@ class HousePricer:
 
     def _switch(self, bento_tag: str) -> None:
         """Load ``bento_tag`` beside the served model, then swap: requests in flight finish on the old one."""
-        model = load_served_model(bentoml.models.get(bento_tag), settings().compiled_dir)
+        model = load_bento_model(bento_tag, settings().compiled_dir)
         old, self.state.model = self.state.model, model
         prometheus_metrics.publish_model(old.info, serving=False)
         prometheus_metrics.publish_model(model.info, serving=True)
@@ -400,7 +398,9 @@ class HousePricer:
         priced = prices.tolist()
         lower, upper = logged.T.tolist()
         logged_columns = {"idx": houses, "price_usd": priced, "lower_usd": lower, "upper_usd": upper}
-        self.state.log.add(RequestRows({**logged_columns, **columns}, shared))
+        rows = RequestRows({**logged_columns, **columns}, shared)
+        self.state.log.add(rows)
+        self.state.shadow.offer(rows)  # priced again by the challenger, if any, once this answer is on its way
         intervals = nominal if coverage is None else model.bounds(prices, scale, coverage)
         state.update(model_version=version, records=len(houses))
         prometheus_metrics.PRICED_HOUSES.labels(endpoint, version).inc(len(houses))
@@ -491,6 +491,6 @@ label_unserved_paths(
     served_path(
         [api.route for api in cast(Any, HousePricer).apis.values()],
         [*(route.path for route in info_app.routes if isinstance(route, Route)),
-         *(route.path for router in (views, admin, history) for route in router.routes if isinstance(route, Route))],
+         *(route.path for router in ROUTERS for route in router.routes if isinstance(route, Route))],
     )
 )  # fmt: skip

@@ -20,6 +20,7 @@ from housing.log.writer import PredictionLog
 from housing.registry import ProjectRegistry, tracking_uri
 from housing.settings import settings
 from service.model import ServedModel
+from service.shadow_scorer import ShadowScorer
 from service.view_cache import ViewCache
 
 
@@ -36,6 +37,7 @@ class ServingState:
     jobs : the retraining job runner.
     replica : this worker's replica (a host and its BentoML store).
     started : when the worker started (s since the epoch).
+    shadow : the challenger in shadow, if any, and the houses it has yet to price.
     """
 
     model: ServedModel
@@ -45,6 +47,7 @@ class ServingState:
     jobs: JobRunner
     replica: str
     started: float
+    shadow: ShadowScorer
 
     @staticmethod
     def registry() -> ProjectRegistry:

@@ -194,12 +194,14 @@ def dashboard() -> str:
 
 @views.get("/health", response_model=Health)
 def health(state: Serving) -> Health:
-    """A one-look summary: model, uptime and the prediction log's backlog."""
+    """A one-look summary: model, uptime, the prediction log's backlog and the challenger in shadow."""
     model, log = state.model, state.log
     # Any worker of the replica that could not load a model (a reload, or the registry's champion) says so.
     workers = live_workers(log.store, state.replica, settings().worker_max_age_s)
     errors = sorted({worker["error"] for worker in workers if worker["error"]})
-    healthy = log.write_failures == log.dead_letters == log.dropped == 0 and not errors and log.problem is None
+    shadow = state.shadow
+    healthy = (log.write_failures == log.dead_letters == log.dropped == 0 and not errors and log.problem is None
+               and shadow.problem is None)  # fmt: skip
     return Health(
         status="ok" if healthy else "degraded",
         model_errors=errors,
@@ -215,4 +217,6 @@ def health(state: Serving) -> Health:
         interval_runtime=scale.runtime if (scale := model.scale_forest) else None,
         interval_runtime_problem=scale.problem if scale else None,
         explain_runtime="pred_contrib" if forest else None,
+        shadow_challenger=None if shadow.model is None else shadow.model.info.model_version,
+        shadow_problem=shadow.problem,
     )

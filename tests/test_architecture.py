@@ -94,7 +94,16 @@ def test_no_sql_over_the_log_outside_its_package() -> None:
 
 def test_the_log_tables_are_named_only_in_the_log_package() -> None:
     names = set(SCHEMAS) | {"LABELLED"}
-    table_constants = {"PREDICTIONS", "FEEDBACK", "CORRECTIONS", "TRAFFIC", "RELOAD_REQUESTS", "WORKERS", "JOBS"}
+    table_constants = {
+        "PREDICTIONS",
+        "FEEDBACK",
+        "CORRECTIONS",
+        "TRAFFIC",
+        "RELOAD_REQUESTS",
+        "WORKERS",
+        "JOBS",
+        "SHADOW",
+    }
     found = [
         f"{relative(path)} imports {sorted(set(imported) & (table_constants | names))} from {module}"
         for path in modules(*PRODUCT, *TOOLS)

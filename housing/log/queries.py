@@ -1,8 +1,9 @@
 """Every read of the prediction log, on SQLite and PostgreSQL alike: the log's typed read API.
 
 The service reads single predictions (feedback), the drift sample, accuracy and coverage on feedback,
-traffic and the latest predictions; the pipeline's feedback stage reads the labelled houses; the
-operator's report (operations.insights) reads a window of everything. Only authenticated feedback (sent
+traffic and the latest predictions, and a challenger's shadowed houses beside the champion's prices and their
+feedback; the pipeline's feedback stage reads the labelled houses; the operator's report (operations.insights)
+reads a window of everything. Only authenticated feedback (sent
 with the feedback token, or corrected by an admin) labels a house: anonymous answers could poison the
 next model and its accuracy figures.
 """
@@ -23,6 +24,7 @@ from housing.log.schema import (
     MIGRATIONS,
     MIGRATIONS_TABLE,
     PREDICTIONS,
+    SHADOW,
     TRAFFIC,
     TRAFFIC_SLOT_S,
 )
@@ -56,6 +58,19 @@ _WINDOW_FEEDBACK = f"""SELECT {", ".join(f"p.{name}" for name in WINDOW_FEEDBACK
                        FROM {LABELLED} WHERE {TRUSTED} AND p.ts >= ? AND p.ts < ? ORDER BY f.id"""  # noqa: S608  # nosec B608
 _WINDOW_UNTRUSTED = f"""SELECT COUNT(*) FROM {LABELLED}
                         WHERE f.{AUTHENTICATED} = 0 AND p.ts >= ? AND p.ts < ?"""  # noqa: S608  # nosec B608
+# A challenger's shadowed houses, newest first: its price and bounds beside the champion's, the slicing inputs, and
+# the sale price where authenticated feedback came (NULL where none did).
+SHADOW_COLUMNS = ["champion_version", "champion_price_usd", "price_usd", "lower_usd", "upper_usd", "latency_ms",
+                  "batch_houses", "ts", "champion_lower_usd", "champion_upper_usd", CATEGORICAL_COLUMN, "median_income",
+                  "actual_price_usd"]  # fmt: skip
+_SHADOW_HOUSES = f"""SELECT s.champion_version, s.champion_price_usd, s.price_usd, s.lower_usd, s.upper_usd,
+                            s.latency_ms, s.batch_houses, s.ts, p.lower_usd, p.upper_usd, p.{CATEGORICAL_COLUMN},
+                            p.median_income, f.actual_price_usd
+                     FROM {SHADOW} s JOIN {PREDICTIONS} p ON p.request_id = s.request_id AND p.idx = s.idx
+                     LEFT JOIN {FEEDBACK} f ON f.request_id = s.request_id AND f.idx = s.idx AND f.{AUTHENTICATED} = 1
+                     WHERE s.model_version = ? ORDER BY s.id DESC LIMIT ?"""  # noqa: S608  # nosec B608
+_SHADOWED = f"SELECT COUNT(*) FROM {SHADOW} WHERE model_version = ?"  # noqa: S608  # nosec B608
+_LAST_SHADOWED = f"SELECT model_version FROM {SHADOW} ORDER BY id DESC LIMIT 1"  # noqa: S608  # nosec B608
 _WINDOW_TRAFFIC = f"""SELECT {", ".join(WINDOW_TRAFFIC)} FROM {TRAFFIC}
                       WHERE slot >= ? AND slot <= ? ORDER BY slot"""  # noqa: S608  # nosec B608
 
@@ -204,6 +219,23 @@ class LogReader:
             for i in range(buckets)
             for requests, houses, *histogram in [totals.get(i, empty)]
         ]  # fmt: skip
+
+    # -- the shadow ----------------------------------------------------------------------
+    def shadow_houses(self, challenger: str, limit: int) -> dict[str, list[Any]]:
+        """The latest ``limit`` houses ``challenger`` priced in shadow, newest first, as columns (``SHADOW_COLUMNS``):
+        its price and bounds (USD) beside the champion's, the challenger's pricing call (ms, houses), the slicing
+        inputs and the sale price (None without authenticated feedback)."""
+        rows = self.store.query(_SHADOW_HOUSES, [challenger, limit])
+        return {name: [row[i] for row in rows] for i, name in enumerate(SHADOW_COLUMNS)}
+
+    def shadowed(self, challenger: str) -> int:
+        """How many houses ``challenger`` priced in shadow, in all (the log's retention keeps the labelled ones)."""
+        return int(self.store.query(_SHADOWED, [challenger])[0][0])
+
+    def last_shadowed(self) -> str | None:
+        """The version of the latest challenger that priced a house in shadow; None before any did."""
+        rows = self.store.query(_LAST_SHADOWED)
+        return str(rows[0][0]) if rows else None
 
     # -- frames for the pipeline and the report --------------------------------------
     def labelled_houses(self) -> pd.DataFrame:

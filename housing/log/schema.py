@@ -5,7 +5,9 @@ priced house (the first answer; ``authenticated`` says whether a client with the
 feedback token sent it, and only such feedback trains a model); every admin
 correction of feedback in ``feedback_corrections``; per-minute request totals in
 ``traffic``; reload requests and each worker's report in ``model_requests`` and
-``workers``; each retraining job's state in ``jobs``.
+``workers``; each retraining job's state in ``jobs``; and, while a challenger runs in
+shadow, its price of each shadowed house in ``shadow_predictions``, keyed like the house's
+row in ``predictions`` (request id and position) and carrying the champion's price beside it.
 
 The schema is defined once, here, for every engine (housing.log.store renders
 it for SQLite and PostgreSQL). It changes by :data:`MIGRATIONS`, applied in
@@ -26,6 +28,7 @@ TRAFFIC = "traffic"
 RELOAD_REQUESTS = "model_requests"
 WORKERS = "workers"
 JOBS = "jobs"
+SHADOW = "shadow_predictions"
 # The table that records which migrations a log has had.
 MIGRATIONS_TABLE = "schema_migrations"
 # The feedback column that says a client with the feedback token sent it: only such feedback trains a model.
@@ -64,8 +67,10 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "reason": str,
     },
     TRAFFIC: {"slot": int, "requests": int, "houses": int, **dict.fromkeys(LATENCY_COLUMNS, int)},
-    # A replica is one BentoML store (a host and its BENTOML_HOME): a bento tag names a model within it.
-    RELOAD_REQUESTS: {"id": int, "ts": float, "replica": str, "bento_tag": str},
+    # A replica is one BentoML store (a host and its BENTOML_HOME): a bento tag names a model within it. ``role`` says
+    # which model the workers are asked to serve: the champion (which answers), or the challenger (which prices the
+    # share ``fraction`` of requests in shadow; an empty tag ends the shadow).
+    RELOAD_REQUESTS: {"id": int, "ts": float, "replica": str, "bento_tag": str, "role": str, "fraction": float},
     WORKERS: {
         "worker": str,
         "replica": str,
@@ -74,6 +79,8 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "loaded_ts": float,
         "seen_ts": float,
         "error": str,
+        # The challenger's bento tag the worker prices in shadow ("" for none).
+        "challenger": str,
     },
     # ``detail`` is the job's own account as JSON: its reasons, decision and outcome (housing.jobs).
     JOBS: {
@@ -86,18 +93,50 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "host": str,
         "detail": str,
     },
+    # One challenger's price of a shadowed house, after the champion's answer went out: ``champion_price_usd`` is the
+    # price the client got (from ``champion_version``), ``latency_ms`` the challenger's pricing call, which priced
+    # ``batch_houses`` houses of one or more requests at once.
+    SHADOW: {
+        "id": int,
+        "request_id": str,
+        "idx": int,
+        "ts": float,
+        "endpoint": str,
+        "champion_version": str,
+        "champion_price_usd": float,
+        "model_version": str,
+        "price_usd": float,
+        "lower_usd": float,
+        "upper_usd": float,
+        "latency_ms": float,
+        "batch_houses": int,
+    },
 }
 # The primary key of each table; "id" keys are numbered by the database.
 PRIMARY_KEYS = {TRAFFIC: "slot", WORKERS: "worker"}
 # Columns that may be NULL (a house without a bedroom count or interval; a worker that never loaded a model).
-NULLABLE = {PREDICTIONS: {"total_bedrooms", "lower_usd", "upper_usd"}, WORKERS: {"loaded_ts"}, JOBS: {"finished"}}
+NULLABLE = {
+    PREDICTIONS: {"total_bedrooms", "lower_usd", "upper_usd"},
+    WORKERS: {"loaded_ts"},
+    JOBS: {"finished"},
+    RELOAD_REQUESTS: {"fraction"},
+    SHADOW: {"lower_usd", "upper_usd"},
+}
 # The value a NOT NULL column takes when an insert leaves it out.
-DEFAULTS: dict[str, dict[str, object]] = {TRAFFIC: dict.fromkeys(["requests", "houses", *LATENCY_COLUMNS], 0)}
+DEFAULTS: dict[str, dict[str, object]] = {
+    TRAFFIC: dict.fromkeys(["requests", "houses", *LATENCY_COLUMNS], 0),
+    # Writers from before the shadow leave these out.
+    RELOAD_REQUESTS: {"role": "champion"},
+    WORKERS: {"challenger": ""},
+}
 INDEXES: dict[str, list[tuple[list[str], bool]]] = {
     PREDICTIONS: [(["request_id", "idx"], True), (["ts"], False), (["model_version", "ts"], False)],
     FEEDBACK: [(["request_id", "idx"], True), (["ts"], False)],
     CORRECTIONS: [(["request_id", "idx"], False)],
     JOBS: [(["kind", "id"], False)],
+    # Not unique: a request whose id was logged already keeps its prediction rows under a fresh id (housing.log.writer),
+    # while its shadow rows keep the id the client sent.
+    SHADOW: [(["request_id", "idx"], False), (["model_version", "id"], False)],
 }
 
 
@@ -134,4 +173,10 @@ MIGRATIONS = (
     Migration(4, "reload requests and the workers' reports", create=(RELOAD_REQUESTS, WORKERS), recreate=(WORKERS,)),
     Migration(5, "each price's interval", add_columns={PREDICTIONS: {"lower_usd": None, "upper_usd": None}}),
     Migration(6, "the retraining jobs' state", create=(JOBS,)),
+    Migration(
+        7,
+        "a challenger's prices in shadow, and reload requests and worker reports that name it",
+        create=(SHADOW,),
+        add_columns={RELOAD_REQUESTS: {"role": "champion", "fraction": None}, WORKERS: {"challenger": ""}},
+    ),
 )

@@ -24,6 +24,9 @@ predictions older than it between two drains, one chunk of a few thousand rows a
 feedback stay: they are training data), so pruning a large backlog never holds the queue up for long.
 Feedback is written at once, not queued: the first answer for a house is kept.
 
+A challenger's prices in shadow (:meth:`PredictionLog.add_shadow`) take the same queue, batches, retries, dead
+letters and final flush as the champion's rows: each batch inserts every table's rows with one statement per table.
+
 The writer polls rather than being woken: waking it on every request (as a ``queue.Queue`` does) cost
 15% of a single prediction's time in lock handoffs.
 """
@@ -51,7 +54,7 @@ from housing.log.metrics import (
     PRUNED_ROWS,
     QUEUED_BYTES,
 )
-from housing.log.schema import CORRECTIONS, FEEDBACK, PREDICTIONS, SCHEMAS, TRAFFIC, TRAFFIC_SLOT_S
+from housing.log.schema import CORRECTIONS, FEEDBACK, PREDICTIONS, SCHEMAS, SHADOW, TRAFFIC, TRAFFIC_SLOT_S
 from housing.log.store import LogStore, Session, SQLiteStore, add_traffic, migrate, open_store
 from housing.settings import HousingSettings
 
@@ -66,11 +69,15 @@ _CORRECT_FEEDBACK = f"""UPDATE {FEEDBACK} SET actual_price_usd = ?, ts = ?, auth
 _RECORD_CORRECTION = f"""INSERT INTO {CORRECTIONS} (request_id, idx, ts, previous_price_usd, actual_price_usd, reason)
                          VALUES (?, ?, ?, ?, ?, ?)"""  # noqa: S608  # nosec B608
 _ID_TAKEN = f"SELECT 1 FROM {PREDICTIONS} WHERE request_id = ? LIMIT 1"  # noqa: S608  # nosec B608
-# Predictions past retention without feedback (feedback is training data), a chunk at a time.
-_PRUNE = f"""DELETE FROM {PREDICTIONS} WHERE id IN (
-                SELECT p.id FROM {PREDICTIONS} p WHERE p.ts < ? AND NOT EXISTS (
+# Predictions (and the shadow's prices of them) past retention without feedback (feedback is training data, and
+# the shadow's evidence), a chunk at a time.
+_PRUNE = {
+    table: f"""DELETE FROM {table} WHERE id IN (
+                SELECT p.id FROM {table} p WHERE p.ts < ? AND NOT EXISTS (
                     SELECT 1 FROM {FEEDBACK} f WHERE f.request_id = p.request_id AND f.idx = p.idx)
                 LIMIT ?)"""  # noqa: S608  # nosec B608
+    for table in (PREDICTIONS, SHADOW)
+}
 _PRUNE_TRAFFIC = f"DELETE FROM {TRAFFIC} WHERE slot < ?"  # noqa: S608  # nosec B608
 # The longest pause between two writes while the database cannot store rows.
 _MAX_OUTAGE_PAUSE_S = 2.0
@@ -212,6 +219,11 @@ class PredictionLog:
         self._pending.append((table, rows))
         return True
 
+    def add_shadow(self, rows: Sequence[dict[str, Any]]) -> bool:
+        """Queue a challenger's prices of shadowed houses (each row keyed by its house's request id and position, with
+        the champion's price beside the challenger's): :meth:`add` for the shadow's table."""
+        return self.add(rows, SHADOW)
+
     @property
     def pending(self) -> int:
         """Requests whose rows are queued but not yet written."""
@@ -284,19 +296,23 @@ class PredictionLog:
         cutoff = (time.time() if now is None else now) - self.retention_s
         deleted = 0
         while not self._stop.is_set():
-            chunk = self._prune_chunk(cutoff)
+            chunk, more = self._prune_chunk(cutoff)
             deleted += chunk
-            if chunk < self.prune_chunk:
+            if not more:
                 break
         self._prune_traffic(cutoff)
         return deleted
 
-    def _prune_chunk(self, cutoff: float) -> int:
-        with self.store.transaction() as session:
-            deleted = int(session.execute(_PRUNE, [cutoff, self.prune_chunk]).rowcount)
-        self.pruned += deleted
-        PRUNED_ROWS.inc(deleted)
-        return deleted
+    def _prune_chunk(self, cutoff: float) -> tuple[int, bool]:
+        """One chunk of each table's rows past ``cutoff``: the predictions deleted, and whether more may wait (a table
+        gave a full chunk)."""
+        deleted = {}
+        for table, sql in _PRUNE.items():
+            with self.store.transaction() as session:
+                deleted[table] = int(session.execute(sql, [cutoff, self.prune_chunk]).rowcount)
+        self.pruned += deleted[PREDICTIONS]
+        PRUNED_ROWS.inc(deleted[PREDICTIONS])
+        return deleted[PREDICTIONS], max(deleted.values()) == self.prune_chunk
 
     def _prune_traffic(self, cutoff: float) -> None:
         with self.store.transaction() as session:
@@ -308,8 +324,8 @@ class PredictionLog:
             return
         cutoff, deleted = self._prune_pass or (time.time() - self.retention_s, 0)
         try:
-            chunk = self._prune_chunk(cutoff)
-            if chunk == self.prune_chunk:
+            chunk, more = self._prune_chunk(cutoff)
+            if more:
                 self._prune_pass = (cutoff, deleted + chunk)
                 return
             self._prune_traffic(cutoff)
@@ -400,9 +416,16 @@ class PredictionLog:
             self._dropped_since_line, self._last_drop_line = 0, time.monotonic()
 
     def _insert_batch(self, items: Pending) -> None:
+        """One transaction: every table's rows of the batch (one statement per table), and the traffic minutes of its
+        priced requests."""
+        tables: dict[str, list[Sequence[dict[str, Any]]]] = {}
+        for table, rows in items:
+            tables.setdefault(table, []).append(rows)
         with self.store.transaction() as session:
-            _insert(session, PREDICTIONS, [rows for _, rows in items])
-            add_traffic(session, ((rows[0]["ts"], rows[0]["latency_ms"], len(rows)) for _, rows in items if rows))
+            for table, requests in tables.items():
+                _insert(session, table, requests)
+            priced = tables.get(PREDICTIONS, [])
+            add_traffic(session, ((rows[0]["ts"], rows[0]["latency_ms"], len(rows)) for rows in priced if rows))
 
     def _renamed_repeats(self, items: Pending) -> Pending:
         """The batch with every request whose id is logged (or repeated in the batch) given a fresh id."""
@@ -410,6 +433,9 @@ class PredictionLog:
         renamed: Pending = []
         with self.store.reading() as session:
             for table, rows in items:
+                if table != PREDICTIONS:  # a shadow row's id is its priced house's, taken by design
+                    renamed.append((table, rows))
+                    continue
                 request_id = rows[0]["request_id"] if rows else ""
                 taken = request_id in seen or session.execute(_ID_TAKEN, [request_id]).fetchone()
                 if taken:

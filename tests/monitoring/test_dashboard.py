@@ -48,6 +48,7 @@ def test_dashboard_shows_the_api_numbers_and_refreshes(scraped: tuple[Server, st
         stats = api.get("/stats").json()
         assert page.text_content("#rate-hour") == f"{stats['per_hour'][-1]['requests']} this hour"
         assert page.locator("#recent tr").count() == len(stats["recent"]) + 1
+        assert page.text_content("#shadow-status") == "no challenger (housing shadow start VERSION)"
         # The explanation charts: the top reasons of the latest predictions, and the inputs by global importance.
         recent = api.get("/explain/recent", params={"limit": 8}).json()["predictions"]
         assert page.locator("#reasons-chart rect").count() == sum(len(p["top"]) for p in recent) > 0

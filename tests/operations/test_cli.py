@@ -1,8 +1,9 @@
-"""The `housing` command in process: history, rollback refusals, reload, retrain and drift."""
+"""The `housing` command in process: history, rollback refusals, reload, retrain, drift and the shadow."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import mlflow
@@ -73,3 +74,34 @@ def test_drift_report_with_too_little_data(tmp_path: Path, champion: dict, capsy
     assert capsys.readouterr().out.strip() == "not enough data: 0 of 200 houses"
     assert json.loads((tmp_path / "drift" / "drift.json").read_text())["status"] == "insufficient_data"
     assert "Only 0 priced houses logged" in (tmp_path / "drift" / "drift.md").read_text()
+
+
+def test_shadow_start_show_and_stop(
+    workspace: Workspace,
+    champion: dict,
+    tmp_path: Path,
+    in_project: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """On a copy of the session's project: its registry's history stays the other tests'."""
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("params.yaml", "mlflow.db"):
+        shutil.copy(workspace.path / name, project / name)
+    # From the project, as an operator runs it: importing a version downloads it through MLflow's default store.
+    monkeypatch.chdir(project)
+    where = ["--project-dir", str(project), "--db", str(tmp_path / "p.db")]
+    assert housing("shadow", "show", *where) == 1
+    assert "no challenger in shadow" in capsys.readouterr().err
+    assert housing("shadow", "start", champion["version"], "--fraction", "0.5", *where) == 0
+    started = json.loads(capsys.readouterr().out)
+    assert (started["fraction"], started["rollout"]["workers"]) == (0.5, [])  # no service running: nobody to wait for
+    assert housing("shadow", "show", *where) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["challenger_version"], shown["houses_shadowed"]) == (champion["version"], 0)
+    assert shown["verdict"]["reason"].startswith("only 0 shadowed houses have feedback")
+    assert housing("shadow", "stop", *where) == 0
+    assert json.loads(capsys.readouterr().out)["stopped_version"] == champion["version"]
+    with pytest.raises(SystemExit):
+        main(["shadow", "stop", "3", *where])  # a version goes with start only

@@ -3,7 +3,8 @@ prediction log in PostgreSQL and the registry on an `mlflow server` backed by Po
 SeaweedFS's S3 (devtools.local_stores, as `make shared-stores` runs them), under 32 clients.
 
 In order, on the same fleet: a promotion mid-load reaches both replicas; PostgreSQL restarted mid-load costs no
-answer and no row; feedback and views are shared; SIGTERM on a replica loses no row; SIGKILL's loss is measured.
+answer and no row; feedback and views are shared; a challenger in shadow reaches both replicas and is judged on
+their shared log; SIGTERM on a replica loses no row; SIGKILL's loss is measured.
 The figures are printed for the report (run with -s).
 """
 
@@ -14,7 +15,7 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,11 @@ from mlflow import MlflowClient
 
 from devtools.local_stores import S3_KEYS, SharedStores, shared_stores
 from devtools.ports import free_port
+from housing import shadow
 from housing.log.schema import PREDICTIONS
+from housing.log.store import PostgresStore
+from housing.params import load_params
+from housing.registry import CHALLENGER_ALIAS, FRACTION_TAG, ProjectRegistry
 from scripts.fleet import Load, import_champion
 from service.api_models import EXAMPLE_HOUSE
 from tests.service.conftest import FEEDBACK
@@ -219,6 +224,66 @@ def test_feedback_and_views_are_shared_by_the_replicas(fleet: Fleet) -> None:
     stats = [httpx.get(f"{url}/stats", timeout=30).json() for url in (a, b)]
     assert stats[0]["per_hour"] == stats[1]["per_hour"]
     assert stats[0]["recent"] == stats[1]["recent"]
+
+
+def test_a_shadow_reaches_every_replica_and_is_judged_on_their_shared_evidence(
+    fleet: Fleet, workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`housing shadow start` moves ``@challenger`` in the shared registry: both replicas follow it, price under load
+    with it, the feedback either receives labels the shared evidence, and promotion refuses on too few labels."""
+    registry = fleet.registry
+    champion = str(registry.get_model_version_by_alias(MODEL, "champion").version)
+    challenger = "1" if champion == "2" else "2"  # the same model registered twice: nothing to prove but the path
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", fleet.stores.env["MLFLOW_TRACKING_URI"])
+    project = ProjectRegistry(workspace.path)  # the project's names, the shared registry
+    registry.set_model_version_tag(MODEL, challenger, FRACTION_TAG, "1")
+    registry.set_registered_model_alias(MODEL, CHALLENGER_ALIAS, challenger)  # what `housing shadow start` sets
+    urls = [server.url for server in fleet.servers]
+
+    def shadowing(version: str | None) -> bool:
+        return all(httpx.get(f"{url}/health", timeout=30).json()["shadow_challenger"] == version for url in urls)
+
+    assert wait_until(lambda: shadowing(challenger), 120), [httpx.get(f"{u}/health").json() for u in urls]
+    load = Load(urls, [EXAMPLE_HOUSE], 8)
+    load.run(lambda: time.sleep(3))
+    ok = load.ok()
+    assert load.statuses() == {200}
+    assert {a[1] for a in load.answers} == {0, 1}
+
+    def shadowed(url: str) -> int:
+        return int(httpx.get(f"{url}/shadow", timeout=30).json().get("houses_shadowed", 0))
+
+    assert wait_until(lambda: shadowed(urls[0]) >= len(ok), 30), (shadowed(urls[0]), len(ok))
+    fleet.wait_logged(ok[:5])
+    for request_id in ok[:5]:
+        sold = {"request_id": request_id, "index": 0, "actual_price_usd": 300_000.0}
+        assert httpx.post(f"{urls[1]}/feedback", json=sold, headers=FEEDBACK, timeout=30).status_code == 200
+    compared = [httpx.get(f"{url}/shadow", timeout=30).json() for url in urls]
+    assert [c["labelled"]["houses"] for c in compared] == [5, 5]  # one log, whichever replica answers
+    assert compared[0]["price_difference"]["mean_usd"] == pytest.approx(0.0, abs=1e-6)
+    store = PostgresStore(fleet.stores.env["HOUSING_DATABASE_URL"])
+    try:
+        refused = shadow.promote(project, store, load_params(workspace.path / "params.yaml"))
+    finally:
+        store.close()
+    assert not refused["promoted"]
+    assert "only 5 shadowed houses have feedback" in refused["decision"]["reason"]
+    assert str(registry.get_model_version_by_alias(MODEL, "champion").version) == champion
+    print(
+        f"\nshadow v{challenger} beside v{champion} on 2 replicas: {compared[0]['houses_shadowed']} houses, "
+        f"challenger {compared[0]['challenger_latency']['per_house_ms']:.3f} ms a house; promotion refused"
+    )
+    registry.delete_registered_model_alias(MODEL, CHALLENGER_ALIAS)  # `housing shadow stop`
+    assert wait_until(lambda: shadowing(None), 120)
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
 
 
 def test_sigterm_loses_no_row(fleet: Fleet) -> None:
