@@ -176,7 +176,7 @@ class ConformalRegressor(RegressorMixin, BaseEstimator):
         bounds need the price but not the price model. ``num_threads`` is the scale
         model's (0: LightGBM's default, every core).
         """
-        scale = self.scale_.booster_.predict(self.scale_inputs(X, price), num_threads=num_threads)
+        scale = np.asarray(self.scale_.booster_.predict(self.scale_inputs(X, price), num_threads=num_threads))
         return self.bounds(price, self.spread(X, scale), coverage)
 
     def spread(self, X: Records, scale: np.ndarray) -> Spread:
