@@ -101,6 +101,8 @@ class IntervalParams(_Section):
     coverage: float = Field(gt=0, lt=1)
     # Parameters of the LightGBM model of each house's absolute error.
     scale_model: dict[str, Any] = Field(default_factory=dict)
+    # The fewest calibration houses an income band needs for a quantile of its own (else the pooled one).
+    min_band_size: int = Field(ge=1)
 
 
 class RefitParams(_Section):

@@ -2,7 +2,9 @@
 
 Defined once: the prepare stage stratifies its split by the same income bands,
 the evaluate stage and the model card report error and interval coverage per
-slice, and the log's insights report does the same on feedback.
+slice, the log's insights report does the same on feedback, and the price
+intervals are calibrated per income band (housing.conformal), in training and
+for every served house.
 """
 
 from __future__ import annotations
@@ -18,9 +20,19 @@ from housing.columns import CATEGORICAL_COLUMN, OCEAN_PROXIMITY_CATEGORIES
 INCOME_BAND = "income_band"
 
 
+def band_index(income: np.ndarray, edges: Sequence[float]) -> np.ndarray:
+    """Band index of each median income (tens of thousands of USD), shape (n_houses,) of int.
+
+    Bands are closed on the right, ``(edges[i], edges[i + 1]]``; the first also holds its lower edge and
+    anything below it, the last is open-ended. One binary search per house on a NumPy array, as the
+    service bands each priced house.
+    """
+    return np.searchsorted(np.asarray(edges[1:], dtype=float), income, side="left")
+
+
 def income_band(income: pd.Series, edges: Sequence[float]) -> pd.Series:
-    """Band index of each median income (tens of thousands of USD); the last band is open-ended."""
-    return pd.cut(income, [*edges, np.inf], labels=False, include_lowest=True)
+    """:func:`band_index` of each median income, on the index of ``income``."""
+    return pd.Series(band_index(income.to_numpy(dtype=float), edges), index=income.index, name=income.name)
 
 
 def band_names(edges: Sequence[float]) -> list[str]:
@@ -33,7 +45,7 @@ def slice_masks(X: pd.DataFrame, edges: Sequence[float]) -> dict[str, dict[str, 
 
     Values with no row are left out.
     """
-    bands = income_band(X["median_income"], edges).to_numpy()
+    bands = band_index(X["median_income"].to_numpy(dtype=float), edges)
     ocean = X[CATEGORICAL_COLUMN].to_numpy()
     slices = {
         CATEGORICAL_COLUMN: {value: ocean == value for value in OCEAN_PROXIMITY_CATEGORIES},

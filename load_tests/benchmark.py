@@ -183,7 +183,7 @@ def batch_stages(model: ServedModel, houses: list[dict[str, Any]], runs: int) ->
     engineered = stage("features", lambda: features.transform(columns))
     prices = stage("forest", lambda: forest_prices(forest, engineered, inverse, threads))
     scale = stage("scale_model", lambda: scale_forest.predict(intervals.scale_inputs(columns, prices), threads))
-    bounds = stage("bounds", lambda: intervals.bounds(prices, scale))
+    bounds = stage("bounds", lambda: intervals.bounds(prices, intervals.spread(columns, scale)))
     return timings, bounds
 
 

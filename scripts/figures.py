@@ -80,6 +80,7 @@ def interval_sentence(intervals: dict | None) -> str:
 def refit_sentence(refit: dict[str, Any]) -> str:
     """What the served model learned from, and what learning every labelled row gains on held-out houses."""
     rmse, coverage = refit["rmse"], refit["intervals"]["coverage"]
+    bands = [figures["coverage"] for figures in refit["slices"]["income_band"].values()]
     served = (
         f"The served model is that configuration refitted on all {refit['rows']:,} labelled rows, test split included"
         if refit["enabled"]
@@ -89,7 +90,8 @@ def refit_sentence(refit: dict[str, Any]) -> str:
         f"{served}. In {refit['repeats']} repeats of\n{refit['folds']}-fold cross-validation over them, learning "
         "every row rather than a training-split share changed held-out RMSE\n"
         f"by {-rmse['gain']:+,.0f} ± {rmse['gain_std']:,.0f} USD ({-rmse['relative_gain']:+.1%}), and the refit's "
-        f"intervals held {coverage:.1%} of held-out prices."
+        f"intervals held {coverage:.1%} of held-out prices\n(from {min(bands):.1%} to {max(bands):.1%} per income "
+        "band)."
     )
 
 

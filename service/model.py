@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # the model's libraries load with the model (see housing.mode
     from sklearn.base import BaseEstimator
     from sklearn.pipeline import Pipeline
 
-    from housing.conformal import ConformalRegressor
+    from housing.conformal import ConformalRegressor, Spread
 
 PARALLEL_ROWS = 1000
 # Explaining a house takes LightGBM 6-8 ms (TreeSHAP walks every path of every tree), what the compiled forest takes
@@ -87,11 +87,12 @@ class ServedModel:
 
         The bounds are None for a model registered without intervals.
         """
-        prices, scale = self.price_and_scale(columns)
-        return prices, self.bounds(prices, scale, coverage)
+        prices, spread = self.price_and_spread(columns)
+        return prices, self.bounds(prices, spread, coverage)
 
-    def price_and_scale(self, columns: Mapping[str, Sequence[Any]]) -> tuple[np.ndarray, np.ndarray | None]:
-        """Prices (USD, shape (n_houses,)) and the intervals' scale model's output for them (None without one).
+    def price_and_spread(self, columns: Mapping[str, Sequence[Any]]) -> tuple[np.ndarray, Spread | None]:
+        """Prices (USD, shape (n_houses,)) and their intervals' spread: the scale model's output for them and
+        each house's calibration group (housing.conformal; None without intervals).
 
         The bounds at any coverage are made of these two (:meth:`bounds`).
         """
@@ -100,11 +101,12 @@ class ServedModel:
         if self.intervals is None or self.scale_forest is None:
             return prices, None
         inputs = self.intervals.scale_inputs(columns, prices)
-        return prices, self.scale_forest.predict(inputs, num_threads=self.threads_for(columns).get("num_threads", 1))
+        scale = self.scale_forest.predict(inputs, num_threads=self.threads_for(columns).get("num_threads", 1))
+        return prices, self.intervals.spread(columns, scale)
 
-    def bounds(self, prices: np.ndarray, scale: np.ndarray | None, coverage: float | None = None) -> np.ndarray | None:
-        """Bounds (n_houses, 2) in USD at ``coverage`` from :meth:`price_and_scale`'s answer; None without intervals."""
-        return None if self.intervals is None or scale is None else self.intervals.bounds(prices, scale, coverage)
+    def bounds(self, prices: np.ndarray, spread: Spread | None, coverage: float | None = None) -> np.ndarray | None:
+        """Bounds (n_houses, 2) in USD at ``coverage`` from :meth:`price_and_spread`; None without intervals."""
+        return None if self.intervals is None or spread is None else self.intervals.bounds(prices, spread, coverage)
 
     def threads_for(self, columns: Mapping[str, Sequence[Any]], from_rows: int = PARALLEL_ROWS) -> dict[str, Any]:
         """The forests' predict-time arguments for these houses: every core from ``from_rows`` houses, else none."""

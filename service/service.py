@@ -389,8 +389,8 @@ class HousePricer:
         check_batch_size(len(houses), field)
         state = request_state(ctx.request.state)
         model = self.state.model  # one model for the whole request, even if a reload swaps it meanwhile
-        prices, scale = model.price_and_scale(columns)
-        nominal = model.bounds(prices, scale)
+        prices, spread = model.price_and_spread(columns)
+        nominal = model.bounds(prices, spread)
         logged = nominal if nominal is not None else np.full((len(houses), 2), None)
         version = model.info.model_version
         shared = {"request_id": state["request_id"], "endpoint": endpoint, "ts": time.time(), "model_version": version,
@@ -401,7 +401,7 @@ class HousePricer:
         rows = RequestRows({**logged_columns, **columns}, shared)
         self.state.log.add(rows)
         self.state.shadow.offer(rows)  # priced again by the challenger, if any, once this answer is on its way
-        intervals = nominal if coverage is None else model.bounds(prices, scale, coverage)
+        intervals = nominal if coverage is None else model.bounds(prices, spread, coverage)
         state.update(model_version=version, records=len(houses))
         prometheus_metrics.PRICED_HOUSES.labels(endpoint, version).inc(len(houses))
         prometheus_metrics.BATCH_SIZE.labels(endpoint).observe(len(houses))

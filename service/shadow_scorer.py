@@ -156,8 +156,8 @@ class ShadowScorer:
             return
         columns = {name: list(_joined(item.columns[name] for item in items)) for name in FEATURE_COLUMNS}
         start = time.perf_counter()
-        prices, scale = model.price_and_scale(columns)
-        bounds = model.bounds(prices, scale)
+        prices, spread = model.price_and_spread(columns)
+        bounds = model.bounds(prices, spread)
         elapsed_ms = (time.perf_counter() - start) * 1000
         houses = len(prices)
         lower, upper = ([None] * houses,) * 2 if bounds is None else bounds.T.tolist()

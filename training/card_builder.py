@@ -108,8 +108,10 @@ def build_card(params: Params, metrics: dict[str, Any], data_version: str) -> Mo
             f"Prices are censored at {PRICE_CAP_USD:,.0f} USD ({capped:.1%} of training prices): the model "
             "underestimates the most expensive block groups.",
             "The data are from 1990: retrain on current data before any use beyond this project.",
-            "Intervals are calibrated on houses like the training data; under drift (GET /drift) their coverage "
-            "is not promised. The service tracks live coverage against feedback (GET /accuracy).",
+            "Intervals are calibrated on houses like the training data, each median-income band on its own so "
+            "that every band, not only all houses together, is covered at the nominal share; under drift "
+            "(GET /drift) their coverage is not promised. The service tracks live coverage against feedback "
+            "(GET /accuracy).",
             "Slices with few test houses (see the table) give uncertain figures.",
             *(
                 [

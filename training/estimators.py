@@ -97,9 +97,18 @@ def build_model(
 
 def with_intervals(estimator: BaseEstimator, X: Records, y: Any, oof_pred: Any, params: Params) -> ConformalRegressor:
     """The fitted ``estimator`` with conformal intervals (``intervals`` in params.yaml) calibrated on houses ``X``,
-    their prices ``y`` and out-of-fold prices ``oof_pred`` (USD, shape (n_samples,))."""
+    their prices ``y`` and out-of-fold prices ``oof_pred`` (USD, shape (n_samples,)), per income band of
+    ``prepare.income_bands``: the bands the reports judge coverage by."""
     intervals, train = params.intervals, params.train
-    wrapper = ConformalRegressor(estimator, intervals.coverage, intervals.scale_model, train.cv_folds, train.seed)
+    wrapper = ConformalRegressor(
+        estimator,
+        intervals.coverage,
+        intervals.scale_model,
+        train.cv_folds,
+        train.seed,
+        income_bands=params.prepare.income_bands,
+        min_band_size=intervals.min_band_size,
+    )
     return wrapper.fit(X, y, oof_pred)
 
 

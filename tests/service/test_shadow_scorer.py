@@ -26,12 +26,12 @@ class Challenger:
         self.info = SimpleNamespace(model_version=version)
         self.broken = broken
 
-    def price_and_scale(self, columns: dict[str, list[Any]]) -> tuple[np.ndarray, None]:
+    def price_and_spread(self, columns: dict[str, list[Any]]) -> tuple[np.ndarray, None]:
         if self.broken:
             raise ValueError("the forest is corrupt")
         return np.asarray(columns["median_income"], dtype=float) * 110_000, None
 
-    def bounds(self, prices: np.ndarray, scale: None) -> np.ndarray:
+    def bounds(self, prices: np.ndarray, spread: None) -> np.ndarray:
         return np.c_[prices * 0.9, prices * 1.1]
 
 

@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +15,8 @@ from sklearn.compose import TransformedTargetRegressor
 
 from housing.model_format import TRUSTED_TYPES, load_model
 from housing.params import FamilyParams, Params
+from tests.workspace import ROOT
+from training import PINNED_CPU_FEATURES
 from training.estimators import MODELS, build_model, expand_candidates, feature_importance, save_model
 from training.tuning import suggest
 
@@ -78,6 +84,43 @@ def test_the_same_model_fitted_twice_saves_to_the_same_bytes(
     assert paths[0].read_bytes() == paths[1].read_bytes()
     loaded = load_model(paths[0])
     np.testing.assert_array_equal(loaded.predict(X_sample), models[0].predict(X_sample))
+
+
+# Run as a stage runs (a fresh process that imports the training package first): NumPy's dispatch, and a hash of
+# the features whose functions SVML computes on AVX-512 CPUs.
+STAGE_PROBE = """
+import hashlib, json, training, numpy
+from numpy._core import _multiarray_umath as simd
+from housing.features import FeatureEngineer
+from tests.synthetic import synthetic_housing
+X = synthetic_housing(3000, seed=0)
+features = FeatureEngineer().fit(X).transform(X)
+print(json.dumps({"dispatch": list(simd.__cpu_dispatch__),
+                  "on": [name for name in simd.__cpu_dispatch__ if simd.__cpu_features__[name]],
+                  "features": hashlib.sha256(features.tobytes()).hexdigest()}))
+"""
+
+
+def run_probe(disable: str | None) -> dict:
+    env = {name: value for name, value in os.environ.items() if name != "NPY_DISABLE_CPU_FEATURES"}
+    if disable is not None:
+        env["NPY_DISABLE_CPU_FEATURES"] = disable
+    done = subprocess.run([sys.executable, "-c", STAGE_PROBE], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout))
+
+
+def test_a_stage_computes_its_features_as_any_x86_64_cpu_does() -> None:
+    """What keeps the model file the same bytes on every machine (training/__init__.py): a stage's NumPy runs no
+    AVX-512 loop, and its features are those of NumPy's baseline loops, what a CPU without AVX2 computes."""
+    stage = run_probe(None)
+    if "X86_V4" not in stage["dispatch"]:
+        pytest.skip(f"NumPy {np.__version__} names its CPU targets otherwise (the pin names NumPy 2.4's)")
+    assert set(PINNED_CPU_FEATURES.split()) == set(stage["dispatch"]) - {"X86_V3"}
+    assert set(stage["on"]) <= {"X86_V3"}
+    baseline = run_probe(" ".join(stage["dispatch"]))
+    assert baseline["on"] == []
+    assert stage["features"] == baseline["features"]
 
 
 def test_grid_expansion() -> None:

@@ -14,6 +14,7 @@ from housing.columns import FEATURE_COLUMNS, TARGET_COLUMN
 from housing.conformal import ConformalRegressor
 from housing.model_format import load_model
 from housing.params import Params
+from housing.slices import band_index
 from training import refit, refit_effect
 from training.estimators import build_model, save_model, with_intervals
 from training.prepare import split
@@ -64,6 +65,13 @@ def test_fit_and_calibrate_fits_every_row_and_calibrates_out_of_fold(small: Para
         fold = build_model(LIGHTGBM, small.features, "none", small.train.seed).fit(X.iloc[train_idx], y.iloc[train_idx])
         oof[held_idx] = fold.predict(X.iloc[held_idx])
     np.testing.assert_array_equal(model.scores_, with_intervals(whole, X, y, oof, small).scores_)
+    # One quantile per income band of prepare.income_bands, the reports' bands; a band of too few houses pools.
+    assert model.income_bands == small.prepare.income_bands
+    sizes = np.bincount(band_index(X["median_income"].to_numpy(), small.prepare.income_bands), minlength=5)
+    own = [scores is not None for scores in model.band_scores_]
+    assert own == [size >= small.intervals.min_band_size for size in sizes]
+    assert True in own  # the sample has bands of both kinds
+    assert False in own
 
 
 def test_fit_and_calibrate_gives_the_same_bytes_with_one_job_or_two(
