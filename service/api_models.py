@@ -448,15 +448,19 @@ class RetrainRequest(BaseModel):
     force: bool = Field(default=False, description="Retrain even if neither drift nor accuracy demand it.")
 
 
+# A registered model's version as MLflow numbers them: a positive whole number.
+VERSION_PATTERN = r"^[1-9][0-9]{0,8}$"
+
+
 class ShadowStart(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"version": "7", "fraction": 0.5}})
 
-    version: str = Field(min_length=1, max_length=32, description="The registered version to run in shadow.")
+    version: str = Field(pattern=VERSION_PATTERN, description="The registered version to run in shadow.")
     fraction: float = Field(default=1.0, gt=0, le=1, description="The share of pricing requests it prices.")
 
 
 class RollbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"to": None, "reason": "bad release"}})
 
-    to: str | None = Field(default=None, max_length=32, description="Version to restore (default: the previous).")
+    to: str | None = Field(default=None, pattern=VERSION_PATTERN, description="Version to restore (default: previous).")
     reason: str = Field(default="", max_length=500, description="Why, for the promotion history.")

@@ -122,3 +122,12 @@ def test_without_a_project_the_registry_calls_say_so(
         assert detail == f"{command}: no DVC project (params.yaml) in the service's HOUSING_PROJECT_DIR"
         assert str(tmp_path) not in answer.text  # the server's paths are its own
     assert client.get("/model/history", params={"limit": 0}).status_code == 422
+
+
+@pytest.mark.parametrize(("path", "body"), [("/admin/shadow", {"version": "u\u00db"}), ("/admin/rollback", {"to": "1; x"})])
+def test_a_version_that_is_not_a_number_is_a_422_naming_the_field(client: TestClient, path: str, body: dict) -> None:
+    response = client.post(path, headers=ADMIN, json=body)
+    assert response.status_code == 422, response.text
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", next(iter(body))]
+    assert "should match pattern" in error["msg"]
