@@ -137,3 +137,18 @@ def shadow_section(comparison: dict[str, Any], shadowed: int, decision: str) -> 
                       f"(t-test p = {labelled['t_test_p']:.3g})."]  # fmt: skip
     lines += ["", f"Decision: {decision}"]
     return _section("Live shadow evaluation", "\n".join(lines))
+
+
+# MLflow's SQL stores keep a registered version's description in VARCHAR(5000): a longer card fails to save there.
+MAX_DESCRIPTION_CHARS = 5000
+CUT = "\n\n… (shortened to fit MLflow's description limit)"
+
+
+def with_section(card: str, section: str, limit: int = MAX_DESCRIPTION_CHARS) -> str:
+    """``card`` (a registered version's description) with ``section`` appended, both within ``limit`` characters:
+    the section stays whole and the card before it is shortened if the two do not fit."""
+    whole = f"{card.rstrip()}\n\n{section}"
+    if len(whole) <= limit:
+        return whole
+    room = max(0, limit - len(section) - len(CUT) - 2)
+    return f"{card.rstrip()[:room]}{CUT}\n\n{section}"[-limit:]

@@ -30,6 +30,7 @@ import bentoml
 from bentoml.exceptions import NotFound
 
 from housing.columns import FEATURE_COLUMNS
+from housing.model_card import with_section
 from housing.model_format import PROFILE_TAG, ModelLabels, ModelMetadata
 from housing.params import RegisterParams, load_params
 
@@ -403,7 +404,7 @@ def settle_shadow(
     else:
         record(client, reg, decision)
     described = client.get_model_version(reg.model_name, version).description or ""
-    client.update_model_version(reg.model_name, version, description=f"{described.rstrip()}\n\n{verdict.card_section}")
+    client.update_model_version(reg.model_name, version, description=with_section(described, verdict.card_section))
     return decision, bento_model
 
 

@@ -124,7 +124,9 @@ def test_without_a_project_the_registry_calls_say_so(
     assert client.get("/model/history", params={"limit": 0}).status_code == 422
 
 
-@pytest.mark.parametrize(("path", "body"), [("/admin/shadow", {"version": "u\u00db"}), ("/admin/rollback", {"to": "1; x"})])
+@pytest.mark.parametrize(
+    ("path", "body"), [("/admin/shadow", {"version": "u\u00db"}), ("/admin/rollback", {"to": "1; x"})]
+)
 def test_a_version_that_is_not_a_number_is_a_422_naming_the_field(client: TestClient, path: str, body: dict) -> None:
     response = client.post(path, headers=ADMIN, json=body)
     assert response.status_code == 422, response.text
