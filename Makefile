@@ -142,8 +142,9 @@ $(CHECKOV_VENV)/.installed: $(CHECKOV_PINS) $(VENV)/.installed
 	touch $@
 
 .PHONY: diagram retrain report serving-lock
-serving-lock: setup ## Lock requirements/serving.in (+ the 3.12 constraints) into requirements/serving.txt for the image
-	python -m uv pip compile requirements/serving.in -c requirements/constraints-py3.12.txt --universal \
+serving-lock: setup ## Lock requirements/serving.in (+ the 3.12 constraints, - serving-excludes.txt) into requirements/serving.txt for the image
+	python -m uv pip compile requirements/serving.in -c requirements/constraints-py3.12.txt \
+		--excludes requirements/serving-excludes.txt --universal \
 		--python-version 3.12 --no-annotate --custom-compile-command "make serving-lock" -o requirements/serving.txt
 
 diagram: setup ## Render docs/architecture.mmd (the README's diagram) to docs/architecture.png and .svg
