@@ -80,8 +80,8 @@ image: need-image pipeline build ## Build the image with `bentoml containerize` 
 SYSTEM_TOOLS := wrk prometheus docker-compose ffmpeg espeak-ng nginx podman runc mmdebstrap iptables haproxy
 # Debian packages whose programs are not on PATH under the package's name: checked with dpkg
 # (prometheus-alertmanager ships amtool, which checks monitoring/alertmanager.yml; default-jre-headless is the
-# Java that `housing score --engine spark` runs Spark on).
-SYSTEM_PACKAGES := postgresql prometheus-alertmanager default-jre-headless
+# Java that `housing score --engine spark` runs Spark on; binutils ships strip, which scripts/base_image.sh runs).
+SYSTEM_PACKAGES := postgresql prometheus-alertmanager default-jre-headless binutils
 # Debian packages Chromium; Ubuntu's package is a snap stub, so there Playwright fetches its own build.
 UBUNTU := $(shell grep -qs '^ID=ubuntu' /etc/os-release && echo yes)
 tools: setup ## Install the system tools the tests and benchmarks use (wrk, Prometheus, Chromium, docker-compose, ffmpeg, espeak-ng, nginx, podman, PostgreSQL, Java)
@@ -142,8 +142,9 @@ $(CHECKOV_VENV)/.installed: $(CHECKOV_PINS) $(VENV)/.installed
 	touch $@
 
 .PHONY: diagram retrain report serving-lock
-serving-lock: setup ## Lock requirements/serving.in (+ the 3.12 constraints) into requirements/serving.txt for the image
-	python -m uv pip compile requirements/serving.in -c requirements/constraints-py3.12.txt --universal \
+serving-lock: setup ## Lock requirements/serving.in (+ the 3.12 constraints, - serving-excludes.txt) into requirements/serving.txt for the image
+	python -m uv pip compile requirements/serving.in -c requirements/constraints-py3.12.txt \
+		--excludes requirements/serving-excludes.txt --universal \
 		--python-version 3.12 --no-annotate --custom-compile-command "make serving-lock" -o requirements/serving.txt
 
 diagram: setup ## Render docs/architecture.mmd (the README's diagram) to docs/architecture.png and .svg

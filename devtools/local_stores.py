@@ -152,8 +152,11 @@ class SeaweedS3:
         return f"s3://{name}"
 
 
-def mlflow_server(folder: Path, backend: str, artifacts: str, s3: SeaweedS3, port: int) -> subprocess.Popen[bytes]:
-    """``mlflow server`` with its runs and registry in PostgreSQL and its artifacts in the S3 bucket ``artifacts``.
+def mlflow_server(
+    folder: Path, backend: str, artifacts: str, s3: SeaweedS3 | None, port: int
+) -> subprocess.Popen[bytes]:
+    """``mlflow server`` with its runs and registry in ``backend`` (PostgreSQL, or a SQLite file) and its artifacts in
+    ``artifacts``: the S3 bucket of ``s3``, or a local folder when ``s3`` is None.
 
     It serves the artifacts itself (``--artifacts-destination``): clients need only ``MLFLOW_TRACKING_URI``.
     """
@@ -162,7 +165,7 @@ def mlflow_server(folder: Path, backend: str, artifacts: str, s3: SeaweedS3, por
     store = backend.replace("postgresql://", "postgresql+psycopg://")
     argv = [str(BIN / "mlflow"), "server", "--backend-store-uri", store, "--artifacts-destination", artifacts,
             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
-    env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3.endpoint, **S3_KEYS}
+    env = {**os.environ, **({"MLFLOW_S3_ENDPOINT_URL": s3.endpoint, **S3_KEYS} if s3 else {})}
     log = folder / "mlflow.log"
     process = start_logged(argv, log, env)
     wait_ready(f"http://127.0.0.1:{port}/health", process, 180, log)

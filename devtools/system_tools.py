@@ -46,8 +46,10 @@ def chromium() -> bool:
 
 # How to tell whether a tool is installed, when it is not a program of its own name on PATH.
 PRESENT: Mapping[str, Callable[[], bool]] = {"postgresql": postgresql_server, "chromium": chromium}
-PODMAN = [Tool("podman", "podman"), Tool("runc", "runc"), Tool("mmdebstrap", "mmdebstrap")]
-# What each target runs: the image is built with podman (its base made with mmdebstrap where no registry is
+PODMAN = [
+    Tool("podman", "podman"), Tool("runc", "runc"), Tool("mmdebstrap", "mmdebstrap"), Tool("strip", "binutils")
+]  # fmt: skip
+# What each target runs: the image is built with podman (its base made with mmdebstrap and strip where no registry is
 # reachable) unless a docker engine answers; the video also records Prometheus, a browser and a voice.
 NEEDS: Mapping[str, list[Tool]] = {
     "image": PODMAN,
@@ -57,7 +59,7 @@ NEEDS: Mapping[str, list[Tool]] = {
     "shared-stores": [Tool("postgresql", "postgresql")],
 }  # fmt: skip
 # A docker engine that answers replaces podman and its helpers (scripts.image prefers it).
-DOCKER_REPLACES = {"podman", "runc", "mmdebstrap"}
+DOCKER_REPLACES = {"podman", "runc", "mmdebstrap", "strip"}
 
 
 def docker_answers() -> bool:

@@ -8,11 +8,12 @@
 # and a CPython build of the same minor version already on this machine (pyenv's tree, or PYTHON_PREFIX),
 # so the generated Dockerfile builds unchanged: its FROM finds the local image and no pull happens.
 # It is not the real base: Debian 12 (the host's release, which the CPython build links against) instead of
-# the official image's, and larger (228 MB: Perl, and the interpreter's bytecode, which the official image
-# leaves out). Never push an image built on it; the release workflow builds on the real base.
+# the official image's, and a little larger (the interpreter's bytecode, which the official image leaves out).
+# Never push an image built on it; the release workflow builds on the real base.
 #
 # Idempotent and cached: when IMAGE already exists locally it does nothing. Needs root (mmdebstrap), apt
-# access to Debian's archive and `podman` or `docker` (ENGINE=podman|docker, else whichever answers).
+# access to Debian's archive, binutils' `strip` and `podman` or `docker` (ENGINE=podman|docker, else whichever
+# answers).
 set -euo pipefail
 
 IMAGE=${1:-docker.io/library/python:3.12-slim}
@@ -57,10 +58,12 @@ echo "building the offline stand-in $IMAGE: Debian $SUITE + CPython $full_versio
 # The official image's runtime libraries for CPython, plus CA certificates, time zones and netbase, as the
 # official image has them: no recommended packages, no translations, manuals or docs but the copyrights.
 # The hooks run on the host with "$1" the new root: CPython goes to /usr/local as in the official image, without
-# its test suite, static library, IDLE, Tk, the optimised (-O) bytecode or anything installed beside pip; its
-# scripts' #! lines point at /usr/local/bin; the host's CA bundle is trusted, so package installs work wherever
-# the host's do. (Perl's 50 MB stay: mmdebstrap merges /usr with Debian's usrmerge, which needs it.)
-mmdebstrap --quiet --variant=minbase \
+# its test suite, static library, IDLE, Tk, the optimised (-O) bytecode or anything installed beside pip, and
+# with its native code stripped of debug information and symbols (the official build links with --strip-all;
+# pyenv's keeps them: 37 of their 50 MB); its scripts' #! lines point at /usr/local/bin; the host's CA bundle is
+# trusted, so package installs work wherever the host's do. /usr is merged by mmdebstrap's hook, as
+# debootstrap does, rather than by Debian's usrmerge package, which would pull in Perl (49 MB) for good.
+mmdebstrap --quiet --variant=minbase --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
 	--include=ca-certificates,netbase,tzdata,libsqlite3-0,libssl3,libffi8,libbz2-1.0,liblzma5,zlib1g,libncursesw6,libreadline8,libuuid1,libgdbm6 \
 	--aptopt='APT::Install-Recommends "false"' \
 	--dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/man/*' \
@@ -69,6 +72,7 @@ mmdebstrap --quiet --variant=minbase \
 	--customize-hook="cp -a '$PYTHON_PREFIX/.' \"\$1/usr/local/\"" \
 	--customize-hook="cd \"\$1/usr/local/lib/python$version\" && rm -rf test idlelib tkinter turtledemo config-*/*.a" \
 	--customize-hook="find \"\$1/usr/local/lib/python$version\" -name '*.opt-[12].pyc' -delete" \
+	--customize-hook="find \"\$1/usr/local/bin/python$version\" \"\$1/usr/local/lib\" -type f -name 'python$version' -o -type f -name '*.so*' | xargs strip --strip-unneeded" \
 	--customize-hook="find \"\$1/usr/local/lib/python$version/site-packages\" -mindepth 1 -maxdepth 1 ! -name 'pip' ! -name 'pip-*' ! -name README.txt -exec rm -rf {} +" \
 	--customize-hook="grep -rlI '^#!.*python' \"\$1/usr/local/bin\" | xargs sed -i '1s|^#!.*python.*$|#!/usr/local/bin/python$version|'" \
 	--customize-hook="ln -sf python3 \"\$1/usr/local/bin/python\"; ln -sf pip3 \"\$1/usr/local/bin/pip\"" \

@@ -46,7 +46,7 @@ def test_a_bare_machine_is_told_to_run_make_tools(bare: Path, target: str, capsy
 
 
 def test_installed_tools_pass_and_only_the_missing_are_named(bare: Path, tmp_path: Path) -> None:
-    install(bare, "podman", "runc")
+    install(bare, "podman", "runc", "strip")
     assert [tool.name for tool in missing("image")] == ["mmdebstrap"]
     install(bare, "mmdebstrap")
     assert main(["image"]) == 0
