@@ -23,9 +23,8 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from itertools import chain, repeat
-from typing import Any
 
 import numpy as np
 
@@ -154,20 +153,20 @@ class ShadowScorer:
         model = self.model
         if model is None:  # the shadow ended while they waited
             return
-        columns = {name: list(_joined(item.columns[name] for item in items)) for name in FEATURE_COLUMNS}
+        columns = {name: list(chain.from_iterable(item.columns[name] for item in items)) for name in FEATURE_COLUMNS}
         start = time.perf_counter()
         prices, spread = model.price_and_spread(columns)
         bounds = model.bounds(prices, spread)
         elapsed_ms = (time.perf_counter() - start) * 1000
         houses = len(prices)
         lower, upper = ([None] * houses,) * 2 if bounds is None else bounds.T.tolist()
-        champion = np.fromiter(_joined(item.columns["price_usd"] for item in items), float, houses)
-        per_house = {name: list(_joined(repeat(item.shared[key], len(item)) for item in items))
+        champion = np.fromiter(chain.from_iterable(item.columns["price_usd"] for item in items), float, houses)
+        per_house = {name: list(chain.from_iterable(repeat(item.shared[key], len(item)) for item in items))
                      for name, key in (("request_id", "request_id"), ("endpoint", "endpoint"),
                                        ("champion_version", "model_version"))}  # fmt: skip
         version = model.info.model_version
         self.log.add_shadow(RequestRows(
-            {**per_house, "idx": list(_joined(item.columns["idx"] for item in items)),
+            {**per_house, "idx": list(chain.from_iterable(item.columns["idx"] for item in items)),
              "champion_price_usd": champion.tolist(), "price_usd": prices.tolist(), "lower_usd": lower,
              "upper_usd": upper},
             {"ts": time.time(), "model_version": version, "latency_ms": elapsed_ms, "batch_houses": houses},
@@ -177,7 +176,3 @@ class ShadowScorer:
         metrics.SHADOW_LATENCY.observe(elapsed_ms / 1000)
         metrics.observe_many(metrics.SHADOW_DIFFERENCE_USD, prices - champion)
         metrics.observe_many(metrics.SHADOW_DIFFERENCE_PCT, (prices - champion) / champion * 100)
-
-
-def _joined(parts: Iterable[Iterable[Any]]) -> Iterable[Any]:
-    return chain.from_iterable(parts)
