@@ -328,26 +328,11 @@ def step(title: str, number: int, action: Callable[[Transcript], Any], on_step: 
     return result
 
 
-def private_home(workdir: Path) -> str:
-    """A BentoML home of the demo's own that sees the user's model store.
-
-    Every `bentoml serve` empties its home's prometheus_multiproc_dir when it starts: another server started
-    from the user's home during the demo would wipe the demo's counters (and the demo would wipe its).
-    """
-    user = Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml"))
-    home = workdir / "bentoml-home"
-    home.mkdir(exist_ok=True)
-    for store in ("models", "bentos"):
-        if not (home / store).exists():
-            (home / store).symlink_to(user / store, target_is_directory=True)
-    return str(home)
-
-
 @contextmanager
 def serving(workdir: Path) -> Iterator[str]:
     """The real `bentoml serve` on a free port, stopped however the walkthrough ends."""
     port = free_port()
-    server = serve_bentoml(port, workdir, BENTOML_HOME=private_home(workdir))
+    server = serve_bentoml(port, workdir)
     url = f"http://127.0.0.1:{port}"
     try:
         print(f"\nstarting bentoml serve on port {port} …", flush=True)

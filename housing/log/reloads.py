@@ -3,7 +3,7 @@
 A reload is a row in the log store's ``model_requests`` table (housing.log.store:
 the SQLite file of the prediction log, or the shared PostgreSQL database), so every
 worker and the ``housing`` CLI see it. A request names its replica (one BentoML
-store: a host and its ``BENTOML_HOME``), because a bento tag names a model within
+model store: a host and ``$BENTOML_HOME/models``), because a bento tag names a model within
 one store. Each worker's watcher thread polls the table, loads the requested
 model beside the one it serves, swaps them between two requests, and reports what
 it serves in ``workers``, its heartbeat. Whoever asked can wait on those reports
@@ -53,9 +53,13 @@ _REPORT = f"""INSERT INTO {WORKERS} (worker, replica, pid, bento_tag, loaded_ts,
 
 
 def this_replica() -> str:
-    """This process's replica: its host and BentoML store."""
-    home = Path(os.environ.get("BENTOML_HOME", "~/bentoml")).expanduser().resolve()
-    return f"{socket.gethostname()}:{home}"
+    """This process's replica: its host and BentoML model store.
+
+    The store, not the home: two homes whose ``models`` link to one store (a server's own home beside the CLI's)
+    name one replica, because a bento tag names the same model in both.
+    """
+    home = Path(os.environ.get("BENTOML_HOME", "~/bentoml")).expanduser()
+    return f"{socket.gethostname()}:{(home / 'models').resolve()}"
 
 
 def request_model(

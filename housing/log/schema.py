@@ -67,9 +67,9 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "reason": str,
     },
     TRAFFIC: {"slot": int, "requests": int, "houses": int, **dict.fromkeys(LATENCY_COLUMNS, int)},
-    # A replica is one BentoML store (a host and its BENTOML_HOME): a bento tag names a model within it. ``role`` says
-    # which model the workers are asked to serve: the champion (which answers), or the challenger (which prices the
-    # share ``fraction`` of requests in shadow; an empty tag ends the shadow).
+    # A replica is one BentoML model store (a host and $BENTOML_HOME/models): a bento tag names a model within it.
+    # ``role`` says which model the workers are asked to serve: the champion (which answers), or the challenger (which
+    # prices the share ``fraction`` of requests in shadow; an empty tag ends the shadow).
     RELOAD_REQUESTS: {"id": int, "ts": float, "replica": str, "bento_tag": str, "role": str, "fraction": float},
     WORKERS: {
         "worker": str,

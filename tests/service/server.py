@@ -13,6 +13,7 @@ import psutil
 
 from devtools.ports import free_port
 from devtools.processes import stop
+from devtools.serving import private_home
 from devtools.waits import wait_ready
 from tests.service.conftest import FEEDBACK_TOKEN
 from tests.workspace import BIN, ROOT
@@ -71,12 +72,14 @@ def start_server(
     """`bentoml serve` of the project's service, from the project root, on a free port.
 
     ``command`` (run in ``cwd``) replaces that invocation: it must listen on ``BENTOML_PORT``, as ``bentoml serve``
-    does when no ``--port`` is given.
+    does when no ``--port`` is given. The server has a BentoML home of its own (``private_home``) that sees the
+    session's stores, unless ``extra_env`` names one: the other worker's servers start while this one serves.
     """
     port = free_port()
     root.mkdir(parents=True, exist_ok=True)
     env = {
         **inherited_environment(),
+        "BENTOML_HOME": (extra_env or {}).get("BENTOML_HOME") or private_home(root),
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
         "HOUSING_PREDICTION_DB": str(root / "predictions.db"),
         "HOUSING_LOG_DIR": str(root / "log"),
