@@ -303,9 +303,13 @@ class RequestMiddleware:
 
     @staticmethod
     async def _unread(body: _Unread, path: str, send: Any) -> None:
-        """The answer to a body that was never read in full: too large (413), too slow (408), or no one to answer."""
+        """The answer to a body that was never read in full: too large (413), too slow (408), or its client gone (408
+        too, as for an explanation whose client hung up: the request log says so)."""
         if body.reason == "gone":
             ABANDONED_REQUESTS.labels(_known_path(path), "client_gone").inc()
+            # Nobody reads it (the server drops it), but an answer must be sent: BentoML's timeout middleware
+            # otherwise holds the request for its whole timeout, and a graceful shutdown waits on it.
+            await _error(send, 408, "the client closed the connection before its request arrived in full")
         elif body.reason == "slow":
             ABANDONED_REQUESTS.labels(_known_path(path), "body_timeout").inc()
             await _error(send, 408, f"request body: not received in full within {body.limit:g} s")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -117,3 +118,21 @@ def test_request_lines_are_written_in_blocks_and_rotate_at_their_size(tmp_path: 
     assert len(lines) >= 30
     written = stdout.stream.getvalue().splitlines()
     assert [json.loads(line)["request_id"] for line in written] == [f"r{i}" for i in range(60)]
+
+
+def test_a_client_gone_before_its_body_still_gets_an_answer_that_releases_the_request() -> None:
+    """BentoML's timeout middleware waits for the first message sent; without one, the request (and a graceful
+    shutdown behind it) would wait the whole server timeout for a client that hung up."""
+    sent: list[dict[str, Any]] = []
+
+    async def hung_up() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    app = Starlette(routes=[Route("/api", echo, methods=["POST"])])
+    wrapped = RequestMiddleware(app, max_body_bytes=lambda: 1000, logged_paths=("/api",))
+    scope = {"type": "http", "method": "POST", "path": "/api", "headers": [], "query_string": b""}
+    asyncio.run(wrapped(scope, hung_up, send))
+    assert [message.get("status") for message in sent if message["type"] == "http.response.start"] == [408]
