@@ -124,7 +124,6 @@ def proxy(tmp_path_factory: pytest.TempPathFactory, replicas: list[Server]) -> I
         stop(process, 10)
 
 
-@pytest.mark.timing
 def test_the_proxy_hands_a_replica_whole_requests_only(proxy: Proxy, replicas: list[Server]) -> None:
     """A client that pauses mid-body holds a proxy connection, not a replica's: the replica gets the request whole."""
     body = json.dumps(EXAMPLE_HOUSE).encode()

@@ -653,7 +653,6 @@ def assert_capped_detail(response: httpx.Response, what: str) -> dict[str, Any]:
     return body
 
 
-@pytest.mark.timing
 def test_invalid_batch_answers_small_and_fast(plain_http: httpx.Client, budget_s: float) -> None:
     # Within what a legal batch of 500 holds (10 values a house): validated, and stopped at the first number.
     response, seconds = post_timed(plain_http, "/predict_batch", ones(4_000))
@@ -670,7 +669,6 @@ def test_invalid_batch_answers_small_and_fast(plain_http: httpx.Client, budget_s
     assert "JSON values" in response.text, response.text[:300]
 
 
-@pytest.mark.timing
 def test_800_kb_invalid_batch_answers_small_and_fast(plain_http: httpx.Client, budget_s: float) -> None:
     body = ones(400_000)  # 800 KB: over the body limit of 500 houses (413), or validated (400)
     response, seconds = post_timed(plain_http, "/predict_batch", body)
@@ -680,7 +678,6 @@ def test_800_kb_invalid_batch_answers_small_and_fast(plain_http: httpx.Client, b
         assert_capped_detail(response, "an 800 KB batch of numbers")
 
 
-@pytest.mark.timing
 def test_unknown_keys_answer_small_and_fast(plain_http: httpx.Client, budget_s: float) -> None:
     forty = json.dumps({**EXAMPLE_HOUSE, **{f"k{i}": 1 for i in range(40)}}).encode()
     response, seconds = post_timed(plain_http, "/predict", forty)
@@ -696,7 +693,6 @@ def test_unknown_keys_answer_small_and_fast(plain_http: httpx.Client, budget_s: 
     assert "JSON values" in response.text, response.text[:300]
 
 
-@pytest.mark.timing
 def test_empty_split_rows_answer_small_and_fast(plain_http: httpx.Client, budget_s: float) -> None:
     body = json.dumps({"dataframe_split": {"columns": [], "data": [[]] * 30_000}}).encode()
     response, seconds = post_timed(plain_http, "/invocations", body)
@@ -710,7 +706,6 @@ DEEP_BODIES = {
 }
 
 
-@pytest.mark.timing
 @pytest.mark.parametrize("path", ["/predict", "/predict_batch", "/invocations"])
 @pytest.mark.parametrize("kind", list(DEEP_BODIES))
 def test_deep_nesting_is_a_client_error(plain_http: httpx.Client, budget_s: float, path: str, kind: str) -> None:
@@ -718,7 +713,6 @@ def test_deep_nesting_is_a_client_error(plain_http: httpx.Client, budget_s: floa
     assert_small_error(response, seconds, budget_s, f"{kind} {DEEP:,} deep to {path}")
 
 
-@pytest.mark.timing
 def test_an_invalid_body_does_not_hold_up_other_requests(plain_server: Server) -> None:
     """Two invalid bodies in flight; /predict on kept-alive connections (so on either worker) stays fast."""
     body = ones(150_000)
@@ -743,7 +737,6 @@ def test_an_invalid_body_does_not_hold_up_other_requests(plain_server: Server) -
     assert max(latencies) <= 1.0, f"/predict beside two invalid bodies took up to {max(latencies):.2f} s"
 
 
-@pytest.mark.timing
 def test_16_mb_body_gets_413_quickly(plain_http: httpx.Client, budget_s: float) -> None:
     # 16 MB, far over what 500 houses need; blanks, so that a server without the limit parses it at once
     # (16 MB of numbers kept a worker busy for minutes and took gigabytes of memory).

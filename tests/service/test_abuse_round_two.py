@@ -83,7 +83,6 @@ def timed_predicts(url: str, seconds: float) -> list[float]:
     return latencies
 
 
-@pytest.mark.timing
 def test_slow_bodies_cost_a_socket_not_a_slot(server: Server, http: httpx.Client) -> None:
     host, port = server.url.removeprefix("http://").split(":")
     head = "\r\n".join(["POST /predict HTTP/1.1", f"Host: {host}", "Content-Type: application/json",
@@ -157,7 +156,6 @@ def test_explaining_for_a_client_that_hung_up_stops(server: Server, http: httpx.
         time.sleep(0.1)
 
 
-@pytest.mark.timing
 def test_an_explanation_at_a_time_per_worker_never_takes_every_worker(server: Server, houses: list) -> None:
     """Four clients explaining the largest batch at once: the extra ones are refused (429), /predict still answers."""
     results: list[int] = []
@@ -202,7 +200,6 @@ def test_views_are_cached_on_what_they_compute(server: Server, http: httpx.Clien
     assert p95(latencies) < 100, f"/predict p95 {p95(latencies):.0f} ms under 250 distinct view queries"
 
 
-@pytest.mark.timing
 def test_unknown_paths_share_one_label_and_leave_metrics_flat(http: httpx.Client) -> None:
     before = http.get("/metrics").text
     for _ in range(UNKNOWN_PATHS):
