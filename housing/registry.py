@@ -1,17 +1,15 @@
-"""The model registry, its one owner: where MLflow's store is, the champion and the challenger, every decision,
-the history, rollback, the challenger in shadow, and importing a version into a BentoML store.
+"""The model registry, its one owner: where MLflow's store is, the champion and the challenger, every decision, the
+history, rollback, the challenger in shadow, and importing a version into a BentoML store.
 
-Every change of champion (a promotion, and a rollback) and every refusal is recorded as a run of the
-decisions experiment (``register.decisions_experiment`` in params.yaml), tagged with the versions, the
-reason and the trigger, with the metrics before and after: the history is queryable from MLflow alone.
-The BentoML store follows the registry: after each change the champion is the store's latest model,
-which a starting (or reloading) service picks up, and a replica that follows the champion
-(``HOUSING_FOLLOW_CHAMPION``) imports it the same way into its own store.
+Every change of champion (a promotion, a rollback) and every refusal is recorded as a run of the decisions experiment
+(``register.decisions_experiment`` in params.yaml), tagged with the versions, the reason and the trigger, with the
+metrics before and after: the history is queryable from MLflow alone. The BentoML store follows the registry: after
+each change the champion is the store's latest model, which a starting (or reloading) service picks up, and a replica
+that follows the champion (``HOUSING_FOLLOW_CHAMPION``) imports it the same way into its own store.
 
-The pipeline promotes (training.register), the service reads the history and rolls back in process
-(``GET /model/history``, ``POST /admin/rollback``, through :class:`ProjectRegistry`), and the CLI does
-the same from a shell (``housing history``, ``housing rollback``). MLflow is imported where it is used
-(about 1 s): see housing.model_format.
+The pipeline promotes (training.register); the service (``GET /model/history``, ``POST /admin/rollback``) and the
+CLI (``housing history``, ``housing rollback``) read the history and roll back through :class:`ProjectRegistry`.
+MLflow is imported where it is used (about 1 s): see housing.model_format.
 """
 
 from __future__ import annotations
@@ -50,10 +48,8 @@ FRACTION_TAG = "shadow_fraction"
 
 
 class RegisteredModel(Protocol):
-    """What names a registered model: its MLflow name, the champion's alias, its name in the BentoML store.
-
-    ``register`` in params.yaml (housing.params.RegisterParams) is one.
-    """
+    """What names a registered model: its MLflow name, the champion's alias, its name in the BentoML store
+    (``register`` in params.yaml, housing.params.RegisterParams, is one)."""
 
     @property
     def model_name(self) -> str: ...
@@ -139,15 +135,15 @@ def import_version(client: MlflowClient, reg: RegisteredModel, version: str) -> 
     labelled with its MLflow identity.
 
     The import is always a new BentoML model, so the champion is the store's ``latest`` even when an older
-    version comes back by rollback. The version is downloaded through ``client``'s store, whatever MLflow's
-    process-wide tracking URI says.
+    version comes back by rollback. The version is downloaded through ``client``'s store, not by its
+    ``models:/`` URI, which MLflow resolves through the process-wide registry whatever registry it is given.
     """
     from mlflow.artifacts import download_artifacts
 
     mv = client.get_model_version(reg.model_name, version)
+    where = client.get_model_version_download_uri(reg.model_name, version)
     with tempfile.TemporaryDirectory(prefix="housing-import-") as staging:
-        local = download_artifacts(f"models:/{reg.model_name}/{version}", dst_path=staging,
-                                   tracking_uri=client.tracking_uri, registry_uri=client._registry_uri)  # fmt: skip
+        local = download_artifacts(artifact_uri=where, dst_path=staging, tracking_uri=client.tracking_uri)
         model: bentoml.Model = bentoml.mlflow.import_model(
             reg.bento_model_name,
             model_uri=local,
@@ -180,16 +176,23 @@ def latest_model(reg: RegisteredModel) -> bentoml.Model | None:
         return None
 
 
-def is_served(reg: RegisteredModel, version: str) -> bool:
-    """Whether the BentoML store's latest model is ``version``."""
+def holds(model: bentoml.Model, mv: ModelVersion) -> bool:
+    """Whether ``model`` is the registered version ``mv``: its number and its run (every registry has a version 1:
+    a store that served another registry's would pass for this one's on the number alone)."""
+    return (model.info.labels.get("mlflow_version") == str(mv.version)
+            and model.info.metadata.get("mlflow_run_id") == str(mv.run_id))  # fmt: skip
+
+
+def is_served(client: MlflowClient, reg: RegisteredModel, version: str) -> bool:
+    """Whether the BentoML store's latest model is the registered ``version`` (see :func:`holds`)."""
     latest = latest_model(reg)
-    return latest is not None and latest.info.labels.get("mlflow_version") == version
+    return latest is not None and holds(latest, client.get_model_version(reg.model_name, version))
 
 
 def served_model(client: MlflowClient, reg: RegisteredModel, version: str) -> bentoml.Model:
     """The BentoML store's latest model, made to be ``version`` (imported when it is not)."""
-    latest = latest_model(reg)
-    if latest is not None and latest.info.labels.get("mlflow_version") == version:
+    latest, mv = latest_model(reg), client.get_model_version(reg.model_name, version)
+    if latest is not None and holds(latest, mv):
         return latest
     return import_version(client, reg, version)
 

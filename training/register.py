@@ -350,8 +350,9 @@ def _winner_run(client: MlflowClient, metrics: dict[str, Any]) -> mlflow.ActiveR
 
 def champion_available(params: Params) -> bool:
     """Whether the tracking store has ``@champion`` and it is the BentoML store's latest model."""
-    champion = champion_version(MlflowClient(), params.register_)
-    return champion is not None and is_served(params.register_, str(champion.version))
+    client = MlflowClient()
+    champion = champion_version(client, params.register_)
+    return champion is not None and is_served(client, params.register_, str(champion.version))
 
 
 def compile_champion(bento_tag: str, cache_dir: Path | None) -> list[Path]:

@@ -111,7 +111,9 @@ def fitted(params: Params, split: tuple, candidate: dict) -> BaseEstimator:
     return build_model(candidate, params.features, "none", seed=0).fit(X, y)
 
 
-def test_champion_challenger_rollback_and_history(reg: RegisterParams, params: Params, split: tuple) -> None:
+def test_champion_challenger_rollback_and_history(
+    reg: RegisterParams, params: Params, split: tuple, tmp_path: Path
+) -> None:
     client = MlflowClient()
     _, _, X_test, y_test = split
     weak = log_version(reg, fitted(params, split, {"model": "ols"}))
@@ -120,13 +122,30 @@ def test_champion_challenger_rollback_and_history(reg: RegisterParams, params: P
     assert (first.action, first.champion_after, first.reason) == ("promote", weak, "first champion")
     crown(client, reg, first)
     assert str(champion_version(client, reg).version) == weak
-    assert is_served(reg, weak)
+    assert is_served(client, reg, weak)
     assert served_model(client, reg, weak).info.labels["mlflow_version"] == weak
     # A BentoML store that lost the model (here: never had this name) gets the champion imported.
     elsewhere = reg.model_copy(update={"bento_model_name": "registry-test-elsewhere"})
-    assert not is_served(elsewhere, weak)
+    assert not is_served(client, elsewhere, weak)
     assert served_model(client, elsewhere, weak).tag.name == "registry-test-elsewhere"
-    assert is_served(elsewhere, weak)
+    assert is_served(client, elsewhere, weak)
+    # Another registry's version of the same number (another project's, or this one moved to a server) is not this
+    # one: it is imported, not taken for the model the store holds.
+    other = elsewhere.model_copy(update={"model_name": "registry-test-other"})
+    assert log_version(other, fitted(params, split, {"model": "tree", "max_depth": 3})) == weak
+    assert not is_served(client, other, weak)
+    assert (
+        served_model(client, other, weak).info.metadata["mlflow_run_id"]
+        != served_model(client, reg, weak).info.metadata["mlflow_run_id"]
+    )
+    assert is_served(client, other, weak)
+    # Imported through the client's registry, even where the process's own registry is another one.
+    with tracking_store(f"sqlite:///{tmp_path / 'another.db'}"):
+        moved = reg.model_copy(update={"bento_model_name": "registry-test-moved"})
+        assert (
+            served_model(client, moved, weak).info.metadata["mlflow_run_id"]
+            == client.get_model_version(reg.model_name, weak).run_id
+        )
 
     strong = log_version(reg, fitted(params, split, {"model": "lightgbm", "n_estimators": 100, "num_leaves": 15}))
     better = challenge(client, reg, strong, champion_version(client, reg), X_test, y_test, "drift in median_income")
@@ -145,14 +164,14 @@ def test_champion_challenger_rollback_and_history(reg: RegisterParams, params: P
     record(client, reg, worse)
     assert str(champion_version(client, reg).version) == strong
     assert client.get_model_version(reg.model_name, worse_version).tags["decision"] == "reject"
-    assert is_served(reg, strong)
+    assert is_served(client, reg, strong)
 
     assert rollback_target(client, reg) == weak
     rolled, restored = rollback(client, reg, reason="bad release")
     assert (rolled.champion_before, rolled.champion_after, rolled.reason) == (strong, weak, "bad release")
     assert rolled.trigger == "manual"
     assert str(champion_version(client, reg).version) == weak
-    assert is_served(reg, weak)  # re-imported: the store's latest model is the champion again
+    assert is_served(client, reg, weak)  # re-imported: the store's latest model is the champion again
     assert restored.tag == served_model(client, reg, weak).tag
     with pytest.raises(LookupError, match="first champion"):
         rollback_target(client, reg)

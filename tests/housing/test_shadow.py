@@ -85,7 +85,7 @@ def test_a_challenger_is_promoted_only_on_enough_evidence(
     started = shadow.start(registry, PredictionLog(tmp_path / "unused.db").store, strong, fraction=0.5)
     assert started["bento_tag"].startswith("shadow-test-model-challenger:")
     assert registry.shadow() == {"champion": weak, "challenger": strong, "fraction": 0.5}
-    assert is_served(names, weak)  # the champion's BentoML name keeps the champion as its latest model
+    assert is_served(client, names, weak)  # the champion's BentoML name keeps the champion as its latest model
 
     log = PredictionLog(tmp_path / "predictions.db", interval_s=0.01)
     live_traffic(log, X_test, (weak, strong), weak_model.predict(X_test), strong_model.predict(X_test))
@@ -104,7 +104,7 @@ def test_a_challenger_is_promoted_only_on_enough_evidence(
     assert promoted["decision"]["reason"].startswith("shadow: the challenger beat the champion")
     assert promoted["evidence"]["labelled"]["houses"] == len(y_test)
     assert registry.shadow() == {"champion": strong, "challenger": None, "fraction": None}
-    assert is_served(names, strong)
+    assert is_served(client, names, strong)
     assert promoted["rollout"]["workers"] == []  # no service is running: nobody to wait for
 
     entries = history(client, names)
