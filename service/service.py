@@ -62,6 +62,7 @@ from service.middleware import (
     request_state,
 )
 from service.model import NotExplainableError, ServedModel, load_bento_model, load_served_model
+from service.model_store import use_a_writable_model_store
 from service.openapi import OpenAPIDocument, docs_page, served_document
 from service.served_paths import label_unserved_paths, served_path
 from service.shadow_routes import shadow_admin, shadow_view
@@ -190,6 +191,7 @@ class HousePricer:
 
     def __init__(self) -> None:
         config = settings()
+        use_a_writable_model_store()  # the image serves its bento from a read-only root
         model = load_served_model(self.model_ref, config.compiled_dir)
         log = open_log(config)
         load = partial(load_bento_model, compiled_dir=config.compiled_dir)
