@@ -11,7 +11,7 @@
 # the official image's, and a little larger (the interpreter's bytecode, which the official image leaves out).
 # Never push an image built on it; the release workflow builds on the real base.
 #
-# Idempotent and cached: when IMAGE already exists locally it does nothing. Needs root (mmdebstrap), apt
+# Idempotent and cached: when IMAGE already exists locally (pulled, or a stand-in of this recipe) it does nothing. Needs root (mmdebstrap), apt
 # access to Debian's archive, binutils' `strip` and `podman` or `docker` (ENGINE=podman|docker, else whichever
 # answers).
 set -euo pipefail
@@ -30,9 +30,17 @@ if [ "$ENGINE" = podman ] && [ -z "${CONTAINERS_CONF:-}" ]; then
 	export CONTAINERS_CONF="$HERE/deploy/containers.conf"  # runc and explicit ulimits (docs/ci-cd.md)
 fi
 
+# A stand-in carries the digest of the recipe (this file) it was built from: a changed recipe rebuilds it.
+RECIPE=$(sha256sum "$HERE/scripts/base_image.sh" | cut -c1-16)
+RECIPE_LABEL=org.opencontainers.image.revision
 if "$ENGINE" image inspect "$IMAGE" >/dev/null 2>&1; then
-	echo "base image $IMAGE exists: not rebuilt ($ENGINE image rm $IMAGE to rebuild it)"
-	exit 0
+	built_from=$("$ENGINE" image inspect --format "{{index .Config.Labels \"$RECIPE_LABEL\"}}" "$IMAGE")
+	stand_in=$("$ENGINE" image inspect --format '{{json .Config.Labels}}' "$IMAGE" | grep -c offline-test-stand-in || true)
+	if [ "$stand_in" = 0 ] || [ "$built_from" = "$RECIPE" ]; then
+		echo "base image $IMAGE exists: not rebuilt ($ENGINE image rm $IMAGE to rebuild it)"
+		exit 0
+	fi
+	echo "base image $IMAGE is a stand-in from an older recipe (${built_from:-unlabelled}): rebuilding it"
 fi
 
 # The Python version is the image tag's X.Y (python:3.12-slim -> 3.12).
@@ -92,6 +100,7 @@ mmdebstrap --quiet --variant=minbase --hook-dir=/usr/share/mmdebstrap/hooks/merg
 	--change "ENV UV_NATIVE_TLS=1" \
 	--change "ENV UV_SYSTEM_CERTS=1" \
 	--change "LABEL org.opencontainers.image.description=offline-test-stand-in-for-$IMAGE" \
+	--change "LABEL $RECIPE_LABEL=$RECIPE" \
 	--change 'CMD ["python3"]' \
 	"$work/rootfs.tar" "$IMAGE" >/dev/null
 echo "built $IMAGE ($("$ENGINE" image inspect --format '{{.Size}}' "$IMAGE") bytes)"

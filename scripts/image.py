@@ -114,7 +114,8 @@ def image_size(engine: str, image: str) -> int:
 def ensure_base(engine: str, image: str) -> bool:
     """Make `image` available locally: already there, pulled, or the offline stand-in. True if a stand-in."""
     if answers([engine, "image", "inspect", image]):
-        pass
+        if is_stand_in(engine, image):  # rebuilt when scripts/base_image.sh changed since it was made
+            run(["bash", str(ROOT / "scripts" / "base_image.sh"), image], timeout=1200)
     elif answers([engine, "pull", "-q", image]):
         print(f"pulled {image}", flush=True)
     else:
