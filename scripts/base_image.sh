@@ -11,9 +11,9 @@
 # the official image's, and a little larger (the interpreter's bytecode, which the official image leaves out).
 # Never push an image built on it; the release workflow builds on the real base.
 #
-# Idempotent and cached: when IMAGE already exists locally (pulled, or a stand-in of this recipe) it does nothing. Needs root (mmdebstrap), apt
-# access to Debian's archive, binutils' `strip` and `podman` or `docker` (ENGINE=podman|docker, else whichever
-# answers).
+# Idempotent and cached: when IMAGE already exists locally (pulled, or a stand-in of this recipe) it does nothing.
+# Needs root (mmdebstrap), apt access to Debian's archive, binutils' `strip` and `podman` or `docker`
+# (ENGINE=podman|docker, else whichever answers).
 set -euo pipefail
 
 IMAGE=${1:-docker.io/library/python:3.12-slim}
@@ -34,9 +34,9 @@ fi
 RECIPE=$(sha256sum "$HERE/scripts/base_image.sh" | cut -c1-16)
 RECIPE_LABEL=org.opencontainers.image.revision
 if "$ENGINE" image inspect "$IMAGE" >/dev/null 2>&1; then
-	built_from=$("$ENGINE" image inspect --format "{{index .Config.Labels \"$RECIPE_LABEL\"}}" "$IMAGE")
-	stand_in=$("$ENGINE" image inspect --format '{{json .Config.Labels}}' "$IMAGE" | grep -c offline-test-stand-in || true)
-	if [ "$stand_in" = 0 ] || [ "$built_from" = "$RECIPE" ]; then
+	labels=$("$ENGINE" image inspect --format '{{json .Config.Labels}}' "$IMAGE")
+	built_from=$(grep -oP "\"$RECIPE_LABEL\":\"\K[^\"]*" <<<"$labels" || true)
+	if [[ $labels != *offline-test-stand-in* ]] || [ "$built_from" = "$RECIPE" ]; then
 		echo "base image $IMAGE exists: not rebuilt ($ENGINE image rm $IMAGE to rebuild it)"
 		exit 0
 	fi

@@ -34,14 +34,15 @@ def use_a_writable_model_store() -> Path:
     if os.access(source, os.W_OK):
         return source
     target = Path(BentoMLContainer.bentoml_home.get()) / "models"
+    writable = ModelStore(target)
     try:
         target.mkdir(parents=True, exist_ok=True)
-        seeded = _seed(current, ModelStore(target), target)
+        seeded = _seed(current, writable, target)
     except OSError as exc:
         log.warning("model store: %s is read-only and %s cannot be written (%s): no model can be imported",
                     source, target, exc)  # fmt: skip
         return source
-    BentoMLContainer.model_store.set(ModelStore(target))
+    BentoMLContainer.model_store.set(writable)
     log.info("model store: %s is read-only; serving from %s (%d models copied in)", source, target, seeded)
     return target
 
